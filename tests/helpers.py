@@ -1,0 +1,110 @@
+"""Tiny synthetic datasets for tests: a few seeded 16-frame 64x64 clips in each layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+H, W, T = 48, 64, 16
+
+
+def frames(seed: int, n: int = T) -> np.ndarray:
+    """(n, H, W, 3) uint8: a smooth gradient with a moving square, so frames differ."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(40, 200, W, dtype=np.float32)[None, :, None].repeat(H, 0).repeat(3, 2)
+    out = np.empty((n, H, W, 3), np.uint8)
+    for t in range(n):
+        f = base + rng.normal(0, 3, base.shape)
+        x = (4 + 3 * t) % (W - 12)
+        f[10:22, x:x + 12] = (220, 60, 60)
+        out[t] = f.clip(0, 255).astype(np.uint8)
+    return out
+
+
+def write_video(path: Path, data: np.ndarray, fps: int = 10, codec: str = "mpeg4") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = data.shape[2], data.shape[1], "yuv420p"
+        s.bit_rate = 2_000_000
+        for f in data:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    return path
+
+
+def write_frames(folder: Path, data: np.ndarray, ext: str = ".jpg", start: int = 0, width: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, f in enumerate(data):
+        Image.fromarray(f).save(folder / f"{t + start:0{width}d}{ext}", quality=95)
+    return folder
+
+
+def labels_for(n: int, a: int, b: int) -> np.ndarray:
+    lab = np.zeros(n, np.uint8)
+    lab[a:b] = 1
+    return lab
+
+
+def make_shanghaitech(root: Path, pixel: bool = True) -> Path:
+    """2 scenes: training 01_001, 01_002, 02_001 (videos); testing 01_0001, 02_0001 (JPEG folders)."""
+    for i, name in enumerate(["01_001", "01_002", "02_001"]):
+        write_video(root / "training" / "videos" / f"{name}.avi", frames(i))
+    for i, (name, span) in enumerate([("01_0001", (4, 9)), ("02_0001", (0, 3))]):
+        write_frames(root / "testing" / "frames" / name, frames(10 + i))
+        lab = labels_for(T, *span)
+        (root / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
+        np.save(root / "testing" / "test_frame_mask" / f"{name}.npy", lab)
+        if pixel:
+            (root / "testing" / "test_pixel_mask").mkdir(parents=True, exist_ok=True)
+            pm = np.zeros((T, H, W), np.uint8)
+            pm[lab.astype(bool), 5:10, 5:10] = 1
+            np.save(root / "testing" / "test_pixel_mask" / f"{name}.npy", pm)
+    return root
+
+
+def make_avenue(root: Path) -> Path:
+    import scipy.io
+
+    for i in (1, 2):
+        write_video(root / "training_videos" / f"{i:02d}.avi", frames(i))
+        write_video(root / "testing_videos" / f"{i:02d}.avi", frames(20 + i))
+        vol = np.empty((1, T), dtype=object)
+        for t in range(T):
+            m = np.zeros((H, W), np.uint8)
+            if 3 * i <= t < 3 * i + 5:
+                m[2:6, 2:6] = 1
+            vol[0, t] = m
+        (root / "testing_label_mask").mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(root / "testing_label_mask" / f"{i}_label.mat", {"volLabel": vol})
+    return root
+
+
+PED2_M = """TestDataset = {};
+TestDataset.gt{1} = [5:9];
+TestDataset.gt{2} = [1:3, 12:16];
+"""
+
+
+def make_ped2(root: Path, with_m: bool = True) -> Path:
+    for i in (1, 2):
+        gray = frames(30 + i).mean(-1).astype(np.uint8)[..., None].repeat(3, -1)
+        write_frames(root / "Train" / f"Train{i:03d}", gray, ext=".tif", start=1)
+        write_frames(root / "Test" / f"Test{i:03d}", gray, ext=".tif", start=1)
+    lab2 = np.zeros(T, np.uint8)
+    lab2[0:3] = 1
+    lab2[11:16] = 1
+    for i, lab in ((1, labels_for(T, 4, 9)), (2, lab2)):
+        gt = root / "Test" / f"Test{i:03d}_gt"
+        gt.mkdir(parents=True, exist_ok=True)
+        for t in range(T):
+            m = np.zeros((H, W), np.uint8)
+            if lab[t]:
+                m[20:30, 20:30] = 255
+            Image.fromarray(m).save(gt / f"{t + 1:03d}.bmp")
+    if with_m:
+        (root / "Test" / "UCSDped2.m").write_text(PED2_M)
+    return root

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import T
+
+from vad.io import read_dataset
+from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
+
+
+def seen(loader) -> list[tuple[str, int]]:
+    out = []
+    for batch in loader:
+        assert batch["frames"].shape[0] == len(batch["clip"]) == len(batch["index"])
+        out += list(zip(batch["clip"], batch["index"].tolist(), strict=True))
+    return out
+
+
+def test_transform_resizes_and_normalises():
+    x = torch.full((2, 3, 48, 64), 255, dtype=torch.uint8)
+    y = FrameTransform(size=(32, 40), normalization="imagenet")(x)
+    assert y.shape == (2, 3, 32, 40) and y.dtype == torch.float32
+    mean, std = NORMALIZATIONS["imagenet"]
+    assert torch.allclose(y[0, :, 5, 5], (1 - torch.tensor(mean)) / torch.tensor(std), atol=1e-5)
+    z = FrameTransform(size=None, normalization="lite0")(torch.full((1, 3, 4, 4), 127, dtype=torch.uint8))
+    assert z.shape == (1, 3, 4, 4) and torch.allclose(z, torch.zeros_like(z), atol=1e-6)  # (127 - 127) / 128
+    with pytest.raises(ValueError, match="normalization"):
+        FrameTransform(normalization="nope")
+    with pytest.raises(ValueError, match="uint8"):
+        FrameTransform()(torch.zeros(1, 3, 4, 4))
+
+
+def test_stream_in_order_one_clip_per_batch(shanghaitech_root):
+    clips = read_dataset("shanghaitech", shanghaitech_root, "test")
+    stream = FrameStream(clips, FrameTransform(size=(32, 32)), batch_size=5)
+    batches = list(make_loader(stream))
+    assert all(len(set(b["clip"])) == 1 for b in batches)
+    assert batches[0]["frames"].shape == (5, 3, 32, 32)
+    assert seen(batches) == [(c.name, i) for c in clips for i in range(T)]
+
+
+def test_workers_split_clips_and_cover_every_frame_once(shanghaitech_root):
+    clips = read_dataset("shanghaitech", shanghaitech_root, "train")
+    stream = FrameStream(clips, FrameTransform(size=(32, 32)), batch_size=4)
+    got = seen(make_loader(stream, num_workers=2))
+    assert sorted(got) == sorted((c.name, i) for c in clips for i in range(T))
+
+
+def test_ranks_partition_the_clips(shanghaitech_root):
+    clips = read_dataset("shanghaitech", shanghaitech_root, "train")
+    parts = [seen(make_loader(FrameStream(clips, FrameTransform(size=(16, 16)), rank=r, world_size=2)))
+             for r in range(2)]
+    assert not set(parts[0]) & set(parts[1])
+    assert len(parts[0]) + len(parts[1]) == len(clips) * T
+
+
+def test_shuffle_mixes_clips_covers_all_and_reshuffles_per_epoch(shanghaitech_root):
+    clips = read_dataset("shanghaitech", shanghaitech_root, "train")
+    stream = FrameStream(clips, FrameTransform(size=(16, 16)), batch_size=8, shuffle=True, shuffle_buffer=32, seed=1)
+    first = seen(make_loader(stream))
+    assert sorted(first) == sorted((c.name, i) for c in clips for i in range(T))
+    assert first != sorted(first)
+    assert any(len({c for c, _ in first[k:k + 8]}) > 1 for k in range(0, len(first), 8))
+    assert seen(make_loader(stream)) == first  # same epoch, same order
+    stream.set_epoch(1)
+    assert seen(make_loader(stream)) != first
+
+
+def test_frames_match_between_video_and_jpeg_paths(shanghaitech_root):
+    # The transform is the same whatever decoded the frames: values stay in the normalised range.
+    clips = read_dataset("shanghaitech", shanghaitech_root, "train")[:1]
+    batch = next(iter(make_loader(FrameStream(clips, FrameTransform(size=(24, 24)), batch_size=T))))
+    x = batch["frames"]
+    assert torch.isfinite(x).all() and x.min() > -2.2 and x.max() < 2.7
+
+
+def test_stream_validation():
+    with pytest.raises(ValueError, match="at least one clip"):
+        FrameStream([], FrameTransform())

@@ -1,0 +1,19 @@
+"""Exceptions for bad input. Each message names the offending file or value and what was expected."""
+
+from __future__ import annotations
+
+
+class VadError(Exception):
+    """Base class for errors the CLI reports as a one-line message (no traceback)."""
+
+
+class DatasetLayoutError(VadError, ValueError):
+    """A dataset root is missing or its folder tree is not the one the reader expects."""
+
+
+class LabelError(VadError, ValueError):
+    """Labels that do not fit their clip (wrong length, unreadable label file)."""
+
+
+class DecodeError(VadError, RuntimeError):
+    """A video or image that cannot be decoded (not a video, empty, truncated, corrupt)."""

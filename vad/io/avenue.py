@@ -1,0 +1,65 @@
+"""CUHK Avenue reader."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from vad.errors import DatasetLayoutError, LabelError
+from vad.io.records import VIDEO_EXTENSIONS, Clip, natural_key, with_labels
+from vad.io.validate import require_dir
+
+
+def load_avenue_volume(path: Path) -> np.ndarray:
+    """Pixel masks ``(T, H, W)`` uint8 from an Avenue ``N_label.mat`` file (``volLabel`` cell array)."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except (OSError, ValueError, NotImplementedError) as err:
+        raise LabelError(f"{path}: cannot read MATLAB label file ({err})") from err
+    if "volLabel" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise LabelError(f"{path}: no 'volLabel' variable; found {keys}; expected Avenue's N_label.mat")
+    cells = np.asarray(mat["volLabel"]).reshape(-1)
+    try:
+        return np.stack([np.asarray(c, dtype=np.uint8) != 0 for c in cells]).astype(np.uint8)
+    except ValueError as err:
+        raise LabelError(f"{path}: volLabel masks do not share one frame size ({err})") from err
+
+
+def read_avenue(root: Path | str, split: str = "test") -> list[Clip]:
+    """Clips of one split of a CUHK Avenue tree.
+
+    Expected tree::
+
+        ROOT/
+          training_videos/01.avi .. 16.avi
+          testing_videos/01.avi .. 21.avi
+          testing_label_mask/1_label.mat .. 21_label.mat   (volLabel: one HxW mask per frame)
+
+    Frame label = any pixel of the frame's mask. Test clips 08 and 18 are almost entirely anomalous:
+    their per-clip AUC is undefined (see the evaluator's single-class rule).
+    """
+    root = require_dir(Path(root), "Avenue root")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    folder = require_dir(root / ("training_videos" if split == "train" else "testing_videos"), f"Avenue {split} videos")
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+    if not files:
+        raise DatasetLayoutError(f"{folder}: no video files; expected 01.avi, 02.avi, ...")
+    clips = [Clip(name=p.stem, path=p, kind="video", split=split) for p in files]
+    if split == "train":
+        return clips
+    label_dir = require_dir(root / "testing_label_mask", "Avenue label folder")
+    out = []
+    for clip in clips:
+        label_path = label_dir / f"{int(clip.name) if clip.name.isdigit() else clip.name}_label.mat"
+        if not label_path.is_file():
+            raise LabelError(f"{label_path}: label file missing for test video {clip.path}")
+        volume = load_avenue_volume(label_path)  # (T, H, W)
+        labels = volume.reshape(len(volume), -1).any(axis=1)
+        out.append(with_labels(replace(clip, pixel_mask=label_path), labels, label_path))
+    return out

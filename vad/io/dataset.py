@@ -1,0 +1,162 @@
+"""PyTorch datasets over :class:`~vad.io.records.Clip` records.
+
+:class:`FrameStream` is an ``IterableDataset`` that yields whole batches (use ``DataLoader(batch_size=None)``,
+see :func:`make_loader`): each worker decodes its own share of the clips in bounded chunks, resizes and
+normalises them as one tensor operation, and yields ``{"frames", "clip", "index"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vad.io.decode import iter_frames
+from vad.io.records import Clip
+
+# (mean, std) in [0, 1] units. "lite0": the EfficientNet-Lite weights expect (x - 127) / 128 on 0..255.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "lite0": ((127 / 255,) * 3, (128 / 255,) * 3),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """uint8 ``(B, 3, H, W)`` -> float32 ``(B, 3, *size)``: bilinear antialiased resize, then normalise.
+
+    ``size`` is ``(height, width)``; ``None`` keeps the frame size. Works on any device.
+    """
+
+    size: tuple[int, int] | None = (256, 256)
+    normalization: str = "imagenet"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization {self.normalization!r}; expected one of {sorted(NORMALIZATIONS)}"
+            )
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise ValueError(f"size must be (height, width) with positive entries; got {self.size!r}")
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"expected uint8 frames (B, 3, H, W); got {frames.dtype} {tuple(frames.shape)}")
+        x = frames.float().div_(255.0)
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = F.interpolate(x, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
+        mean, std = NORMALIZATIONS[self.normalization]
+        mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean_t) / std_t).contiguous()
+
+
+class FrameStream(IterableDataset):
+    """Stream transformed frame batches from ``clips``.
+
+    Yields dicts ``{"frames": float (B, 3, h, w), "clip": list[str] (B,), "index": int64 (B,)}``.
+    Clips are split across ``DataLoader`` workers and, with ``rank``/``world_size``, across processes.
+    Without ``shuffle`` every batch holds consecutive frames of one clip, in order. With ``shuffle``, clip
+    order is shuffled per epoch (``set_epoch``) and a buffer of ``shuffle_buffer`` transformed frames mixes
+    frames across clips; memory is bounded by that buffer (``shuffle_buffer * 3 * h * w * 4`` bytes).
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        transform: FrameTransform,
+        *,
+        batch_size: int = 32,
+        backend: str = "auto",
+        shuffle: bool = False,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        decode_batch: int = 64,
+    ) -> None:
+        super().__init__()
+        if not clips:
+            raise ValueError("FrameStream needs at least one clip")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.clips = list(clips)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.backend = backend
+        self.shuffle = shuffle
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.decode_batch = decode_batch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard(self) -> tuple[list[Clip], int]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        shard, shards = self.rank * workers + worker, self.world_size * workers
+        order = np.arange(len(self.clips))
+        if self.shuffle:
+            np.random.default_rng((self.seed, self.epoch)).shuffle(order)
+        return [self.clips[i] for i in order[shard::shards]], shard
+
+    def _decoded(self, clips: list[Clip]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        for clip in clips:
+            chunk = self.batch_size if not self.shuffle else self.decode_batch
+            for first, frames in iter_frames(clip, batch_size=chunk, backend=self.backend):
+                yield clip.name, torch.arange(first, first + len(frames)), self.transform(frames)
+
+    def __iter__(self) -> Iterator[dict]:
+        clips, shard = self._shard()
+        if not self.shuffle:
+            for name, index, x in self._decoded(clips):
+                yield {"frames": x, "clip": [name] * len(index), "index": index}
+            return
+        rng = np.random.default_rng((self.seed, self.epoch, shard))
+        buf_x: list[torch.Tensor] = []
+        buf_meta: list[tuple[str, int]] = []
+        for name, index, x in self._decoded(clips):
+            buf_x.extend(x.unbind(0))
+            buf_meta.extend((name, int(i)) for i in index)
+            while len(buf_x) >= self.shuffle_buffer:
+                yield self._take(buf_x, buf_meta, rng, self.batch_size)
+        while buf_x:
+            yield self._take(buf_x, buf_meta, rng, min(self.batch_size, len(buf_x)))
+
+    @staticmethod
+    def _take(buf_x: list, buf_meta: list, rng: np.random.Generator, n: int) -> dict:
+        picks = sorted(rng.choice(len(buf_x), size=n, replace=False).tolist(), reverse=True)
+        xs, meta = [], []
+        for i in picks:  # swap-remove: O(1) per frame
+            buf_x[i], buf_x[-1] = buf_x[-1], buf_x[i]
+            buf_meta[i], buf_meta[-1] = buf_meta[-1], buf_meta[i]
+            xs.append(buf_x.pop())
+            meta.append(buf_meta.pop())
+        return {
+            "frames": torch.stack(xs),
+            "clip": [m[0] for m in meta],
+            "index": torch.tensor([m[1] for m in meta], dtype=torch.int64),
+        }
+
+
+def make_loader(stream: FrameStream, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A ``DataLoader`` over a :class:`FrameStream` (batches are formed by the stream itself)."""
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )

@@ -1,0 +1,243 @@
+"""One decoding function for every source: :func:`iter_frames`.
+
+Frames come out in bounded batches of ``uint8`` tensors shaped ``(B, 3, H, W)`` (RGB), so an
+hour-long video is never held in memory at once. Backends:
+
+- ``pyav`` (default for video files): FFmpeg through PyAV with frame threading.
+- ``decord`` (optional extra ``vad[decord]``): random-access video reader.
+- ``pil`` (default for frame folders): Pillow, any image format.
+- ``torchvision``: ``torchvision.io.decode_jpeg`` for JPEG folders; with ``device="cuda"`` it decodes on
+  the GPU (nvJPEG) and the batch arrives already on the device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vad.errors import DecodeError
+from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Clip, frames_clip
+
+BACKENDS = ("auto", "pyav", "decord", "pil", "torchvision")
+VIDEO_BACKENDS = ("pyav", "decord")
+FRAME_BACKENDS = ("pil", "torchvision")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def _open_video(path: Path):
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"{path}: video file not found")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: file is empty (0 bytes); expected a video file")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise DecodeError(f"{path}: cannot be opened as a video ({err}); expected a readable video file") from err
+    if not container.streams.video:
+        container.close()
+        raise DecodeError(f"{path}: has no video stream; expected a video file")
+    return container
+
+
+def probe(path: Path | str) -> VideoInfo:
+    """Read frame count, frame rate and size from the container (no decoding).
+
+    If the header gives no frame count, packets are counted by demuxing, which is still cheap.
+    """
+    path = Path(path)
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        n = int(stream.frames or 0)
+        if n <= 0:
+            n = sum(1 for p in container.demux(stream) if p.size > 0)
+        if n <= 0:
+            raise DecodeError(f"{path}: video stream holds no frames; expected at least one")
+        return VideoInfo(num_frames=n, fps=fps, width=stream.width, height=stream.height)
+
+
+def as_clip(source: Clip | Path | str) -> Clip:
+    """Turn a path (video file or frame folder) into a :class:`Clip`; pass clips through."""
+    if isinstance(source, Clip):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        return frames_clip(path, name=path.name)
+    if not path.exists():
+        raise DecodeError(f"{path}: no such file or folder; expected a video file or a folder of frames")
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise DecodeError(
+            f"{path}: not a video file (suffix {path.suffix!r}); expected one of {sorted(VIDEO_EXTENSIONS)} "
+            "or a folder of frames"
+        )
+    return Clip(name=path.stem, path=path, kind="video")
+
+
+def resolve_backend(clip: Clip, backend: str, device: torch.device | str | None = None) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown decoding backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        if clip.kind == "video":
+            return "pyav"
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        all_jpeg = clip.frame_paths is not None and all(
+            p.suffix.lower() in (".jpg", ".jpeg") for p in clip.frame_paths
+        )
+        return "torchvision" if on_cuda and all_jpeg else "pil"
+    allowed = VIDEO_BACKENDS if clip.kind == "video" else FRAME_BACKENDS
+    if backend not in allowed:
+        raise ValueError(f"backend {backend!r} cannot decode {clip.kind} clip {clip.path}; use one of {allowed}")
+    return backend
+
+
+def iter_frames(
+    source: Clip | Path | str,
+    *,
+    batch_size: int = 64,
+    backend: str = "auto",
+    start: int = 0,
+    stop: int | None = None,
+    device: torch.device | str | None = None,
+    threads: int = 0,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(first_index, frames)`` with ``frames`` uint8 ``(B, 3, H, W)``, B <= ``batch_size``.
+
+    ``start``/``stop`` select frames ``[start, stop)``. ``threads`` is the decoder thread count
+    (0 = let the backend choose). Frames are on the CPU except for the ``torchvision`` backend with a
+    CUDA ``device``. Raises :class:`DecodeError` naming the file on unreadable, empty or truncated input.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"invalid frame range [{start}, {stop})")
+    clip = as_clip(source)
+    name = resolve_backend(clip, backend, device)
+    if name == "pyav":
+        yield from _iter_pyav(clip.path, batch_size, start, stop, threads)
+    elif name == "decord":
+        yield from _iter_decord(clip.path, batch_size, start, stop, threads)
+    else:
+        assert clip.frame_paths is not None
+        paths = clip.frame_paths[start:stop]
+        decode = _decode_pil if name == "pil" else _decode_torchvision
+        for i in range(0, len(paths), batch_size):
+            yield start + i, decode(paths[i : i + batch_size], device)
+
+
+def _stack_hwc(arrays: list[np.ndarray]) -> torch.Tensor:
+    # (B, H, W, 3) -> (B, 3, H, W) view: channels_last memory layout, no copy.
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def _iter_pyav(path: Path, batch_size: int, start: int, stop: int | None, threads: int):
+    import av
+
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = threads
+        declared = int(stream.frames or 0)
+        buf: list[np.ndarray] = []
+        index = 0
+        first = start
+        try:
+            for frame in container.decode(stream):
+                if stop is not None and index >= stop:
+                    break
+                if index >= start:
+                    buf.append(frame.to_ndarray(format="rgb24"))
+                    if len(buf) == batch_size:
+                        yield first, _stack_hwc(buf)
+                        first += len(buf)
+                        buf = []
+                index += 1
+        except av.error.FFmpegError as err:
+            raise DecodeError(f"{path}: decoding failed after frame {index} ({err}); the file may be corrupt") from err
+        if buf:
+            yield first, _stack_hwc(buf)
+    if index == 0:
+        raise DecodeError(f"{path}: no frame could be decoded; the file is empty or corrupt")
+    wanted = declared if stop is None else min(stop, declared)
+    if stop is None and declared and index < declared:
+        raise DecodeError(
+            f"{path}: truncated video: the container declares {declared} frames but only {index} decoded"
+        )
+    if stop is not None and declared and index < wanted:
+        raise DecodeError(f"{path}: truncated video: frame range [{start}, {stop}) asked, only {index} decoded")
+
+
+def _iter_decord(path: Path, batch_size: int, start: int, stop: int | None, threads: int):
+    try:
+        import decord
+    except ImportError as err:
+        raise ImportError("the decord backend needs the optional extra: pip install 'vad[decord]'") from err
+    declared = probe(path).num_frames  # clear errors for missing/empty/non-video files first
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+    except decord.DECORDError as err:
+        raise DecodeError(f"{path}: decord cannot open this video ({err})") from err
+    if len(reader) < min(declared, stop if stop is not None else declared):
+        raise DecodeError(
+            f"{path}: truncated video: the container declares {declared} frames but decord finds {len(reader)}"
+        )
+    end = len(reader) if stop is None else min(stop, len(reader))
+    for i in range(start, end, batch_size):
+        idx = list(range(i, min(i + batch_size, end)))
+        try:
+            batch = reader.get_batch(idx).asnumpy()  # (B, H, W, 3)
+        except decord.DECORDError as err:
+            raise DecodeError(f"{path}: decord failed on frames {idx[0]}..{idx[-1]} ({err})") from err
+        yield i, torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+
+def _decode_pil(paths: tuple[Path, ...], device=None) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    arrays = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                arrays.append(np.asarray(img.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as err:
+            raise DecodeError(f"{p}: cannot decode image ({err}); expected {sorted(IMAGE_EXTENSIONS)}") from err
+    _check_same_size(paths, arrays, lambda a: a.shape[:2])
+    return _stack_hwc(arrays)
+
+
+def _decode_torchvision(paths: tuple[Path, ...], device=None) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        with warnings.catch_warnings():
+            # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; they still work.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = [read_file(str(p)) for p in paths]
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W)
+    except RuntimeError as err:
+        raise DecodeError(f"JPEG decoding failed in {paths[0].parent} ({err})") from err
+    _check_same_size(paths, images, lambda t: tuple(t.shape[-2:]))
+    return torch.stack(images)
+
+
+def _check_same_size(paths, images, shape_of) -> None:
+    first = shape_of(images[0])
+    for p, img in zip(paths, images, strict=True):
+        if shape_of(img) != first:
+            raise DecodeError(f"{p}: frame size {shape_of(img)} differs from {first} of {paths[0].name}")

@@ -1,0 +1,106 @@
+"""Plain records that readers return and the decoder consumes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+VIDEO_EXTENSIONS = frozenset(
+    {".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".m4v", ".webm", ".wmv", ".flv", ".ts", ".3gp"}
+)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+ClipKind = Literal["video", "frames"]
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort key that orders ``2.jpg`` before ``10.jpg``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
+
+
+def list_images(folder: Path) -> tuple[Path, ...]:
+    """Image files in ``folder`` (hidden files skipped), in natural order."""
+    return tuple(
+        sorted(
+            (p for p in folder.iterdir()
+             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
+            key=natural_key,
+        )
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """One clip: a video file or a folder of frames, with optional labels.
+
+    ``labels`` is ``(T,)`` uint8 (1 = anomalous frame) for labelled test clips, ``None`` otherwise.
+    ``pixel_mask`` points at the clip's pixel ground truth (``.npy`` of ``(T, H, W)``, a ``.mat`` file
+    or a folder of mask images); :func:`vad.io.masks.load_pixel_mask` reads any of them.
+    """
+
+    name: str
+    path: Path
+    kind: ClipKind
+    split: Literal["train", "test"] = "test"
+    scene: str | None = None
+    labels: np.ndarray | None = field(default=None, repr=False)
+    pixel_mask: Path | None = None
+    frame_paths: tuple[Path, ...] | None = field(default=None, repr=False)
+
+    @cached_property
+    def num_frames(self) -> int:
+        """Frame count: files in the folder, or the count the video container declares (header only)."""
+        if self.kind == "frames":
+            assert self.frame_paths is not None
+            return len(self.frame_paths)
+        from vad.io.decode import probe
+
+        return probe(self.path).num_frames
+
+    @cached_property
+    def fps(self) -> float | None:
+        """Frame rate of a video clip; ``None`` for frame folders (the dataset's notes give it)."""
+        if self.kind == "frames":
+            return None
+        from vad.io.decode import probe
+
+        return probe(self.path).fps
+
+
+def frames_clip(folder: Path, **kwargs) -> Clip:
+    """A :class:`Clip` over an image folder; raises if it holds no images."""
+    from vad.errors import DatasetLayoutError
+
+    frames = list_images(folder)
+    if not frames:
+        raise DatasetLayoutError(
+            f"{folder}: no frames found; expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return Clip(path=folder, kind="frames", frame_paths=frames, **kwargs)
+
+
+def with_labels(clip: Clip, labels: np.ndarray, source: Path) -> Clip:
+    """``clip`` with frame labels attached, after :func:`check_labels`."""
+    from dataclasses import replace
+
+    return replace(clip, labels=check_labels(clip, labels, source))
+
+
+def check_labels(clip: Clip, labels: np.ndarray, source: Path) -> np.ndarray:
+    """Validate a clip's frame labels against its frame count; return them as ``(T,)`` uint8."""
+    from vad.errors import LabelError
+
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise LabelError(f"{source}: frame labels must be 0 or 1; got values {np.unique(labels)[:10]}")
+    if len(labels) != clip.num_frames:
+        raise LabelError(
+            f"{source}: {len(labels)} frame labels for clip {clip.name!r} ({clip.path}), "
+            f"which has {clip.num_frames} frames; expected one label per frame"
+        )
+    return labels.astype(np.uint8)

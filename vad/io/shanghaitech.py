@@ -1,0 +1,88 @@
+"""ShanghaiTech Campus reader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from vad.errors import DatasetLayoutError, LabelError
+from vad.io.records import VIDEO_EXTENSIONS, Clip, frames_clip, natural_key, with_labels
+from vad.io.validate import require_dir
+
+
+def scene_of(name: str) -> str:
+    """Scene id from a ShanghaiTech file name: ``01_0014`` -> ``01``."""
+    scene, sep, _ = name.partition("_")
+    if not sep or not scene.isdigit():
+        raise DatasetLayoutError(f"{name!r}: expected a ShanghaiTech name 'SS_NNN' with a numeric scene prefix")
+    return scene
+
+
+def _scene_filter(scenes: Iterable[int | str] | None) -> set[str] | None:
+    if scenes is None:
+        return None
+    out = set()
+    for s in scenes:
+        try:
+            out.add(f"{int(s):02d}")
+        except (TypeError, ValueError):
+            raise ValueError(f"scene {s!r} is not a scene number; expected e.g. 1 or '01'") from None
+    return out
+
+
+def read_shanghaitech(
+    root: Path | str, split: str = "test", scenes: Iterable[int | str] | None = None
+) -> list[Clip]:
+    """Clips of one split of a ShanghaiTech Campus tree.
+
+    Expected tree::
+
+        ROOT/
+          training/videos/01_001.avi ...        normal training videos (scene = prefix)
+          testing/frames/01_0014/000.jpg ...    test clips as JPEG frame folders
+          testing/test_frame_mask/01_0014.npy   (T,) 0 normal / 1 anomalous
+          testing/test_pixel_mask/01_0014.npy   (T, H, W), optional
+
+    ``scenes`` keeps only those scenes (e.g. ``[1]``). Test labels are checked against each clip's frame
+    count; training videos are probed lazily (``clip.num_frames``).
+    """
+    root = require_dir(Path(root), "ShanghaiTech root")
+    keep = _scene_filter(scenes)
+    if split == "train":
+        folder = require_dir(root / "training" / "videos", "ShanghaiTech training videos folder")
+        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+        if not files:
+            raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
+        clips = [Clip(name=p.stem, path=p, kind="video", split="train", scene=scene_of(p.stem)) for p in files]
+    elif split == "test":
+        folder = require_dir(root / "testing" / "frames", "ShanghaiTech test frames folder")
+        mask_dir = require_dir(root / "testing" / "test_frame_mask", "ShanghaiTech frame-mask folder")
+        pixel_dir = root / "testing" / "test_pixel_mask"
+        dirs = sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
+        if not dirs:
+            raise DatasetLayoutError(f"{folder}: no clip folders; expected test clips like 01_0014/000.jpg")
+        clips = []
+        for d in dirs:
+            if keep is not None and scene_of(d.name) not in keep:
+                continue
+            label_path = mask_dir / f"{d.name}.npy"
+            if not label_path.is_file():
+                raise LabelError(f"{label_path}: frame mask missing for test clip {d}")
+            pixel = pixel_dir / f"{d.name}.npy"
+            clip = frames_clip(d, name=d.name, split="test", scene=scene_of(d.name),
+                               pixel_mask=pixel if pixel.is_file() else None)
+            try:
+                labels = np.load(label_path)
+            except (OSError, ValueError) as err:
+                raise LabelError(f"{label_path}: cannot read frame mask ({err})") from err
+            clips.append(with_labels(clip, labels, label_path))
+    else:
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if keep is not None:
+        clips = [c for c in clips if c.scene in keep]
+        if not clips:
+            raise DatasetLayoutError(f"{root}: no {split} clips in scenes {sorted(keep)}")
+    return clips
+
