@@ -5,9 +5,9 @@ hour-long video is never held in memory at once. Backends:
 
 - ``pyav`` (default for video files): FFmpeg through PyAV with frame threading.
 - ``decord`` (optional extra ``vad[decord]``): random-access video reader.
-- ``pil`` (default for frame folders): Pillow, any image format.
-- ``torchvision``: ``torchvision.io.decode_jpeg`` for JPEG folders; with ``device="cuda"`` it decodes on
-  the GPU (nvJPEG) and the batch arrives already on the device.
+- ``pil`` (default for non-JPEG frame folders): Pillow, any image format (``.tif``, ``.png``, ...).
+- ``torchvision`` (default for JPEG folders): ``torchvision.io.decode_jpeg``; with ``device="cuda"`` it
+  decodes on the GPU (nvJPEG) and the batch arrives already on the device.
 """
 
 from __future__ import annotations
@@ -88,17 +88,18 @@ def as_clip(source: Clip | Path | str) -> Clip:
     return Clip(name=path.stem, path=path, kind="video")
 
 
-def resolve_backend(clip: Clip, backend: str, device: torch.device | str | None = None) -> str:
+def resolve_backend(clip: Clip, backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoding backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
         if clip.kind == "video":
             return "pyav"
-        on_cuda = device is not None and torch.device(device).type == "cuda"
+        # JPEG folders: torchvision's libjpeg-turbo path beat Pillow 1.5x on 2 CPU cores
+        # (benchmarks/decode_throughput.py), and on CUDA it decodes on the GPU.
         all_jpeg = clip.frame_paths is not None and all(
             p.suffix.lower() in (".jpg", ".jpeg") for p in clip.frame_paths
         )
-        return "torchvision" if on_cuda and all_jpeg else "pil"
+        return "torchvision" if all_jpeg else "pil"
     allowed = VIDEO_BACKENDS if clip.kind == "video" else FRAME_BACKENDS
     if backend not in allowed:
         raise ValueError(f"backend {backend!r} cannot decode {clip.kind} clip {clip.path}; use one of {allowed}")
@@ -126,7 +127,7 @@ def iter_frames(
     if start < 0 or (stop is not None and stop < start):
         raise ValueError(f"invalid frame range [{start}, {stop})")
     clip = as_clip(source)
-    name = resolve_backend(clip, backend, device)
+    name = resolve_backend(clip, backend)
     if name == "pyav":
         yield from _iter_pyav(clip.path, batch_size, start, stop, threads)
     elif name == "decord":

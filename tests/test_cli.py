@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vad.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_inspect_lists_clips(shanghaitech_root, capsys):
+    assert main(["inspect", "--data", str(shanghaitech_root), "--dataset", "shanghaitech", "--decode"]) == 0
+    out = capsys.readouterr().out
+    assert "01_0001" in out and "3 clips, 48 frames" in out and "all readable" in out
+
+
+def test_inspect_errors_exit_nonzero_with_message(tmp_path, capsys):
+    assert main(["inspect", "--data", str(tmp_path / "missing"), "--dataset", "avenue"]) == 2
+    assert "missing: Avenue root not found" in capsys.readouterr().err
+    bad = tmp_path / "raw"
+    bad.mkdir()
+    (bad / "broken.avi").write_bytes(b"not really a video" * 20)
+    assert main(["inspect", "--data", str(bad), "--dataset", "folder"]) == 2
+    assert "broken.avi: cannot be opened as a video" in capsys.readouterr().err
+
+
+def test_unknown_subcommand_and_help():
+    with pytest.raises(SystemExit) as err:
+        main(["frobnicate"])
+    assert err.value.code == 2
+    out = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "demo", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "example:" in out and "--out" in out
+
+
+@pytest.mark.slow
+def test_demo_generates_and_checks_the_scene(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "data" / "scene.json").is_file()
+    assert "4 training videos, 4 labelled test clips" in out
+    assert main(["demo", "--out", str(tmp_path)]) == 0  # second run reuses the data
+    assert "reusing" in capsys.readouterr().out
