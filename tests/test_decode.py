@@ -125,7 +125,7 @@ def test_non_video_and_bad_images(tmp_path):
     (folder / "001.jpg").write_bytes(b"corrupt")
     with pytest.raises(DecodeError, match=r"001\.jpg: cannot decode image"):
         collect(folder, backend="pil")
-    with pytest.raises(DecodeError, match="JPEG decoding failed"):
+    with pytest.raises(DecodeError, match=r"001\.jpg: cannot decode JPEG"):
         collect(folder, backend="torchvision")
 
 
@@ -160,3 +160,19 @@ def test_h264_mp4_decodes(tmp_path):
     mp4 = write_video(tmp_path / "c.mp4", frames(0), codec="libx264")
     assert probe(mp4).num_frames == T
     assert len(collect(mp4)[1]) == T
+
+
+def test_empty_range_and_start_past_the_end(video_path, tmp_path):
+    folder = write_frames(tmp_path / "f", frames(0, n=4))
+    assert collect_or_empty(video_path, start=0, stop=0) == 0
+    for backend in ("pyav", "decord"):
+        if backend == "decord":
+            pytest.importorskip("decord")
+        with pytest.raises(DecodeError, match=r"clip\.avi: start frame 40 is past the end"):
+            collect(video_path, backend=backend, start=40)
+    with pytest.raises(DecodeError, match="start frame 9 is past the end"):
+        collect(folder, start=9)
+
+
+def collect_or_empty(source, **kw) -> int:
+    return sum(len(x) for _, x in iter_frames(source, **kw))

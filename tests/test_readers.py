@@ -166,3 +166,19 @@ def test_truncated_training_video_is_named_when_decoded(shanghaitech_root):
     assert sum(len(x) for _, x in iter_frames(clips[0])) == T  # the good clip before it decodes fine
     with pytest.raises(DecodeError, match=r"01_002\.avi: (truncated|cannot be opened)"):
         list(iter_frames(clips[1]))
+
+
+def test_hidden_and_stray_files_are_ignored(shanghaitech_root, avenue_root, ped2_root, tmp_path):
+    """macOS copies add ._* AppleDouble files and __MACOSX folders; notebooks add .ipynb_checkpoints."""
+    (shanghaitech_root / "training" / "videos" / "._01_001.avi").write_bytes(b"\x00" * 10)
+    (shanghaitech_root / "testing" / "frames" / ".ipynb_checkpoints").mkdir()
+    (avenue_root / "testing_videos" / "._01.avi").write_bytes(b"\x00" * 10)
+    (ped2_root / "Test" / "._UCSDped2.m").write_bytes(b"\x00" * 10)
+    assert len(read_dataset("shanghaitech", shanghaitech_root, "train")) == 3
+    assert len(read_dataset("shanghaitech", shanghaitech_root, "test")) == 2
+    assert len(read_dataset("avenue", avenue_root, "test")) == 2
+    assert read_dataset("ped2", ped2_root, "test")[0].labels.sum() == 5
+    raw = tmp_path / "raw"
+    write_video(raw / "cam1.avi", frames(1))
+    (raw / "__MACOSX").mkdir()
+    assert [c.name for c in read_dataset("folder", raw)] == ["cam1"]

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.records import VIDEO_EXTENSIONS, Clip, natural_key, with_labels
+from vad.io.records import VIDEO_EXTENSIONS, Clip, natural_key, visible, with_labels
 from vad.io.validate import require_dir
 
 
-def load_avenue_volume(path: Path) -> np.ndarray:
-    """Pixel masks ``(T, H, W)`` uint8 from an Avenue ``N_label.mat`` file (``volLabel`` cell array)."""
+def _vol_cells(path: Path) -> np.ndarray:
+    """The ``volLabel`` cells (one ``(H, W)`` mask per frame) of an Avenue ``N_label.mat`` file."""
     import scipy.io
 
     try:
@@ -23,7 +23,17 @@ def load_avenue_volume(path: Path) -> np.ndarray:
     if "volLabel" not in mat:
         keys = sorted(k for k in mat if not k.startswith("__"))
         raise LabelError(f"{path}: no 'volLabel' variable; found {keys}; expected Avenue's N_label.mat")
-    cells = np.asarray(mat["volLabel"]).reshape(-1)
+    return np.asarray(mat["volLabel"]).reshape(-1)
+
+
+def avenue_frame_labels(path: Path) -> np.ndarray:
+    """``(T,)`` frame labels from an Avenue label file without stacking the whole mask volume."""
+    return np.array([np.asarray(c).any() for c in _vol_cells(path)], dtype=np.uint8)
+
+
+def load_avenue_volume(path: Path) -> np.ndarray:
+    """Pixel masks ``(T, H, W)`` uint8 from an Avenue ``N_label.mat`` file (``volLabel`` cell array)."""
+    cells = _vol_cells(path)
     try:
         return np.stack([np.asarray(c, dtype=np.uint8) != 0 for c in cells]).astype(np.uint8)
     except ValueError as err:
@@ -47,7 +57,7 @@ def read_avenue(root: Path | str, split: str = "test") -> list[Clip]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     folder = require_dir(root / ("training_videos" if split == "train" else "testing_videos"), f"Avenue {split} videos")
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+    files = sorted((p for p in visible(folder) if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
     if not files:
         raise DatasetLayoutError(f"{folder}: no video files; expected 01.avi, 02.avi, ...")
     clips = [Clip(name=p.stem, path=p, kind="video", split=split) for p in files]
@@ -59,7 +69,5 @@ def read_avenue(root: Path | str, split: str = "test") -> list[Clip]:
         label_path = label_dir / f"{int(clip.name) if clip.name.isdigit() else clip.name}_label.mat"
         if not label_path.is_file():
             raise LabelError(f"{label_path}: label file missing for test video {clip.path}")
-        volume = load_avenue_volume(label_path)  # (T, H, W)
-        labels = volume.reshape(len(volume), -1).any(axis=1)
-        out.append(with_labels(replace(clip, pixel_mask=label_path), labels, label_path))
+        out.append(with_labels(replace(clip, pixel_mask=label_path), avenue_frame_labels(label_path), label_path))
     return out

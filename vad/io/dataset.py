@@ -61,6 +61,8 @@ class FrameStream(IterableDataset):
 
     Yields dicts ``{"frames": float (B, 3, h, w), "clip": list[str] (B,), "index": int64 (B,)}``.
     Clips are split across ``DataLoader`` workers and, with ``rank``/``world_size``, across processes.
+    Shards hold whole clips, so ranks can see different batch counts: a DDP training loop must even
+    them out (e.g. ``torch.distributed.algorithms.Join``) rather than assume equal lengths.
     Without ``shuffle`` every batch holds consecutive frames of one clip, in order. With ``shuffle``, clip
     order is shuffled per epoch (``set_epoch``) and a buffer of ``shuffle_buffer`` transformed frames mixes
     frames across clips; memory is bounded by that buffer (``shuffle_buffer * 3 * h * w * 4`` bytes).
@@ -127,7 +129,7 @@ class FrameStream(IterableDataset):
         buf_x: list[torch.Tensor] = []
         buf_meta: list[tuple[str, int]] = []
         for name, index, x in self._decoded(clips):
-            buf_x.extend(x.unbind(0))
+            buf_x.extend(f.clone() for f in x.unbind(0))  # own storage: a kept frame frees its batch
             buf_meta.extend((name, int(i)) for i in index)
             while len(buf_x) >= self.shuffle_buffer:
                 yield self._take(buf_x, buf_meta, rng, self.batch_size)

@@ -128,12 +128,16 @@ def iter_frames(
         raise ValueError(f"invalid frame range [{start}, {stop})")
     clip = as_clip(source)
     name = resolve_backend(clip, backend)
+    if stop == start:
+        return
     if name == "pyav":
         yield from _iter_pyav(clip.path, batch_size, start, stop, threads)
     elif name == "decord":
         yield from _iter_decord(clip.path, batch_size, start, stop, threads)
     else:
         assert clip.frame_paths is not None
+        if start >= len(clip.frame_paths):
+            raise DecodeError(f"{clip.path}: start frame {start} is past the end ({len(clip.frame_paths)} frames)")
         paths = clip.frame_paths[start:stop]
         decode = _decode_pil if name == "pil" else _decode_torchvision
         for i in range(0, len(paths), batch_size):
@@ -174,13 +178,14 @@ def _iter_pyav(path: Path, batch_size: int, start: int, stop: int | None, thread
             yield first, _stack_hwc(buf)
     if index == 0:
         raise DecodeError(f"{path}: no frame could be decoded; the file is empty or corrupt")
-    wanted = declared if stop is None else min(stop, declared)
-    if stop is None and declared and index < declared:
-        raise DecodeError(
-            f"{path}: truncated video: the container declares {declared} frames but only {index} decoded"
-        )
-    if stop is not None and declared and index < wanted:
-        raise DecodeError(f"{path}: truncated video: frame range [{start}, {stop}) asked, only {index} decoded")
+    if stop is None and declared and index != declared:
+        # Fewer frames: truncated. More: labels counted against the header would drift out of line.
+        what = "truncated video" if index < declared else "frame count mismatch"
+        raise DecodeError(f"{path}: {what}: the container declares {declared} frames but {index} decoded")
+    if stop is not None and declared and index < min(stop, declared):
+        raise DecodeError(f"{path}: truncated video: frames [{start}, {stop}) asked, only {index} decoded")
+    if index <= start:
+        raise DecodeError(f"{path}: start frame {start} is past the end of the video ({index} frames)")
 
 
 def _iter_decord(path: Path, batch_size: int, start: int, stop: int | None, threads: int):
@@ -197,14 +202,19 @@ def _iter_decord(path: Path, batch_size: int, start: int, stop: int | None, thre
         raise DecodeError(
             f"{path}: truncated video: the container declares {declared} frames but decord finds {len(reader)}"
         )
+    if start >= len(reader):
+        raise DecodeError(f"{path}: start frame {start} is past the end of the video ({len(reader)} frames)")
     end = len(reader) if stop is None else min(stop, len(reader))
-    for i in range(start, end, batch_size):
-        idx = list(range(i, min(i + batch_size, end)))
-        try:
-            batch = reader.get_batch(idx).asnumpy()  # (B, H, W, 3)
-        except decord.DECORDError as err:
-            raise DecodeError(f"{path}: decord failed on frames {idx[0]}..{idx[-1]} ({err})") from err
-        yield i, torch.from_numpy(batch).permute(0, 3, 1, 2)
+    try:
+        for i in range(start, end, batch_size):
+            idx = list(range(i, min(i + batch_size, end)))
+            try:
+                batch = reader.get_batch(idx).asnumpy()  # (B, H, W, 3)
+            except decord.DECORDError as err:
+                raise DecodeError(f"{path}: decord failed on frames {idx[0]}..{idx[-1]} ({err})") from err
+            yield i, torch.from_numpy(batch).permute(0, 3, 1, 2)
+    finally:
+        del reader  # release the file and decoder threads even when the consumer stops early
 
 
 def _decode_pil(paths: tuple[Path, ...], device=None) -> torch.Tensor:
@@ -225,14 +235,24 @@ def _decode_torchvision(paths: tuple[Path, ...], device=None) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    try:
-        with warnings.catch_warnings():
-            # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; they still work.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            data = [read_file(str(p)) for p in paths]
+    with warnings.catch_warnings():
+        # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = []
+        for p in paths:
+            try:
+                data.append(read_file(str(p)))
+            except RuntimeError as err:
+                raise DecodeError(f"{p}: cannot read frame file ({err})") from err
+        try:
             images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W)
-    except RuntimeError as err:
-        raise DecodeError(f"JPEG decoding failed in {paths[0].parent} ({err})") from err
+        except RuntimeError as err:
+            for p, d in zip(paths, data, strict=True):  # find the file to name
+                try:
+                    decode_jpeg(d, mode=ImageReadMode.RGB)
+                except RuntimeError as one:
+                    raise DecodeError(f"{p}: cannot decode JPEG ({one})") from err
+            raise DecodeError(f"JPEG decoding failed in {paths[0].parent} ({err})") from err
     _check_same_size(paths, images, lambda t: tuple(t.shape[-2:]))
     return torch.stack(images)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vad.errors import DatasetLayoutError
 from vad.io.decode import as_clip
-from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Clip, frames_clip, natural_key
+from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Clip, frames_clip, list_images, natural_key, visible
 
 
 def read_folder(path: Path | str) -> list[Clip]:
@@ -20,7 +20,7 @@ def read_folder(path: Path | str) -> list[Clip]:
           cam1.avi
           cam2/000.jpg ...
 
-    Clip names are file stems / folder names and must be unique.
+    Clip names are file stems / folder names and must be unique; sub-folders without images are skipped.
     """
     path = Path(path)
     if not path.exists():
@@ -28,14 +28,14 @@ def read_folder(path: Path | str) -> list[Clip]:
     if path.is_file():
         clip = as_clip(path)
         return [clip]
-    entries = sorted((p for p in path.iterdir() if not p.name.startswith(".")), key=natural_key)
+    entries = sorted(visible(path), key=natural_key)
     if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
         return [frames_clip(path, name=path.name)]
     clips = []
     for p in entries:
         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
             clips.append(as_clip(p))
-        elif p.is_dir():
+        elif p.is_dir() and list_images(p):  # folders without frames (e.g. __MACOSX) are not clips
             clips.append(frames_clip(p, name=p.name))
     if not clips:
         raise DatasetLayoutError(

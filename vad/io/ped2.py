@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.records import Clip, frames_clip, list_images, natural_key, with_labels
+from vad.io.records import Clip, frames_clip, list_images, natural_key, visible, with_labels
 from vad.io.validate import require_dir
 
 _GT_ENTRY = re.compile(r"gt\s*\{\s*(\d+)\s*\}\s*=\s*\[([^\]]*)\]")
@@ -66,7 +66,7 @@ def read_ped2(root: Path | str, split: str = "test") -> list[Clip]:
     top = "Train" if split == "train" else "Test"
     folder = require_dir(root / top, f"Ped2 {top} folder")
     dirs = sorted(
-        (p for p in folder.iterdir() if p.is_dir() and re.fullmatch(rf"{top}\d+", p.name)), key=natural_key
+        (p for p in visible(folder) if p.is_dir() and re.fullmatch(rf"{top}\d+", p.name)), key=natural_key
     )
     if not dirs:
         raise DatasetLayoutError(f"{folder}: no clip folders; expected {top}001/001.tif ...")
@@ -76,15 +76,15 @@ def read_ped2(root: Path | str, split: str = "test") -> list[Clip]:
         clips.append(frames_clip(d, name=d.name, split=split, pixel_mask=gt if gt.is_dir() else None))
     if split == "train":
         return clips
-    m_files = sorted(folder.glob("*.m"))
-    if m_files:
-        gt_table = parse_ucsd_m(m_files[0])
+    m_file = _find_gt_m(folder)
+    if m_file is not None:
+        gt_table = parse_ucsd_m(m_file)
         out = []
         for clip in clips:
             number = int(clip.name[len(top):])
             if number not in gt_table:
-                raise LabelError(f"{m_files[0]}: no gt{{{number}}} entry for test clip {clip.path}")
-            out.append(with_labels(clip, spans_to_labels(gt_table[number], clip.num_frames, m_files[0]), m_files[0]))
+                raise LabelError(f"{m_file}: no gt{{{number}}} entry for test clip {clip.path}")
+            out.append(with_labels(clip, spans_to_labels(gt_table[number], clip.num_frames, m_file), m_file))
         return out
     out = []
     for clip in clips:
@@ -96,6 +96,14 @@ def read_ped2(root: Path | str, split: str = "test") -> list[Clip]:
         masks = load_mask_folder(clip.pixel_mask)
         out.append(with_labels(clip, masks.reshape(len(masks), -1).any(1), clip.pixel_mask))
     return out
+
+
+def _find_gt_m(folder: Path) -> Path | None:
+    """The first visible ``*.m`` file in ``folder`` that holds ``gt{N} = [...]`` entries."""
+    for m in sorted(p for p in visible(folder) if p.suffix == ".m"):
+        if _GT_ENTRY.search(m.read_text(errors="replace")):
+            return m
+    return None
 
 
 def load_mask_folder(folder: Path) -> np.ndarray:

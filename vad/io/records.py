@@ -23,12 +23,16 @@ def natural_key(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
 
 
+def visible(folder: Path) -> list[Path]:
+    """Entries of ``folder`` without hidden ones (``.DS_Store``, macOS ``._*`` files, ``.ipynb_checkpoints``)."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
 def list_images(folder: Path) -> tuple[Path, ...]:
     """Image files in ``folder`` (hidden files skipped), in natural order."""
     return tuple(
         sorted(
-            (p for p in folder.iterdir()
-             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
+            (p for p in visible(folder) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
             key=natural_key,
         )
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.records import VIDEO_EXTENSIONS, Clip, frames_clip, natural_key, with_labels
+from vad.io.records import VIDEO_EXTENSIONS, Clip, frames_clip, natural_key, visible, with_labels
 from vad.io.validate import require_dir
 
 
@@ -52,7 +52,7 @@ def read_shanghaitech(
     keep = _scene_filter(scenes)
     if split == "train":
         folder = require_dir(root / "training" / "videos", "ShanghaiTech training videos folder")
-        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+        files = sorted((p for p in visible(folder) if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
         if not files:
             raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
         clips = [Clip(name=p.stem, path=p, kind="video", split="train", scene=scene_of(p.stem)) for p in files]
@@ -60,7 +60,7 @@ def read_shanghaitech(
         folder = require_dir(root / "testing" / "frames", "ShanghaiTech test frames folder")
         mask_dir = require_dir(root / "testing" / "test_frame_mask", "ShanghaiTech frame-mask folder")
         pixel_dir = root / "testing" / "test_pixel_mask"
-        dirs = sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
+        dirs = sorted((p for p in visible(folder) if p.is_dir()), key=natural_key)
         if not dirs:
             raise DatasetLayoutError(f"{folder}: no clip folders; expected test clips like 01_0014/000.jpg")
         clips = []
