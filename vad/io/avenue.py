@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.records import VIDEO_EXTENSIONS, Clip, natural_key, visible, with_labels
+from vad.io.records import Clip, list_videos, with_labels
 from vad.io.validate import require_dir
 
 
@@ -57,7 +56,7 @@ def read_avenue(root: Path | str, split: str = "test") -> list[Clip]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     folder = require_dir(root / ("training_videos" if split == "train" else "testing_videos"), f"Avenue {split} videos")
-    files = sorted((p for p in visible(folder) if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+    files = list_videos(folder)
     if not files:
         raise DatasetLayoutError(f"{folder}: no video files; expected 01.avi, 02.avi, ...")
     clips = [Clip(name=p.stem, path=p, kind="video", split=split) for p in files]
@@ -69,5 +68,5 @@ def read_avenue(root: Path | str, split: str = "test") -> list[Clip]:
         label_path = label_dir / f"{int(clip.name) if clip.name.isdigit() else clip.name}_label.mat"
         if not label_path.is_file():
             raise LabelError(f"{label_path}: label file missing for test video {clip.path}")
-        out.append(with_labels(replace(clip, pixel_mask=label_path), avenue_frame_labels(label_path), label_path))
+        out.append(with_labels(clip, avenue_frame_labels(label_path), label_path, pixel_mask=label_path))
     return out

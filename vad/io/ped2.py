@@ -19,7 +19,14 @@ def parse_ucsd_m(path: Path) -> dict[int, list[tuple[int, int]]]:
 
     Ranges are 1-based and inclusive, as in the file; an entry may list several (``[5:90, 140:200]``).
     """
-    text = Path(path).read_text(errors="replace")
+    out = _parse_gt_text(Path(path).read_text(errors="replace"), path)
+    if not out:
+        raise LabelError(f"{path}: no 'gt{{N}} = [a:b]' entries found; expected UCSD's UCSDped2.m")
+    return out
+
+
+def _parse_gt_text(text: str, source: Path) -> dict[int, list[tuple[int, int]]]:
+    """The ``gt{N}`` table in ``text`` (empty if it has none); a malformed range raises."""
     out: dict[int, list[tuple[int, int]]] = {}
     for clip_no, body in _GT_ENTRY.findall(text):
         spans = []
@@ -30,10 +37,8 @@ def parse_ucsd_m(path: Path) -> dict[int, list[tuple[int, int]]]:
             try:
                 spans.append((int(a), int(b or a)))
             except ValueError:
-                raise LabelError(f"{path}: cannot parse range {part!r} in gt{{{clip_no}}}") from None
+                raise LabelError(f"{source}: cannot parse range {part!r} in gt{{{clip_no}}}") from None
         out[int(clip_no)] = spans
-    if not out:
-        raise LabelError(f"{path}: no 'gt{{N}} = [a:b]' entries found; expected UCSD's UCSDped2.m")
     return out
 
 
@@ -76,9 +81,9 @@ def read_ped2(root: Path | str, split: str = "test") -> list[Clip]:
         clips.append(frames_clip(d, name=d.name, split=split, pixel_mask=gt if gt.is_dir() else None))
     if split == "train":
         return clips
-    m_file = _find_gt_m(folder)
-    if m_file is not None:
-        gt_table = parse_ucsd_m(m_file)
+    found = _find_gt_m(folder)
+    if found is not None:
+        m_file, gt_table = found
         out = []
         for clip in clips:
             number = int(clip.name[len(top):])
@@ -98,11 +103,12 @@ def read_ped2(root: Path | str, split: str = "test") -> list[Clip]:
     return out
 
 
-def _find_gt_m(folder: Path) -> Path | None:
-    """The first visible ``*.m`` file in ``folder`` that holds ``gt{N} = [...]`` entries."""
+def _find_gt_m(folder: Path) -> tuple[Path, dict[int, list[tuple[int, int]]]] | None:
+    """The first visible ``*.m`` file in ``folder`` that parses as a ``gt{N} = [...]`` table, with the table."""
     for m in sorted(p for p in visible(folder) if p.suffix == ".m"):
-        if _GT_ENTRY.search(m.read_text(errors="replace")):
-            return m
+        table = _parse_gt_text(m.read_text(errors="replace"), m)
+        if table:  # other MATLAB files have no gt{N} entries
+            return m, table
     return None
 
 

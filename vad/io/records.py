@@ -28,6 +28,11 @@ def visible(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if not p.name.startswith(".")]
 
 
+def list_videos(folder: Path) -> list[Path]:
+    """Video files in ``folder`` (hidden files skipped), in natural order."""
+    return sorted((p for p in visible(folder) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()), key=natural_key)
+
+
 def list_images(folder: Path) -> tuple[Path, ...]:
     """Image files in ``folder`` (hidden files skipped), in natural order."""
     return tuple(
@@ -88,11 +93,18 @@ def frames_clip(folder: Path, **kwargs) -> Clip:
     return Clip(path=folder, kind="frames", frame_paths=frames, **kwargs)
 
 
-def with_labels(clip: Clip, labels: np.ndarray, source: Path) -> Clip:
-    """``clip`` with frame labels attached, after :func:`check_labels`."""
+def with_labels(clip: Clip, labels: np.ndarray, source: Path, **changes) -> Clip:
+    """``clip`` with frame labels (and any other ``changes``) attached, after :func:`check_labels`.
+
+    The new record keeps what ``clip`` already probed from its file (frame count, fps): the path is the same.
+    """
     from dataclasses import replace
 
-    return replace(clip, labels=check_labels(clip, labels, source))
+    new = replace(clip, labels=check_labels(clip, labels, source), **changes)
+    for key in ("num_frames", "fps"):  # cached_property values live in the instance __dict__
+        if key in clip.__dict__:
+            new.__dict__[key] = clip.__dict__[key]
+    return new
 
 
 def check_labels(clip: Clip, labels: np.ndarray, source: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.records import VIDEO_EXTENSIONS, Clip, frames_clip, natural_key, visible, with_labels
+from vad.io.records import Clip, frames_clip, list_videos, natural_key, visible, with_labels
 from vad.io.validate import require_dir
 
 
@@ -52,7 +52,7 @@ def read_shanghaitech(
     keep = _scene_filter(scenes)
     if split == "train":
         folder = require_dir(root / "training" / "videos", "ShanghaiTech training videos folder")
-        files = sorted((p for p in visible(folder) if p.suffix.lower() in VIDEO_EXTENSIONS), key=natural_key)
+        files = list_videos(folder)
         if not files:
             raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
         clips = [Clip(name=p.stem, path=p, kind="video", split="train", scene=scene_of(p.stem)) for p in files]
