@@ -108,3 +108,26 @@ def make_ped2(root: Path, with_m: bool = True) -> Path:
     if with_m:
         (root / "Test" / "UCSDped2.m").write_text(PED2_M)
     return root
+
+
+def paste_anomaly(data: np.ndarray, t0: int, t1: int, size: int = 16) -> np.ndarray:
+    """Copy of ``data`` with a blue/yellow checkerboard (unlike anything normal) in frames [t0, t1)."""
+    out = data.copy()
+    yy, xx = np.mgrid[:size, :size]
+    board = np.where(((yy // 4 + xx // 4) % 2)[..., None] == 1, (30, 40, 220), (240, 230, 30)).astype(np.uint8)
+    for t in range(t0, t1):
+        y, x = 26, 6 + 2 * (t - t0)
+        out[t, y:y + size, x:x + size] = board
+    return out
+
+
+def make_anomaly_scene(root: Path, n_train: int = 4, frames_per_clip: int = 24) -> Path:
+    """ShanghaiTech layout with normal training videos and two test clips with a pasted anomaly."""
+    for i in range(n_train):
+        write_video(root / "training" / "videos" / f"01_{i + 1:03d}.avi", frames(i, frames_per_clip))
+    (root / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
+    for j, span in enumerate([(6, 14), (0, 5)]):
+        name = f"01_{j + 1:04d}"
+        write_frames(root / "testing" / "frames" / name, paste_anomaly(frames(50 + j), *span))
+        np.save(root / "testing" / "test_frame_mask" / f"{name}.npy", labels_for(T, *span))
+    return root

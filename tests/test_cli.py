@@ -44,3 +44,34 @@ def test_demo_generates_and_checks_the_scene(tmp_path, capsys):
     assert "4 training videos, 4 labelled test clips" in out
     assert main(["demo", "--out", str(tmp_path)]) == 0  # second run reuses the data
     assert "reusing" in capsys.readouterr().out
+
+
+def test_train_then_score_end_to_end(tmp_path, capsys):
+    import numpy as np
+
+    import helpers
+
+    data = helpers.make_anomaly_scene(tmp_path / "data", n_train=2)
+    run = tmp_path / "run"
+    tiny = ["model.input_height=48", "train.epochs=2", "train.batch_size=8"]
+    assert main(["train", "--data", str(data), "--dataset", "shanghaitech", "--out", str(run), "--set", *tiny]) == 0
+    assert (run / "model.pt").is_file() and (run / "config.yaml").is_file()
+    assert main(["score", "--run", str(run), "--data", str(data), "--dataset", "shanghaitech",
+                 "--set", "score.save_maps=true"]) == 0
+    scores = np.load(run / "scores" / "01_0001.npy")
+    assert scores.shape == (16,) and np.isfinite(scores).all()
+    assert (run / "maps" / "01_0001.npy").is_file()
+    # raw input: a single frame folder
+    assert main(["score", "--run", str(run), "--input", str(data / "testing" / "frames" / "01_0002")]) == 0
+    assert "scored" in capsys.readouterr().out
+
+
+def test_train_and_score_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--dataset", "shanghaitech",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--dataset", "shanghaitech", "--out", str(tmp_path / "r"),
+                 "--set", "train.epoch=3"]) == 2
+    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+    assert main(["score", "--run", str(tmp_path / "norun"), "--input", str(tmp_path)]) == 2
+    assert "config.yaml not found" in capsys.readouterr().err

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vad.config import RunConfig, ScoreConfig, to_dict
 from vad.io import Clip, iter_frames, read_dataset
+from vad.train import train, train_per_scene
 
 
 def describe(clips: Sequence[Clip]) -> str:
@@ -71,3 +73,64 @@ def run_demo(out: Path, seed: int = 0) -> None:
     frac = np.concatenate([c.labels for c in test]).mean()
     print(f"demo data ready: {len(clips['train'])} training videos, {len(test)} labelled test clips "
           f"({frac:.0%} anomalous frames) in {data}")
+
+
+def save_config(cfg: RunConfig, path: Path, extra: dict | None = None) -> None:
+    """The resolved config (plus ``extra`` facts such as the data root) as YAML, written atomically."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump({**to_dict(cfg), **(extra or {})}, sort_keys=False))
+    tmp.replace(path)
+
+
+def train_stage(
+    data: Path, dataset: str, out: Path, cfg: RunConfig, device: str = "auto", scenes: Sequence[str] | None = None
+) -> list[Path]:
+    """Train on the normal training split of ``dataset`` at ``data``; one model, or one per scene."""
+    clips = read_dataset(dataset, data, "train", scenes=scenes)
+    out = Path(out)
+    save_config(cfg, out / "config.yaml", {"data": {"root": str(data), "dataset": dataset, "scenes": scenes}})
+    frames = sum(c.num_frames for c in clips)
+    print(f"training {cfg.model.method} ({cfg.model.backbone}, teacher {cfg.model.teacher_weights}) on "
+          f"{len(clips)} clips / {frames} frames of {dataset}; {cfg.train.epochs} epochs -> {out}")
+    t0 = time.perf_counter()
+    if cfg.train.per_scene:
+        paths = list(train_per_scene(clips, cfg, out, device).values())
+    else:
+        paths = [train(clips, cfg, out, device)]
+    print(f"trained {len(paths)} model(s) in {time.perf_counter() - t0:.0f}s: {', '.join(map(str, paths))}")
+    return paths
+
+
+def _models_for(run: Path, clips: Sequence[Clip]) -> dict[str, list[Clip]]:
+    """Map each model file of ``run`` to the clips it scores (per-scene runs pick the clip's scene model)."""
+    if (run / "model.pt").is_file():
+        return {str(run / "model.pt"): list(clips)}
+    scene_dir = run / "scenes"
+    if not scene_dir.is_dir():
+        raise FileNotFoundError(f"{run}: no model.pt (or scenes/<scene>/model.pt); train first with "
+                                f"'vad train ... --out {run}'")
+    groups: dict[str, list[Clip]] = {}
+    for c in clips:
+        path = scene_dir / (c.scene or "all") / "model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"clip {c.name} is from scene {c.scene!r} but {path} does not exist; "
+                                    f"scenes trained: {sorted(p.name for p in scene_dir.iterdir())}")
+        groups.setdefault(str(path), []).append(c)
+    return groups
+
+
+def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str = "auto",
+                overwrite: bool = False) -> dict[str, np.ndarray]:
+    """Score ``clips`` with the model(s) of ``run``; per-frame scores (and maps) go to ``run/scores``."""
+    from vad.checkpoint import load_model
+    from vad.score import Scorer, score_clips
+
+    results = {}
+    for path, group in _models_for(Path(run), clips).items():
+        model, ckpt = load_model(path)
+        scorer = Scorer(model, ckpt, cfg, device)
+        results.update(score_clips(scorer, group, run, overwrite=overwrite))
+    return results

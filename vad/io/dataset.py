@@ -7,7 +7,7 @@ normalises them as one tensor operation, and yields ``{"frames", "clip", "index"
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ class FrameStream(IterableDataset):
     Clips are split across ``DataLoader`` workers and, with ``rank``/``world_size``, across processes.
     Shards hold whole clips, so ranks can see different batch counts: a DDP training loop must even
     them out (e.g. ``torch.distributed.algorithms.Join``) rather than assume equal lengths.
+    ``ranges`` maps a clip name to the ``(start, stop)`` frames to read (default: all), e.g. for a hold-out.
     Without ``shuffle`` every batch holds consecutive frames of one clip, in order. With ``shuffle``, clip
     order is shuffled per epoch (``set_epoch``) and a buffer of ``shuffle_buffer`` transformed frames mixes
     frames across clips; memory is bounded by that buffer (``shuffle_buffer * 3 * h * w * 4`` bytes).
@@ -81,6 +82,7 @@ class FrameStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         decode_batch: int = 64,
+        ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         if not clips:
@@ -99,6 +101,7 @@ class FrameStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.decode_batch = decode_batch
+        self.ranges = dict(ranges or {})
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -116,7 +119,8 @@ class FrameStream(IterableDataset):
     def _decoded(self, clips: list[Clip]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         for clip in clips:
             chunk = self.batch_size if not self.shuffle else self.decode_batch
-            for first, frames in iter_frames(clip, batch_size=chunk, backend=self.backend):
+            start, stop = self.ranges.get(clip.name, (0, None))
+            for first, frames in iter_frames(clip, batch_size=chunk, backend=self.backend, start=start, stop=stop):
                 yield clip.name, torch.arange(first, first + len(frames)), self.transform(frames)
 
     def __iter__(self) -> Iterator[dict]:

@@ -1,0 +1,79 @@
+"""Checkpoints that carry their config: a checkpoint alone rebuilds its model.
+
+Everything saved is a tensor, a number, a string or a dict/list of those, so loading uses
+``torch.load(weights_only=True)``: a checkpoint from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vad.config import ModelConfig, from_dict
+from vad.errors import VadError
+from vad.models import STPM, build_model
+
+FORMAT = "vad-checkpoint/1"
+
+
+class CheckpointError(VadError, ValueError):
+    """A checkpoint file that is missing, unreadable or not one of ours."""
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a vad checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def model_state(model: STPM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def restore_model(ckpt: dict) -> STPM:
+    """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher)."""
+    cfg = from_dict(ModelConfig, ckpt["config"]["model"], "model")
+    model = build_model(cfg, teacher_weights="random")
+    state = dict(ckpt["model"])
+    loc, scale = state.pop("calib_loc"), state.pop("calib_scale")
+    if loc.numel():
+        model.set_calibration(loc, scale)
+    model.load_state_dict(state, strict=False)
+    missing = set(model.state_dict()) - set(state) - {"calib_loc", "calib_scale"}
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {sorted(missing)[:4]} for model {cfg.backbone}")
+    return model.eval()
+
+
+def load_model(path: Path | str) -> tuple[STPM, dict]:
+    """``(model, checkpoint)`` from a model file; the model is on the CPU in eval mode."""
+    ckpt = read_checkpoint(path)
+    try:
+        return restore_model(ckpt), ckpt
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: {err}") from err

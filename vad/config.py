@@ -1,0 +1,179 @@
+"""One frozen dataclass per stage. Configs turn into plain dicts (saved with runs and inside checkpoints) and
+back, with unknown keys and wrong types rejected by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a checkpoint needs to rebuild its network."""
+
+    method: str = "stpm"
+    backbone: str = "efficientnet_lite0"  # efficientnet_lite0 (offline default) | resnet18 | wide_resnet50_2
+    levels: tuple[int, ...] | None = None  # pyramid levels (timm feature_info indices); None = backbone default
+    teacher_weights: str = "pretrained"  # "pretrained" | "random" (ablation only) | path to a state dict
+    allow_download: bool = True  # fetch torchvision weights when not cached (ResNets only)
+    input_height: int = 256
+    input_width: int | None = None  # None: keep the training footage's aspect ratio (rounded to a multiple of 16)
+    combine: str = "product"  # how per-level maps are combined: product | sum
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 8
+    optimizer: str = "adam"  # adam (AdamW) | sgd (the paper's: lr 0.4, momentum 0.9, weight decay 1e-4)
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup: float = 0.1  # fraction of the steps spent warming up (onecycle, cosine)
+    val_fraction: float = 0.2  # tail of every training clip held out for checkpoint selection and calibration
+    calibrate: bool = True  # per-position statistics of the held-out normal frames' anomaly maps
+    seed: int = 0
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    per_scene: bool = False  # one model per scene (ShanghaiTech)
+    num_workers: int = 0  # DataLoader decode workers
+    shuffle_buffer: int = 512
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    batch_size: int = 32
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    calibrated: bool = False  # use the model's per-position calibration (measured worse on campus; see README)
+    save_maps: bool = False  # also write anomaly maps (float16) for the renderer
+    map_stride: int = 8  # saved maps keep one value per map_stride input pixels
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as nested plain dicts/lists (tuples become lists), safe for YAML, JSON and ``weights_only``."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+    return plain(cfg)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(value, opt, where)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if errors else f"{where}: got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"{where}: unsupported config type {hint!r}")
+
+
+def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
+    """Build ``cls`` from a (partial) dict; missing fields take defaults, unknown keys raise ``ValueError``."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; expected one of {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
+    """``["train.epochs=5", "model.levels=[1,2]"]`` applied to ``cfg``; values are parsed as YAML scalars/lists.
+    An unknown key or a value of the wrong type raises ``ValueError`` naming it."""
+    import yaml
+
+    data = to_dict(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=5)")
+        node, parts = data, key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"unknown config key {key!r}; sections are {sorted(data)}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"unknown config key {key!r}; expected one of "
+                             f"{sorted('.'.join([*parts[:-1], k]) for k in node)}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return from_dict(type(cfg), data)
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A :class:`RunConfig` from a YAML file (sections ``model``, ``train``, ``score``; a ``data`` section is
+    left to the caller) with ``KEY=VALUE`` overrides on top. No file: the defaults."""
+    from pathlib import Path
+
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{p}: not valid YAML ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping with sections model/train/score; got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k != "data"}
+    return apply_overrides(from_dict(RunConfig, data), list(overrides))

@@ -1,0 +1,119 @@
+"""Batched scoring: frames -> anomaly maps -> per-frame scores, written per clip.
+
+Output (``OUT`` is the run folder)::
+
+    OUT/scores/<clip>.npy   (T,) float32 per-frame scores (max of the anomaly map)
+    OUT/maps/<clip>.npy     (T, h, w) float16 anomaly maps at 1/map_stride of the input (with save_maps)
+
+Each file is written atomically when its clip is complete; clips whose files already exist are skipped, so
+an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vad.config import ScoreConfig
+from vad.io.dataset import FrameStream, FrameTransform, make_loader
+from vad.io.records import Clip
+from vad.models import STPM, frame_scores
+from vad.train import amp_dtype, autocast, resolve_device
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """``np.save`` to a temporary file beside ``path``, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Scorer:
+    """Wraps a trained model for inference: ``scorer(frames uint8 (B, 3, H, W)) -> (scores (B,), maps (B, h, w))``."""
+
+    def __init__(self, model: STPM, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+        self.dtype = amp_dtype(cfg.amp, self.device)
+        self.cfg = cfg
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
+        self.calibrated = cfg.calibrated and model.calibrated
+
+    @torch.inference_mode()
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input ``(B, 3, H, W)`` -> anomaly map ``(B, h, w)`` float32 (calibrated when enabled)."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            t, s = self.model.features(x)
+        amap = self.model.features_to_map(t, s, self.model.map_size(x)).float()
+        return self.model.calibrate_map(amap) if self.calibrated else amap
+
+    def downsample(self, amap: torch.Tensor) -> torch.Tensor:
+        """Anomaly map at the finest-level stride -> one value per ``map_stride`` input pixels (area average)."""
+        factor = max(1, self.cfg.map_stride // self.model.stride)
+        return F.avg_pool2d(amap.unsqueeze(1), factor, ceil_mode=True).squeeze(1) if factor > 1 else amap
+
+
+def score_clips(
+    scorer: Scorer, clips: Sequence[Clip], out: Path | str, overwrite: bool = False, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Score every frame of ``clips``; write ``out/scores/<clip>.npy`` (and maps). Returns ``{clip: scores}``."""
+    out = Path(out)
+    names = [c.name for c in clips]
+    if len(set(names)) != len(names):
+        raise ValueError("clip names must be unique within one run; got duplicates")
+    todo = [c for c in clips if overwrite or not (out / "scores" / f"{c.name}.npy").exists()]
+    results = {c.name: np.load(out / "scores" / f"{c.name}.npy") for c in clips if c not in todo}
+    if not todo:
+        return results
+    stream = FrameStream(todo, scorer.transform, batch_size=scorer.cfg.batch_size)
+    loader = make_loader(stream, scorer.cfg.num_workers, pin_memory=scorer.device.type == "cuda")
+    by_name = {c.name: c for c in todo}
+    pending: dict[str, dict] = {}
+    t0, n = time.perf_counter(), 0
+    with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
+        for batch in loader:
+            name, index = batch["clip"][0], batch["index"]
+            amap = scorer.maps(batch["frames"])
+            entry = pending.setdefault(name, {"scores": {}, "maps": {}})
+            for i, s in zip(index.tolist(), frame_scores(amap).cpu().tolist(), strict=True):
+                entry["scores"][i] = s
+            if scorer.cfg.save_maps:
+                small = scorer.downsample(amap).half().cpu()
+                for i, m in zip(index.tolist(), small, strict=True):
+                    entry["maps"][i] = m
+            n += len(index)
+            bar.update(len(index))
+            clip = by_name[name]
+            if len(entry["scores"]) == clip.num_frames:
+                results[name] = _flush(clip, pending.pop(name), out, scorer.cfg.save_maps)
+    if pending:
+        short = {k: len(v["scores"]) for k, v in pending.items()}
+        raise RuntimeError(f"scoring ended with incomplete clips (frames scored): {short}")
+    if progress:
+        secs = time.perf_counter() - t0
+        print(f"scored {n} frames of {len(todo)} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {out / 'scores'}")
+    return results
+
+
+def _flush(clip: Clip, entry: dict, out: Path, save_maps: bool) -> np.ndarray:
+    scores = np.array([entry["scores"][i] for i in range(clip.num_frames)], dtype=np.float32)
+    if save_maps:
+        maps = torch.stack([entry["maps"][i] for i in range(clip.num_frames)]).numpy()
+        save_npy(maps, out / "maps" / f"{clip.name}.npy")
+    save_npy(scores, out / "scores" / f"{clip.name}.npy")  # scores last: their presence marks the clip done
+    return scores
