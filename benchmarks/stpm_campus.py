@@ -29,6 +29,7 @@ from vad.checkpoint import load_model
 from vad.config import RunConfig, apply_overrides, to_dict
 from vad.evaluate import event_aucs, macro_auc, micro_auc
 from vad.io import read_dataset
+from vad.pipeline import save_config
 from vad.score import Scorer, score_clips
 from vad.train import resolve_device, train
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     train_clips = read_dataset("shanghaitech", args.data, "train")
     test_clips = read_dataset("shanghaitech", args.data, "test")
 
+    save_config(cfg, args.out / "config.yaml", {"data": {"root": str(args.data), "dataset": "shanghaitech"}})
     t0 = time.perf_counter()
     model_path = train(train_clips, cfg, args.out, device=device)
     train_s = time.perf_counter() - t0

@@ -197,3 +197,10 @@ def test_bf16_scoring_keeps_the_ranking(scene: Path, trained: Path) -> None:
     b = np.concatenate([bf16[c.name] for c in clips])
     assert spearmanr(a, b).statistic > 0.95
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def test_model_keeps_normal_validation_scores(trained: Path) -> None:
+    ckpt = torch.load(trained / "model.pt", weights_only=True)
+    raw, cal = ckpt["val_scores"]["raw"], ckpt["val_scores"]["calibrated"]
+    n_val = 4 * round(24 * TINY.train.val_fraction)  # the tail of each of the 4 training clips
+    assert raw.shape == cal.shape == (n_val,) and bool((raw >= 0).all())

@@ -54,6 +54,15 @@ def _score(args: argparse.Namespace) -> None:
     score_stage(args.run, clips, cfg.score, device=args.device, overwrite=args.overwrite)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from vad.config import load_config
+    from vad.report import evaluate_run
+
+    saved = args.run / "config.yaml"
+    cfg = load_config(saved if saved.is_file() else None, list(args.set or []))
+    evaluate_run(args.run, cfg.postprocess, cfg.eval)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
@@ -131,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
     _common(sc)
     sc.set_defaults(func=_score)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="post-process scores; write metrics.json, events and plots",
+        description="Smooth and normalise the scores of a scored run; with labels, compute frame-level AUC "
+        "(micro and macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were "
+        "saved); always write events.csv/events.json (threshold from normal training data) and plots/*.png.\n\n"
+        "examples:\n  python run_pipeline.py evaluate --run runs/sht\n"
+        "  python run_pipeline.py evaluate --run runs/sht --set postprocess.sigma=7 postprocess.normalisation=none",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
+    ev.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. postprocess.sigma=7")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

@@ -54,10 +54,27 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class PostprocessConfig:
+    sigma: float = 3.0  # temporal Gaussian smoothing, in frames (0 = off)
+    normalisation: str = "minmax"  # minmax (per clip, benchmark convention) | calibrated | none
+    reference_percentile: float = 99.0  # calibrated: 1.0 = this percentile of normal hold-out frame scores
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    threshold_percentile: float = 99.0  # event threshold: this percentile of normal hold-out frame scores
+    min_event_frames: int = 3  # shorter above-threshold runs are not reported as events
+    pixel_max: int = 2_000_000  # pixel AUROC draws at most this many map cells
+    plots: bool = True
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 C = TypeVar("C")

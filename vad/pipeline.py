@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -126,11 +127,37 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
                 overwrite: bool = False) -> dict[str, np.ndarray]:
     """Score ``clips`` with the model(s) of ``run``; per-frame scores (and maps) go to ``run/scores``."""
     from vad.checkpoint import load_model
-    from vad.score import Scorer, score_clips
+    from vad.score import Scorer, save_npy, score_clips
 
-    results = {}
-    for path, group in _models_for(Path(run), clips).items():
+    run = Path(run)
+    results, manifest = {}, _read_manifest(run)
+    for path, group in _models_for(run, clips).items():
         model, ckpt = load_model(path)
         scorer = Scorer(model, ckpt, cfg, device)
         results.update(score_clips(scorer, group, run, overwrite=overwrite))
+        # The model's normal reference (hold-out frame scores, same calibration setting) for thresholds.
+        ref = Path(path).parent.name if Path(path).parent != run else "all"
+        save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
+                 run / "normal_scores" / f"{ref}.npy")
+        for c in group:
+            if c.labels is not None:
+                save_npy(np.asarray(c.labels, dtype=np.uint8), run / "labels" / f"{c.name}.npy")
+            manifest[c.name] = {
+                "path": str(c.path), "kind": c.kind, "scene": c.scene, "frames": c.num_frames, "fps": c.fps,
+                "labelled": c.labels is not None, "reference": ref,
+                "pixel_mask": str(c.pixel_mask) if c.pixel_mask is not None else None,
+            }
+    _write_json(manifest, run / "clips.json")
     return results
+
+
+def _read_manifest(run: Path) -> dict:
+    path = run / "clips.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)

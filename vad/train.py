@@ -31,7 +31,7 @@ from vad.errors import VadError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import iter_frames
 from vad.io.records import Clip
-from vad.models import STPM, backbone_spec, build_model
+from vad.models import STPM, backbone_spec, build_model, frame_scores
 from vad.models.loss import stpm_loss
 
 
@@ -127,8 +127,8 @@ def _optimizer(model: STPM, cfg: RunConfig, steps: int) -> tuple[torch.optim.Opt
 
 
 @torch.inference_mode()
-def _val_pass(model: STPM, loader, device: torch.device, dtype, calibrate: bool) -> tuple[float, torch.Tensor | None]:
-    """Mean validation loss and (when ``calibrate``) the stacked raw anomaly maps ``(N, h, w)``."""
+def _val_pass(model: STPM, loader, device: torch.device, dtype, keep_maps: bool) -> tuple[float, torch.Tensor | None]:
+    """Mean validation loss and (when ``keep_maps``) the stacked raw anomaly maps ``(N, h, w)`` on the CPU."""
     model.eval()
     total, n, maps = 0.0, 0, []
     for batch in loader:
@@ -137,7 +137,7 @@ def _val_pass(model: STPM, loader, device: torch.device, dtype, calibrate: bool)
             t, s = model.features(x)
         total += float(stpm_loss(t, s)) * len(x)
         n += len(x)
-        if calibrate:
+        if keep_maps:
             maps.append(model.features_to_map(t, s, model.map_size(x)).float().cpu())
     return total / max(n, 1), (torch.cat(maps) if maps else None)
 
@@ -154,7 +154,8 @@ def calibration_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _config_key(cfg: RunConfig) -> dict:
     d = to_dict(cfg)
     d["train"].pop("num_workers")  # resuming with more decode workers is fine
-    d.pop("score")
+    for later_stage in ("score", "postprocess", "eval"):
+        d.pop(later_stage)
     return d
 
 
@@ -231,7 +232,7 @@ def train(
             sched.step()
             total += float(loss.detach()) * len(x)
             seen += len(x)
-        val_loss, _ = _val_pass(model, val_loader, device, dtype, calibrate=False)
+        val_loss, _ = _val_pass(model, val_loader, device, dtype, keep_maps=False)
         improved = val_loss < best
         if improved:
             best = val_loss
@@ -248,9 +249,13 @@ def train(
     best_ck = read_checkpoint(ckdir / "best.pt")
     model = restore_model(best_ck).to(device, memory_format=torch.channels_last)
     final = {**meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
+    # Normal reference: the hold-out's anomaly maps give the per-position calibration and the per-frame scores
+    # that thresholds and calibrated normalisation are drawn from (normal training data only).
+    _, maps = _val_pass(model, val_loader, device, dtype, keep_maps=True)
+    final["val_scores"] = {"raw": frame_scores(maps)}
     if t.calibrate:
-        _, maps = _val_pass(model, val_loader, device, dtype, calibrate=True)
         model.set_calibration(*calibration_stats(maps))
+        final["val_scores"]["calibrated"] = frame_scores(model.calibrate_map(maps.to(model.calib_loc.device)).cpu())
     final["model"] = model_state(model)
     atomic_save(final, out / "model.pt")
     return out / "model.pt"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from vad.errors import LabelError
@@ -11,9 +13,15 @@ def load_pixel_mask(clip: Clip) -> np.ndarray | None:
 
     Reads ShanghaiTech ``.npy`` (memory-mapped), Avenue ``.mat`` and UCSD ``_gt`` mask folders.
     """
-    path = clip.pixel_mask
-    if path is None:
+    if clip.pixel_mask is None:
         return None
+    return read_pixel_mask(clip.pixel_mask, clip.num_frames, clip.name)
+
+
+def read_pixel_mask(path: Path, num_frames: int, name: str = "") -> np.ndarray:
+    """Pixel masks ``(T, H, W)`` from ``path`` (``.npy``, ``.mat`` or a mask folder), checked to hold
+    ``num_frames`` masks."""
+    path = Path(path)
     if path.is_dir():
         from vad.io.ped2 import load_mask_folder
 
@@ -26,9 +34,9 @@ def load_pixel_mask(clip: Clip) -> np.ndarray | None:
         masks = load_avenue_volume(path)
     else:
         raise LabelError(f"{path}: unknown pixel-mask format; expected .npy, .mat or a folder of mask images")
-    if masks.ndim != 3 or len(masks) != clip.num_frames:
+    if masks.ndim != 3 or len(masks) != num_frames:
         raise LabelError(
-            f"{path}: pixel mask of shape {masks.shape} for clip {clip.name!r} with {clip.num_frames} frames; "
+            f"{path}: pixel mask of shape {masks.shape} for clip {name!r} with {num_frames} frames; "
             "expected (T, H, W) with one mask per frame"
         )
     return masks

@@ -1,0 +1,112 @@
+"""Smoothing, normalisation, events and the frame-level evaluator, pinned to hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vad.evaluate import (
+    average_precision,
+    best_f1_threshold,
+    clip_aucs,
+    equal_error_rate,
+    event_aucs,
+    label_events,
+    macro_auc,
+    micro_auc,
+    pixel_auroc,
+)
+from vad.postprocess import calibrate, events, minmax, normalise, smooth
+
+
+def test_auc_perfect_reversed_constant() -> None:
+    y = {"a": np.array([0, 0, 1, 1]), "b": np.array([0, 1, 0, 0])}
+    good = {"a": np.array([0.1, 0.2, 0.8, 0.9]), "b": np.array([0.0, 0.7, 0.3, 0.1])}
+    assert micro_auc(good, y) == 1.0
+    assert micro_auc({k: -v for k, v in good.items()}, y) == 0.0
+    assert micro_auc({k: np.ones(4) for k in y}, y) == 0.5
+    assert macro_auc(good, y) == (1.0, 0)
+
+
+def test_micro_and_macro_differ_by_definition() -> None:
+    # within each clip perfectly ordered, but clip b's scores all sit above clip a's
+    y = {"a": np.array([0, 1]), "b": np.array([0, 1])}
+    s = {"a": np.array([0.0, 1.0]), "b": np.array([2.0, 3.0])}
+    assert macro_auc(s, y) == (1.0, 0)
+    assert micro_auc(s, y) == pytest.approx(0.75)  # 3 of the 4 (anomalous, normal) pairs are ordered
+
+
+def test_single_class_clips_are_skipped_in_macro_and_counted() -> None:
+    y = {"a": np.array([0, 1, 1]), "all_anomalous": np.array([1, 1, 1]), "all_normal": np.array([0, 0])}
+    s = {"a": np.array([0.0, 1.0, 2.0]), "all_anomalous": np.array([0.0, 0.0, 0.0]), "all_normal": np.array([5, 5])}
+    assert clip_aucs(s, y) == {"a": 1.0, "all_anomalous": None, "all_normal": None}
+    assert macro_auc(s, y) == (1.0, 2)
+
+
+def test_metric_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match="no scores for labelled clip"):
+        micro_auc({}, {"a": np.array([0, 1])})
+    with pytest.raises(ValueError, match="clip a: 3 scores for 2 labelled frames"):
+        micro_auc({"a": np.zeros(3)}, {"a": np.array([0, 1])})
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        micro_auc({"a": np.zeros(2)}, {"a": np.array([0, 0])})
+
+
+def test_ap_eer_and_best_f1() -> None:
+    y = {"a": np.array([0, 0, 0, 1, 1])}
+    assert average_precision({"a": np.array([0.1, 0.2, 0.3, 0.8, 0.9])}, y) == 1.0
+    assert equal_error_rate({"a": np.array([0.1, 0.2, 0.3, 0.8, 0.9])}, y) == 0.0
+    assert equal_error_rate({"a": np.array([0.9, 0.8, 0.7, 0.2, 0.1])}, y) == 1.0
+    th, f1 = best_f1_threshold({"a": np.array([0.1, 0.2, 0.3, 0.8, 0.9])}, y)
+    assert f1 == 1.0 and th == pytest.approx(0.8)
+
+
+def test_event_aucs_and_label_events() -> None:
+    assert label_events(np.array([1, 1, 0, 0, 1, 0, 1])) == [(0, 2), (4, 5), (6, 7)]
+    y = {"a": np.array([0, 1, 1, 0, 0, 1])}
+    s = {"a": np.array([0.0, 5.0, 5.0, 1.0, 0.5, 0.2])}
+    assert event_aucs(s, y) == {"a[1:3]": 1.0, "a[5:6]": pytest.approx(1 / 3)}
+
+
+def test_smoothing_keeps_length_and_constants() -> None:
+    x = np.r_[np.zeros(10), np.ones(10)]
+    for sigma in (0, 1, 3, 7):
+        out = smooth(x, sigma)
+        assert out.shape == x.shape
+        assert np.allclose(smooth(np.full(15, 2.5), sigma), 2.5)
+    assert np.array_equal(smooth(x, 0), x)
+    assert smooth(x, 3)[9] < 1 and smooth(x, 3)[9] > 0  # edges blur
+    with pytest.raises(ValueError, match="sigma"):
+        smooth(x, -1)
+
+
+def test_minmax_and_calibration() -> None:
+    out = minmax(np.array([2.0, 4.0, 3.0]))
+    assert np.allclose(out, [0, 1, 0.5]) and out.min() == 0 and out.max() == 1
+    assert np.array_equal(minmax(np.full(4, 3.0)), np.zeros(4))
+    normal = np.arange(101, dtype=float)  # 99th percentile = 99
+    assert np.allclose(calibrate(np.array([0.0, 99.0, 198.0]), normal, q=99), [0, 1, 2])
+    with pytest.raises(ValueError, match="normal validation scores"):
+        normalise(np.ones(3), "calibrated")
+    with pytest.raises(ValueError, match="unknown normalisation 'zscore'"):
+        normalise(np.ones(3), "zscore")
+
+
+def test_events_have_exact_frames_and_times() -> None:
+    s = np.array([0, 0, 5, 6, 0, 0, 7, 7, 7, 0, 9])
+    ev = events(s, threshold=1, clip="c", fps=10)
+    assert [(e.start, e.end, e.peak, e.peak_frame) for e in ev] == [(2, 3, 6, 3), (6, 8, 7, 6), (10, 10, 9, 10)]
+    assert (ev[0].start_s, ev[0].end_s) == (0.2, 0.4)
+    assert [(e.start, e.end) for e in events(s, threshold=1, min_frames=2)] == [(2, 3), (6, 8)]
+    assert events(s, threshold=1)[0].start_s is None
+    assert events(np.zeros(5), threshold=0) == []
+
+
+def test_pixel_auroc() -> None:
+    masks = {"a": np.zeros((2, 8, 8), np.uint8)}
+    masks["a"][1, :4, :4] = 1
+    maps = {"a": np.zeros((2, 2, 2), np.float32)}
+    maps["a"][1, 0, 0] = 1.0
+    assert pixel_auroc(maps, masks) == 1.0
+    maps["a"][0, 1, 1] = 2.0  # a normal cell above the anomalous one
+    assert pixel_auroc(maps, masks) == pytest.approx(6 / 7)
