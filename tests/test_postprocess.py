@@ -110,3 +110,43 @@ def test_pixel_auroc() -> None:
     assert pixel_auroc(maps, masks) == 1.0
     maps["a"][0, 1, 1] = 2.0  # a normal cell above the anomalous one
     assert pixel_auroc(maps, masks) == pytest.approx(6 / 7)
+
+
+def _fake_run(root, scores: dict, labels: dict, scenes: dict, normal: np.ndarray):
+    """A scored run folder written by hand (the evaluate stage never needs a model)."""
+    import json
+
+    for name, s in scores.items():
+        (root / "scores").mkdir(parents=True, exist_ok=True)
+        np.save(root / "scores" / f"{name}.npy", np.asarray(s, np.float32))
+        if name in labels:
+            (root / "labels").mkdir(exist_ok=True)
+            np.save(root / "labels" / f"{name}.npy", np.asarray(labels[name], np.uint8))
+    (root / "normal_scores").mkdir()
+    np.save(root / "normal_scores" / "all.npy", normal.astype(np.float32))
+    manifest = {n: {"path": str(root / n), "kind": "frames", "scene": scenes[n], "frames": len(s), "fps": None,
+                    "labelled": n in labels, "reference": "all", "pixel_mask": None} for n, s in scores.items()}
+    (root / "clips.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_evaluate_run_without_a_model(tmp_path) -> None:
+    import json
+
+    from vad.config import EvalConfig, PostprocessConfig
+    from vad.report import evaluate_run
+
+    scores = {"01_0001": [1, 1, 5, 6, 1, 1], "02_0001": [1, 7, 7, 7, 2, 1], "cam": [0, 0, 9, 9, 0, 0]}
+    labels = {"01_0001": [0, 0, 1, 1, 0, 0], "02_0001": [0, 1, 1, 1, 0, 0]}
+    run = _fake_run(tmp_path, scores, labels, {"01_0001": "01", "02_0001": "02", "cam": None},
+                    normal=np.arange(101, dtype=float) / 25)  # 99th percentile: 3.96
+    m = evaluate_run(run, PostprocessConfig(sigma=0, normalisation="calibrated"),
+                     EvalConfig(threshold_percentile=99, min_event_frames=1, plots=False, fps=10), progress=False)
+    assert m["frame_auc_micro_raw"] == 1.0 and m["frame_auc_micro"] == 1.0 and m["frame_auc_macro"] == 1.0
+    assert m["sigma"] == 0 and m["normalisation"] == "calibrated"
+    assert set(m["per_scene"]) == {"01", "02"}
+    assert m["threshold"]["values"]["all"] == pytest.approx(3.96)
+    ev = json.loads((run / "events.json").read_text())
+    assert [(e["clip"], e["start"], e["end"], e["start_s"]) for e in ev] == [
+        ("01_0001", 2, 3, 0.2), ("02_0001", 1, 3, 0.1), ("cam", 2, 3, 0.2)]
+    assert m["events"] == 3 and json.loads((run / "metrics.json").read_text()) == m

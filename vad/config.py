@@ -66,6 +66,7 @@ class EvalConfig:
     min_event_frames: int = 3  # shorter above-threshold runs are not reported as events
     pixel_max: int = 2_000_000  # pixel AUROC draws at most this many map cells
     plots: bool = True
+    fps: float | None = None  # frame rate for event times of frame-folder clips (videos carry their own)
 
 
 @dataclass(frozen=True)

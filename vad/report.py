@@ -68,7 +68,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in normal.items()}
     found = []
     for name, info in manifest.items():
-        found += events(smoothed[name], thresholds[info["reference"]], clip=name, fps=info["fps"],
+        found += events(smoothed[name], thresholds[info["reference"]], clip=name, fps=info["fps"] or ev.fps,
                         min_frames=ev.min_event_frames)
 
     metrics: dict = {
@@ -113,7 +113,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
 
     _write_events(found, run)
     if ev.plots:
-        _plots(run, manifest, raw, smoothed, final, labels, thresholds, post)
+        _plots(run, manifest, raw, smoothed, final, labels, thresholds, post, ev)
     _atomic_text(json.dumps(metrics, indent=2), run / "metrics.json")
     if progress:
         if labels:
@@ -150,7 +150,7 @@ def _write_events(found: list, run: Path) -> None:
 
 
 def _plots(run: Path, manifest: dict, raw: dict, smoothed: dict, final: dict, labels: dict, thresholds: dict,
-           post: PostprocessConfig) -> None:
+           post: PostprocessConfig, ev: EvalConfig) -> None:
     from vad.plots import plot_roc, plot_timeline
 
     if labels:
@@ -162,4 +162,4 @@ def _plots(run: Path, manifest: dict, raw: dict, smoothed: dict, final: dict, la
     for name, info in manifest.items():
         plot_timeline(smoothed[name], run / "plots" / f"timeline_{name}.png", f"{name}: anomaly score",
                       labels=labels.get(name), threshold=thresholds[info["reference"]], raw=raw[name],
-                      fps=info["fps"])
+                      fps=info["fps"] or ev.fps)
