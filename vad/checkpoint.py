@@ -6,13 +6,12 @@ Everything saved is a tensor, a number, a string or a dict/list of those, so loa
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vad.atomic import atomic_path
 from vad.config import ModelConfig, from_dict
 from vad.errors import VadError
 from vad.models import STPM, build_model
@@ -26,16 +25,8 @@ class CheckpointError(VadError, ValueError):
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: Path | str) -> dict:

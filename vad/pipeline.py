@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vad.atomic import write_text
 from vad.config import RunConfig, ScoreConfig, to_dict
 from vad.io import Clip, iter_frames, read_dataset
 from vad.train import train, train_per_scene
@@ -80,10 +81,7 @@ def save_config(cfg: RunConfig, path: Path, extra: dict | None = None) -> None:
     """The resolved config (plus ``extra`` facts such as the data root) as YAML, written atomically."""
     import yaml
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump({**to_dict(cfg), **(extra or {})}, sort_keys=False))
-    tmp.replace(path)
+    write_text(yaml.safe_dump({**to_dict(cfg), **(extra or {})}, sort_keys=False), path)
 
 
 def train_stage(
@@ -147,17 +145,10 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
                 "labelled": c.labels is not None, "reference": ref,
                 "pixel_mask": str(c.pixel_mask) if c.pixel_mask is not None else None,
             }
-    _write_json(manifest, run / "clips.json")
+    write_text(json.dumps(manifest, indent=2), run / "clips.json")
     return results
 
 
 def _read_manifest(run: Path) -> dict:
     path = run / "clips.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)

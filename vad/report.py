@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig
 from vad.evaluate import (
     average_precision,
@@ -29,13 +30,6 @@ from vad.postprocess import events, normalise, smooth
 
 AUC_NOTE = ("micro: one ROC over all test frames concatenated; macro: mean of per-clip AUCs, clips with a single "
             "class skipped (count in frame_auc_macro_skipped)")
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _r(x: float | None) -> float | None:
@@ -79,8 +73,8 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         "events": len(found),
     }
     if labels:
-        lab = {n: labels[n] for n in labels}
-        pick = lambda d: {n: d[n] for n in lab}  # noqa: E731
+        lab = labels
+        pick = lambda d: {n: d[n] for n in lab}  # noqa: E731  (labelled clips only)
         macro, skipped = macro_auc(pick(final), lab)
         metrics.update({
             "frame_auc_micro": _r(micro_auc(pick(final), lab)),
@@ -114,7 +108,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     _write_events(found, run)
     if ev.plots:
         _plots(run, manifest, raw, smoothed, final, labels, thresholds, post, ev)
-    _atomic_text(json.dumps(metrics, indent=2), run / "metrics.json")
+    write_text(json.dumps(metrics, indent=2), run / "metrics.json")
     if progress:
         if labels:
             print(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
@@ -145,8 +139,8 @@ def _write_events(found: list, run: Path) -> None:
     writer.writeheader()
     for e in found:
         writer.writerow(asdict(e))
-    _atomic_text(buf.getvalue(), run / "events.csv")
-    _atomic_text(json.dumps([asdict(e) for e in found], indent=2), run / "events.json")
+    write_text(buf.getvalue(), run / "events.csv")
+    write_text(json.dumps([asdict(e) for e in found], indent=2), run / "events.json")
 
 
 def _plots(run: Path, manifest: dict, raw: dict, smoothed: dict, final: dict, labels: dict, thresholds: dict,

@@ -11,8 +11,6 @@ an interrupted run picks up where it stopped.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vad.atomic import atomic_path
 from vad.config import ScoreConfig
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.records import Clip
@@ -31,15 +30,8 @@ from vad.train import amp_dtype, autocast, resolve_device
 
 def save_npy(array: np.ndarray, path: Path) -> None:
     """``np.save`` to a temporary file beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, ".npy") as tmp:
+        np.save(tmp, array)
 
 
 class Scorer:
@@ -83,26 +75,27 @@ def score_clips(
     stream = FrameStream(todo, scorer.transform, batch_size=scorer.cfg.batch_size)
     loader = make_loader(stream, scorer.cfg.num_workers, pin_memory=scorer.device.type == "cuda")
     by_name = {c.name: c for c in todo}
-    pending: dict[str, dict] = {}
+    pending: dict[str, dict] = {}  # clip -> {"scores": (T,) array, "maps": (T, h, w) array | None, "done": int}
     t0, n = time.perf_counter(), 0
     with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
         for batch in loader:
-            name, index = batch["clip"][0], batch["index"]
+            name, index = batch["clip"][0], batch["index"].numpy()
+            clip = by_name[name]
             amap = scorer.maps(batch["frames"])
-            entry = pending.setdefault(name, {"scores": {}, "maps": {}})
-            for i, s in zip(index.tolist(), frame_scores(amap).cpu().tolist(), strict=True):
-                entry["scores"][i] = s
+            entry = pending.setdefault(name, {"scores": np.empty(clip.num_frames, np.float32), "maps": None, "done": 0})
+            entry["scores"][index] = frame_scores(amap).cpu().numpy()
             if scorer.cfg.save_maps:
-                small = scorer.downsample(amap).half().cpu()
-                for i, m in zip(index.tolist(), small, strict=True):
-                    entry["maps"][i] = m
+                small = scorer.downsample(amap).half().cpu().numpy()
+                if entry["maps"] is None:
+                    entry["maps"] = np.empty((clip.num_frames, *small.shape[1:]), np.float16)
+                entry["maps"][index] = small
+            entry["done"] += len(index)
             n += len(index)
             bar.update(len(index))
-            clip = by_name[name]
-            if len(entry["scores"]) == clip.num_frames:
-                results[name] = _flush(clip, pending.pop(name), out, scorer.cfg.save_maps)
+            if entry["done"] == clip.num_frames:
+                results[name] = _flush(clip, pending.pop(name), out)
     if pending:
-        short = {k: len(v["scores"]) for k, v in pending.items()}
+        short = {k: v["done"] for k, v in pending.items()}
         raise RuntimeError(f"scoring ended with incomplete clips (frames scored): {short}")
     if progress:
         secs = time.perf_counter() - t0
@@ -110,10 +103,8 @@ def score_clips(
     return results
 
 
-def _flush(clip: Clip, entry: dict, out: Path, save_maps: bool) -> np.ndarray:
-    scores = np.array([entry["scores"][i] for i in range(clip.num_frames)], dtype=np.float32)
-    if save_maps:
-        maps = torch.stack([entry["maps"][i] for i in range(clip.num_frames)]).numpy()
-        save_npy(maps, out / "maps" / f"{clip.name}.npy")
-    save_npy(scores, out / "scores" / f"{clip.name}.npy")  # scores last: their presence marks the clip done
-    return scores
+def _flush(clip: Clip, entry: dict, out: Path) -> np.ndarray:
+    if entry["maps"] is not None:
+        save_npy(entry["maps"], out / "maps" / f"{clip.name}.npy")
+    save_npy(entry["scores"], out / "scores" / f"{clip.name}.npy")  # scores last: their presence marks the clip done
+    return entry["scores"]

@@ -18,7 +18,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
-from vad.config import RunConfig, to_dict
+from vad.config import RunConfig, from_dict, to_dict
 from vad.errors import VadError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import iter_frames
@@ -195,9 +194,7 @@ def train(
     start, best = 0, math.inf
     if (ckdir / "last.pt").exists():
         ck = read_checkpoint(ckdir / "last.pt")
-        saved = {k: ck["config"][k] for k in ("model", "train")}
-        saved["train"] = {k: v for k, v in saved["train"].items() if k != "num_workers"}
-        if saved != _config_key(cfg):
+        if _config_key(from_dict(RunConfig, ck["config"])) != _config_key(cfg):
             raise ResumeError(f"{ckdir / 'last.pt'} was trained with a different config; use a new output folder "
                               "or delete the old checkpoints to start over")
         model.load_state_dict(ck["model"], strict=False)
@@ -267,5 +264,5 @@ def train_per_scene(clips: Sequence[Clip], cfg: RunConfig, out: Path | str, devi
     groups: dict[str, list[Clip]] = {}
     for c in clips:
         groups.setdefault(c.scene or "all", []).append(c)
-    return {scene: train(group, replace(cfg), Path(out) / "scenes" / scene, device, progress)
+    return {scene: train(group, cfg, Path(out) / "scenes" / scene, device, progress)
             for scene, group in sorted(groups.items())}
