@@ -70,14 +70,38 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RenderConfig:
+    layout: str = "overlay"  # overlay (heatmap over the frame) | side_by_side (frame | heatmap)
+    opacity: float = 0.6  # heatmap opacity at and above the threshold (fading out below it; quiet regions untouched)
+    colormap: str = "jet"  # any matplotlib colormap name
+    heat_range: float = 1.5  # colours: 0 at the median normal frame score, 1/heat_range at the threshold (jet: yellow)
+    strip_height: int = 72  # score strip below the frame, in pixels
+    fps: float | None = None  # output rate for frame-folder clips (default: eval.fps); videos keep their own
+    crf: int = 23  # H.264 quality (lower = better and bigger)
+    preset: str = "veryfast"  # x264 speed preset
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a pipeline's data comes from; ``--data``/``--dataset`` on the command line fill or override it."""
+
+    dataset: str | None = None  # shanghaitech | avenue | ped2 | folder
+    root: str | None = None
+    scenes: tuple[int | str, ...] | None = None  # ShanghaiTech scenes to use (None = all)
+
+
+@dataclass(frozen=True)
 class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
 
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 C = TypeVar("C")
 
 
@@ -176,13 +200,13 @@ def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """A :class:`RunConfig` from a YAML file (sections ``model``, ``train``, ``score``; a ``data`` section is
-    left to the caller) with ``KEY=VALUE`` overrides on top. No file: the defaults."""
+    """A :class:`RunConfig` from a YAML file (sections ``data``, ``model``, ``train``, ``score``, ``postprocess``,
+    ``eval``, ``render``; any may be left out) with ``KEY=VALUE`` overrides on top. No file: the defaults."""
     from pathlib import Path
 
     import yaml
 
-    data: dict = {}
+    cfg = RunConfig()
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -192,6 +216,9 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as err:
             raise ValueError(f"{p}: not valid YAML ({err})") from err
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping with sections model/train/score; got {type(data).__name__}")
-        data = {k: v for k, v in data.items() if k != "data"}
-    return apply_overrides(from_dict(RunConfig, data), list(overrides))
+            raise ValueError(f"{p}: expected a mapping with sections {'/'.join(SECTIONS)}; got {type(data).__name__}")
+        try:
+            cfg = from_dict(RunConfig, data)
+        except ValueError as err:
+            raise ValueError(f"{p}: {err}") from err
+    return apply_overrides(cfg, list(overrides))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,34 +36,64 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
 
 
-def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
-    """Post-process the scores of ``run``, compute metrics (labelled clips), events and plots; return metrics."""
+@dataclass
+class ScoredRun:
+    """What the score stage left in a run folder, post-processed: per clip raw, smoothed and final scores,
+    labels (labelled clips), and per model the normal hold-out scores and the event threshold drawn from them."""
+
+    run: Path
+    manifest: dict
+    raw: dict = field(default_factory=dict)
+    smoothed: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    normal: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+
+    def threshold(self, clip: str) -> float:
+        return self.thresholds[self.manifest[clip]["reference"]]
+
+    def fps(self, clip: str, default: float | None = None) -> float | None:
+        return self.manifest[clip]["fps"] or default
+
+
+def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig) -> ScoredRun:
+    """Read ``clips.json``, ``scores/``, ``labels/`` and ``normal_scores/`` of ``run`` and post-process."""
     run = Path(run)
     manifest_path = run / "clips.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found: score the run first (vad score --run {run} ...)")
-    manifest = json.loads(manifest_path.read_text())
-    raw, final, smoothed, labels, normal = {}, {}, {}, {}, {}
-    for name, info in manifest.items():
+    s = ScoredRun(run, json.loads(manifest_path.read_text()))
+    for name, info in s.manifest.items():
         path = run / "scores" / f"{name}.npy"
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: scoring of clip {name} did not finish; re-run vad score")
-        raw[name] = np.load(path).astype(np.float64)
+        s.raw[name] = np.load(path).astype(np.float64)
         ref = info["reference"]
-        if ref not in normal:
-            normal[ref] = np.load(run / "normal_scores" / f"{ref}.npy").astype(np.float64)
-        smoothed[name] = smooth(raw[name], post.sigma)
-        final[name] = normalise(smoothed[name], post.normalisation, normal[ref], post.reference_percentile)
+        if ref not in s.normal:
+            s.normal[ref] = np.load(run / "normal_scores" / f"{ref}.npy").astype(np.float64)
+        s.smoothed[name] = smooth(s.raw[name], post.sigma)
+        s.final[name] = normalise(s.smoothed[name], post.normalisation, s.normal[ref], post.reference_percentile)
         if info["labelled"]:
-            labels[name] = np.load(run / "labels" / f"{name}.npy")
-
+            s.labels[name] = np.load(run / "labels" / f"{name}.npy")
     # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per model), applied to
     # the smoothed scores (smoothing only lowers peaks, so this errs towards fewer false alarms).
-    thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in normal.items()}
-    found = []
-    for name, info in manifest.items():
-        found += events(smoothed[name], thresholds[info["reference"]], clip=name, fps=info["fps"] or ev.fps,
-                        min_frames=ev.min_event_frames)
+    s.thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in s.normal.items()}
+    return s
+
+
+def clip_events(s: ScoredRun, name: str, ev: EvalConfig) -> list:
+    """Above-threshold events of clip ``name`` (smoothed scores, the model's normal-data threshold)."""
+    return events(s.smoothed[name], s.threshold(name), clip=name, fps=s.fps(name, ev.fps),
+                  min_frames=ev.min_event_frames)
+
+
+def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
+    """Post-process the scores of ``run``, compute metrics (labelled clips), events and plots; return metrics."""
+    s = load_scored(run, post, ev)
+    run, manifest, thresholds = s.run, s.manifest, s.thresholds
+    raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
+    found = [e for name in manifest for e in clip_events(s, name, ev)]
 
     metrics: dict = {
         "sigma": post.sigma, "normalisation": post.normalisation, "auc_kinds": AUC_NOTE,

@@ -153,8 +153,8 @@ def calibration_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _config_key(cfg: RunConfig) -> dict:
     d = to_dict(cfg)
     d["train"].pop("num_workers")  # resuming with more decode workers is fine
-    for later_stage in ("score", "postprocess", "eval"):
-        d.pop(later_stage)
+    for other in ("data", "score", "postprocess", "eval", "render"):  # where the data lives, and later stages
+        d.pop(other)
     return d
 
 

@@ -1,0 +1,120 @@
+"""The overlay renderer on a hand-made scored run: known frames, known maps, known scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import helpers
+import numpy as np
+import pytest
+
+from vad.config import EvalConfig, PostprocessConfig, RenderConfig
+from vad.render import RenderError, StripPainter, heat_scale, render_run
+
+H, W, N = 64, 96, 20
+HOT = slice(8, 16), slice(4, 8)  # map cells (stride 4) that are hot in frames 10..14 -> pixels 32:64, 16:32
+EVENT = range(10, 15)
+
+
+def _decode(path: Path) -> tuple[list[np.ndarray], av.video.stream.VideoStream]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        return frames, (stream.codec_context.name, float(stream.average_rate), stream.width, stream.height)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A scored run over one grey JPEG-folder clip: map hot in a block and scores above threshold in EVENT."""
+    grey = np.full((N, H, W, 3), 128, np.uint8)
+    clip = helpers.write_frames(tmp_path / "frames" / "cam1", grey)
+    run = tmp_path / "run"
+    maps = np.full((N, H // 4, W // 4), 0.1, np.float16)
+    scores = np.full(N, 0.1, np.float32)
+    for t in EVENT:
+        maps[t][HOT] = 2.0
+        scores[t] = 2.0
+    for sub, arr in {"scores": scores, "maps": maps, "labels": np.isin(np.arange(N), EVENT).astype(np.uint8),
+                     "normal_scores": np.linspace(0.05, 0.3, 50).astype(np.float32)}.items():
+        (run / sub).mkdir(parents=True)
+        np.save(run / sub / ("all.npy" if sub == "normal_scores" else "cam1.npy"), arr)
+    manifest = {"cam1": {"path": str(clip), "kind": "frames", "scene": None, "frames": N, "fps": None,
+                         "labelled": True, "reference": "all", "pixel_mask": None}}
+    (run / "clips.json").write_text(json.dumps(manifest))
+    return run
+
+
+POST, EV = PostprocessConfig(sigma=0), EvalConfig(fps=12, min_event_frames=2)
+
+
+def test_render_writes_h264_with_heatmap_strip_and_marker(run):
+    (path,) = render_run(run, POST, EV, RenderConfig(strip_height=40), progress=False)
+    assert path == run / "videos" / "cam1.mp4"
+    frames, (codec, fps, width, height) = _decode(path)
+    assert codec == "h264" and fps == 12 and (width, height) == (W, H + 40)
+    assert len(frames) == N  # one output frame per source frame
+    hot, calm = frames[12], frames[3]
+    region = hot[32:64, 16:32].astype(int)
+    # The hot block is coloured (jet's top end is red), the rest of the picture keeps the grey frame.
+    assert region[..., 0].mean() > region[..., 2].mean() + 40
+    assert np.abs(calm[10:54, 10:86].astype(int) - 128).mean() < 6
+    assert np.abs(hot[36:58, 50:86].astype(int) - 128).mean() < 6
+    # Event frames get a red border; others don't.
+    assert hot[:2, :, 0].mean() > 180 and hot[:2, :, 1].mean() < 90
+    assert np.abs(calm[:2, 40:].astype(int) - 128).mean() < 20
+    # The strip sits below the picture and is not the grey frame.
+    assert np.abs(calm[H + 5 :, :].astype(int) - 128).mean() > 40
+
+
+def test_side_by_side_doubles_the_width(run):
+    (path,) = render_run(run, POST, EV, RenderConfig(layout="side_by_side", strip_height=32), progress=False)
+    frames, (_, _, width, height) = _decode(path)
+    assert (width, height) == (2 * W, H + 32) and len(frames) == N
+    right = frames[12][:H, W:].astype(int)
+    assert right[32:64, 16:32, 0].mean() > right[5:20, 50:80, 0].mean() + 60  # heat panel shows the block
+
+
+def test_render_errors_name_the_problem(run, tmp_path):
+    with pytest.raises(ValueError, match=r"clip\(s\) \['nope'\] not scored.*cam1"):
+        render_run(run, POST, EV, RenderConfig(), clips=["nope"], progress=False)
+    with pytest.raises(ValueError, match="unknown matplotlib colormap 'nocolours'"):
+        render_run(run, POST, EV, RenderConfig(colormap="nocolours"), progress=False)
+    with pytest.raises(ValueError, match="render.layout"):
+        render_run(run, POST, EV, RenderConfig(layout="mosaic"), progress=False)
+    # The source lost frames since scoring: an error naming it, and no partial video left behind.
+    frames = sorted((tmp_path / "frames" / "cam1").iterdir())
+    for f in frames[-3:]:
+        f.unlink()
+    manifest = json.loads((run / "clips.json").read_text())
+    with pytest.raises(RenderError, match="cam1.*decoded 17 frames.*scored with 20"):
+        render_run(run, POST, EV, RenderConfig(), progress=False)
+    assert not (run / "videos" / "cam1.mp4").exists() and not list((run / "videos").glob(".*"))
+    # Without maps: scores only (overlay), or a clear error (side by side).
+    (run / "maps" / "cam1.npy").unlink()
+    manifest["cam1"]["frames"] = 17
+    (run / "clips.json").write_text(json.dumps(manifest))
+    for sub in ("scores", "labels"):
+        np.save(run / sub / "cam1.npy", np.load(run / sub / "cam1.npy")[:17])
+    with pytest.raises(RenderError, match="side_by_side needs the anomaly maps"):
+        render_run(run, POST, EV, RenderConfig(layout="side_by_side"), progress=False)
+    (path,) = render_run(run, POST, EV, RenderConfig(), progress=False)
+    assert len(_decode(path)[0]) == 17
+
+
+def test_heat_scale_puts_threshold_at_the_given_fraction():
+    low, high = heat_scale(np.array([1.0, 2.0, 3.0]), threshold=4.0, heat_range=2.0)
+    assert (low, high) == (2.0, 6.0) and (4.0 - low) / (high - low) == 0.5
+    with pytest.raises(ValueError, match="heat_range must be > 1"):
+        heat_scale(np.ones(3), 2.0, 1.0)
+
+
+def test_strip_cursor_moves_and_reveals_the_curve():
+    scores = np.r_[np.zeros(10), np.ones(10)]
+    painter = StripPainter(scores, 0.5, np.r_[np.zeros(10), np.ones(10)].astype(np.uint8), [], 200, 40)
+    early, late = painter.strip(2, "a").astype(int), painter.strip(19, "b").astype(int)
+    assert early.shape == (40, 200, 3)
+    assert np.abs(early - late)[15:].sum() > 0
+    cursor = lambda s: int(np.flatnonzero((s[20:] == 255).all(axis=(0, 2)))[0])  # noqa: E731
+    assert cursor(early) < cursor(late)

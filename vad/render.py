@@ -1,0 +1,274 @@
+"""The render stage: one annotated H.264 MP4 per scored clip (``RUN/videos/<clip>.mp4``).
+
+Each output frame is the source frame with the anomaly heatmap blended over it (or beside it, with
+``render.layout=side_by_side``), and below it a score strip: the clip's smoothed score curve (bright up to the
+current frame), the event threshold, the ground-truth anomalous spans when the clip is labelled, and a cursor.
+While the frame is inside a detected event (the same events as ``events.csv``) the frame gets a red border
+and an ``ANOMALY`` tag.
+
+Frames are decoded, drawn and encoded batch by batch, so memory stays bounded whatever the clip length. The
+heatmap's colour scale is fixed per model from normal data only: transparent at the median normal frame score,
+half-way up the colour map at the threshold (``render.heat_range`` sets the span).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from vad.atomic import atomic_path
+from vad.config import EvalConfig, PostprocessConfig, RenderConfig
+from vad.errors import VadError
+from vad.io.decode import as_clip, iter_frames
+from vad.report import ScoredRun, clip_events, load_scored
+
+LAYOUTS = ("overlay", "side_by_side")
+DEFAULT_FPS = 25.0
+RED = (230, 40, 40)
+
+
+class RenderError(VadError):
+    """A clip cannot be rendered (source changed since scoring, bad settings)."""
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def colormap_lut(name: str) -> torch.Tensor:
+    """``(256, 3)`` float table of matplotlib colormap ``name`` (0..255)."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"render.colormap: unknown matplotlib colormap {name!r} (e.g. jet, turbo, inferno)") from None
+    return torch.from_numpy(cmap(np.linspace(0, 1, 256))[:, :3] * 255).float()
+
+
+def heat_scale(normal: np.ndarray, threshold: float, heat_range: float) -> tuple[float, float]:
+    """``(low, high)`` of the heatmap colour scale: low = median normal frame score, and the threshold sits at
+    ``1 / heat_range`` of the way to high. From the model's normal hold-out scores only."""
+    if heat_range <= 1:
+        raise ValueError(f"render.heat_range must be > 1 (threshold below the top of the scale); got {heat_range}")
+    low = float(np.median(normal))
+    span = max(threshold - low, 1e-6 * max(abs(threshold), 1e-12))
+    return low, low + heat_range * span
+
+
+class StripPainter:
+    """The score strip of one clip, drawn once; ``strip(t)`` returns the ``(S, W, 3)`` uint8 strip at frame t."""
+
+    def __init__(self, scores: np.ndarray, threshold: float, labels: np.ndarray | None, events: Iterable,
+                 width: int, height: int) -> None:
+        self.n, self.w, self.h = len(scores), width, height
+        top, bottom = 14, height - 4
+        ymax = max(float(np.max(scores)), threshold) * 1.1 or 1.0
+        ymin = min(float(np.min(scores)), 0.0)
+        xs = np.linspace(0, width - 1, self.n) if self.n > 1 else np.zeros(1)
+        to_y = lambda v: bottom - (v - ymin) / (ymax - ymin) * (bottom - top)  # noqa: E731
+        self.xs = xs.round().astype(int)
+
+        def paint(curve_colour, fill_alpha) -> np.ndarray:
+            img = Image.new("RGB", (width, height), (24, 24, 28))
+            draw = ImageDraw.Draw(img, "RGBA")
+            if labels is not None:  # ground-truth spans as a translucent band
+                for a, b in _runs(labels.astype(bool)):
+                    draw.rectangle([xs[a], top, xs[b - 1] + 1, bottom], fill=(255, 200, 0, 60))
+            for e in events:
+                draw.rectangle([xs[e.start], bottom - 3, xs[e.end - 1] + 1, bottom], fill=(*RED, 255))
+            pts = list(zip(xs.tolist(), to_y(scores).tolist(), strict=True))
+            if len(pts) > 1:
+                draw.polygon([(0, bottom), *pts, (width - 1, bottom)], fill=(*curve_colour, fill_alpha))
+                draw.line(pts, fill=curve_colour, width=2)
+            ty = to_y(threshold)
+            for x0 in range(0, width, 12):  # dashed threshold line
+                draw.line([(x0, ty), (min(x0 + 6, width - 1), ty)], fill=(255, 80, 80), width=1)
+            return np.asarray(img)
+
+        self.past = paint((120, 220, 255), 70)
+        self.future = paint((90, 90, 100), 40)
+        self.font = _font(11)
+        self.legend = "score (smoothed)   -- threshold" + ("   ground truth" if labels is not None else "")
+
+    def strip(self, t: int, text: str) -> np.ndarray:
+        x = int(self.xs[min(t, self.n - 1)])
+        out = self.future.copy()
+        out[:, : x + 1] = self.past[:, : x + 1]
+        out[:, x : x + 2] = 255  # cursor
+        img = Image.fromarray(out)
+        draw = ImageDraw.Draw(img)
+        draw.text((4, 1), text, fill=(235, 235, 235), font=self.font)
+        if draw.textlength(text, font=self.font) + draw.textlength(self.legend, font=self.font) + 24 < self.w:
+            draw.text((self.w - 6, 1), self.legend, fill=(170, 170, 170), font=self.font, anchor="ra")
+        return np.asarray(img)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of True in a 1-D bool array."""
+    padded = np.concatenate([[False], mask, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+class VideoWriter:
+    """H.264 MP4 writer (PyAV / libx264, yuv420p) that takes RGB frames one at a time."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, crf: int = 23, preset: str = "veryfast"):
+        import av
+
+        if width % 2 or height % 2:
+            raise ValueError(f"H.264 (yuv420p) needs even frame sizes; got {width}x{height}")
+        self.container = av.open(str(path), mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.options = {"crf": str(crf), "preset": preset}
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+def _blend(frames: torch.Tensor, heat: torch.Tensor | None, lut: torch.Tensor, opacity: float,
+           layout: str, at_threshold: float = 0.5) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` frames and heat in [0, 1] ``(B, H, W)`` -> float ``(B, H, W', 3)`` picture.
+    Overlay opacity rises with the square of the heat and is full from the threshold (``at_threshold``) up,
+    so quiet regions keep the frame and anything near or above threshold shows plainly."""
+    x = frames.float().permute(0, 2, 3, 1)
+    if heat is None:
+        return x
+    colour = lut[(heat * 255).round().long()]  # (B, H, W, 3)
+    if layout == "overlay":
+        a = (opacity * (heat / at_threshold).clamp(max=1) ** 2).unsqueeze(-1)
+        return x * (1 - a) + colour * a
+    grey = x.mean(dim=-1, keepdim=True) * 0.35  # heatmap panel: colour over a dimmed grey frame
+    a = heat.clamp_min(0.15).unsqueeze(-1)
+    return torch.cat([x, grey * (1 - a) + colour * a], dim=2)
+
+
+def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path,
+                bar: tqdm | None = None) -> Path:
+    """Render clip ``name`` of scored run ``s`` to ``out`` (written atomically); return ``out``. ``bar``: a
+    progress bar to advance by the frames written."""
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"render.layout must be one of {LAYOUTS}; got {cfg.layout!r}")
+    if not 0 <= cfg.opacity <= 1:
+        raise ValueError(f"render.opacity must be in [0, 1]; got {cfg.opacity}")
+    info = s.manifest[name]
+    clip = as_clip(Path(info["path"]))
+    n = info["frames"]
+    fps = info["fps"] or cfg.fps or ev.fps or DEFAULT_FPS
+    threshold = s.threshold(name)
+    found = clip_events(s, name, ev)
+    in_event = np.zeros(n, bool)
+    for e in found:
+        in_event[e.start : e.end] = True
+    low, high = heat_scale(s.normal[info["reference"]], threshold, cfg.heat_range)
+    map_path = s.run / "maps" / f"{name}.npy"
+    maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
+    if maps is None and cfg.layout == "side_by_side":
+        raise RenderError(f"render.layout=side_by_side needs the anomaly maps, and {map_path} does not exist; "
+                          "score with --set score.save_maps=true")
+    if maps is not None and len(maps) != n:
+        raise RenderError(f"{map_path}: {len(maps)} maps for clip {name}, which has {n} frames; re-score the clip")
+    lut = colormap_lut(cfg.colormap)
+    scores = s.smoothed[name]
+
+    writer = painter = None
+    done = 0
+    with atomic_path(out, ".mp4") as tmp:
+        try:
+            for first, frames in iter_frames(clip, batch_size=16):
+                b, _, h, w = frames.shape
+                if first + b > n:
+                    raise RenderError(f"{clip.path}: has more frames than the {n} scored; re-score clip {name}")
+                heat = None
+                if maps is not None:
+                    m = torch.from_numpy(np.asarray(maps[first : first + b], dtype=np.float32)).unsqueeze(1)
+                    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
+                    heat = ((m - low) / (high - low)).clamp(0, 1)
+                pic = _blend(frames, heat, lut, cfg.opacity, cfg.layout, 1 / cfg.heat_range)
+                if writer is None:
+                    width = pic.shape[2] + pic.shape[2] % 2
+                    height = h + cfg.strip_height + (h + cfg.strip_height) % 2
+                    writer = VideoWriter(tmp, width, height, fps, cfg.crf, cfg.preset)
+                    painter = StripPainter(scores, threshold, s.labels.get(name), found, width, cfg.strip_height)
+                    font = _font(max(12, h // 24))
+                pic = pic.round().clamp(0, 255).to(torch.uint8).numpy()
+                for i in range(b):
+                    t = first + i
+                    canvas = np.zeros((writer.stream.height, writer.stream.width, 3), np.uint8)
+                    canvas[:h, : pic.shape[2]] = pic[i]
+                    label = f"{name}  {t + 1}/{n}  {t / fps:.1f}s  score {scores[t]:.3f}"
+                    canvas[h : h + cfg.strip_height] = painter.strip(t, label)
+                    if in_event[t]:
+                        _mark(canvas, h, font)
+                    writer.write(canvas)
+                    done += 1
+                if bar is not None:
+                    bar.update(b)
+        finally:
+            if writer is not None:
+                writer.close()
+        if done != n:  # inside the atomic block: a short video never replaces the output
+            raise RenderError(f"{clip.path}: decoded {done} frames but clip {name} was scored with {n}; re-score it")
+    return out
+
+
+def _mark(canvas: np.ndarray, h: int, font) -> None:
+    """Red border round the picture and an ANOMALY tag, in place."""
+    k = max(3, h // 90)
+    canvas[:k, :] = RED
+    canvas[h - k : h, :] = RED
+    canvas[:h, :k] = RED
+    canvas[:h, -k:] = RED
+    img = Image.fromarray(canvas[:h])
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((0, 0), "ANOMALY", font=font)
+    pad = 4
+    draw.rectangle([k + 4, k + 4, k + 4 + box[2] + 2 * pad, k + 4 + box[3] + 2 * pad], fill=RED)
+    draw.text((k + 4 + pad, k + 4 + pad), "ANOMALY", fill=(255, 255, 255), font=font)
+    canvas[:h] = np.asarray(img)
+
+
+def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: RenderConfig,
+               clips: Sequence[str] | None = None, progress: bool = True) -> list[Path]:
+    """Render the scored clips of ``run`` (all, or the named ones) to ``run/videos/<clip>.mp4``."""
+    s = load_scored(run, post, ev)
+    names = list(s.manifest) if not clips else list(clips)
+    unknown = [c for c in names if c not in s.manifest]
+    if unknown:
+        raise ValueError(f"clip(s) {unknown} not scored in {s.run}; scored clips: {sorted(s.manifest)}")
+    if not (s.run / "maps").is_dir() and progress:
+        print(f"note: {s.run / 'maps'} does not exist, so the videos show scores without heatmaps; "
+              "score with --set score.save_maps=true for heatmaps")
+    t0, paths = time.perf_counter(), []
+    frames = sum(s.manifest[name]["frames"] for name in names)
+    with tqdm(total=frames, desc="rendering", unit="frame", disable=not progress) as bar:
+        for name in names:
+            paths.append(render_clip(s, name, cfg, ev, s.run / "videos" / f"{name}.mp4", bar))
+    if progress:
+        secs = time.perf_counter() - t0
+        print(f"rendered {len(paths)} video(s), {frames} frames in {secs:.1f}s ({frames / secs:.0f} frames/s) "
+              f"-> {s.run / 'videos'}")
+    return paths
