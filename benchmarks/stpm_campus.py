@@ -29,7 +29,7 @@ from vad.checkpoint import load_model
 from vad.config import RunConfig, apply_overrides, to_dict
 from vad.evaluate import event_aucs, macro_auc, micro_auc
 from vad.io import read_dataset
-from vad.pipeline import save_config
+from vad.pipeline import save_config, with_data
 from vad.score import Scorer, score_clips
 from vad.train import resolve_device, train
 
@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = apply_overrides(RunConfig(), args.set)
+    cfg = with_data(apply_overrides(RunConfig(), args.set), args.data, "shanghaitech")
     device = resolve_device(args.device)
     train_clips = read_dataset("shanghaitech", args.data, "train")
     test_clips = read_dataset("shanghaitech", args.data, "test")
 
-    save_config(cfg, args.out / "config.yaml", {"data": {"root": str(args.data), "dataset": "shanghaitech"}})
+    save_config(cfg, args.out / "config.yaml")
     t0 = time.perf_counter()
     model_path = train(train_clips, cfg, args.out, device=device)
     train_s = time.perf_counter() - t0

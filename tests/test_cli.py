@@ -31,18 +31,26 @@ def test_unknown_subcommand_and_help():
     with pytest.raises(SystemExit) as err:
         main(["frobnicate"])
     assert err.value.code == 2
-    out = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "demo", "--help"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "example:" in out and "--out" in out
+    for command in ("demo", "inspect", "train", "score", "evaluate", "render", "run"):
+        out = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), command, "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "example" in out and f"run_pipeline.py {command}" in out
 
 
 @pytest.mark.slow
-def test_demo_generates_and_checks_the_scene(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_demo_runs_every_stage(tmp_path, capsys):
+    """The demo command end to end, shrunk with overrides (the real one trains for minutes)."""
+    import json
+
+    quick = ["train.epochs=1", "model.input_height=64", "train.batch_size=16"]
+    assert main(["demo", "--out", str(tmp_path), "--set", *quick]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "data" / "scene.json").is_file()
-    assert "4 training videos, 4 labelled test clips" in out
-    assert main(["demo", "--out", str(tmp_path)]) == 0  # second run reuses the data
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["labelled_clips"] == 4 and 0 <= m["frame_auc_micro"] <= 1
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [f"01_{i:04d}.mp4" for i in range(1, 5)]
+    assert "demo finished" in out and str(tmp_path / "videos") in out
+    assert main(["demo", "--out", str(tmp_path), "--set", *quick]) == 0  # second run reuses data and model
     assert "reusing" in capsys.readouterr().out
 
 
@@ -105,3 +113,94 @@ def test_evaluate_writes_metrics_events_and_plots(scored_run, capsys):
     assert "frame AUC micro" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(scored_run), "--set", "postprocess.normalisation=zscore"]) == 2
     assert "unknown normalisation 'zscore'" in capsys.readouterr().err
+
+
+def _frame_count(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_render_command_writes_one_video_per_clip(scored_run, capsys):
+    assert main(["render", "--run", str(scored_run), "--clip", "01_0001", "--set", "render.fps=8"]) == 0
+    assert "rendered 1 video(s), 16 frames" in capsys.readouterr().out
+    assert _frame_count(scored_run / "videos" / "01_0001.mp4") == 16
+    assert main(["render", "--run", str(scored_run), "--clip", "nope"]) == 2
+    assert "['nope'] not scored" in capsys.readouterr().err
+    assert main(["render", "--run", str(scored_run), "--set", "render.opacity=2"]) == 2
+    assert "render.opacity must be in [0, 1]" in capsys.readouterr().err
+
+
+TINY_PIPELINE = """
+data:
+  dataset: shanghaitech
+model:
+  input_height: 64
+train:
+  epochs: 2
+  batch_size: 16
+score:
+  save_maps: true
+eval:
+  fps: 10
+"""
+
+
+def test_run_pipeline_end_to_end(tmp_path, capsys):
+    import json
+
+    import helpers
+
+    data = helpers.make_anomaly_scene(tmp_path / "data", n_train=2)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_PIPELINE)
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--data", str(data), "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    m = json.loads((run / "metrics.json").read_text())
+    assert {"frame_auc_micro", "frame_auc_macro"} <= set(m) and m["labelled_clips"] == 2
+    assert (run / "events.csv").is_file() and (run / "plots" / "roc.png").is_file()
+    for clip in ("01_0001", "01_0002"):
+        assert _frame_count(run / "videos" / f"{clip}.mp4") == 16
+    assert "pipeline done" in out and "videos:" in out
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the resolved config, data included
+    assert saved["data"] == {"dataset": "shanghaitech", "root": str(data), "scenes": None}
+    assert saved["train"]["epochs"] == 2 and saved["render"]["layout"] == "overlay"
+
+
+def test_run_errors(tmp_path, capsys):
+    import helpers
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_PIPELINE)
+    args = ["run", "--config", str(config), "--out", str(tmp_path / "run")]
+    assert main([*args, "--data", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "no data root: pass --data ROOT" in capsys.readouterr().err
+    assert main(["run", "--config", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline config not found: nosuch" in err and "campus" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_PIPELINE.replace("epochs: 2", "epoch: 2"))
+    assert main(["run", "--config", str(bad), "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "bad.yaml: unknown config key train.epoch" in capsys.readouterr().err
+    # An unreadable training video: the error names the file.
+    data = helpers.make_anomaly_scene(tmp_path / "data", n_train=2)
+    (data / "training" / "videos" / "01_003.avi").write_bytes(b"not a video" * 50)
+    assert main([*args, "--data", str(data)]) == 2
+    assert "01_003.avi" in capsys.readouterr().err
+
+
+def test_bundled_pipelines_load():
+    from vad.config import load_config
+    from vad.pipeline import PIPELINES, find_pipeline
+
+    names = sorted(p.stem for p in PIPELINES.glob("*.yaml"))
+    assert names == ["avenue", "campus", "demo", "ped2", "shanghaitech"]
+    for name in names:
+        cfg = load_config(find_pipeline(name))
+        assert cfg.data.dataset in ("shanghaitech", "avenue", "ped2") and cfg.score.save_maps

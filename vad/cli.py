@@ -18,39 +18,47 @@ def _inspect(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from vad.pipeline import run_demo
 
-    run_demo(args.out, seed=args.seed)
+    run_demo(args.out, seed=args.seed, device=args.device, overrides=list(args.set or []))
 
 
 def _config(args: argparse.Namespace):
     from vad.config import load_config
+    from vad.pipeline import find_pipeline
 
     overrides = list(args.set or [])
     if getattr(args, "teacher_weights", None):
         overrides.append(f"model.teacher_weights={args.teacher_weights}")
-    return load_config(args.config, overrides)
+    return load_config(find_pipeline(args.config) if args.config else None, overrides)
+
+
+def _run_config(run: Path, overrides: list[str] | None):
+    """The config saved by ``train`` in ``run`` with ``--set`` overrides on top."""
+    from vad.config import load_config
+
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved} not found: is {run} a run folder? (vad train ... --out RUN)")
+    return load_config(saved, list(overrides or []))
 
 
 def _train(args: argparse.Namespace) -> None:
-    from vad.pipeline import train_stage
+    from vad.pipeline import train_stage, with_data
 
-    train_stage(args.data, args.dataset, args.out, _config(args), device=args.device, scenes=args.scenes)
+    cfg = with_data(_config(args), args.data, args.dataset, args.scenes)
+    train_stage(cfg, args.out, device=args.device)
 
 
 def _score(args: argparse.Namespace) -> None:
-    from vad.config import load_config
     from vad.io import read_dataset
-    from vad.pipeline import score_stage
+    from vad.pipeline import read_split, score_stage, with_data
 
-    saved = args.run / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(f"{saved} not found: is {args.run} a training run? (vad train ... --out RUN)")
-    cfg = load_config(saved, list(args.set or []))
+    cfg = _run_config(args.run, args.set)
     if args.input is not None:
+        if args.data is not None:
+            raise ValueError("give either --input VIDEO_OR_FOLDER or --data ROOT, not both")
         clips = read_dataset("folder", args.input)
-    else:
-        if args.data is None or args.dataset is None:
-            raise ValueError("score needs --input VIDEO_OR_FOLDER, or --data ROOT with --dataset NAME")
-        clips = read_dataset(args.dataset, args.data, "test", scenes=args.scenes)
+    else:  # the test split of --data/--dataset, or of the data the run was trained on
+        clips = read_split(with_data(cfg, args.data, args.dataset, args.scenes), "test")
     score_stage(args.run, clips, cfg.score, device=args.device, overwrite=args.overwrite)
 
 
@@ -61,6 +69,22 @@ def _evaluate(args: argparse.Namespace) -> None:
     saved = args.run / "config.yaml"
     cfg = load_config(saved if saved.is_file() else None, list(args.set or []))
     evaluate_run(args.run, cfg.postprocess, cfg.eval)
+
+
+def _render(args: argparse.Namespace) -> None:
+    from vad.config import load_config
+    from vad.render import render_run
+
+    saved = args.run / "config.yaml"
+    cfg = load_config(saved if saved.is_file() else None, list(args.set or []))
+    render_run(args.run, cfg.postprocess, cfg.eval, cfg.render, clips=args.clip)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from vad.pipeline import run_all, with_data
+
+    cfg = with_data(_config(args), args.data, args.dataset, args.scenes)
+    run_all(cfg, args.out, device=args.device, render_clips=args.clip)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -78,13 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="generate the synthetic demo scene and run the pipeline on it",
-        description="Generate the seeded synthetic demo scene (ShanghaiTech layout) and run the pipeline on it.\n\n"
-        "example:\n  python run_pipeline.py demo --out runs/demo",
+        help="generate the synthetic demo scene and run every stage on it",
+        description="Generate the seeded synthetic demo scene (ShanghaiTech layout, under OUT/data) and run "
+        "pipelines/demo.yaml on it: train, score, evaluate, render. Needs no network and no GPU (a few minutes "
+        "on 2 CPU cores). Results: OUT/metrics.json, OUT/events.csv, OUT/plots/, OUT/videos/<clip>.mp4.\n\n"
+        "examples:\n  python run_pipeline.py demo\n"
+        "  python run_pipeline.py demo --out runs/demo2 --set render.layout=side_by_side",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
+    _common(demo)
     demo.set_defaults(func=_demo)
 
     insp = sub.add_parser(
@@ -113,10 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         "      --set model.backbone=resnet18 --teacher-weights ~/weights/resnet18-f37072fd.pth",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tr.add_argument("--data", type=Path, required=True, help="dataset root")
-    tr.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"], required=True)
+    tr.add_argument("--data", type=Path, help="dataset root (or data.root in the config)")
+    tr.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"],
+                    help="dataset kind (or data.dataset in the config)")
     tr.add_argument("--out", type=Path, required=True, help="run folder")
-    tr.add_argument("--config", help="YAML config (sections model, train, score)")
+    tr.add_argument("--config", help="pipeline YAML, or the name of one in pipelines/ (e.g. campus)")
     tr.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to train on, e.g. 1 3")
     tr.add_argument("--teacher-weights", help="teacher state dict file (ResNet teachers without a cached download)")
     _common(tr)
@@ -127,8 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="score frames with a trained run",
         description="Score every frame of a dataset's test split (or of raw videos / frame folders) with the "
         "model(s) of RUN; writes RUN/scores/<clip>.npy (and RUN/maps/<clip>.npy with score.save_maps=true). "
-        "Clips already scored are skipped unless --overwrite.\n\n"
-        "examples:\n  python run_pipeline.py score --run runs/sht --data /data/shanghaitech --dataset shanghaitech\n"
+        "Without --data/--input it scores the test split of the data RUN was trained on. Clips already scored "
+        "by the current model are skipped unless --overwrite.\n\n"
+        "examples:\n  python run_pipeline.py score --run runs/sht\n"
+        "  python run_pipeline.py score --run runs/sht --data /data/shanghaitech --dataset shanghaitech\n"
         "  python run_pipeline.py score --run runs/sht --input /footage/cam3/ --set score.save_maps=true",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -154,6 +185,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
     ev.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. postprocess.sigma=7")
     ev.set_defaults(func=_evaluate)
+
+    rd = sub.add_parser(
+        "render",
+        help="write annotated MP4s of scored clips",
+        description="Write RUN/videos/<clip>.mp4 (H.264, the source frame rate) for each scored clip: the anomaly "
+        "heatmap over the frame (needs score.save_maps=true), a score strip with the threshold line and the "
+        "ground-truth spans, and a red border with an ANOMALY tag during detected events (as in events.csv). "
+        "Frame-folder clips use render.fps, else eval.fps, else 25.\n\n"
+        "examples:\n  python run_pipeline.py render --run runs/sht --clip 01_0014 01_0015\n"
+        "  python run_pipeline.py render --run runs/sht --set render.layout=side_by_side render.opacity=0.6",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rd.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
+    rd.add_argument("--clip", nargs="+", help="clip names to render (default: every scored clip)")
+    rd.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. render.opacity=0.6")
+    rd.set_defaults(func=_render)
+
+    rn = sub.add_parser(
+        "run",
+        help="every stage from a pipeline YAML: train, score, evaluate, render",
+        description="Run a pipeline config end to end on a dataset: train on its training split, score its test "
+        "split (with maps), evaluate, render. The resolved config is saved as RUN/config.yaml. Re-running on "
+        "the same RUN resumes. Pipelines: pipelines/{demo,campus,shanghaitech,avenue,ped2}.yaml.\n\n"
+        "examples:\n  python run_pipeline.py run --config pipelines/campus.yaml --data /tmp/campus --out runs/campus\n"
+        "  python run_pipeline.py run --config ped2 --data /data/ped2 --out runs/ped2 --set train.epochs=50",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rn.add_argument("--config", required=True, help="pipeline YAML, or the name of one in pipelines/")
+    rn.add_argument("--data", type=Path, help="dataset root (or data.root in the config)")
+    rn.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"],
+                    help="dataset kind (default: data.dataset in the config)")
+    rn.add_argument("--out", type=Path, required=True, help="run folder")
+    rn.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to use, e.g. 1 3")
+    rn.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
+    _common(rn)
+    rn.set_defaults(func=_run)
     return parser
 
 
@@ -161,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (VadError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (VadError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

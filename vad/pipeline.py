@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from vad.atomic import write_text
 from vad.config import RunConfig, ScoreConfig, to_dict
-from vad.io import Clip, iter_frames, read_dataset
+from vad.io import DATASETS, Clip, iter_frames, read_dataset
 from vad.train import train, train_per_scene
 
 
@@ -58,42 +59,42 @@ def inspect_dataset(
     return out
 
 
-def run_demo(out: Path, seed: int = 0) -> None:
-    """Generate the synthetic scene under ``out/data`` (reused if already there) and check it end to end."""
-    from vad.synthetic import SceneConfig, generate_scene
-
-    data = Path(out) / "data"
-    t0 = time.perf_counter()
-    if (data / "scene.json").exists():
-        print(f"demo scene: reusing {data}")
-    else:
-        summary = generate_scene(data, SceneConfig(seed=seed))
-        print(f"demo scene: generated {summary['train_frames']} training and {summary['test_frames']} test frames "
-              f"in {time.perf_counter() - t0:.1f}s -> {data}")
-    clips = inspect_dataset(data, "shanghaitech", decode=True)
-    test = clips["test"]
-    frac = np.concatenate([c.labels for c in test]).mean()
-    print(f"demo data ready: {len(clips['train'])} training videos, {len(test)} labelled test clips "
-          f"({frac:.0%} anomalous frames) in {data}")
-
-
-def save_config(cfg: RunConfig, path: Path, extra: dict | None = None) -> None:
-    """The resolved config (plus ``extra`` facts such as the data root) as YAML, written atomically."""
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """The resolved config as YAML, written atomically."""
     import yaml
 
-    write_text(yaml.safe_dump({**to_dict(cfg), **(extra or {})}, sort_keys=False), path)
+    write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), path)
 
 
-def train_stage(
-    data: Path, dataset: str, out: Path, cfg: RunConfig, device: str = "auto", scenes: Sequence[str] | None = None
-) -> list[Path]:
-    """Train on the normal training split of ``dataset`` at ``data``; one model, or one per scene."""
-    clips = read_dataset(dataset, data, "train", scenes=scenes)
+def with_data(cfg: RunConfig, root: Path | str | None = None, dataset: str | None = None,
+              scenes: Sequence[str] | None = None) -> RunConfig:
+    """``cfg`` with its ``data`` section filled from command-line values (those given win over the config's)."""
+    d = cfg.data
+    d = replace(d, root=str(root) if root is not None else d.root, dataset=dataset or d.dataset,
+                scenes=tuple(scenes) if scenes else d.scenes)
+    if d.root is None:
+        raise ValueError("no data root: pass --data ROOT (or set data.root in the config)")
+    if d.dataset is None:
+        raise ValueError(f"no dataset kind: pass --dataset {{{','.join(DATASETS)}}} (or set data.dataset in the "
+                         "config)")
+    if d.dataset not in DATASETS:
+        raise ValueError(f"data.dataset: unknown dataset {d.dataset!r}; expected one of {DATASETS}")
+    return replace(cfg, data=d)
+
+
+def read_split(cfg: RunConfig, split: str) -> list[Clip]:
+    d = cfg.data
+    return read_dataset(d.dataset, d.root, split, scenes=d.scenes)
+
+
+def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
+    """Train on the normal training split of ``cfg.data``; one model, or one per scene. Saves the config."""
+    clips = read_split(cfg, "train")
     out = Path(out)
-    save_config(cfg, out / "config.yaml", {"data": {"root": str(data), "dataset": dataset, "scenes": scenes}})
+    save_config(cfg, out / "config.yaml")
     frames = sum(c.num_frames for c in clips)
     print(f"training {cfg.model.method} ({cfg.model.backbone}, teacher {cfg.model.teacher_weights}) on "
-          f"{len(clips)} clips / {frames} frames of {dataset}; {cfg.train.epochs} epochs -> {out}")
+          f"{len(clips)} clips / {frames} frames of {cfg.data.dataset}; {cfg.train.epochs} epochs -> {out}")
     t0 = time.perf_counter()
     if cfg.train.per_scene:
         paths = list(train_per_scene(clips, cfg, out, device).values())
@@ -132,7 +133,8 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
     for path, group in _models_for(run, clips).items():
         model, ckpt = load_model(path)
         scorer = Scorer(model, ckpt, cfg, device)
-        results.update(score_clips(scorer, group, run, overwrite=overwrite))
+        # Scores older than the model file came from an earlier model: redo them.
+        results.update(score_clips(scorer, group, run, overwrite=overwrite, newer_than=Path(path).stat().st_mtime))
         # The model's normal reference (hold-out frame scores, same calibration setting) for thresholds.
         ref = Path(path).parent.name if Path(path).parent != run else "all"
         save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
@@ -152,3 +154,63 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
 def _read_manifest(run: Path) -> dict:
     path = run / "clips.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def find_pipeline(name: str | Path) -> Path:
+    """A pipeline YAML: a path, or the name of one of the repository's ``pipelines/*.yaml`` (``campus``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = PIPELINES / f"{path.stem}.yaml"
+    if path.parent == Path() and bundled.is_file():
+        return bundled
+    have = sorted(p.stem for p in PIPELINES.glob("*.yaml")) if PIPELINES.is_dir() else []
+    raise FileNotFoundError(f"pipeline config not found: {name}; give a YAML path or one of {have}")
+
+
+def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Sequence[str] | None = None) -> dict:
+    """Every stage on ``cfg.data``: train, score the test split, evaluate, render; returns the metrics. Re-running
+    on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
+    scoring from the clips not yet scored by the current model."""
+    from vad.render import render_run
+    from vad.report import evaluate_run
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    train_stage(cfg, out, device)
+    t1 = time.perf_counter()
+    score_stage(out, read_split(cfg, "test"), cfg.score, device=device)
+    t2 = time.perf_counter()
+    metrics = evaluate_run(out, cfg.postprocess, cfg.eval)
+    t3 = time.perf_counter()
+    videos = render_run(out, cfg.postprocess, cfg.eval, cfg.render, clips=render_clips)
+    t4 = time.perf_counter()
+    print(f"pipeline done in {t4 - t0:.0f}s (train {t1 - t0:.0f}s, score {t2 - t1:.0f}s, evaluate {t3 - t2:.0f}s, "
+          f"render {t4 - t3:.0f}s)\n  metrics: {out / 'metrics.json'}\n  events:  {out / 'events.csv'}\n"
+          f"  plots:   {out / 'plots'}\n  videos:  {out / 'videos'} ({len(videos)} MP4s)")
+    return metrics
+
+
+def run_demo(out: Path, seed: int = 0, device: str = "auto", overrides: Sequence[str] = ()) -> dict:
+    """Generate the synthetic scene under ``out/data`` (reused if already there) and run ``pipelines/demo.yaml``
+    on it with ``out`` as the run folder."""
+    from vad.config import load_config
+    from vad.synthetic import SceneConfig, generate_scene
+
+    out = Path(out)
+    data = out / "data"
+    cfg = load_config(find_pipeline("demo"), list(overrides))
+    t0 = time.perf_counter()
+    if (data / "scene.json").exists():
+        print(f"demo scene: reusing {data}")
+    else:
+        summary = generate_scene(data, SceneConfig(seed=seed))
+        print(f"demo scene: generated {summary['train_frames']} training and {summary['test_frames']} test frames "
+              f"in {time.perf_counter() - t0:.1f}s -> {data}")
+    metrics = run_all(with_data(cfg, root=data, dataset="shanghaitech"), out, device)
+    print(f"demo finished in {time.perf_counter() - t0:.0f}s: frame AUC micro {metrics['frame_auc_micro']:.3f}, "
+          f"macro {metrics['frame_auc_macro']:.3f}; watch {out / 'videos'}/*.mp4")
+    return metrics

@@ -61,14 +61,22 @@ class Scorer:
 
 
 def score_clips(
-    scorer: Scorer, clips: Sequence[Clip], out: Path | str, overwrite: bool = False, progress: bool = True
+    scorer: Scorer, clips: Sequence[Clip], out: Path | str, overwrite: bool = False, progress: bool = True,
+    newer_than: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Score every frame of ``clips``; write ``out/scores/<clip>.npy`` (and maps). Returns ``{clip: scores}``."""
+    """Score every frame of ``clips``; write ``out/scores/<clip>.npy`` (and maps). Returns ``{clip: scores}``.
+    Clips with a scores file are skipped unless ``overwrite``, or the file is older than ``newer_than``
+    (a modification time: the model's, so that a retrained model re-scores)."""
     out = Path(out)
     names = [c.name for c in clips]
     if len(set(names)) != len(names):
         raise ValueError("clip names must be unique within one run; got duplicates")
-    todo = [c for c in clips if overwrite or not (out / "scores" / f"{c.name}.npy").exists()]
+
+    def done(c: Clip) -> bool:
+        f = out / "scores" / f"{c.name}.npy"
+        return f.exists() and (newer_than is None or f.stat().st_mtime >= newer_than)
+
+    todo = [c for c in clips if overwrite or not done(c)]
     results = {c.name: np.load(out / "scores" / f"{c.name}.npy") for c in clips if c not in todo}
     if not todo:
         return results
@@ -106,5 +114,7 @@ def score_clips(
 def _flush(clip: Clip, entry: dict, out: Path) -> np.ndarray:
     if entry["maps"] is not None:
         save_npy(entry["maps"], out / "maps" / f"{clip.name}.npy")
+    else:  # a map left by an earlier scoring would no longer match these scores
+        (out / "maps" / f"{clip.name}.npy").unlink(missing_ok=True)
     save_npy(entry["scores"], out / "scores" / f"{clip.name}.npy")  # scores last: their presence marks the clip done
     return entry["scores"]
