@@ -87,7 +87,7 @@ class StripPainter:
                 for a, b in _runs(labels.astype(bool)):
                     draw.rectangle([xs[a], top, xs[b - 1] + 1, bottom], fill=(255, 200, 0, 60))
             for e in events:
-                draw.rectangle([xs[e.start], bottom - 3, xs[e.end - 1] + 1, bottom], fill=(*RED, 255))
+                draw.rectangle([xs[e.start], bottom - 3, xs[e.end] + 1, bottom], fill=(*RED, 255))
             pts = list(zip(xs.tolist(), to_y(scores).tolist(), strict=True))
             if len(pts) > 1:
                 draw.polygon([(0, bottom), *pts, (width - 1, bottom)], fill=(*curve_colour, fill_alpha))
@@ -182,7 +182,7 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
     found = clip_events(s, name, ev)
     in_event = np.zeros(n, bool)
     for e in found:
-        in_event[e.start : e.end] = True
+        in_event[e.start : e.end + 1] = True  # end is inclusive
     low, high = heat_scale(s.normal[info["reference"]], threshold, cfg.heat_range)
     map_path = s.run / "maps" / f"{name}.npy"
     maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
