@@ -169,6 +169,23 @@ def test_run_pipeline_end_to_end(tmp_path, capsys):
     saved = yaml.safe_load((run / "config.yaml").read_text())  # the resolved config, data included
     assert saved["data"] == {"dataset": "shanghaitech", "root": str(data), "scenes": None}
     assert saved["train"]["epochs"] == 2 and saved["render"]["layout"] == "overlay"
+    # Running again resumes: nothing retrained, nothing re-scored, outputs rewritten.
+    scores = (run / "scores" / "01_0001.npy").stat().st_mtime_ns
+    assert main(["run", "--config", str(config), "--data", str(data), "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "already trained" in out and "scored" not in out and "pipeline done" in out
+    assert (run / "scores" / "01_0001.npy").stat().st_mtime_ns == scores
+    # Asking for something the saved scores lack (calibrated maps) re-scores.
+    assert main(["score", "--run", str(run), "--set", "score.calibrated=true"]) == 0
+    assert "scored 32 frames of 2 clips" in capsys.readouterr().out
+    # Bad settings and unknown clips stop before any training.
+    assert main(["run", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "r2"),
+                 "--clip", "01_0009"]) == 2
+    assert "--clip ['01_0009']: not in the test split" in capsys.readouterr().err
+    assert main(["run", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "r2"),
+                 "--set", "render.preset=quick"]) == 2
+    assert "render.preset must be an x264 preset" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "checkpoints").exists()
 
 
 def test_run_errors(tmp_path, capsys):
@@ -178,7 +195,8 @@ def test_run_errors(tmp_path, capsys):
     config.write_text(TINY_PIPELINE)
     args = ["run", "--config", str(config), "--out", str(tmp_path / "run")]
     assert main([*args, "--data", str(tmp_path / "missing")]) == 2
-    assert "missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(tmp_path / "missing") in err and "not found (is the dataset root right?)" in err
     assert main(args) == 2
     assert "no data root: pass --data ROOT" in capsys.readouterr().err
     assert main(["run", "--config", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2

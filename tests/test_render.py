@@ -81,8 +81,10 @@ def test_render_errors_name_the_problem(run, tmp_path):
         render_run(run, POST, EV, RenderConfig(), clips=["nope"], progress=False)
     with pytest.raises(ValueError, match="unknown matplotlib colormap 'nocolours'"):
         render_run(run, POST, EV, RenderConfig(colormap="nocolours"), progress=False)
-    with pytest.raises(ValueError, match="render.layout"):
-        render_run(run, POST, EV, RenderConfig(layout="mosaic"), progress=False)
+    for bad, match in [({"layout": "mosaic"}, "render.layout"), ({"strip_height": 8}, "render.strip_height"),
+                       ({"preset": "quick"}, "x264 preset"), ({"crf": 60}, r"render.crf must be in \[0, 51\]")]:
+        with pytest.raises(ValueError, match=match):
+            render_run(run, POST, EV, RenderConfig(**bad), progress=False)
     # The source lost frames since scoring: an error naming it, and no partial video left behind.
     frames = sorted((tmp_path / "frames" / "cam1").iterdir())
     for f in frames[-3:]:

@@ -54,9 +54,9 @@ def _score(args: argparse.Namespace) -> None:
 
     cfg = _run_config(args.run, args.set)
     if args.input is not None:
-        if args.data is not None:
-            raise ValueError("give either --input VIDEO_OR_FOLDER or --data ROOT, not both")
-        clips = read_dataset("folder", args.input)
+        if args.data is not None or args.dataset is not None or args.scenes:
+            raise ValueError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
+        clips = read_dataset("folder", args.input.resolve())
     else:  # the test split of --data/--dataset, or of the data the run was trained on
         clips = read_split(with_data(cfg, args.data, args.dataset, args.scenes), "test")
     score_stage(args.run, clips, cfg.score, device=args.device, overwrite=args.overwrite)

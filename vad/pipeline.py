@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -70,7 +71,7 @@ def with_data(cfg: RunConfig, root: Path | str | None = None, dataset: str | Non
               scenes: Sequence[str] | None = None) -> RunConfig:
     """``cfg`` with its ``data`` section filled from command-line values (those given win over the config's)."""
     d = cfg.data
-    d = replace(d, root=str(root) if root is not None else d.root, dataset=dataset or d.dataset,
+    d = replace(d, root=str(Path(root).resolve()) if root is not None else d.root, dataset=dataset or d.dataset,
                 scenes=tuple(scenes) if scenes else d.scenes)
     if d.root is None:
         raise ValueError("no data root: pass --data ROOT (or set data.root in the config)")
@@ -91,7 +92,8 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
     """Train on the normal training split of ``cfg.data``; one model, or one per scene. Saves the config."""
     clips = read_split(cfg, "train")
     out = Path(out)
-    save_config(cfg, out / "config.yaml")
+    if not (out / "config.yaml").exists():  # rewritten once training succeeds (a resume may refuse a new config)
+        save_config(cfg, out / "config.yaml")
     frames = sum(c.num_frames for c in clips)
     print(f"training {cfg.model.method} ({cfg.model.backbone}, teacher {cfg.model.teacher_weights}) on "
           f"{len(clips)} clips / {frames} frames of {cfg.data.dataset}; {cfg.train.epochs} epochs -> {out}")
@@ -100,6 +102,7 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
         paths = list(train_per_scene(clips, cfg, out, device).values())
     else:
         paths = [train(clips, cfg, out, device)]
+    save_config(cfg, out / "config.yaml")
     print(f"trained {len(paths)} model(s) in {time.perf_counter() - t0:.0f}s: {', '.join(map(str, paths))}")
     return paths
 
@@ -133,22 +136,44 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
     for path, group in _models_for(run, clips).items():
         model, ckpt = load_model(path)
         scorer = Scorer(model, ckpt, cfg, device)
-        # Scores older than the model file came from an earlier model: redo them.
-        results.update(score_clips(scorer, group, run, overwrite=overwrite, newer_than=Path(path).stat().st_mtime))
-        # The model's normal reference (hold-out frame scores, same calibration setting) for thresholds.
         ref = Path(path).parent.name if Path(path).parent != run else "all"
-        save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
-                 run / "normal_scores" / f"{ref}.npy")
-        for c in group:
+        # What the scores depend on: a clip is done when it was scored with exactly this (so a retrained model,
+        # another calibration setting, or maps asked for but missing, re-score it).
+        key = {"model": _file_digest(Path(path)), "calibrated": scorer.calibrated,
+               "map_stride": cfg.map_stride if cfg.save_maps else None}
+
+        def is_done(c: Clip, key=key) -> bool:
+            return ((run / "scores" / f"{c.name}.npy").is_file() and manifest.get(c.name, {}).get("scored_with") == key
+                    and (not cfg.save_maps or (run / "maps" / f"{c.name}.npy").is_file()))
+
+        def on_done(c: Clip, key=key, ref=ref) -> None:
             if c.labels is not None:
                 save_npy(np.asarray(c.labels, dtype=np.uint8), run / "labels" / f"{c.name}.npy")
             manifest[c.name] = {
-                "path": str(c.path), "kind": c.kind, "scene": c.scene, "frames": c.num_frames, "fps": c.fps,
-                "labelled": c.labels is not None, "reference": ref,
-                "pixel_mask": str(c.pixel_mask) if c.pixel_mask is not None else None,
+                "path": str(Path(c.path).resolve()), "kind": c.kind, "scene": c.scene, "frames": c.num_frames,
+                "fps": c.fps, "labelled": c.labels is not None, "reference": ref,
+                "pixel_mask": str(Path(c.pixel_mask).resolve()) if c.pixel_mask is not None else None,
+                "scored_with": key,
             }
+            write_text(json.dumps(manifest, indent=2), run / "clips.json")  # after each clip: resumable
+
+        # The model's normal reference (hold-out frame scores, same calibration setting) for thresholds.
+        save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
+                 run / "normal_scores" / f"{ref}.npy")
+        results.update(score_clips(scorer, group, run, overwrite=overwrite, is_done=is_done, on_done=on_done))
     write_text(json.dumps(manifest, indent=2), run / "clips.json")
     return results
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes (a model's identity; about 0.1 s for a 100 MB checkpoint)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_manifest(run: Path) -> dict:
@@ -156,18 +181,21 @@ def _read_manifest(run: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"  # the checkout's (editable installs)
+INSTALLED_PIPELINES = Path(sys.prefix) / "share" / "vad" / "pipelines"  # pyproject's data-files (any install)
 
 
 def find_pipeline(name: str | Path) -> Path:
-    """A pipeline YAML: a path, or the name of one of the repository's ``pipelines/*.yaml`` (``campus``)."""
+    """A pipeline YAML: a path, or the bare name of a bundled one (``campus`` -> ``pipelines/campus.yaml``)."""
     path = Path(name)
     if path.is_file():
         return path
-    bundled = PIPELINES / f"{path.stem}.yaml"
-    if path.parent == Path() and bundled.is_file():
-        return bundled
-    have = sorted(p.stem for p in PIPELINES.glob("*.yaml")) if PIPELINES.is_dir() else []
+    folders = [d for d in (PIPELINES, INSTALLED_PIPELINES) if d.is_dir()]
+    if path.parent == Path() and not path.suffix:
+        for folder in folders:
+            if (folder / f"{path.name}.yaml").is_file():
+                return folder / f"{path.name}.yaml"
+    have = sorted({p.stem for d in folders for p in d.glob("*.yaml")})
     raise FileNotFoundError(f"pipeline config not found: {name}; give a YAML path or one of {have}")
 
 
@@ -175,14 +203,21 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     """Every stage on ``cfg.data``: train, score the test split, evaluate, render; returns the metrics. Re-running
     on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
     scoring from the clips not yet scored by the current model."""
-    from vad.render import render_run
+    from vad.render import check_render_config, render_run
     from vad.report import evaluate_run
 
     out = Path(out)
+    # Everything that can be checked before hours of training: settings, the test split, the clips to render.
+    check_render_config(cfg.render)
+    test = read_split(cfg, "test")
+    missing = sorted(set(render_clips or ()) - {c.name for c in test})
+    if missing:
+        raise ValueError(f"--clip {missing}: not in the test split of {cfg.data.root}; it has "
+                         f"{sorted(c.name for c in test)}")
     t0 = time.perf_counter()
     train_stage(cfg, out, device)
     t1 = time.perf_counter()
-    score_stage(out, read_split(cfg, "test"), cfg.score, device=device)
+    score_stage(out, test, cfg.score, device=device)
     t2 = time.perf_counter()
     metrics = evaluate_run(out, cfg.postprocess, cfg.eval)
     t3 = time.perf_counter()

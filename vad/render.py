@@ -8,13 +8,14 @@ and an ``ANOMALY`` tag.
 
 Frames are decoded, drawn and encoded batch by batch, so memory stays bounded whatever the clip length. The
 heatmap's colour scale is fixed per model from normal data only: transparent at the median normal frame score,
-half-way up the colour map at the threshold (``render.heat_range`` sets the span).
+``1 / render.heat_range`` of the way up the colour map at the threshold (two thirds by default: yellow in jet).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from vad.io.decode import as_clip, iter_frames
 from vad.report import ScoredRun, clip_events, load_scored
 
 LAYOUTS = ("overlay", "side_by_side")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+MIN_STRIP = 24
 DEFAULT_FPS = 25.0
 RED = (230, 40, 40)
 
@@ -44,6 +47,25 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: a fixed bitmap font
         return ImageFont.load_default()
+
+
+def check_render_config(cfg: RenderConfig) -> None:
+    """Raise ``ValueError`` naming the first bad ``render.*`` setting (run before any long stage)."""
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"render.layout must be one of {LAYOUTS}; got {cfg.layout!r}")
+    if not 0 <= cfg.opacity <= 1:
+        raise ValueError(f"render.opacity must be in [0, 1]; got {cfg.opacity}")
+    if cfg.heat_range <= 1:
+        raise ValueError(f"render.heat_range must be > 1 (threshold below the top of the scale); got {cfg.heat_range}")
+    if cfg.strip_height < MIN_STRIP:
+        raise ValueError(f"render.strip_height must be at least {MIN_STRIP} pixels; got {cfg.strip_height}")
+    if cfg.fps is not None and not cfg.fps > 0:
+        raise ValueError(f"render.fps must be positive (or null for the source's rate); got {cfg.fps}")
+    if not 0 <= cfg.crf <= 51:
+        raise ValueError(f"render.crf must be in [0, 51] (H.264 quality; lower is better); got {cfg.crf}")
+    if cfg.preset not in X264_PRESETS:
+        raise ValueError(f"render.preset must be an x264 preset {X264_PRESETS}; got {cfg.preset!r}")
+    colormap_lut(cfg.colormap)
 
 
 def colormap_lut(name: str) -> torch.Tensor:
@@ -131,9 +153,13 @@ class VideoWriter:
         if width % 2 or height % 2:
             raise ValueError(f"H.264 (yuv420p) needs even frame sizes; got {width}x{height}")
         self.container = av.open(str(path), mode="w", format="mp4")
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.options = {"crf": str(crf), "preset": preset}
+        try:
+            self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+            self.stream.options = {"crf": str(crf), "preset": preset}
+        except Exception:
+            self.container.close()
+            raise
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -143,10 +169,14 @@ class VideoWriter:
             self.container.mux(packet)
         self.frames += 1
 
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+    def close(self, flush: bool = True) -> None:
+        """Flush the encoder (unless ``flush`` is false: after an error) and close the file."""
+        try:
+            if flush:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
 
 
 def _blend(frames: torch.Tensor, heat: torch.Tensor | None, lut: torch.Tensor, opacity: float,
@@ -170,14 +200,12 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
                 bar: tqdm | None = None) -> Path:
     """Render clip ``name`` of scored run ``s`` to ``out`` (written atomically); return ``out``. ``bar``: a
     progress bar to advance by the frames written."""
-    if cfg.layout not in LAYOUTS:
-        raise ValueError(f"render.layout must be one of {LAYOUTS}; got {cfg.layout!r}")
-    if not 0 <= cfg.opacity <= 1:
-        raise ValueError(f"render.opacity must be in [0, 1]; got {cfg.opacity}")
+    check_render_config(cfg)
     info = s.manifest[name]
     clip = as_clip(Path(info["path"]))
     n = info["frames"]
-    fps = info["fps"] or cfg.fps or ev.fps or DEFAULT_FPS
+    event_fps = s.fps(name, ev.fps)  # the rate events.csv times use; shown in the strip as well
+    fps = cfg.fps or event_fps or DEFAULT_FPS
     threshold = s.threshold(name)
     found = clip_events(s, name, ev)
     in_event = np.zeros(n, bool)
@@ -186,22 +214,23 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
     low, high = heat_scale(s.normal[info["reference"]], threshold, cfg.heat_range)
     map_path = s.run / "maps" / f"{name}.npy"
     maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
+    rescore = f"re-score it: vad score --run {s.run} --overwrite"
     if maps is None and cfg.layout == "side_by_side":
         raise RenderError(f"render.layout=side_by_side needs the anomaly maps, and {map_path} does not exist; "
-                          "score with --set score.save_maps=true")
+                          f"score with --set score.save_maps=true")
     if maps is not None and len(maps) != n:
-        raise RenderError(f"{map_path}: {len(maps)} maps for clip {name}, which has {n} frames; re-score the clip")
+        raise RenderError(f"{map_path}: {len(maps)} maps for clip {name}, which has {n} frames; {rescore}")
     lut = colormap_lut(cfg.colormap)
     scores = s.smoothed[name]
 
     writer = painter = None
-    done = 0
-    with atomic_path(out, ".mp4") as tmp:
+    done, ok = 0, False
+    with atomic_path(out, ".mp4") as tmp, closing(iter_frames(clip, batch_size=16)) as batches:
         try:
-            for first, frames in iter_frames(clip, batch_size=16):
+            for first, frames in batches:
                 b, _, h, w = frames.shape
                 if first + b > n:
-                    raise RenderError(f"{clip.path}: has more frames than the {n} scored; re-score clip {name}")
+                    raise RenderError(f"{clip.path}: has more frames than the {n} scored for clip {name}; {rescore}")
                 heat = None
                 if maps is not None:
                     m = torch.from_numpy(np.asarray(maps[first : first + b], dtype=np.float32)).unsqueeze(1)
@@ -219,7 +248,8 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
                     t = first + i
                     canvas = np.zeros((writer.stream.height, writer.stream.width, 3), np.uint8)
                     canvas[:h, : pic.shape[2]] = pic[i]
-                    label = f"{name}  {t + 1}/{n}  {t / fps:.1f}s  score {scores[t]:.3f}"
+                    when = f"  {t / event_fps:.1f}s" if event_fps else ""
+                    label = f"{name}  {t + 1}/{n}{when}  score {scores[t]:.3f}"
                     canvas[h : h + cfg.strip_height] = painter.strip(t, label)
                     if in_event[t]:
                         _mark(canvas, h, font)
@@ -227,11 +257,12 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
                     done += 1
                 if bar is not None:
                     bar.update(b)
+            ok = True
         finally:
             if writer is not None:
-                writer.close()
+                writer.close(flush=ok)
         if done != n:  # inside the atomic block: a short video never replaces the output
-            raise RenderError(f"{clip.path}: decoded {done} frames but clip {name} was scored with {n}; re-score it")
+            raise RenderError(f"{clip.path}: decoded {done} frames but clip {name} was scored with {n}; {rescore}")
     return out
 
 

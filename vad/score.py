@@ -12,7 +12,7 @@ an interrupted run picks up where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,27 +55,24 @@ class Scorer:
         return self.model.calibrate_map(amap) if self.calibrated else amap
 
     def downsample(self, amap: torch.Tensor) -> torch.Tensor:
-        """Anomaly map at the finest-level stride -> one value per ``map_stride`` input pixels (area average)."""
+        """Anomaly map at the finest-level stride -> one value per ``map_stride`` input pixels (the maximum, so
+        a saved map's maximum is still the frame score and shares its scale and thresholds)."""
         factor = max(1, self.cfg.map_stride // self.model.stride)
-        return F.avg_pool2d(amap.unsqueeze(1), factor, ceil_mode=True).squeeze(1) if factor > 1 else amap
+        return F.max_pool2d(amap.unsqueeze(1), factor, ceil_mode=True).squeeze(1) if factor > 1 else amap
 
 
 def score_clips(
     scorer: Scorer, clips: Sequence[Clip], out: Path | str, overwrite: bool = False, progress: bool = True,
-    newer_than: float | None = None,
+    is_done: Callable[[Clip], bool] | None = None, on_done: Callable[[Clip], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every frame of ``clips``; write ``out/scores/<clip>.npy`` (and maps). Returns ``{clip: scores}``.
-    Clips with a scores file are skipped unless ``overwrite``, or the file is older than ``newer_than``
-    (a modification time: the model's, so that a retrained model re-scores)."""
+    Clips for which ``is_done`` is true (default: a scores file exists) are skipped unless ``overwrite``;
+    ``on_done(clip)`` runs as each clip's files are written (the caller's bookkeeping for resuming)."""
     out = Path(out)
     names = [c.name for c in clips]
     if len(set(names)) != len(names):
         raise ValueError("clip names must be unique within one run; got duplicates")
-
-    def done(c: Clip) -> bool:
-        f = out / "scores" / f"{c.name}.npy"
-        return f.exists() and (newer_than is None or f.stat().st_mtime >= newer_than)
-
+    done = is_done or (lambda c: (out / "scores" / f"{c.name}.npy").exists())
     todo = [c for c in clips if overwrite or not done(c)]
     results = {c.name: np.load(out / "scores" / f"{c.name}.npy") for c in clips if c not in todo}
     if not todo:
@@ -102,6 +99,8 @@ def score_clips(
             bar.update(len(index))
             if entry["done"] == clip.num_frames:
                 results[name] = _flush(clip, pending.pop(name), out)
+                if on_done is not None:
+                    on_done(clip)
     if pending:
         short = {k: v["done"] for k, v in pending.items()}
         raise RuntimeError(f"scoring ended with incomplete clips (frames scored): {short}")

@@ -202,7 +202,14 @@ def train(
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"])
+        if ck["train_clips"] != meta["train_clips"]:
+            raise ResumeError(f"{ckdir / 'last.pt'} was trained on other clips ({len(ck['train_clips'])}: "
+                              f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
         start, best = ck["epoch"] + 1, ck["best_val"]
+        if start >= t.epochs and (out / "model.pt").is_file():
+            if progress:
+                print(f"{out / 'model.pt'}: already trained ({t.epochs} epochs); delete it to retrain")
+            return out / "model.pt"
         if progress:
             print(f"resuming from {ckdir / 'last.pt'} at epoch {start + 1}/{t.epochs}")
 
