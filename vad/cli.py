@@ -31,14 +31,15 @@ def _config(args: argparse.Namespace):
     return load_config(find_pipeline(args.config) if args.config else None, overrides)
 
 
-def _run_config(run: Path, overrides: list[str] | None):
-    """The config saved by ``train`` in ``run`` with ``--set`` overrides on top."""
+def _run_config(run: Path, overrides: list[str] | None, required: bool = True):
+    """The config saved by ``train`` in ``run`` (the defaults when absent and not ``required``) with ``--set``
+    overrides on top."""
     from vad.config import load_config
 
     saved = run / "config.yaml"
-    if not saved.is_file():
+    if not saved.is_file() and required:
         raise FileNotFoundError(f"{saved} not found: is {run} a run folder? (vad train ... --out RUN)")
-    return load_config(saved, list(overrides or []))
+    return load_config(saved if saved.is_file() else None, list(overrides or []))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -63,20 +64,16 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from vad.config import load_config
     from vad.report import evaluate_run
 
-    saved = args.run / "config.yaml"
-    cfg = load_config(saved if saved.is_file() else None, list(args.set or []))
+    cfg = _run_config(args.run, args.set, required=False)
     evaluate_run(args.run, cfg.postprocess, cfg.eval)
 
 
 def _render(args: argparse.Namespace) -> None:
-    from vad.config import load_config
     from vad.render import render_run
 
-    saved = args.run / "config.yaml"
-    cfg = load_config(saved if saved.is_file() else None, list(args.set or []))
+    cfg = _run_config(args.run, args.set, required=False)
     render_run(args.run, cfg.postprocess, cfg.eval, cfg.render, clips=args.clip)
 
 

@@ -161,7 +161,6 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
         save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
                  run / "normal_scores" / f"{ref}.npy")
         results.update(score_clips(scorer, group, run, overwrite=overwrite, is_done=is_done, on_done=on_done))
-    write_text(json.dumps(manifest, indent=2), run / "clips.json")
     return results
 
 

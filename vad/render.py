@@ -28,6 +28,7 @@ from tqdm import tqdm
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import VadError
+from vad.evaluate import label_events
 from vad.io.decode import as_clip, iter_frames
 from vad.report import ScoredRun, clip_events, load_scored
 
@@ -106,7 +107,7 @@ class StripPainter:
             img = Image.new("RGB", (width, height), (24, 24, 28))
             draw = ImageDraw.Draw(img, "RGBA")
             if labels is not None:  # ground-truth spans as a translucent band
-                for a, b in _runs(labels.astype(bool)):
+                for a, b in label_events(labels):
                     draw.rectangle([xs[a], top, xs[b - 1] + 1, bottom], fill=(255, 200, 0, 60))
             for e in events:
                 draw.rectangle([xs[e.start], bottom - 3, xs[e.end] + 1, bottom], fill=(*RED, 255))
@@ -137,13 +138,6 @@ class StripPainter:
         return np.asarray(img)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, stop)`` runs of True in a 1-D bool array."""
-    padded = np.concatenate([[False], mask, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
-
-
 class VideoWriter:
     """H.264 MP4 writer (PyAV / libx264, yuv420p) that takes RGB frames one at a time."""
 
@@ -160,14 +154,12 @@ class VideoWriter:
         except Exception:
             self.container.close()
             raise
-        self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
         import av
 
         for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
             self.container.mux(packet)
-        self.frames += 1
 
     def close(self, flush: bool = True) -> None:
         """Flush the encoder (unless ``flush`` is false: after an error) and close the file."""
@@ -199,8 +191,7 @@ def _blend(frames: torch.Tensor, heat: torch.Tensor | None, lut: torch.Tensor, o
 def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path,
                 bar: tqdm | None = None) -> Path:
     """Render clip ``name`` of scored run ``s`` to ``out`` (written atomically); return ``out``. ``bar``: a
-    progress bar to advance by the frames written."""
-    check_render_config(cfg)
+    progress bar to advance by the frames written. ``cfg`` is checked by the caller (:func:`check_render_config`)."""
     info = s.manifest[name]
     clip = as_clip(Path(info["path"]))
     n = info["frames"]
@@ -285,6 +276,7 @@ def _mark(canvas: np.ndarray, h: int, font) -> None:
 def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: RenderConfig,
                clips: Sequence[str] | None = None, progress: bool = True) -> list[Path]:
     """Render the scored clips of ``run`` (all, or the named ones) to ``run/videos/<clip>.mp4``."""
+    check_render_config(cfg)
     s = load_scored(run, post, ev)
     names = list(s.manifest) if not clips else list(clips)
     unknown = [c for c in names if c not in s.manifest]
