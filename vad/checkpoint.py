@@ -14,7 +14,7 @@ import torch
 from vad.atomic import atomic_path
 from vad.config import ModelConfig, from_dict
 from vad.errors import VadError
-from vad.models import STPM, build_model
+from vad.models import AnomalyModel, build_model
 
 FORMAT = "vad-checkpoint/1"
 
@@ -42,11 +42,11 @@ def read_checkpoint(path: Path | str) -> dict:
     return ckpt
 
 
-def model_state(model: STPM) -> dict[str, torch.Tensor]:
+def model_state(model: AnomalyModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def restore_model(ckpt: dict) -> STPM:
+def restore_model(ckpt: dict) -> AnomalyModel:
     """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher)."""
     cfg = from_dict(ModelConfig, ckpt["config"]["model"], "model")
     model = build_model(cfg, teacher_weights="random")
@@ -57,11 +57,11 @@ def restore_model(ckpt: dict) -> STPM:
     model.load_state_dict(state, strict=False)
     missing = set(model.state_dict()) - set(state) - {"calib_loc", "calib_scale"}
     if missing:
-        raise CheckpointError(f"checkpoint lacks {sorted(missing)[:4]} for model {cfg.backbone}")
+        raise CheckpointError(f"checkpoint lacks {sorted(missing)[:4]} for model {cfg.method}/{cfg.backbone}")
     return model.eval()
 
 
-def load_model(path: Path | str) -> tuple[STPM, dict]:
+def load_model(path: Path | str) -> tuple[AnomalyModel, dict]:
     """``(model, checkpoint)`` from a model file; the model is on the CPU in eval mode."""
     ckpt = read_checkpoint(path)
     try:

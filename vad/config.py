@@ -14,19 +14,22 @@ from typing import Any, TypeVar
 class ModelConfig:
     """What a checkpoint needs to rebuild its network."""
 
-    method: str = "stpm"
-    backbone: str = "efficientnet_lite0"  # efficientnet_lite0 (offline default) | resnet18 | wide_resnet50_2
+    method: str = "stpm"  # stpm | rstpm | mkd
+    backbone: str = "efficientnet_lite0"  # efficientnet_lite0 (offline) | resnet18 | wide_resnet50_2 | vgg16 (mkd)
     levels: tuple[int, ...] | None = None  # pyramid levels (timm feature_info indices); None = backbone default
     teacher_weights: str = "pretrained"  # "pretrained" | "random" (ablation only) | path to a state dict
     allow_download: bool = True  # fetch torchvision weights when not cached (ResNets only)
     input_height: int = 256
     input_width: int | None = None  # None: keep the training footage's aspect ratio (rounded to a multiple of 16)
-    combine: str = "product"  # how per-level maps are combined: product | sum
+    combine: str = "product"  # stpm: how per-level maps are combined: product | sum
+    direction_weight: float = 0.5  # mkd: lambda, the weight of the direction (1 - cosine) loss
+    mkd_score: str = "max"  # mkd: frame score = max of the per-position loss | mean (the paper's: total loss)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 30  # stpm, mkd: all training; rstpm: the student pairs' stage
+    disc_epochs: int = 10  # rstpm: the discriminative network's stage (trained after the pairs)
     batch_size: int = 8
     optimizer: str = "adam"  # adam (AdamW) | sgd (the paper's: lr 0.4, momentum 0.9, weight decay 1e-4)
     lr: float = 1e-3

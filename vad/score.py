@@ -2,7 +2,7 @@
 
 Output (``OUT`` is the run folder)::
 
-    OUT/scores/<clip>.npy   (T,) float32 per-frame scores (max of the anomaly map)
+    OUT/scores/<clip>.npy   (T,) float32 per-frame scores (the method's; STPM and RSTPM: max of the map)
     OUT/maps/<clip>.npy     (T, h, w) float16 anomaly maps at 1/map_stride of the input (with save_maps)
 
 Each file is written atomically when its clip is complete; clips whose files already exist are skipped, so
@@ -24,7 +24,7 @@ from vad.atomic import atomic_path
 from vad.config import ScoreConfig
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.records import Clip
-from vad.models import STPM, frame_scores
+from vad.models import AnomalyModel, frame_scores
 from vad.train import amp_dtype, autocast, resolve_device
 
 
@@ -37,7 +37,7 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 class Scorer:
     """Wraps a trained model for inference: ``scorer(frames uint8 (B, 3, H, W)) -> (scores (B,), maps (B, h, w))``."""
 
-    def __init__(self, model: STPM, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto") -> None:
+    def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto") -> None:
         self.device = resolve_device(device)
         self.dtype = amp_dtype(cfg.amp, self.device)
         self.cfg = cfg
@@ -45,14 +45,18 @@ class Scorer:
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
         self.calibrated = cfg.calibrated and model.calibrated
 
-    @torch.inference_mode()
-    def maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised input ``(B, 3, H, W)`` -> anomaly map ``(B, h, w)`` float32 (calibrated when enabled)."""
+    @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised input ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``), float32. With
+        calibration the map is standardised per position and the score is its maximum."""
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.dtype):
-            t, s = self.model.features(x)
-        amap = self.model.features_to_map(t, s, self.model.map_size(x)).float()
-        return self.model.calibrate_map(amap) if self.calibrated else amap
+            scores, amap = self.model.score_and_map(x)
+        scores, amap = scores.float(), amap.float()
+        if self.calibrated:
+            amap = self.model.calibrate_map(amap)
+            scores = frame_scores(amap)
+        return scores, amap
 
     def downsample(self, amap: torch.Tensor) -> torch.Tensor:
         """Anomaly map at the finest-level stride -> one value per ``map_stride`` input pixels (the maximum, so
@@ -86,9 +90,9 @@ def score_clips(
         for batch in loader:
             name, index = batch["clip"][0], batch["index"].numpy()
             clip = by_name[name]
-            amap = scorer.maps(batch["frames"])
+            scores, amap = scorer(batch["frames"])
             entry = pending.setdefault(name, {"scores": np.empty(clip.num_frames, np.float32), "maps": None, "done": 0})
-            entry["scores"][index] = frame_scores(amap).cpu().numpy()
+            entry["scores"][index] = scores.cpu().numpy()
             if scorer.cfg.save_maps:
                 small = scorer.downsample(amap).half().cpu().numpy()
                 if entry["maps"] is None:

@@ -30,8 +30,7 @@ from vad.errors import VadError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import iter_frames
 from vad.io.records import Clip
-from vad.models import STPM, backbone_spec, build_model, frame_scores
-from vad.models.loss import stpm_loss
+from vad.models import AnomalyModel, backbone_spec, build_model, frame_scores
 
 
 class ResumeError(VadError, ValueError):
@@ -95,9 +94,19 @@ def _seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _optimizer(model: STPM, cfg: RunConfig, steps: int) -> tuple[torch.optim.Optimizer, object]:
+def stage_epochs(model: AnomalyModel, cfg: RunConfig) -> dict[str, int]:
+    """Epochs per training stage: ``train.epochs`` for the first (the students / the cloner), then
+    ``train.disc_epochs`` for RSTPM's discriminative network."""
+    epochs = {stage: cfg.train.disc_epochs if stage == "disc" else cfg.train.epochs for stage in model.stages}
+    if any(n < 1 for n in epochs.values()):
+        raise ValueError(f"every training stage needs >= 1 epoch; got {epochs} (train.epochs, train.disc_epochs)")
+    return epochs
+
+
+def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.optim.Optimizer, object]:
+    """Optimiser and schedule over the parameters the model's current stage trains."""
     t = cfg.train
-    params = [p for p in model.student.parameters() if p.requires_grad]
+    params = [p for m in model.stage_modules(model.stage) for p in m.parameters() if p.requires_grad]
     if t.optimizer == "adam":
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     elif t.optimizer == "sgd":
@@ -125,20 +134,36 @@ def _optimizer(model: STPM, cfg: RunConfig, steps: int) -> tuple[torch.optim.Opt
     return opt, sched
 
 
-@torch.inference_mode()
-def _val_pass(model: STPM, loader, device: torch.device, dtype, keep_maps: bool) -> tuple[float, torch.Tensor | None]:
-    """Mean validation loss and (when ``keep_maps``) the stacked raw anomaly maps ``(N, h, w)`` on the CPU."""
+VAL_SEED = 1234  # pseudo-anomalies in validation are the same every epoch
+
+
+@torch.no_grad()
+def _val_loss(model: AnomalyModel, loader, device: torch.device, dtype) -> float:
+    """Mean loss of the current stage over the hold-out (repeatable: a fixed generator for any randomness)."""
     model.eval()
-    total, n, maps = 0.0, 0, []
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    total, n = 0.0, 0
     for batch in loader:
         x = batch["frames"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            t, s = model.features(x)
-        total += float(stpm_loss(t, s)) * len(x)
+            loss = model.loss(x, gen)
+        total += float(loss) * len(x)
         n += len(x)
-        if keep_maps:
-            maps.append(model.features_to_map(t, s, model.map_size(x)).float().cpu())
-    return total / max(n, 1), (torch.cat(maps) if maps else None)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def _val_maps(model: AnomalyModel, loader, device: torch.device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw frame scores ``(N,)`` and anomaly maps ``(N, h, w)`` of the hold-out, on the CPU."""
+    model.eval()
+    scores, maps = [], []
+    for batch in loader:
+        x = batch["frames"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            sc, amap = model.score_and_map(x)
+        scores.append(sc.float().cpu())
+        maps.append(amap.float().cpu())
+    return torch.cat(scores), torch.cat(maps)
 
 
 def calibration_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +192,8 @@ def train(
     out = Path(out)
     device = resolve_device(device)
     t = cfg.train
-    if t.epochs < 1 or t.batch_size < 1:
-        raise ValueError(f"train.epochs and train.batch_size must be >= 1; got {t.epochs}, {t.batch_size}")
+    if t.batch_size < 1:
+        raise ValueError(f"train.batch_size must be >= 1; got {t.batch_size}")
     if not clips:
         raise ValueError("no training clips")
     dtype = amp_dtype(t.amp, device)
@@ -185,50 +210,62 @@ def train(
     _seed(t.seed)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
-    opt, sched = _optimizer(model, cfg, t.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    epochs = stage_epochs(model, cfg)
+    plan = [stage for stage in model.stages for _ in range(epochs[stage])]  # the stage of every epoch
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
+    gen = torch.Generator().manual_seed(t.seed)  # pseudo-anomalies (RSTPM's discriminative stage)
 
     ckdir = out / "checkpoints"
-    start, best = 0, math.inf
+    start, best, ck = 0, math.inf, None
     if (ckdir / "last.pt").exists():
         ck = read_checkpoint(ckdir / "last.pt")
         if _config_key(from_dict(RunConfig, ck["config"])) != _config_key(cfg):
             raise ResumeError(f"{ckdir / 'last.pt'} was trained with a different config; use a new output folder "
                               "or delete the old checkpoints to start over")
-        model.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"])
         if ck["train_clips"] != meta["train_clips"]:
             raise ResumeError(f"{ckdir / 'last.pt'} was trained on other clips ({len(ck['train_clips'])}: "
                               f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
+        model.load_state_dict(ck["model"], strict=False)
+        torch.set_rng_state(ck["rng"])
+        gen.set_state(ck["gen"])
         start, best = ck["epoch"] + 1, ck["best_val"]
-        if start >= t.epochs and (out / "model.pt").is_file():
+        if start >= len(plan) and (out / "model.pt").is_file():
             if progress:
-                print(f"{out / 'model.pt'}: already trained ({t.epochs} epochs); delete it to retrain")
+                print(f"{out / 'model.pt'}: already trained ({len(plan)} epochs); delete it to retrain")
             return out / "model.pt"
         if progress:
-            print(f"resuming from {ckdir / 'last.pt'} at epoch {start + 1}/{t.epochs}")
+            print(f"resuming from {ckdir / 'last.pt'} at epoch {start + 1}/{len(plan)}")
+    # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
+    model.set_stage(plan[start - 1] if start else plan[0])
+    opt, sched = _optimizer(model, cfg, epochs[model.stage] * steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if ck is not None:
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
 
     log_path = out / "train_log.jsonl"
     if log_path.exists():  # drop lines of epochs the resumed run will redo
         kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start]
         log_path.write_text("".join(ln + "\n" for ln in kept))
     t0 = time.perf_counter()
-    bar = tqdm(range(start, t.epochs), desc="training", unit="epoch", disable=not progress,
-               initial=start, total=t.epochs)
+    bar = tqdm(range(start, len(plan)), desc="training", unit="epoch", disable=not progress,
+               initial=start, total=len(plan))
     for epoch in bar:
+        if plan[epoch] != model.stage:  # a new stage starts from the previous stage's selected model
+            model.load_state_dict(read_checkpoint(ckdir / "best.pt")["model"], strict=False)
+            model.set_stage(plan[epoch])
+            opt, sched = _optimizer(model, cfg, epochs[model.stage] * steps_per_epoch)
+            scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+            best = math.inf
         model.train()
         train_stream.set_epoch(epoch)
         total, seen = 0.0, 0
         for batch in make_loader(train_stream, t.num_workers, pin):
             x = batch["frames"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with autocast(device, dtype):
-                tf, sf = model.features(x)
-            loss = stpm_loss(tf, sf)
+                loss = model.loss(x, gen)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -236,27 +273,28 @@ def train(
             sched.step()
             total += float(loss.detach()) * len(x)
             seen += len(x)
-        val_loss, _ = _val_pass(model, val_loader, device, dtype, keep_maps=False)
+        val_loss = _val_loss(model, val_loader, device, dtype)
         improved = val_loss < best
         if improved:
             best = val_loss
-            atomic_save({**meta, "model": model_state(model), "epoch": epoch, "val_loss": val_loss}, ckdir / "best.pt")
-        record = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+            atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage,
+                         "val_loss": val_loss}, ckdir / "best.pt")
+        record = {"epoch": epoch + 1, "stage": model.stage, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2), "best": improved}
         with log_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        atomic_save({**meta, "model": model_state(model), "epoch": epoch, "best_val": best,
+        atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage, "best_val": best,
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": torch.get_rng_state()}, ckdir / "last.pt")
-        bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
+                     "rng": torch.get_rng_state(), "gen": gen.get_state()}, ckdir / "last.pt")
+        bar.set_postfix(stage=model.stage, train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
 
     best_ck = read_checkpoint(ckdir / "best.pt")
     model = restore_model(best_ck).to(device, memory_format=torch.channels_last)
     final = {**meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
     # Normal reference: the hold-out's anomaly maps give the per-position calibration and the per-frame scores
     # that thresholds and calibrated normalisation are drawn from (normal training data only).
-    _, maps = _val_pass(model, val_loader, device, dtype, keep_maps=True)
-    final["val_scores"] = {"raw": frame_scores(maps)}
+    scores, maps = _val_maps(model, val_loader, device, dtype)
+    final["val_scores"] = {"raw": scores}
     if t.calibrate:
         model.set_calibration(*calibration_stats(maps))
         final["val_scores"]["calibrated"] = frame_scores(model.calibrate_map(maps.to(model.calib_loc.device)).cpu())

@@ -48,6 +48,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     # stride-4 level (blocks.1) has only 24 channels after three blocks, and its channel-normalised discrepancy
     # is dominated by texture and sensor noise (measured on the campus benchmark; see README).
     "efficientnet_lite0": BackboneSpec("tf_efficientnet_lite0", "lite0", (2, 3)),
+    # MKD's expert only (vad.models.mkd.VGGExpert); levels are conv numbers (MKD's hints: 3, 6, 9, 12).
+    "vgg16": BackboneSpec("vgg16", "imagenet", (3, 6, 9, 12), "vgg16:VGG16_Weights.IMAGENET1K_V1"),
 }
 
 

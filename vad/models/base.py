@@ -1,0 +1,93 @@
+"""The interface every frame scorer (STPM, RSTPM, MKD) implements, so training, scoring, the evaluator and the
+renderer never look inside a method.
+
+A model is trained in one or more *stages* (``stages``); each stage trains some of its child modules
+(``stage_modules``) and freezes the rest. At inference, ``score_and_map`` turns a normalised batch into per-frame
+scores and an anomaly map at ``stride`` (one value per ``stride`` input pixels) whose values share the scores'
+scale. Per-position calibration (statistics of normal maps) is common to all methods.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AnomalyModel(nn.Module):
+    method: str = ""
+    stages: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = self.stages[0]
+        # Per-position statistics of normal anomaly maps (set by set_calibration(); empty = not calibrated).
+        self.register_buffer("calib_loc", torch.empty(0))
+        self.register_buffer("calib_scale", torch.empty(0))
+
+    # --- training -------------------------------------------------------------------------------------------
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        """The direct children trained in ``stage``; every other child stays frozen and in eval mode."""
+        raise NotImplementedError
+
+    def set_stage(self, stage: str) -> AnomalyModel:
+        if stage not in self.stages:
+            raise ValueError(f"{self.method} has no training stage {stage!r}; expected one of {self.stages}")
+        self.stage = stage
+        active = {id(m) for m in self.stage_modules(stage)}
+        for child in self.children():
+            child.requires_grad_(id(child) in active)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> AnomalyModel:
+        super().train(mode)
+        if mode:  # frozen parts (a pretrained teacher, earlier stages) never update their BatchNorm statistics
+            active = {id(m) for m in self.stage_modules(self.stage)}
+            for child in self.children():
+                if id(child) not in active:
+                    child.eval()
+        return self
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The current stage's training loss for a normalised batch ``(B, 3, H, W)`` of normal frames.
+        ``generator`` drives any randomness (pseudo-anomalies), so a validation pass can be repeatable."""
+        raise NotImplementedError
+
+    # --- inference ------------------------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        """Input pixels per anomaly-map cell."""
+        raise NotImplementedError
+
+    def map_size(self, x: torch.Tensor) -> tuple[int, int]:
+        return x.shape[-2] // self.stride, x.shape[-1] // self.stride
+
+    def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``(B, 3, H, W)`` -> (raw per-frame scores ``(B,)``, raw anomaly maps ``(B, h, w)``), float32.
+        Called under ``torch.no_grad()`` (a method that needs input gradients enables them itself)."""
+        raise NotImplementedError
+
+    # --- calibration ----------------------------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        return self.calib_loc.numel() > 0
+
+    def set_calibration(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """Per-position statistics ``(h, w)`` of normal maps: calibrated = (map - loc) / scale."""
+        if loc.shape != scale.shape or loc.ndim != 2 or bool((scale <= 0).any()):
+            raise ValueError(f"calibration needs loc and positive scale of one (h, w) shape; got "
+                             f"{tuple(loc.shape)} and {tuple(scale.shape)}")
+        self.calib_loc = loc.detach().clone()
+        self.calib_scale = scale.detach().clone()
+
+    def calibrate_map(self, amap: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w)`` raw -> per-position standardised map (same shape); needs :meth:`set_calibration`."""
+        if not self.calibrated:
+            raise RuntimeError("this model has no calibration; train it with calibration enabled")
+        if amap.shape[-2:] != self.calib_loc.shape:
+            raise ValueError(f"map size {tuple(amap.shape[-2:])} != calibration size {tuple(self.calib_loc.shape)}")
+        return (amap - self.calib_loc) / self.calib_scale
+
+
+def frame_scores(amap: torch.Tensor) -> torch.Tensor:
+    """``(B, h, w)`` -> ``(B,)``: the maximum of each map."""
+    return amap.flatten(1).amax(1)
