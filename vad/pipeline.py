@@ -95,8 +95,12 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
     if not (out / "config.yaml").exists():  # rewritten once training succeeds (a resume may refuse a new config)
         save_config(cfg, out / "config.yaml")
     frames = sum(c.num_frames for c in clips)
-    print(f"training {cfg.model.method} ({cfg.model.backbone}, teacher {cfg.model.teacher_weights}) on "
-          f"{len(clips)} clips / {frames} frames of {cfg.data.dataset}; {cfg.train.epochs} epochs -> {out}")
+    m = cfg.model
+    role = "expert" if m.method == "mkd" else "teacher"
+    note = " (offline stand-in for the paper's VGG-16)" if m.method == "mkd" and m.backbone != "vgg16" else ""
+    epochs = f"{cfg.train.epochs}" + (f" + {cfg.train.disc_epochs} (discriminative)" if m.method == "rstpm" else "")
+    print(f"training {m.method} ({role} {m.backbone}, {m.teacher_weights} weights{note}) on {len(clips)} clips / "
+          f"{frames} frames of {cfg.data.dataset}; {epochs} epochs -> {out}")
     t0 = time.perf_counter()
     if cfg.train.per_scene:
         paths = list(train_per_scene(clips, cfg, out, device).values())

@@ -1,0 +1,209 @@
+"""The three methods behind one interface: shapes, losses, pseudo-anomalies, VGG weights, training that separates
+a pasted anomaly from normal frames, checkpoint round trips and RSTPM's staged resume."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from vad.checkpoint import load_model
+from vad.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
+from vad.io import read_dataset
+from vad.models import METHODS, MKD, RSTPM, STPM, WeightsUnavailableError, build_model, frame_scores
+from vad.models.mkd import VGGExpert, build_vgg_expert, mkd_losses
+from vad.models.pseudo import blob_mask, mask_to_grid, pseudo_anomalies
+from vad.score import Scorer, score_clips
+from vad.train import train
+
+TINY = RunConfig(
+    model=ModelConfig(input_height=96),
+    train=TrainConfig(epochs=6, disc_epochs=4, batch_size=8, lr=3e-3, seed=0),
+    score=ScoreConfig(batch_size=16),
+)
+
+
+def tiny(method: str) -> RunConfig:
+    return replace(TINY, model=replace(TINY.model, method=method))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shapes_and_map_scale(method: str) -> None:
+    model = build_model(ModelConfig(method=method, teacher_weights="random")).eval()
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        scores, amap = model.score_and_map(x)
+    assert scores.shape == (3,) and amap.shape == (3, 8, 12) and model.map_size(x) == (8, 12)
+    assert scores.dtype == amap.dtype == torch.float32
+    assert bool((amap >= 0).all()) and torch.isfinite(amap).all()
+    # the map shares the score's scale: its maximum is the frame score (what the renderer's colours rely on)
+    assert torch.allclose(frame_scores(amap), scores, rtol=1e-5)
+
+
+def test_frozen_parts_stay_frozen_per_stage() -> None:
+    model = build_model(ModelConfig(method="rstpm", teacher_weights="random")).train()
+    assert model.stage == "pairs" and model.student.training and model.reconstructor.training
+    assert not model.teacher.training and not model.disc.training
+    assert not any(p.requires_grad for p in model.disc.parameters())
+    model.set_stage("disc")
+    assert model.disc.training and not model.student.training and not model.reconstructor.training
+    assert not any(p.requires_grad for p in [*model.student.parameters(), *model.reconstructor.parameters()])
+    loss = model.loss(torch.randn(2, 3, 64, 64), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is not None for p in model.disc.parameters())
+    assert all(p.grad is None for p in model.student.parameters())
+    with pytest.raises(ValueError, match="no training stage 'nope'"):
+        model.set_stage("nope")
+
+
+def test_losses() -> None:
+    model = build_model(ModelConfig(method="rstpm", teacher_weights="random")).eval()
+    model.student.load_state_dict(model.teacher.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        t, s, r = model.pyramids(x)
+    from vad.models.loss import stpm_loss
+
+    assert float(stpm_loss(t, s)) < 1e-10  # a student equal to the teacher has nothing to learn
+    assert float(stpm_loss(t, r)) > 0.01  # an untrained reconstruction does
+    # MKD: value + lambda * direction; a scaled copy has zero direction loss and a known value loss
+    e = {"a": torch.randn(2, 4, 5, 5)}
+    assert torch.allclose(mkd_losses(e, e, 0.5), torch.zeros(2), atol=1e-6)
+    c = {"a": 2 * e["a"]}
+    expected = e["a"].pow(2).flatten(1).mean(1)
+    assert torch.allclose(mkd_losses(e, c, 0.5), expected, atol=1e-5)
+    c = {"a": -e["a"]}  # opposite direction: 1 - cos = 2
+    assert torch.allclose(mkd_losses(e, c, 0.5), 4 * expected + 0.5 * 2, atol=1e-4)
+
+
+def test_pseudo_anomalies_are_repeatable_and_masked() -> None:
+    x = torch.randn(16, 3, 48, 64)
+    a, ma = pseudo_anomalies(x, torch.Generator().manual_seed(3))
+    b, mb = pseudo_anomalies(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+    assert ma.shape == (16, 1, 48, 64) and set(ma.unique().tolist()) <= {0.0, 1.0}
+    altered = ma.flatten(1).amax(1) > 0
+    assert 2 <= int(altered.sum()) <= 14  # about half of the frames
+    changed = (a != x).any(1, keepdim=True)
+    assert not bool((changed & (ma == 0)).any())  # nothing changes outside the mask
+    assert torch.equal(a[~altered], x[~altered])
+    grid = mask_to_grid(ma, (6, 8))
+    assert grid.shape == (16, 6, 8) and float(grid.min()) >= 0 and float(grid.max()) <= 1
+    assert torch.allclose(grid.mean((1, 2)), ma.mean((1, 2, 3)), atol=1e-6)
+    assert blob_mask(10, 7, torch.Generator().manual_seed(0)).sum() > 0
+
+
+def test_vgg16_expert_hints_and_weights(tmp_path: Path) -> None:
+    import torchvision
+
+    expert = VGGExpert()
+    assert expert.names == ("conv3", "conv6", "conv9", "conv12")
+    assert expert.strides == (2, 4, 8, 16) and expert.channels == (128, 256, 512, 512)
+    out = expert(torch.randn(1, 3, 32, 32))
+    assert [tuple(v.shape[1:]) for v in out.values()] == [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
+    # torchvision's VGG-16 state dict loads as is (here the first convs of a random one, saved to a file)
+    ref = torchvision.models.vgg16().features[:3]
+    state = {f"features.{k}": v for k, v in ref.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # unrelated keys in a full checkpoint are ignored
+    torch.save(state, tmp_path / "vgg.pth")
+    loaded = build_vgg_expert((2,), str(tmp_path / "vgg.pth"), allow_download=False)
+    x = torch.randn(1, 3, 16, 16)
+    assert torch.allclose(loaded(x)["conv2"], torch.relu(ref(x)), atol=1e-6)
+    with pytest.raises(WeightsUnavailableError, match="vgg16"):
+        build_vgg_expert((3,), str(tmp_path / "vgg.pth"), allow_download=False)  # conv3 is not in the file
+    with pytest.raises(ValueError, match="MKD's expert only"):
+        build_model(ModelConfig(method="stpm", backbone="vgg16", teacher_weights="random"))
+    model = build_model(ModelConfig(method="mkd", backbone="vgg16", teacher_weights="random", levels=(3, 5)))
+    assert isinstance(model, MKD) and model.expert.names == ("conv3", "conv5")
+    with pytest.raises(ValueError, match="hint strides >= 2; got \\(1, 2\\)"):  # conv2 is at full resolution
+        build_model(ModelConfig(method="mkd", backbone="vgg16", teacher_weights="random", levels=(2, 4)))
+
+
+def test_bad_method_settings_are_named(scene: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown model.method 'nope'"):
+        build_model(ModelConfig(method="nope"))
+    with pytest.raises(ValueError, match="mkd_score"):
+        build_model(ModelConfig(method="mkd", mkd_score="median", teacher_weights="random"))
+    no_disc = replace(tiny("rstpm"), train=replace(TINY.train, disc_epochs=0))
+    with pytest.raises(ValueError, match="every training stage needs >= 1 epoch"):
+        train(read_dataset("shanghaitech", scene, "train"), no_disc, tmp_path, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return helpers.make_anomaly_scene(tmp_path_factory.mktemp("scene"))
+
+
+@pytest.fixture(scope="module", params=["rstpm", "mkd"])
+def trained(request, scene: Path, tmp_path_factory) -> tuple[str, Path]:
+    run = tmp_path_factory.mktemp(request.param)
+    train(read_dataset("shanghaitech", scene, "train"), tiny(request.param), run, device="cpu", progress=False)
+    return request.param, run
+
+
+def test_trained_method_separates_pasted_anomaly(scene: Path, trained: tuple[str, Path]) -> None:
+    method, run = trained
+    model, ckpt = load_model(run / "model.pt")
+    assert type(model) is {"rstpm": RSTPM, "mkd": MKD, "stpm": STPM}[method]
+    clips = read_dataset("shanghaitech", scene, "test")
+    scores = score_clips(Scorer(model, ckpt, TINY.score, "cpu"), clips, run / "scored", progress=False)
+    s = np.concatenate([scores[c.name] for c in clips])
+    y = np.concatenate([c.labels for c in clips]).astype(bool)
+    auc = roc_auc_score(y, s)
+    assert auc > 0.95, f"{method}: frame AUC {auc:.3f}"
+    # the normal reference for thresholds comes from the same method's scores
+    assert ckpt["val_scores"]["raw"].shape[0] > 0 and bool(torch.isfinite(ckpt["val_scores"]["raw"]).all())
+
+
+def test_training_log_has_every_stage(trained: tuple[str, Path]) -> None:
+    import json
+
+    method, run = trained
+    stages = [json.loads(ln)["stage"] for ln in (run / "train_log.jsonl").read_text().splitlines()]
+    expected = ["pairs"] * 6 + ["disc"] * 4 if method == "rstpm" else ["cloner"] * 6
+    assert stages == expected
+
+
+def test_checkpoint_round_trip(trained: tuple[str, Path]) -> None:
+    _, run = trained
+    a, ckpt = load_model(run / "model.pt")
+    b, _ = load_model(run / "model.pt")
+    x = torch.randn(2, 3, 96, 128)
+    sa, sb = Scorer(a, ckpt, TINY.score, "cpu")(x), Scorer(b, ckpt, TINY.score, "cpu")(x)
+    assert all(torch.equal(u, v) for u, v in zip(sa, sb, strict=True))
+    saved = ckpt["model"]
+    assert all(torch.equal(saved[k], v) for k, v in a.state_dict().items())
+
+
+def test_rstpm_resume_across_the_stage_boundary(scene: Path, tmp_path: Path, monkeypatch) -> None:
+    """Interrupted right after the pairs stage, RSTPM resumes into the discriminative stage from the selected
+    pairs and ends with the same model as an uninterrupted run."""
+    clips = read_dataset("shanghaitech", scene, "train")[:2]
+    cfg = replace(tiny("rstpm"), model=replace(TINY.model, method="rstpm", input_height=48),
+                  train=replace(TINY.train, epochs=2, disc_epochs=2))
+    train(clips, cfg, tmp_path / "a", device="cpu", progress=False)
+
+    import vad.train as vt
+
+    real_save, calls = vt.atomic_save, []
+
+    def crash_after_pairs(obj, path):
+        real_save(obj, path)
+        if Path(path).name == "last.pt":
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(vt, "atomic_save", crash_after_pairs)
+    with pytest.raises(KeyboardInterrupt):
+        train(clips, cfg, tmp_path / "b", device="cpu", progress=False)
+    monkeypatch.setattr(vt, "atomic_save", real_save)
+    train(clips, cfg, tmp_path / "b", device="cpu", progress=False)
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
