@@ -131,3 +131,20 @@ def make_anomaly_scene(root: Path, n_train: int = 4, frames_per_clip: int = 24) 
         write_frames(root / "testing" / "frames" / name, paste_anomaly(frames(50 + j), *span))
         np.save(root / "testing" / "test_frame_mask" / f"{name}.npy", labels_for(T, *span))
     return root
+
+
+def interrupt_training_after(monkeypatch, epochs: int) -> None:
+    """Make ``vad.train`` raise KeyboardInterrupt right after saving ``checkpoints/last.pt`` for the ``epochs``-th
+    time, as a crash would; ``monkeypatch.undo()`` restores it."""
+    import vad.train as vt
+
+    real_save, calls = vt.atomic_save, []
+
+    def crash(obj, path):
+        real_save(obj, path)
+        if Path(path).name == "last.pt":
+            calls.append(path)
+            if len(calls) == epochs:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(vt, "atomic_save", crash)

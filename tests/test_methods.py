@@ -188,21 +188,10 @@ def test_rstpm_resume_across_the_stage_boundary(scene: Path, tmp_path: Path, mon
                   train=replace(TINY.train, epochs=2, disc_epochs=2))
     train(clips, cfg, tmp_path / "a", device="cpu", progress=False)
 
-    import vad.train as vt
-
-    real_save, calls = vt.atomic_save, []
-
-    def crash_after_pairs(obj, path):
-        real_save(obj, path)
-        if Path(path).name == "last.pt":
-            calls.append(path)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(vt, "atomic_save", crash_after_pairs)
+    helpers.interrupt_training_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(clips, cfg, tmp_path / "b", device="cpu", progress=False)
-    monkeypatch.setattr(vt, "atomic_save", real_save)
+    monkeypatch.undo()
     train(clips, cfg, tmp_path / "b", device="cpu", progress=False)
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"]

@@ -100,21 +100,10 @@ def test_resume_after_interruption_matches_uninterrupted(scene: Path, tmp_path: 
     cfg = replace(SMALL, train=replace(SMALL.train, epochs=3))
     train(clips, cfg, tmp_path / "a", device="cpu", progress=False)
 
-    import vad.train as vt
-
-    real_save, calls = vt.atomic_save, []
-
-    def crash_after_second_epoch(obj, path):
-        real_save(obj, path)
-        if Path(path).name == "last.pt":
-            calls.append(path)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(vt, "atomic_save", crash_after_second_epoch)
+    helpers.interrupt_training_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(clips, cfg, tmp_path / "b", device="cpu", progress=False)
-    monkeypatch.setattr(vt, "atomic_save", real_save)
+    monkeypatch.undo()
     assert not (tmp_path / "b" / "model.pt").exists()
     train(clips, cfg, tmp_path / "b", device="cpu", progress=False)
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
