@@ -45,6 +45,22 @@ def test_shapes_and_map_scale(method: str) -> None:
     assert torch.allclose(frame_scores(amap), scores, rtol=1e-5)
 
 
+def test_mkd_scores() -> None:
+    """``mean`` is the paper's frame score (the frame's total loss); ``max`` the peak of the per-position loss."""
+    x = torch.randn(2, 3, 64, 96)
+    mean = build_model(ModelConfig(method="mkd", mkd_score="mean", teacher_weights="random")).eval()
+    peak = build_model(ModelConfig(method="mkd", mkd_score="max", teacher_weights="random")).eval()
+    peak.load_state_dict(mean.state_dict())
+    with torch.no_grad():
+        e, c = mean.pyramids(x)
+        s_mean, _ = mean.score_and_map(x)
+        s_max, amap = peak.score_and_map(x)
+        pos = peak.position_map(e, c, (8, 12))
+    assert torch.allclose(s_mean, mkd_losses(e, c, 0.5), rtol=1e-5)
+    assert torch.allclose(s_max, pos.amax((1, 2)), rtol=1e-5)
+    assert amap.requires_grad is False  # the input gradient stays inside score_and_map
+
+
 def test_frozen_parts_stay_frozen_per_stage() -> None:
     model = build_model(ModelConfig(method="rstpm", teacher_weights="random")).train()
     assert model.stage == "pairs" and model.student.training and model.reconstructor.training
