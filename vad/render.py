@@ -97,8 +97,9 @@ class StripPainter:
                  width: int, height: int) -> None:
         self.n, self.w, self.h = len(scores), width, height
         top, bottom = 14, height - 4
-        ymax = max(float(np.max(scores)), threshold) * 1.1 or 1.0
-        ymin = min(float(np.min(scores)), 0.0)
+        ymin = min(float(np.min(scores)), threshold, 0.0)  # scores may be negative (RSTPM's log-odds)
+        ymax = max(float(np.max(scores)), threshold)
+        ymax += 0.1 * (ymax - ymin) or 1.0
         xs = np.linspace(0, width - 1, self.n) if self.n > 1 else np.zeros(1)
         to_y = lambda v: bottom - (v - ymin) / (ymax - ymin) * (bottom - top)  # noqa: E731
         self.xs = xs.round().astype(int)

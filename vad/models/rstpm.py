@@ -12,7 +12,9 @@ No official code is public; this is our reading of the paper, sharing STPM's fro
   masks' per-cell coverage.
 
 Training stages: ``pairs`` (both students, STPM loss each), then ``disc``. The anomaly map is the
-discriminative network's probability per cell; the frame score is its maximum.
+discriminative network's log-odds per cell (its logit: the same ranking as the probability, which in float32
+rounds to 1.0 above about 17 and would tie strong detections; temporal smoothing and per-clip normalisation also
+behave on log-odds, not on a saturated probability); the frame score is its maximum.
 """
 
 from __future__ import annotations
@@ -123,5 +125,5 @@ class RSTPM(AnomalyModel):
         return dice_bce(self.disc(d).float(), mask_to_grid(masks, size).float())
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amap = self.disc(self.discrepancies(*self.pyramids(x), self.map_size(x))).float().sigmoid()
+        amap = self.disc(self.discrepancies(*self.pyramids(x), self.map_size(x))).float()
         return frame_scores(amap), amap
