@@ -23,7 +23,7 @@ class ModelConfig:
     input_width: int | None = None  # None: keep the training footage's aspect ratio (rounded to a multiple of 16)
     combine: str = "product"  # stpm: how per-level maps are combined: product | sum
     direction_weight: float = 0.5  # mkd: lambda, the weight of the direction (1 - cosine) loss
-    mkd_score: str = "max"  # mkd: frame score = max of the per-position loss | mean (the paper's: total loss)
+    mkd_score: str = "mean"  # mkd: frame score = mean (the paper's: the frame's total loss) | max (per-position)
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,7 @@ def calibration_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _config_key(cfg: RunConfig) -> dict:
     d = to_dict(cfg)
     d["train"].pop("num_workers")  # resuming with more decode workers is fine
+    d["model"].pop("mkd_score")  # how MKD turns its losses into a frame score: a scoring choice, not a training one
     for other in ("data", "score", "postprocess", "eval", "render"):  # where the data lives, and later stages
         d.pop(other)
     return d

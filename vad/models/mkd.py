@@ -8,10 +8,10 @@
   half the expert's width, with a 1x1 head per hint that maps its features to the expert's channels.
 - **Loss** per hint: value loss (MSE over all activations) + lambda * direction loss (1 - cosine similarity of each
   frame's flattened activations), summed over hints; Adam.
-- **Frame score**: ``"mean"`` is the paper's, the frame's total loss. ``"max"`` (default) is the maximum of the
+- **Frame score**: ``"mean"`` (default) is the paper's, the frame's total loss. ``"max"`` is the maximum of the
   per-position version of the same loss (per level: mean squared difference over channels + lambda * (1 - cosine
-  over channels), upsampled to the map grid and summed over levels); its mean over positions is close to the
-  paper's score, but a small object in a large frame moves the maximum where it barely moves the mean.
+  over channels), upsampled to the map grid and summed over levels), meant for small objects in large frames;
+  it scored lower than the paper's on the campus benchmark (README), so it is an option, not the default.
 - **Localisation**: the gradient of each frame's loss with respect to the input pixels (absolute value summed over
   colour channels), smoothed with a Gaussian (sigma 4 input pixels), max-pooled to the map grid and scaled so the
   map's maximum equals the frame score (the map says *where*, the score *how much*, on one scale for the renderer).
@@ -133,7 +133,7 @@ class MKD(AnomalyModel):
     method = "mkd"
     stages = ("cloner",)
 
-    def __init__(self, expert: Pyramid | VGGExpert, direction_weight: float = 0.5, score: str = "max",
+    def __init__(self, expert: Pyramid | VGGExpert, direction_weight: float = 0.5, score: str = "mean",
                  map_stride: int = 8) -> None:
         if score not in SCORES:
             raise ValueError(f"unknown model.mkd_score {score!r}; expected one of {SCORES}")
