@@ -84,6 +84,7 @@ def measure(run: Path, device: torch.device) -> dict:
     tsec, epochs, resumed = train_seconds(run)
     return {
         "run": str(run), "method": cfg.model.method, "backbone": cfg.model.backbone,
+        "variant": f"score {cfg.model.mkd_score}" if cfg.model.method == "mkd" else "",
         "input_size": ckpt["input_size"], "epochs": epochs, "train_seconds": round(tsec, 1), "resumed": resumed,
         "micro_auc_raw": m["frame_auc_micro_raw"], "micro_auc": m["frame_auc_micro"], "macro_auc": m["frame_auc_macro"],
         "smoothing_sigma": m["sigma"], "normalisation": m["normalisation"],
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | micro AUC raw | micro AUC smoothed + min-max | macro AUC | training | scoring | machine |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['method']} ({r['backbone']}) | {r['micro_auc_raw']:.3f} | {r['micro_auc']:.3f} | "
+        label = ", ".join(filter(None, (r["backbone"], r["variant"])))
+        print(f"| {r['method']} ({label}) | {r['micro_auc_raw']:.3f} | {r['micro_auc']:.3f} | "
               f"{r['macro_auc']:.3f} | {r['train_seconds'] / 60:.1f} min ({r['epochs']} epochs) | "
               f"{r['score_fps']:.1f} frames/s | {where} |")
     for r in rows:
