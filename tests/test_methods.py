@@ -214,3 +214,37 @@ def test_rstpm_resume_across_the_stage_boundary(scene: Path, tmp_path: Path, mon
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rstpm_log_odds_stay_float32_under_bf16_autocast() -> None:
+    model = build_model(ModelConfig(method="rstpm", teacher_weights="random")).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, amap = model.score_and_map(torch.randn(2, 3, 64, 64))
+    assert amap.dtype == torch.float32
+    assert bool((amap.to(torch.bfloat16).float() != amap).any())  # not rounded to bf16 (which ties frame scores)
+
+
+def test_onecycle_too_short_names_the_stage_option(scene: Path, tmp_path: Path) -> None:
+    clips = read_dataset("shanghaitech", scene, "train")[:2]  # 38 training frames: 3 steps per epoch at batch 16
+    cfg = replace(tiny("rstpm"), train=replace(TINY.train, epochs=2, disc_epochs=1, batch_size=16))
+    with pytest.raises(ValueError, match="stage 'disc' has 3 .*raise train.disc_epochs"):
+        train(clips, cfg, tmp_path, device="cpu", progress=False)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+
+
+def test_changing_mkd_score_refinalises_the_model(scene: Path, tmp_path: Path) -> None:
+    """``model.mkd_score`` is a scoring setting: a trained model is kept, but its file and normal reference are
+    redone with the new score, never mixed with the old one."""
+    clips = read_dataset("shanghaitech", scene, "train")[:2]
+    base = replace(tiny("mkd"), model=replace(TINY.model, method="mkd", input_height=48),
+                   train=replace(TINY.train, epochs=1, schedule="constant"))
+    train(clips, base, tmp_path, device="cpu", progress=False)
+    first = torch.load(tmp_path / "model.pt", weights_only=True)
+    peak = replace(base, model=replace(base.model, mkd_score="max"))
+    train(clips, peak, tmp_path, device="cpu", progress=False)
+    model, ckpt = load_model(tmp_path / "model.pt")
+    assert model.score_kind == "max" and ckpt["config"]["model"]["mkd_score"] == "max"
+    weights = [k for k in ckpt["model"] if not k.startswith("calib_")]  # calibration follows the maps' scale
+    assert all(torch.equal(first["model"][k], ckpt["model"][k]) for k in weights)  # same trained weights
+    assert not torch.equal(first["val_scores"]["raw"], ckpt["val_scores"]["raw"])  # reference redone with max
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 1  # nothing retrained

@@ -213,6 +213,11 @@ def train(
     model.to(device, memory_format=torch.channels_last)
     epochs = stage_epochs(model, cfg)
     plan = [stage for stage in model.stages for _ in range(epochs[stage])]  # the stage of every epoch
+    for stage, n in epochs.items():  # checked before any training, not when the stage starts
+        if t.schedule == "onecycle" and n * steps_per_epoch < 4:
+            option = "train.disc_epochs" if stage == "disc" else "train.epochs"
+            raise ValueError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
+                             f"{n * steps_per_epoch} (raise {option}, lower train.batch_size, or use 'constant')")
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
     gen = torch.Generator().manual_seed(t.seed)  # pseudo-anomalies (RSTPM's discriminative stage)
@@ -229,13 +234,17 @@ def train(
                               f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
         model.load_state_dict(ck["model"], strict=False)
         torch.set_rng_state(ck["rng"])
-        gen.set_state(ck["gen"])
+        if "gen" in ck:  # absent from checkpoints written before staged training
+            gen.set_state(ck["gen"])
         start, best = ck["epoch"] + 1, ck["best_val"]
         if start >= len(plan) and (out / "model.pt").is_file():
-            if progress:
-                print(f"{out / 'model.pt'}: already trained ({len(plan)} epochs); delete it to retrain")
-            return out / "model.pt"
-        if progress:
+            if read_checkpoint(out / "model.pt")["config"]["model"] == meta["config"]["model"]:
+                if progress:
+                    print(f"{out / 'model.pt'}: already trained ({len(plan)} epochs); delete it to retrain")
+                return out / "model.pt"
+            if progress:  # only scoring settings (model.mkd_score) differ: redo the normal reference with them
+                print(f"{out / 'model.pt'}: trained; re-finalising it for the changed model scoring settings")
+        elif progress:
             print(f"resuming from {ckdir / 'last.pt'} at epoch {start + 1}/{len(plan)}")
     # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
     model.set_stage(plan[start - 1] if start else plan[0])
@@ -290,7 +299,8 @@ def train(
         bar.set_postfix(stage=model.stage, train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
 
     best_ck = read_checkpoint(ckdir / "best.pt")
-    model = restore_model(best_ck).to(device, memory_format=torch.channels_last)
+    # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
+    model = restore_model({**best_ck, "config": meta["config"]}).to(device, memory_format=torch.channels_last)
     final = {**meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
     # Normal reference: the hold-out's anomaly maps give the per-position calibration and the per-frame scores
     # that thresholds and calibrated normalisation are drawn from (normal training data only).

@@ -68,7 +68,9 @@ class Discriminator(nn.Module):
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         a = self.inc(d)
         b = F.interpolate(self.down(a), size=a.shape[-2:], mode="bilinear", align_corners=False)
-        return self.out(self.up(torch.cat([a, b], 1)))[:, 0]
+        h = self.up(torch.cat([a, b], 1))
+        with torch.autocast(h.device.type, enabled=False):  # log-odds in float32: bf16 would tie frame scores
+            return self.out(h.float())[:, 0]
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
