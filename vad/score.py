@@ -25,7 +25,7 @@ from vad.config import ScoreConfig
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.records import Clip
 from vad.models import AnomalyModel, frame_scores
-from vad.train import amp_dtype, autocast, resolve_device
+from vad.train import amp_dtype, autocast, resolve_device, to_device
 
 
 def save_npy(array: np.ndarray, path: Path) -> None:
@@ -49,7 +49,7 @@ class Scorer:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised input ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``), float32. With
         calibration the map is standardised per position and the score is its maximum."""
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = to_device(x, self.device)
         with autocast(self.device, self.dtype):
             scores, amap = self.model.score_and_map(x)
         scores, amap = scores.float(), amap.float()

@@ -56,6 +56,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return options[setting]
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``, channels-last (the layout the models run fastest in); non-blocking from pinned memory."""
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -94,12 +99,19 @@ def _seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def stage_epochs(model: AnomalyModel, cfg: RunConfig) -> dict[str, int]:
+def stage_epochs(model: AnomalyModel, cfg: RunConfig, steps_per_epoch: int) -> dict[str, int]:
     """Epochs per training stage: ``train.epochs`` for the first (the students / the cloner), then
-    ``train.disc_epochs`` for RSTPM's discriminative network."""
-    epochs = {stage: cfg.train.disc_epochs if stage == "disc" else cfg.train.epochs for stage in model.stages}
+    ``train.disc_epochs`` for RSTPM's discriminative network. Checked here, before any training starts."""
+    t = cfg.train
+    option = {stage: "train.disc_epochs" if stage == "disc" else "train.epochs" for stage in model.stages}
+    epochs = {stage: t.disc_epochs if stage == "disc" else t.epochs for stage in model.stages}
     if any(n < 1 for n in epochs.values()):
         raise ValueError(f"every training stage needs >= 1 epoch; got {epochs} (train.epochs, train.disc_epochs)")
+    for stage, n in epochs.items():
+        if t.schedule == "onecycle" and n * steps_per_epoch < 4:
+            raise ValueError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
+                             f"{n * steps_per_epoch} (raise {option[stage]}, lower train.batch_size, "
+                             "or use 'constant')")
     return epochs
 
 
@@ -114,11 +126,7 @@ def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.o
     else:
         raise ValueError(f"unknown train.optimizer {t.optimizer!r}; expected adam or sgd")
     warm = max(1, int(round(t.warmup * steps)))
-    if t.schedule == "onecycle":
-        if steps < 4:
-            raise ValueError(f"train.schedule 'onecycle' needs at least 4 steps; this run has {steps} "
-                             "(raise train.epochs, lower train.batch_size, or use 'constant')")
-        # OneCycleLR needs at least two steps in each phase
+    if t.schedule == "onecycle":  # at least 4 steps (stage_epochs): OneCycleLR needs two in each phase
         pct = min(max(t.warmup, 2 / steps), 1 - 2 / steps)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=steps, pct_start=pct)
     elif t.schedule == "cosine":
@@ -144,7 +152,7 @@ def _val_loss(model: AnomalyModel, loader, device: torch.device, dtype) -> float
     gen = torch.Generator().manual_seed(VAL_SEED)
     total, n = 0.0, 0
     for batch in loader:
-        x = batch["frames"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = to_device(batch["frames"], device)
         with autocast(device, dtype):
             loss = model.loss(x, gen)
         total += float(loss) * len(x)
@@ -158,7 +166,7 @@ def _val_maps(model: AnomalyModel, loader, device: torch.device, dtype) -> tuple
     model.eval()
     scores, maps = [], []
     for batch in loader:
-        x = batch["frames"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = to_device(batch["frames"], device)
         with autocast(device, dtype):
             sc, amap = model.score_and_map(x)
         scores.append(sc.float().cpu())
@@ -211,13 +219,8 @@ def train(
     _seed(t.seed)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
-    epochs = stage_epochs(model, cfg)
+    epochs = stage_epochs(model, cfg, steps_per_epoch)
     plan = [stage for stage in model.stages for _ in range(epochs[stage])]  # the stage of every epoch
-    for stage, n in epochs.items():  # checked before any training, not when the stage starts
-        if t.schedule == "onecycle" and n * steps_per_epoch < 4:
-            option = "train.disc_epochs" if stage == "disc" else "train.epochs"
-            raise ValueError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
-                             f"{n * steps_per_epoch} (raise {option}, lower train.batch_size, or use 'constant')")
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
     gen = torch.Generator().manual_seed(t.seed)  # pseudo-anomalies (RSTPM's discriminative stage)
@@ -273,7 +276,7 @@ def train(
         train_stream.set_epoch(epoch)
         total, seen = 0.0, 0
         for batch in make_loader(train_stream, t.num_workers, pin):
-            x = batch["frames"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = to_device(batch["frames"], device)
             with autocast(device, dtype):
                 loss = model.loss(x, gen)
             opt.zero_grad(set_to_none=True)

@@ -24,16 +24,16 @@ def build_model(cfg: ModelConfig, teacher_weights: str | None = None) -> Anomaly
         raise ValueError(f"unknown model.method {cfg.method!r}; expected one of {METHODS}")
     weights = teacher_weights or cfg.teacher_weights
     spec = backbone_spec(cfg.backbone)
-    if cfg.backbone == "vgg16":
-        if cfg.method != "mkd":
-            raise ValueError(f"backbone vgg16 is MKD's expert only; model.method {cfg.method!r} needs one of "
-                             f"{sorted(set(BACKBONES) - {'vgg16'})}")
-        expert = build_vgg_expert(tuple(cfg.levels) if cfg.levels else None, weights, cfg.allow_download)
-        return MKD(expert, cfg.direction_weight, cfg.mkd_score)
+    if cfg.backbone == "vgg16" and cfg.method != "mkd":
+        raise ValueError(f"backbone vgg16 is MKD's expert only; model.method {cfg.method!r} needs one of "
+                         f"{sorted(set(BACKBONES) - {'vgg16'})}")
     if cfg.method == "mkd":
-        levels = tuple(cfg.levels) if cfg.levels else MKD_LEVELS.get(cfg.backbone, spec.levels)
-        expert = build_backbone(cfg.backbone, levels, weights, allow_download=cfg.allow_download)
-        return MKD(expert, cfg.direction_weight, cfg.mkd_score, map_stride=max(8, min(expert.strides)))
+        if cfg.backbone == "vgg16":
+            expert = build_vgg_expert(tuple(cfg.levels) if cfg.levels else None, weights, cfg.allow_download)
+        else:
+            levels = tuple(cfg.levels) if cfg.levels else MKD_LEVELS.get(cfg.backbone, spec.levels)
+            expert = build_backbone(cfg.backbone, levels, weights, allow_download=cfg.allow_download)
+        return MKD(expert, cfg.direction_weight, cfg.mkd_score)
     levels = tuple(cfg.levels) if cfg.levels else spec.levels
     teacher = build_backbone(cfg.backbone, levels, weights, allow_download=cfg.allow_download)
     student = build_backbone(cfg.backbone, levels, "random")

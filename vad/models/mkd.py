@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from vad.models.backbones import Pyramid, WeightsUnavailableError, _read_state_dict, _torchvision_state_dict
+from vad.models.backbones import (
+    Pyramid,
+    WeightsUnavailableError,
+    _read_state_dict,
+    _torchvision_state_dict,
+    backbone_spec,
+)
 from vad.models.base import AnomalyModel
 
 SCORES = ("max", "mean")
@@ -70,8 +76,6 @@ class VGGExpert(nn.Module):
 
 
 def build_vgg_expert(hints: tuple[int, ...] | None, weights: str, allow_download: bool) -> VGGExpert:
-    from vad.models.backbones import backbone_spec
-
     expert = VGGExpert(tuple(hints or VGG16_HINTS))
     if weights == "random":
         return expert
@@ -133,8 +137,7 @@ class MKD(AnomalyModel):
     method = "mkd"
     stages = ("cloner",)
 
-    def __init__(self, expert: Pyramid | VGGExpert, direction_weight: float = 0.5, score: str = "mean",
-                 map_stride: int = 8) -> None:
+    def __init__(self, expert: Pyramid | VGGExpert, direction_weight: float = 0.5, score: str = "mean") -> None:
         if score not in SCORES:
             raise ValueError(f"unknown model.mkd_score {score!r}; expected one of {SCORES}")
         if direction_weight < 0:
@@ -144,7 +147,7 @@ class MKD(AnomalyModel):
         self.cloner = Cloner(tuple(expert.names), tuple(expert.channels), tuple(expert.strides))
         self.lam = float(direction_weight)
         self.score_kind = score
-        self._stride = int(map_stride)
+        self._stride = max(8, min(expert.strides))  # the map grid: 8 px, or the finest hint when coarser
         self.set_stage("cloner")
 
     def stage_modules(self, stage: str) -> list[nn.Module]:

@@ -51,13 +51,15 @@ def pseudo_anomalies(
         w = max(2, int(round(W * _uniform(generator, *scale))))
         y0 = int(torch.randint(0, H - h + 1, (), generator=generator))
         x0 = int(torch.randint(0, W - w + 1, (), generator=generator))
-        kind = int(torch.randint(0, 3, (), generator=generator))
-        if kind == 2 or b == 1 and kind == 0:  # texture
+        kind = int(torch.randint(0, 3, (), generator=generator))  # 0 other frame, 1 same frame, 2 texture
+        if kind == 0 and b == 1:  # no other frame to take from
+            kind = 2
+        if kind == 2:
             colour = torch.randn(3, 1, 1, generator=generator) * 1.2
             grain = torch.randn(1, 3, max(1, h // 8), max(1, w // 8), generator=generator) * _uniform(generator, 0, 0.8)
             patch = colour + F.interpolate(grain, size=(h, w), mode="bilinear", align_corners=False)[0]
         else:
-            src = (i + 1 + int(torch.randint(0, b - 1, (), generator=generator))) % b if kind == 0 and b > 1 else i
+            src = (i + 1 + int(torch.randint(0, b - 1, (), generator=generator))) % b if kind == 0 else i
             sy = int(torch.randint(0, H - h + 1, (), generator=generator))
             sx = int(torch.randint(0, W - w + 1, (), generator=generator))
             patch = x[src, :, sy:sy + h, sx:sx + w]
@@ -74,6 +76,4 @@ def pseudo_anomalies(
 
 def mask_to_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``(B, 1, H, W)`` pixel masks -> ``(B, h, w)`` fraction of each map cell covered (area average)."""
-    if masks.shape[-2] % size[0] == 0 and masks.shape[-1] % size[1] == 0:
-        return F.avg_pool2d(masks, (masks.shape[-2] // size[0], masks.shape[-1] // size[1]))[:, 0]
     return F.adaptive_avg_pool2d(masks, size)[:, 0]
