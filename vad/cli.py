@@ -157,10 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "by the current model are skipped unless --overwrite.\n\n"
         "examples:\n  python run_pipeline.py score --run runs/sht\n"
         "  python run_pipeline.py score --run runs/sht --data /data/shanghaitech --dataset shanghaitech\n"
-        "  python run_pipeline.py score --run runs/sht --input /footage/cam3/ --set score.save_maps=true",
+        "  python run_pipeline.py score --run runs/sht --input /footage/cam3/ --set score.save_maps=true\n"
+        "  torchrun --nproc_per_node=8 run_pipeline.py score --run-dir runs/sht --input /archive/  # 8 GPUs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sc.add_argument("--run", type=Path, required=True, help="run folder written by 'train'")
+    sc.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
+                    help="run folder written by 'train' (under torchrun spell it --run-dir: torchrun reads --run "
+                    "as an abbreviation of its own --run-path)")
     sc.add_argument("--data", type=Path, help="dataset root (scores its test split)")
     sc.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"])
     sc.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
@@ -221,9 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED = ("train", "score", "run")  # the commands that use every process of a torchrun launch
+
+
 def main(argv: list[str] | None = None) -> int:
+    from vad import distributed
+
     args = build_parser().parse_args(argv)
     try:
+        if distributed.launched():
+            if args.command not in DISTRIBUTED:
+                raise ValueError(f"'{args.command}' runs in one process; under torchrun use one of {DISTRIBUTED}")
+            _, args.device = distributed.setup(args.device)
         args.func(args)
     except (VadError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -231,4 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0

@@ -49,11 +49,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     batch_size: int = 32
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 (AMX), else off) | bf16 | fp16 | off
     calibrated: bool = False  # use the model's per-position calibration (measured worse on campus; see README)
     save_maps: bool = False  # also write anomaly maps (float16) for the renderer
     map_stride: int = 8  # saved maps keep one value per map_stride input pixels
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader decode workers; None: up to 8 on CUDA, 0 on a CPU (Scorer.num_workers)
+    compile: bool = False  # torch.compile the model (stpm, rstpm): minutes to compile, then faster on a GPU
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from vad.atomic import write_text
 from vad.config import RunConfig, ScoreConfig, to_dict
+from vad.distributed import barrier, shard_clips, world
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
 from vad.train import train, train_per_scene
 
@@ -92,7 +93,8 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
     """Train on the normal training split of ``cfg.data``; one model, or one per scene. Saves the config."""
     clips = read_split(cfg, "train")
     out = Path(out)
-    if not (out / "config.yaml").exists():  # rewritten once training succeeds (a resume may refuse a new config)
+    main = world().main  # under torchrun, rank 0 writes the run's files
+    if main and not (out / "config.yaml").exists():  # rewritten once training succeeds (a resume may refuse it)
         save_config(cfg, out / "config.yaml")
     frames = sum(c.num_frames for c in clips)
     m = cfg.model
@@ -106,7 +108,8 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
         paths = list(train_per_scene(clips, cfg, out, device).values())
     else:
         paths = [train(clips, cfg, out, device)]
-    save_config(cfg, out / "config.yaml")
+    if main:
+        save_config(cfg, out / "config.yaml")
     print(f"trained {len(paths)} model(s) in {time.perf_counter() - t0:.0f}s: {', '.join(map(str, paths))}")
     return paths
 
@@ -131,12 +134,16 @@ def _models_for(run: Path, clips: Sequence[Clip]) -> dict[str, list[Clip]]:
 
 def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str = "auto",
                 overwrite: bool = False) -> dict[str, np.ndarray]:
-    """Score ``clips`` with the model(s) of ``run``; per-frame scores (and maps) go to ``run/scores``."""
+    """Score ``clips`` with the model(s) of ``run``; per-frame scores (and maps) go to ``run/scores``. Under
+    ``torchrun`` every rank scores its share of whole clips and rank 0 returns everyone's merged results."""
     from vad.checkpoint import load_model
     from vad.score import Scorer, save_npy, score_clips
 
     run = Path(run)
+    w = world()
     results, manifest = {}, _read_manifest(run)
+    mine: dict = {}  # this rank's new manifest entries
+    part = run / f"clips.rank{w.rank}.json"  # with several ranks each writes its own, merged by rank 0 at the end
     for path, group in _models_for(run, clips).items():
         model, ckpt = load_model(path)
         scorer = Scorer(model, ckpt, cfg, device)
@@ -153,18 +160,31 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
         def on_done(c: Clip, key=key, ref=ref) -> None:
             if c.labels is not None:
                 save_npy(np.asarray(c.labels, dtype=np.uint8), run / "labels" / f"{c.name}.npy")
-            manifest[c.name] = {
+            manifest[c.name] = mine[c.name] = {
                 "path": str(Path(c.path).resolve()), "kind": c.kind, "scene": c.scene, "frames": c.num_frames,
                 "fps": c.fps, "labelled": c.labels is not None, "reference": ref,
                 "pixel_mask": str(Path(c.pixel_mask).resolve()) if c.pixel_mask is not None else None,
                 "scored_with": key,
             }
-            write_text(json.dumps(manifest, indent=2), run / "clips.json")  # after each clip: resumable
+            if w.world_size > 1:
+                write_text(json.dumps(mine, indent=2), part)
+            else:
+                write_text(json.dumps(manifest, indent=2), run / "clips.json")  # after each clip: resumable
 
-        # The model's normal reference (hold-out frame scores, same calibration setting) for thresholds.
-        save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
-                 run / "normal_scores" / f"{ref}.npy")
-        results.update(score_clips(scorer, group, run, overwrite=overwrite, is_done=is_done, on_done=on_done))
+        if w.main:  # the model's normal reference (hold-out frame scores, same calibration setting) for thresholds
+            save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
+                     run / "normal_scores" / f"{ref}.npy")
+        share = shard_clips(group, w.rank, w.world_size)
+        results.update(score_clips(scorer, share, run, overwrite=overwrite, is_done=is_done, on_done=on_done))
+    if w.world_size > 1:
+        barrier()  # every rank's scores and manifest part are written
+        if w.main:
+            merged = _read_manifest(run)
+            write_text(json.dumps(merged, indent=2), run / "clips.json")
+            for leftover in run.glob("clips.rank*.json"):
+                leftover.unlink()
+            results = {c.name: np.load(run / "scores" / f"{c.name}.npy") for c in clips}
+        barrier()
     return results
 
 
@@ -180,8 +200,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _read_manifest(run: Path) -> dict:
-    path = run / "clips.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """``run/clips.json`` with the per-rank parts of a distributed scoring (merged at its end; left behind when it
+    was interrupted, and their clips are done) on top."""
+    manifest = {}
+    for path in [run / "clips.json", *sorted(run.glob("clips.rank*.json"))]:
+        if path.is_file():
+            manifest.update(json.loads(path.read_text()))
+    return manifest
 
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"  # the checkout's (editable installs)
@@ -222,6 +247,8 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     t1 = time.perf_counter()
     score_stage(out, test, cfg.score, device=device)
     t2 = time.perf_counter()
+    if not world().main:  # rank 0 evaluates and renders
+        return {}
     metrics = evaluate_run(out, cfg.postprocess, cfg.eval)
     t3 = time.perf_counter()
     videos = render_run(out, cfg.postprocess, cfg.eval, cfg.render, clips=render_clips)

@@ -11,8 +11,9 @@ an interrupted run picks up where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from vad.atomic import atomic_path
 from vad.config import ScoreConfig
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
+from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip
 from vad.models import AnomalyModel, frame_scores
 from vad.train import amp_dtype, autocast, resolve_device, to_device
@@ -35,34 +37,102 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 
 
 class Scorer:
-    """Wraps a trained model for inference: ``scorer(frames uint8 (B, 3, H, W)) -> (scores (B,), maps (B, h, w))``."""
+    """Wraps a trained model for inference: ``scorer(frames uint8 (B, 3, H, W)) -> (scores (B,), maps (B, h, w))``.
+
+    The fast path (:meth:`batches`): a :class:`FrameStream` decodes in ``DataLoader`` workers while the model
+    runs; on CUDA the workers send undecoded JPEG bytes or uint8 frames through pinned memory and the GPU
+    decodes (nvJPEG), resizes and normalises them; the model runs channels-last under autocast (bf16 on CUDA and
+    on CPUs with native bf16), optionally ``torch.compile``-d; results come back to the host one batch late, so
+    the device never waits for the host.
+    """
 
     def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto") -> None:
         self.device = resolve_device(device)
-        self.dtype = amp_dtype(cfg.amp, self.device)
+        self.dtype = amp_dtype(cfg.amp, self.device, cpu_auto_bf16=True)
         self.cfg = cfg
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
         self.calibrated = cfg.calibrated and model.calibrated
+        self.on_device = self.device.type == "cuda"  # decode JPEGs, resize and normalise on the GPU
+        self._forward = model.score_and_map
+        if cfg.compile:
+            if model.method == "mkd":
+                raise ValueError("score.compile does not support mkd (its maps take input gradients); "
+                                 "set score.compile=false")
+            self._forward = torch.compile(model.score_and_map, dynamic=False)
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised input ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``), float32. With
         calibration the map is standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
+        n = len(x)
+        if self.cfg.compile and n < self.cfg.batch_size:  # one static shape: a clip's last batch is padded
+            x = torch.cat([x, x[-1:].expand(self.cfg.batch_size - n, *x.shape[1:])])
         with autocast(self.device, self.dtype):
-            scores, amap = self.model.score_and_map(x)
-        scores, amap = scores.float(), amap.float()
+            scores, amap = self._forward(x)
+        scores, amap = scores[:n].float(), amap[:n].float()
         if self.calibrated:
             amap = self.model.calibrate_map(amap)
             scores = frame_scores(amap)
         return scores, amap
+
+    def stream(self, clips: Sequence[Clip]) -> FrameStream:
+        """Batches of ``clips`` as this scorer wants them: normalised on the CPU, or left for the GPU."""
+        if self.on_device:
+            return FrameStream(clips, None, batch_size=self.cfg.batch_size, jpeg_bytes=True)
+        return FrameStream(clips, self.transform, batch_size=self.cfg.batch_size)
+
+    def prepare(self, batch: dict) -> torch.Tensor:
+        """A :meth:`stream` batch -> normalised frames on the device (decoded and transformed there if need be)."""
+        if "jpeg" in batch:
+            frames = decode_jpeg_files(batch["paths"], batch["jpeg"], self.device)
+        else:
+            frames = batch["frames"].to(self.device, non_blocking=True)
+        if frames.dtype == torch.uint8:
+            frames = self.transform(frames)
+        return to_device(frames, self.device)
+
+    def batches(self, loader, maps: bool = False) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
+        """``(batch, scores (B,), maps (B, h, w) float16 at map_stride or None)`` for every batch of ``loader``,
+        on the host. Each batch's results are copied back asynchronously and handed out after the next batch has
+        been queued on the device."""
+        pending = None
+        for batch in loader:
+            scores, amap = self(self.prepare(batch))
+            small = self.downsample(amap).half() if maps else None
+            host = [t if t is None else t.to("cpu", non_blocking=True) for t in (scores, small)]
+            out = (batch, *host)
+            event = torch.cuda.Event() if self.device.type == "cuda" else None
+            if event is not None:
+                event.record()
+            if pending is not None:
+                yield self._host(*pending)
+            pending = (out, event)
+        if pending is not None:
+            yield self._host(*pending)
+
+    @staticmethod
+    def _host(out: tuple, event) -> tuple[dict, np.ndarray, np.ndarray | None]:
+        if event is not None:
+            event.synchronize()
+        batch, scores, small = out
+        return batch, scores.numpy(), None if small is None else small.numpy()
 
     def downsample(self, amap: torch.Tensor) -> torch.Tensor:
         """Anomaly map at the finest-level stride -> one value per ``map_stride`` input pixels (the maximum, so
         a saved map's maximum is still the frame score and shares its scale and thresholds)."""
         factor = max(1, self.cfg.map_stride // self.model.stride)
         return F.max_pool2d(amap.unsqueeze(1), factor, ceil_mode=True).squeeze(1) if factor > 1 else amap
+
+    @property
+    def num_workers(self) -> int:
+        """``score.num_workers``, or by default: on CUDA up to 8 decode workers (one core left for the main
+        process); on a CPU none (decoding in the main process between batches, measured faster than workers
+        competing for the same cores: benchmarks/throughput.py)."""
+        if self.cfg.num_workers is not None:
+            return self.cfg.num_workers
+        return min(8, max(1, (os.cpu_count() or 2) - 1)) if self.device.type == "cuda" else 0
 
 
 def score_clips(
@@ -81,20 +151,17 @@ def score_clips(
     results = {c.name: np.load(out / "scores" / f"{c.name}.npy") for c in clips if c not in todo}
     if not todo:
         return results
-    stream = FrameStream(todo, scorer.transform, batch_size=scorer.cfg.batch_size)
-    loader = make_loader(stream, scorer.cfg.num_workers, pin_memory=scorer.device.type == "cuda")
+    loader = make_loader(scorer.stream(todo), scorer.num_workers, pin_memory=scorer.device.type == "cuda")
     by_name = {c.name: c for c in todo}
     pending: dict[str, dict] = {}  # clip -> {"scores": (T,) array, "maps": (T, h, w) array | None, "done": int}
     t0, n = time.perf_counter(), 0
     with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
-        for batch in loader:
+        for batch, scores, small in scorer.batches(loader, maps=scorer.cfg.save_maps):
             name, index = batch["clip"][0], batch["index"].numpy()
             clip = by_name[name]
-            scores, amap = scorer(batch["frames"])
             entry = pending.setdefault(name, {"scores": np.empty(clip.num_frames, np.float32), "maps": None, "done": 0})
-            entry["scores"][index] = scores.cpu().numpy()
-            if scorer.cfg.save_maps:
-                small = scorer.downsample(amap).half().cpu().numpy()
+            entry["scores"][index] = scores
+            if small is not None:
                 if entry["maps"] is None:
                     entry["maps"] = np.empty((clip.num_frames, *small.shape[1:]), np.float16)
                 entry["maps"][index] = small

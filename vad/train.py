@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
 from vad.config import RunConfig, from_dict, to_dict
+from vad.distributed import all_sum, barrier, frame_shares, world
 from vad.errors import VadError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import iter_frames
@@ -46,13 +47,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``setting`` (auto: bf16 on CUDA, none on CPU)."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Intel AMX): there bf16 autocast about doubles STPM's
+    throughput (benchmarks/throughput.py); elsewhere bf16 is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return False
+    return "amx_bf16" in flags
+
+
+def amp_dtype(setting: str, device: torch.device, cpu_auto_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype for ``setting``. ``auto``: bf16 on CUDA; on the CPU float32, or bf16 with
+    ``cpu_auto_bf16`` on a CPU with native bf16 (scoring; training stays float32 on CPUs)."""
     options = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
     if setting not in options:
         raise ValueError(f"unknown amp setting {setting!r}; expected one of {sorted(options)}")
     if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_auto_bf16 and device.type == "cpu" and cpu_has_native_bf16() else None
     return options[setting]
 
 
@@ -209,11 +223,19 @@ def train(
     size = input_size(cfg, clips)
     transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
     train_ranges, val_ranges = holdout(clips, t.val_fraction)
+    w = world()
+    if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
+        train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
+        if not train_ranges:
+            raise ValueError(f"{w.world_size} processes cannot share {len(clips)} training clips' frames")
     n_train = sum(b - a for a, b in train_ranges.values())
+    # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
+    # batches (with several decode workers each worker's last batch may be partial, giving a few more).
     steps_per_epoch = math.ceil(n_train / t.batch_size)
     pin = device.type == "cuda"
-    train_stream = FrameStream(clips, transform, batch_size=t.batch_size, shuffle=True, seed=t.seed,
-                               ranges=train_ranges, shuffle_buffer=t.shuffle_buffer)
+    train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
+                               shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
+                               shuffle_buffer=t.shuffle_buffer)
     val_loader = make_loader(FrameStream(clips, transform, batch_size=32, ranges=val_ranges), t.num_workers, pin)
 
     _seed(t.seed)
@@ -223,7 +245,7 @@ def train(
     plan = [stage for stage in model.stages for _ in range(epochs[stage])]  # the stage of every epoch
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
-    gen = torch.Generator().manual_seed(t.seed)  # pseudo-anomalies (RSTPM's discriminative stage)
+    gen = torch.Generator().manual_seed(t.seed + 1000 * w.rank)  # pseudo-anomalies (RSTPM's discriminative stage)
 
     ckdir = out / "checkpoints"
     start, best, ck = 0, math.inf, None
@@ -237,8 +259,10 @@ def train(
                               f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
         model.load_state_dict(ck["model"], strict=False)
         torch.set_rng_state(ck["rng"])
-        if "gen" in ck:  # absent from checkpoints written before staged training
+        if "gen" in ck and w.main:  # absent from checkpoints written before staged training
             gen.set_state(ck["gen"])
+        elif w.rank:  # only rank 0's stream is saved: the others continue on a fresh one per resumed epoch
+            gen.manual_seed(t.seed + 1000 * w.rank + 7919 * (ck["epoch"] + 1))
         start, best = ck["epoch"] + 1, ck["best_val"]
         if start >= len(plan) and (out / "model.pt").is_file():
             if read_checkpoint(out / "model.pt")["config"]["model"] == meta["config"]["model"]:
@@ -259,48 +283,66 @@ def train(
         scaler.load_state_dict(ck["scaler"])
 
     log_path = out / "train_log.jsonl"
-    if log_path.exists():  # drop lines of epochs the resumed run will redo
+    if log_path.exists() and w.main:  # drop lines of epochs the resumed run will redo
         kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start]
         log_path.write_text("".join(ln + "\n" for ln in kept))
     t0 = time.perf_counter()
     bar = tqdm(range(start, len(plan)), desc="training", unit="epoch", disable=not progress,
                initial=start, total=len(plan))
+    step = _stepper(model, device)
     for epoch in bar:
         if plan[epoch] != model.stage:  # a new stage starts from the previous stage's selected model
             model.load_state_dict(read_checkpoint(ckdir / "best.pt")["model"], strict=False)
             model.set_stage(plan[epoch])
+            step = _stepper(model, device)
             opt, sched = _optimizer(model, cfg, epochs[model.stage] * steps_per_epoch)
             scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
             best = math.inf
         model.train()
         train_stream.set_epoch(epoch)
-        total, seen = 0.0, 0
-        for batch in make_loader(train_stream, t.num_workers, pin):
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no host sync per step
+        t_epoch, seen = time.perf_counter(), 0
+        batches = iter(make_loader(train_stream, t.num_workers, pin))
+        for _ in range(steps_per_epoch):
+            batch = next(batches, None)
+            if batch is None:  # cannot happen with intact data: the stream has >= steps_per_epoch batches
+                raise RuntimeError(f"epoch {epoch + 1}: the training stream ended before {steps_per_epoch} steps")
             x = to_device(batch["frames"], device)
             with autocast(device, dtype):
-                loss = model.loss(x, gen)
+                loss = step(x, gen)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total += float(loss.detach()) * len(x)
+            total += loss.detach() * len(x)
             seen += len(x)
-        val_loss = _val_loss(model, val_loader, device, dtype)
-        improved = val_loss < best
-        if improved:
-            best = val_loss
-            atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage,
-                         "val_loss": val_loss}, ckdir / "best.pt")
-        record = {"epoch": epoch + 1, "stage": model.stage, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-                  "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2), "best": improved}
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage, "best_val": best,
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": torch.get_rng_state(), "gen": gen.get_state()}, ckdir / "last.pt")
-        bar.set_postfix(stage=model.stage, train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
+        del batches  # stops the decode workers (they may hold a partial batch more)
+        loss_sum, seen = all_sum([float(total), seen], device)
+        train_secs = time.perf_counter() - t_epoch
+        if w.main:
+            val_loss = _val_loss(model, val_loader, device, dtype)
+            improved = val_loss < best
+            if improved:
+                best = val_loss
+                atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage,
+                             "val_loss": val_loss}, ckdir / "best.pt")
+            record = {"epoch": epoch + 1, "stage": model.stage, "train_loss": loss_sum / max(seen, 1),
+                      "val_loss": val_loss, "lr": opt.param_groups[0]["lr"],
+                      "seconds": round(time.perf_counter() - t0, 2), "frames_per_s": round(seen / train_secs, 1),
+                      "processes": w.world_size, "best": improved}
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage, "best_val": best,
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "gen": gen.get_state()},
+                        ckdir / "last.pt")
+            bar.set_postfix(stage=model.stage, train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
+        barrier()  # the other ranks wait for rank 0's validation and checkpoints
 
+    if not w.main:
+        barrier()  # until rank 0 has written model.pt
+        return out / "model.pt"
     best_ck = read_checkpoint(ckdir / "best.pt")
     # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
     model = restore_model({**best_ck, "config": meta["config"]}).to(device, memory_format=torch.channels_last)
@@ -314,7 +356,30 @@ def train(
         final["val_scores"]["calibrated"] = frame_scores(model.calibrate_map(maps.to(model.calib_loc.device)).cpu())
     final["model"] = model_state(model)
     atomic_save(final, out / "model.pt")
+    barrier()
     return out / "model.pt"
+
+
+class _StageLoss(torch.nn.Module):
+    """The model's current-stage loss as ``forward``, which DistributedDataParallel hooks into."""
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.model.loss(x, generator)
+
+
+def _stepper(model: AnomalyModel, device: torch.device):
+    """``model.loss``, or with several processes the same loss through DistributedDataParallel (gradients are
+    averaged across ranks in backward). Built per stage: DDP registers the parameters that train at construction,
+    and it makes every rank start from rank 0's weights."""
+    if world().world_size == 1:
+        return model.loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_StageLoss(model), device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def train_per_scene(clips: Sequence[Clip], cfg: RunConfig, out: Path | str, device: str = "auto",

@@ -13,7 +13,7 @@ hour-long video is never held in memory at once. Backends:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,27 +232,42 @@ def _decode_pil(paths: tuple[Path, ...], device=None) -> torch.Tensor:
 
 
 def _decode_torchvision(paths: tuple[Path, ...], device=None) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    return decode_jpeg_files(paths, read_jpeg_files(paths), device)
+
+
+def read_jpeg_files(paths: Sequence[Path]) -> list[torch.Tensor]:
+    """The encoded bytes of each JPEG file (uint8 1-D tensors): what a ``DataLoader`` worker sends so that the
+    main process can decode a whole batch on the GPU (:func:`decode_jpeg_files`)."""
+    data = []
+    for p in paths:
+        try:
+            data.append(torch.from_numpy(np.fromfile(p, dtype=np.uint8)))
+        except OSError as err:
+            raise DecodeError(f"{p}: cannot read frame file ({err})") from err
+        if data[-1].numel() == 0:
+            raise DecodeError(f"{p}: file is empty (0 bytes); expected a JPEG frame")
+    return data
+
+
+def decode_jpeg_files(paths: Sequence[Path], data: list[torch.Tensor], device=None) -> torch.Tensor:
+    """Decode the bytes of ``paths`` (from :func:`read_jpeg_files`) into uint8 ``(B, 3, H, W)`` RGB with
+    ``torchvision.io.decode_jpeg``: libjpeg-turbo on the CPU, batched nvJPEG on a CUDA ``device`` (the result
+    is then already on the device). A bad file is named."""
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     with warnings.catch_warnings():
         # torchvision >= 0.29 deprecates its image codecs in favour of TorchCodec; they still work.
         warnings.simplefilter("ignore", DeprecationWarning)
-        data = []
-        for p in paths:
-            try:
-                data.append(read_file(str(p)))
-            except RuntimeError as err:
-                raise DecodeError(f"{p}: cannot read frame file ({err})") from err
         try:
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W)
+            images = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)  # list of (3, H, W)
         except RuntimeError as err:
             for p, d in zip(paths, data, strict=True):  # find the file to name
                 try:
                     decode_jpeg(d, mode=ImageReadMode.RGB)
                 except RuntimeError as one:
                     raise DecodeError(f"{p}: cannot decode JPEG ({one})") from err
-            raise DecodeError(f"JPEG decoding failed in {paths[0].parent} ({err})") from err
+            raise DecodeError(f"JPEG decoding failed in {Path(paths[0]).parent} ({err})") from err
     _check_same_size(paths, images, lambda t: tuple(t.shape[-2:]))
     return torch.stack(images)
 
