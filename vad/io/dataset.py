@@ -31,7 +31,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class FrameTransform:
     """uint8 ``(B, 3, H, W)`` -> float32 ``(B, 3, *size)``: bilinear antialiased resize, then normalise.
 
-    ``size`` is ``(height, width)``; ``None`` keeps the frame size. Works on any device.
+    ``size`` is ``(height, width)``; ``None`` keeps the frame size. Works on any device: on the CPU the resize
+    runs on uint8 (rounded to whole grey levels), on a GPU in float; the two differ by at most one grey level.
     """
 
     size: tuple[int, int] | None = (256, 256)
@@ -48,8 +49,13 @@ class FrameTransform:
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
             raise ValueError(f"expected uint8 frames (B, 3, H, W); got {frames.dtype} {tuple(frames.shape)}")
+        resize = self.size is not None and tuple(frames.shape[-2:]) != tuple(self.size)
+        if resize and frames.device.type == "cpu":  # uint8 channels-last: 7x faster than float on the CPU
+            frames = F.interpolate(frames.contiguous(memory_format=torch.channels_last), size=tuple(self.size),
+                                   mode="bilinear", antialias=True, align_corners=False)
+            resize = False
         x = frames.float().div_(255.0)
-        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+        if resize:  # on a GPU, in float
             x = F.interpolate(x, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
         mean, std = NORMALIZATIONS[self.normalization]
         mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)

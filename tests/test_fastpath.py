@@ -1,0 +1,124 @@
+"""The fast scoring path: the GPU-shaped data flow (undecoded JPEG bytes and uint8 frames transformed by the
+Scorer), bf16 autocast against float32, the uint8 resize, and training with several decode workers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from vad.checkpoint import load_model
+from vad.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
+from vad.io import read_dataset
+from vad.io.dataset import FrameStream, FrameTransform
+from vad.score import Scorer, score_clips
+from vad.train import amp_dtype, cpu_has_native_bf16, train
+
+CFG = RunConfig(
+    model=ModelConfig(input_height=96),
+    train=TrainConfig(epochs=6, batch_size=8, lr=3e-3, seed=0),
+    score=ScoreConfig(batch_size=8, amp="off"),
+)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return helpers.make_anomaly_scene(tmp_path_factory.mktemp("scene"))
+
+
+@pytest.fixture(scope="module")
+def trained(scene: Path, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train(read_dataset("shanghaitech", scene, "train"), CFG, run, device="cpu", progress=False)
+    return run
+
+
+def _scores(scorer: Scorer, clips, out: Path) -> np.ndarray:
+    res = score_clips(scorer, clips, out, progress=False)
+    return np.concatenate([res[c.name] for c in clips])
+
+
+def test_device_side_path_gives_the_cpu_path_scores(scene: Path, trained: Path, tmp_path: Path) -> None:
+    """The data flow used on CUDA (workers send JPEG bytes / uint8 frames, the Scorer decodes, resizes and
+    normalises on its device), run here on the CPU, scores every frame exactly as the CPU path does."""
+    model, ckpt = load_model(trained / "model.pt")
+    clips = read_dataset("shanghaitech", scene, "test")  # JPEG folders
+    cpu = _scores(Scorer(model, ckpt, CFG.score, "cpu"), clips, tmp_path / "cpu")
+    dev = Scorer(model, ckpt, CFG.score, "cpu")
+    dev.on_device = True
+    batch = next(iter(dev.stream(clips)))
+    assert "jpeg" in batch and "frames" not in batch and batch["jpeg"][0].dtype == torch.uint8
+    np.testing.assert_array_equal(_scores(dev, clips, tmp_path / "dev"), cpu)
+    videos = read_dataset("shanghaitech", scene, "train")[:1]  # uint8 frames from PyAV
+    assert next(iter(dev.stream(videos)))["frames"].dtype == torch.uint8
+    np.testing.assert_array_equal(_scores(dev, videos, tmp_path / "dev_v"),
+                                  _scores(Scorer(model, ckpt, CFG.score, "cpu"), videos, tmp_path / "cpu_v"))
+
+
+def test_bf16_scores_keep_the_fp32_ranking(scene: Path, trained: Path, tmp_path: Path) -> None:
+    """The stated tolerance of bf16 autocast (the CUDA default, and the CPU default with AMX): Spearman rank
+    correlation with float32 >= 0.99, frame AUC within 0.01, every score within 5 % of the largest."""
+    model, ckpt = load_model(trained / "model.pt")
+    clips = read_dataset("shanghaitech", scene, "test")
+    y = np.concatenate([c.labels for c in clips]).astype(bool)
+    fp32 = _scores(Scorer(model, ckpt, CFG.score, "cpu"), clips, tmp_path / "fp32")
+    bf16 = _scores(Scorer(model, ckpt, replace(CFG.score, amp="bf16"), "cpu"), clips, tmp_path / "bf16")
+    assert not np.array_equal(fp32, bf16)  # bf16 did run
+    assert spearmanr(fp32, bf16).statistic >= 0.99
+    assert abs(roc_auc_score(y, fp32) - roc_auc_score(y, bf16)) <= 0.01
+    assert np.abs(fp32 - bf16).max() <= 0.05 * np.abs(fp32).max()
+
+
+def test_amp_auto_per_device() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("auto", cpu) is None  # training on a CPU stays float32
+    assert amp_dtype("auto", cpu, cpu_auto_bf16=True) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert amp_dtype("off", cuda, cpu_auto_bf16=True) is None
+    assert amp_dtype("fp16", cpu) == torch.float16
+    with pytest.raises(ValueError, match="unknown amp setting 'half'"):
+        amp_dtype("half", cpu)
+
+
+def test_uint8_resize_is_within_one_grey_level_of_float() -> None:
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (2, 3, 60, 100), dtype=torch.uint8, generator=g)
+    t = FrameTransform(size=(32, 48), normalization="none")
+    fast = t(frames)  # CPU: uint8 resize
+    ref = torch.nn.functional.interpolate(frames.float() / 255, size=(32, 48), mode="bilinear", antialias=True)
+    assert fast.shape == (2, 3, 32, 48) and fast.dtype == torch.float32
+    assert float((fast - ref).abs().max()) <= 1 / 255 + 1e-6
+
+
+def test_stream_refuses_untransformed_shuffle_and_bytes_with_transform(scene: Path) -> None:
+    clips = read_dataset("shanghaitech", scene, "train")
+    with pytest.raises(ValueError, match="shuffled FrameStream needs a transform"):
+        FrameStream(clips, None, shuffle=True)
+    with pytest.raises(ValueError, match="jpeg_bytes passes undecoded frames on"):
+        FrameStream(clips, FrameTransform(), jpeg_bytes=True)
+
+
+def test_compile_refused_for_mkd() -> None:
+    from vad.models import build_model
+
+    model = build_model(ModelConfig(method="mkd"))
+    ckpt = {"input_size": [64, 64], "normalization": "lite0"}
+    with pytest.raises(ValueError, match="score.compile does not support mkd"):
+        Scorer(model, ckpt, ScoreConfig(compile=True), "cpu")
+
+
+def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: Path) -> None:
+    """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
+    ceil(frames / batch) steps, so the one-cycle schedule is never overrun."""
+    cfg = replace(CFG, model=replace(CFG.model, input_height=48),
+                  train=replace(CFG.train, epochs=3, num_workers=2, batch_size=5, calibrate=False))
+    train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path, device="cpu", progress=False)
+    log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and log[-1]["lr"] < log[0]["lr"]
+    assert all(r["frames_per_s"] > 0 and r["processes"] == 1 for r in log)
