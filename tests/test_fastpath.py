@@ -122,3 +122,24 @@ def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: 
     log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["lr"] < log[0]["lr"]
     assert all(r["frames_per_s"] > 0 and r["processes"] == 1 for r in log)
+
+
+@pytest.mark.slow
+def test_compiled_scoring_matches_eager(scene: Path, trained: Path, tmp_path: Path) -> None:
+    """score.compile=true (torch.compile, padded static batches) gives the eager scores (float32, CPU)."""
+    model, ckpt = load_model(trained / "model.pt")
+    clips = read_dataset("shanghaitech", scene, "test")
+    eager = _scores(Scorer(model, ckpt, CFG.score, "cpu"), clips, tmp_path / "eager")
+    compiled = Scorer(model, ckpt, replace(CFG.score, compile=True), "cpu")
+    assert compiled.compiled
+    np.testing.assert_allclose(_scores(compiled, clips, tmp_path / "compiled"), eager, rtol=1e-4,
+                               atol=1e-5 * float(np.abs(eager).max()))
+
+
+def test_compile_by_default_only_for_long_jobs(trained: Path) -> None:
+    from vad.score import COMPILE_MIN_FRAMES
+
+    model, ckpt = load_model(trained / "model.pt")
+    scorer = Scorer(model, ckpt, CFG.score, "cpu")  # compile=None: decided per job
+    assert not scorer.compiled and not scorer.compiles(COMPILE_MIN_FRAMES - 1)
+    assert not Scorer(model, ckpt, replace(CFG.score, compile=False), "cpu").compiles(10**6)

@@ -54,7 +54,7 @@ class ScoreConfig:
     save_maps: bool = False  # also write anomaly maps (float16) for the renderer
     map_stride: int = 8  # saved maps keep one value per map_stride input pixels
     num_workers: int | None = None  # DataLoader decode workers; None: up to 8 on CUDA, 0 on a CPU (Scorer.num_workers)
-    compile: bool = False  # torch.compile the model (stpm, rstpm): minutes to compile, then faster on a GPU
+    compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ an interrupted run picks up where it stopped.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip
 from vad.models import AnomalyModel, frame_scores
 from vad.train import amp_dtype, autocast, resolve_device, to_device
+
+COMPILE_MIN_FRAMES = 5000
 
 
 def save_npy(array: np.ndarray, path: Path) -> None:
@@ -54,12 +57,30 @@ class Scorer:
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
         self.calibrated = cfg.calibrated and model.calibrated
         self.on_device = self.device.type == "cuda"  # decode JPEGs, resize and normalise on the GPU
+        if cfg.compile and model.method == "mkd":
+            raise ValueError("score.compile does not support mkd (its maps take input gradients); "
+                             "set score.compile=false")
+        self.compiled = False
         self._forward = model.score_and_map
         if cfg.compile:
-            if model.method == "mkd":
-                raise ValueError("score.compile does not support mkd (its maps take input gradients); "
-                                 "set score.compile=false")
-            self._forward = torch.compile(model.score_and_map, dynamic=False)
+            self.compile()
+
+    def compile(self) -> None:
+        """``torch.compile`` the model (one static batch shape: short batches are padded). The first batch of each
+        input size compiles (about a minute on 2 CPU cores); after that STPM scored 1.5x faster end to end
+        there (benchmarks/throughput.py). Needs a C/C++ compiler (inductor)."""
+        if not self.compiled:
+            self._forward = torch.compile(self.model.score_and_map, dynamic=False)
+            self.compiled = True
+
+    def compiles(self, frames: int) -> bool:
+        """Whether a job of ``frames`` frames is compiled: ``score.compile``, or by default (None) when it has at
+        least ``COMPILE_MIN_FRAMES`` (compiling costs about what 2,000 frames gain on a 2-core CPU), the method
+        supports it and a C compiler is installed."""
+        if self.cfg.compile is not None:
+            return self.cfg.compile
+        return (frames >= COMPILE_MIN_FRAMES and self.model.method != "mkd"
+                and any(shutil.which(cc) for cc in ("cc", "gcc", "clang")))
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +88,7 @@ class Scorer:
         calibration the map is standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
         n = len(x)
-        if self.cfg.compile and n < self.cfg.batch_size:  # one static shape: a clip's last batch is padded
+        if self.compiled and n < self.cfg.batch_size:  # one static shape: a clip's last batch is padded
             x = torch.cat([x, x[-1:].expand(self.cfg.batch_size - n, *x.shape[1:])])
         with autocast(self.device, self.dtype):
             scores, amap = self._forward(x)
@@ -151,6 +172,8 @@ def score_clips(
     results = {c.name: np.load(out / "scores" / f"{c.name}.npy") for c in clips if c not in todo}
     if not todo:
         return results
+    if scorer.compiles(sum(c.num_frames for c in todo)):
+        scorer.compile()
     loader = make_loader(scorer.stream(todo), scorer.num_workers, pin_memory=scorer.device.type == "cuda")
     by_name = {c.name: c for c in todo}
     pending: dict[str, dict] = {}  # clip -> {"scores": (T,) array, "maps": (T, h, w) array | None, "done": int}
