@@ -163,6 +163,7 @@ def test_overrides() -> None:
     cfg = apply_overrides(RunConfig(), ["train.epochs=5", "model.levels=[1, 2]", "model.input_width=320",
                                         "train.lr=4e-1"])
     assert cfg.train.epochs == 5 and cfg.model.levels == (1, 2) and cfg.model.input_width == 320
+    assert apply_overrides(RunConfig(), ["score.amp=off", "train.amp=off"]).score.amp == "off"  # YAML's off = False
     assert cfg.train.lr == pytest.approx(0.4)
     with pytest.raises(ValueError, match="unknown config key 'train.epoch'"):
         apply_overrides(RunConfig(), ["train.epoch=5"])

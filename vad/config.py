@@ -162,6 +162,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on (and no/yes) as booleans: amp: off means "off"
+            return "on" if value else "off"
         raise ValueError(f"{where}: expected a string, got {value!r}")
     raise TypeError(f"{where}: unsupported config type {hint!r}")
 
