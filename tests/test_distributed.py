@@ -111,3 +111,22 @@ def test_torchrun_ddp_training_learns(scene: Path, tmp_path: Path) -> None:
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, s) > 0.95
+
+
+def test_interrupted_distributed_manifest_parts_are_kept(scene: Path, tmp_path: Path) -> None:
+    """Per-rank manifest parts left by an interrupted torchrun scoring are folded into clips.json: their clips
+    count as done (not re-scored) and none is dropped."""
+    cfg = with_data(replace(CFG, train=replace(CFG.train, epochs=1)), root=scene, dataset="shanghaitech")
+    run = tmp_path / "run"
+    train_stage(cfg, run, device="cpu")
+    assert cli_main(["score", "--run", str(run), "--device", "cpu"]) == 0
+    manifest = json.loads((run / "clips.json").read_text())
+    (a, entry_a), (b, entry_b) = manifest.items()
+    (run / "clips.json").unlink()  # as if both ranks were interrupted before rank 0 merged
+    (run / "clips.rank0.json").write_text(json.dumps({a: entry_a}))
+    (run / "clips.rank1.json").write_text(json.dumps({b: entry_b}))
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run / "scores").iterdir()}
+    assert cli_main(["score", "--run", str(run), "--device", "cpu"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "scores").iterdir()} == stamps  # nothing re-scored
+    assert json.loads((run / "clips.json").read_text()) == manifest
+    assert not list(run.glob("clips.rank*.json"))

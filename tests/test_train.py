@@ -194,3 +194,14 @@ def test_model_keeps_normal_validation_scores(trained: Path) -> None:
     raw, cal = ckpt["val_scores"]["raw"], ckpt["val_scores"]["calibrated"]
     n_val = 4 * round(24 * TINY.train.val_fraction)  # the tail of each of the 4 training clips
     assert raw.shape == cal.shape == (n_val,) and bool((raw >= 0).all())
+
+
+def test_resume_with_another_process_count_is_refused(scene: Path, tmp_path: Path) -> None:
+    cfg = replace(SMALL, train=replace(SMALL.train, epochs=1, calibrate=False))
+    clips = read_dataset("shanghaitech", scene, "train")
+    train(clips, cfg, tmp_path, device="cpu", progress=False)
+    ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["processes"] == 1
+    torch.save({**ck, "processes": 2}, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(ResumeError, match="trained by 2 process"):
+        train(clips, cfg, tmp_path, device="cpu", progress=False)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import builtins
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,22 +47,34 @@ def launched() -> bool:
 
 def setup(device: str = "auto") -> tuple[World, str]:
     """Join the process group started by ``torchrun``; returns this rank's place and its device (``cuda:L`` for
-    local rank L with CUDA, else ``cpu``). Ranks other than 0 print nothing and show no progress bars."""
+    local rank L with CUDA, else ``cpu``). Ranks other than 0 print only errors (to stderr, marked with the rank);
+    training and scoring show progress on rank 0 only."""
     w = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     cuda = device != "cpu" and torch.cuda.is_available()
     if device == "cuda" and not cuda:
         raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+    gpu = 0
     if cuda:
-        if w.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"local rank {w.local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
+        count = torch.cuda.device_count()
+        if w.local_rank >= count and count != 1:
+            raise ValueError(f"local rank {w.local_rank} has no GPU: this node has {count}; "
                              "use --nproc_per_node <= the GPU count")
-        torch.cuda.set_device(w.local_rank)
+        gpu = w.local_rank if w.local_rank < count else 0  # one visible GPU per process (e.g. SLURM tasks): it
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if not w.main:  # the usual torchrun convention (DeiT, MAE): one rank talks
-        builtins.print = lambda *args, **kwargs: None
-        os.environ["TQDM_DISABLE"] = "1"
-    return w, f"cuda:{w.local_rank}" if cuda else "cpu"
+        # Ranks wait at barriers for the rank with the longest clip and for rank 0's validation: far longer than
+        # NCCL's 10-minute default can be. VAD_DIST_TIMEOUT_MIN sets it (default 6 hours).
+        timeout = timedelta(minutes=float(os.environ.get("VAD_DIST_TIMEOUT_MIN", 360)))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    if not w.main:  # the usual torchrun convention (DeiT, MAE): one rank talks; errors still reach stderr
+        quiet = builtins.print
+
+        def print_errors_only(*args, file=None, **kwargs) -> None:
+            if file is sys.stderr:
+                quiet(f"[rank {w.rank}]", *args, file=file, **kwargs)
+
+        builtins.print = print_errors_only
+    return w, f"cuda:{gpu}" if cuda else "cpu"
 
 
 def teardown() -> None:

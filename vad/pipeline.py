@@ -141,6 +141,9 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
 
     run = Path(run)
     w = world()
+    if w.main and list(run.glob("clips.rank*.json")):  # parts left by an interrupted distributed scoring
+        _merge_manifest(run)
+    barrier()
     results, manifest = {}, _read_manifest(run)
     mine: dict = {}  # this rank's new manifest entries
     part = run / f"clips.rank{w.rank}.json"  # with several ranks each writes its own, merged by rank 0 at the end
@@ -179,10 +182,7 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
     if w.world_size > 1:
         barrier()  # every rank's scores and manifest part are written
         if w.main:
-            merged = _read_manifest(run)
-            write_text(json.dumps(merged, indent=2), run / "clips.json")
-            for leftover in run.glob("clips.rank*.json"):
-                leftover.unlink()
+            _merge_manifest(run)
             results = {c.name: np.load(run / "scores" / f"{c.name}.npy") for c in clips}
         barrier()
     return results
@@ -197,6 +197,13 @@ def _file_digest(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _merge_manifest(run: Path) -> None:
+    """Fold the per-rank manifest parts into ``clips.json`` and delete them."""
+    write_text(json.dumps(_read_manifest(run), indent=2), run / "clips.json")
+    for part in run.glob("clips.rank*.json"):
+        part.unlink()
 
 
 def _read_manifest(run: Path) -> dict:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from vad.atomic import atomic_path
 from vad.config import ScoreConfig
+from vad.distributed import world
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip
@@ -46,7 +47,8 @@ class Scorer:
     runs; on CUDA the workers send undecoded JPEG bytes or uint8 frames through pinned memory and the GPU
     decodes (nvJPEG), resizes and normalises them; the model runs channels-last under autocast (bf16 on CUDA and
     on CPUs with native bf16), optionally ``torch.compile``-d; results come back to the host one batch late, so
-    the device never waits for the host.
+    the host's bookkeeping overlaps the device's next batch (a JPEG batch decoded on the GPU waits for the
+    previous batch to finish: see :meth:`prepare`).
     """
 
     def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto") -> None:
@@ -76,11 +78,11 @@ class Scorer:
     def compiles(self, frames: int) -> bool:
         """Whether a job of ``frames`` frames is compiled: ``score.compile``, or by default (None) when it has at
         least ``COMPILE_MIN_FRAMES`` (compiling costs about what 2,000 frames gain on a 2-core CPU), the method
-        supports it and a C compiler is installed."""
+        supports it and a C++ compiler is installed (inductor needs one)."""
         if self.cfg.compile is not None:
             return self.cfg.compile
         return (frames >= COMPILE_MIN_FRAMES and self.model.method != "mkd"
-                and any(shutil.which(cc) for cc in ("cc", "gcc", "clang")))
+                and any(shutil.which(cc) for cc in ("c++", "g++", "clang++")))
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +92,7 @@ class Scorer:
         n = len(x)
         if self.compiled and n < self.cfg.batch_size:  # one static shape: a clip's last batch is padded
             x = torch.cat([x, x[-1:].expand(self.cfg.batch_size - n, *x.shape[1:])])
+            x = x.contiguous(memory_format=torch.channels_last)  # the full batches' strides: no recompilation
         with autocast(self.device, self.dtype):
             scores, amap = self._forward(x)
         scores, amap = scores[:n].float(), amap[:n].float()
@@ -107,7 +110,12 @@ class Scorer:
     def prepare(self, batch: dict) -> torch.Tensor:
         """A :meth:`stream` batch -> normalised frames on the device (decoded and transformed there if need be)."""
         if "jpeg" in batch:
-            frames = decode_jpeg_files(batch["paths"], batch["jpeg"], self.device)
+            if self.device.type == "cuda":
+                # torchvision's nvJPEG writes from its own stream into memory allocated on ours, without waiting
+                # for our queued work: let the previous batch finish first (pytorch/vision#9606).
+                torch.cuda.current_stream(self.device).synchronize()
+            data = list(torch.split(batch["jpeg"], batch["sizes"]))
+            frames = decode_jpeg_files(batch["paths"], data, self.device)
         else:
             frames = batch["frames"].to(self.device, non_blocking=True)
         if frames.dtype == torch.uint8:
@@ -126,7 +134,7 @@ class Scorer:
             out = (batch, *host)
             event = torch.cuda.Event() if self.device.type == "cuda" else None
             if event is not None:
-                event.record()
+                event.record(torch.cuda.current_stream(self.device))
             if pending is not None:
                 yield self._host(*pending)
             pending = (out, event)
@@ -178,6 +186,7 @@ def score_clips(
     by_name = {c.name: c for c in todo}
     pending: dict[str, dict] = {}  # clip -> {"scores": (T,) array, "maps": (T, h, w) array | None, "done": int}
     t0, n = time.perf_counter(), 0
+    progress = progress and world().main  # under torchrun rank 0 reports
     with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
         for batch, scores, small in scorer.batches(loader, maps=scorer.cfg.save_maps):
             name, index = batch["clip"][0], batch["index"].numpy()

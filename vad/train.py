@@ -224,6 +224,7 @@ def train(
     transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
     train_ranges, val_ranges = holdout(clips, t.val_fraction)
     w = world()
+    progress = progress and w.main  # under torchrun rank 0 reports
     if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
         train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
         if not train_ranges:
@@ -254,6 +255,9 @@ def train(
         if _config_key(from_dict(RunConfig, ck["config"])) != _config_key(cfg):
             raise ResumeError(f"{ckdir / 'last.pt'} was trained with a different config; use a new output folder "
                               "or delete the old checkpoints to start over")
+        if ck.get("processes", 1) != w.world_size:
+            raise ResumeError(f"{ckdir / 'last.pt'} was trained by {ck.get('processes', 1)} process(es); resume it "
+                              f"with the same number (now {w.world_size}): the schedule's length depends on it")
         if ck["train_clips"] != meta["train_clips"]:
             raise ResumeError(f"{ckdir / 'last.pt'} was trained on other clips ({len(ck['train_clips'])}: "
                               f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
@@ -335,7 +339,8 @@ def train(
                 fh.write(json.dumps(record) + "\n")
             atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage, "best_val": best,
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "gen": gen.get_state()},
+                         "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "gen": gen.get_state(),
+                         "processes": w.world_size},
                         ckdir / "last.pt")
             bar.set_postfix(stage=model.stage, train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
         barrier()  # the other ranks wait for rank 0's validation and checkpoints

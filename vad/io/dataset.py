@@ -7,6 +7,7 @@ normalises them as one tensor operation, and yields ``{"frames", "clip", "index"
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -58,9 +59,16 @@ class FrameTransform:
         if resize:  # on a GPU, in float
             x = F.interpolate(x, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
         mean, std = NORMALIZATIONS[self.normalization]
-        mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+        mean_t, std_t = _stats(self.normalization, x.device)
         return ((x - mean_t) / std_t).contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _stats(normalization: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, 3, 1, 1) tensors on ``device``, made once: creating them per batch from Python lists
+    would be a blocking host-to-device copy, a sync per batch on a GPU."""
+    mean, std = NORMALIZATIONS[normalization]
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
 
 
 class FrameStream(IterableDataset):
@@ -69,11 +77,12 @@ class FrameStream(IterableDataset):
     Yields dicts ``{"frames": float (B, 3, h, w), "clip": list[str] (B,), "index": int64 (B,)}``.
     With ``transform=None`` (not with ``shuffle``) ``"frames"`` are the decoded uint8 ``(B, 3, H, W)``, for the
     consumer to resize and normalise on its device (a GPU: 4x less to copy and no CPU resize). With
-    ``jpeg_bytes`` too, a batch of a JPEG-folder clip carries ``"jpeg"`` (the files' encoded bytes) and
-    ``"paths"`` instead of ``"frames"``, for :func:`~vad.io.decode.decode_jpeg_files` on the GPU (nvJPEG).
+    ``jpeg_bytes`` too, a batch of a JPEG-folder clip carries ``"jpeg"`` (the files' encoded bytes, packed end
+    to end), ``"sizes"`` (bytes per file) and ``"paths"`` instead of ``"frames"``, for
+    :func:`~vad.io.decode.decode_jpeg_files` on the GPU (nvJPEG).
     Clips are split across ``DataLoader`` workers and, with ``rank``/``world_size``, across processes.
-    Shards hold whole clips, so ranks can see different batch counts: a DDP training loop must even
-    them out (e.g. ``torch.distributed.algorithms.Join``) rather than assume equal lengths.
+    Shards hold whole clips, so ranks can see different batch counts (DDP training gives each rank its own
+    equal ``ranges`` instead: :func:`vad.distributed.frame_shares`).
     ``ranges`` maps a clip name to the ``(start, stop)`` frames to read (default: all), e.g. for a hold-out.
     Without ``shuffle`` every batch holds consecutive frames of one clip, in order. With ``shuffle``, clip
     order is shuffled per epoch (``set_epoch``) and a buffer of ``shuffle_buffer`` transformed frames mixes
@@ -149,8 +158,9 @@ class FrameStream(IterableDataset):
             raise DecodeError(f"{clip.path}: no frames in [{start}, {stop}) ({len(clip.frame_paths)} frames)")
         for i in range(0, len(paths), self.batch_size):
             part = paths[i : i + self.batch_size]
-            yield {"jpeg": read_jpeg_files(part), "paths": list(part), "clip": [clip.name] * len(part),
-                   "index": torch.arange(start + i, start + i + len(part))}
+            data = read_jpeg_files(part)  # one packed tensor per batch: one shared-memory segment between processes
+            yield {"jpeg": torch.cat(data), "sizes": [len(d) for d in data], "paths": list(part),
+                   "clip": [clip.name] * len(part), "index": torch.arange(start + i, start + i + len(part))}
 
     def _plain(self, clips: list[Clip]) -> Iterator[dict]:
         for clip in clips:
