@@ -183,7 +183,7 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
         barrier()  # every rank's scores and manifest part are written
         if w.main:
             _merge_manifest(run)
-            results = {c.name: np.load(run / "scores" / f"{c.name}.npy") for c in clips}
+            results.update({c.name: np.load(run / "scores" / f"{c.name}.npy") for c in clips if c.name not in results})
         barrier()
     return results
 

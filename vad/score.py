@@ -108,7 +108,7 @@ class Scorer:
         return FrameStream(clips, self.transform, batch_size=self.cfg.batch_size)
 
     def prepare(self, batch: dict) -> torch.Tensor:
-        """A :meth:`stream` batch -> normalised frames on the device (decoded and transformed there if need be)."""
+        """A :meth:`stream` batch -> normalised frames (on the device when decoded or transformed there)."""
         if "jpeg" in batch:
             if self.device.type == "cuda":
                 # torchvision's nvJPEG writes from its own stream into memory allocated on ours, without waiting
@@ -118,9 +118,7 @@ class Scorer:
             frames = decode_jpeg_files(batch["paths"], data, self.device)
         else:
             frames = batch["frames"].to(self.device, non_blocking=True)
-        if frames.dtype == torch.uint8:
-            frames = self.transform(frames)
-        return to_device(frames, self.device)
+        return self.transform(frames) if frames.dtype == torch.uint8 else frames  # __call__ makes it channels-last
 
     def batches(self, loader, maps: bool = False) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
         """``(batch, scores (B,), maps (B, h, w) float16 at map_stride or None)`` for every batch of ``loader``,

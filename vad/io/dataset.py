@@ -58,7 +58,6 @@ class FrameTransform:
         x = frames.float().div_(255.0)
         if resize:  # on a GPU, in float
             x = F.interpolate(x, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
-        mean, std = NORMALIZATIONS[self.normalization]
         mean_t, std_t = _stats(self.normalization, x.device)
         return ((x - mean_t) / std_t).contiguous()
 
