@@ -31,10 +31,10 @@ import torch
 
 from vad.checkpoint import load_model
 from vad.config import load_config
-from vad.evaluate import event_aucs
+from vad.device import resolve_device
+from vad.metrics import event_aucs
 from vad.pipeline import read_split
 from vad.score import Scorer, score_clips
-from vad.train import resolve_device
 
 
 def machine(device: torch.device) -> str:

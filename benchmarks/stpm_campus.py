@@ -27,11 +27,12 @@ import torch
 
 from vad.checkpoint import load_model
 from vad.config import RunConfig, apply_overrides, to_dict
-from vad.evaluate import event_aucs, macro_auc, micro_auc
+from vad.device import resolve_device
 from vad.io import read_dataset
+from vad.metrics import event_aucs, macro_auc, micro_auc
 from vad.pipeline import save_config, with_data
 from vad.score import Scorer, score_clips
-from vad.train import resolve_device, train
+from vad.train import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"data": str(args.data), "device": str(device), "torch_threads": torch.get_num_threads(),
               "config": to_dict(cfg), "input_size": ckpt["input_size"], "best_epoch": ckpt["epoch"] + 1,
               "train_seconds": round(train_s, 1), "train_frames": sum(c.num_frames for c in train_clips)}
-    for calibrated in (False, True) if model.calibrated else (False,):
+    for calibrated in (False, True) if model.has_position_stats else (False,):
         tag = "calibrated" if calibrated else "uncalibrated"
-        scorer = Scorer(model, ckpt, replace(cfg.score, calibrated=calibrated), device=device)
+        scorer = Scorer(model, ckpt, replace(cfg.score, per_position=calibrated), device=device)
         t1 = time.perf_counter()
         scores = score_clips(scorer, test_clips, args.out / f"scores_{tag}", overwrite=True, progress=False)
         secs = time.perf_counter() - t1

@@ -38,12 +38,12 @@ import torch
 from PIL import Image
 
 from vad.config import ModelConfig, ScoreConfig
+from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.io import iter_frames
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.records import Clip, frames_clip
 from vad.models import backbone_spec, build_model
 from vad.score import Scorer, score_clips
-from vad.train import amp_dtype, autocast, resolve_device, to_device
 
 CPU_DEFAULTS = {"model_frames": 48, "frames": 48, "train_frames": 32, "batch_size": 8, "train_batch": 8}
 GPU_DEFAULTS = {"model_frames": 16384, "frames": 6000, "train_frames": 12000, "batch_size": 256, "train_batch": 128}

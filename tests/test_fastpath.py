@@ -16,10 +16,11 @@ from sklearn.metrics import roc_auc_score
 
 from vad.checkpoint import load_model
 from vad.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
+from vad.device import amp_dtype, cpu_has_native_bf16
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.score import Scorer, score_clips
-from vad.train import amp_dtype, cpu_has_native_bf16, train
+from vad.train import train
 
 CFG = RunConfig(
     model=ModelConfig(input_height=96),
@@ -117,7 +118,7 @@ def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: 
     """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
     ceil(frames / batch) steps, so the one-cycle schedule is never overrun."""
     cfg = replace(CFG, model=replace(CFG.model, input_height=48),
-                  train=replace(CFG.train, epochs=3, num_workers=2, batch_size=5, calibrate=False))
+                  train=replace(CFG.train, epochs=3, num_workers=2, batch_size=5, position_stats=False))
     train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path, device="cpu", progress=False)
     log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["lr"] < log[0]["lr"]

@@ -167,8 +167,8 @@ def test_calibration() -> None:
     model = _tiny_stpm().eval()
     amap = torch.rand(2, 4, 5)
     with pytest.raises(RuntimeError, match="no calibration"):
-        model.calibrate_map(amap)
-    model.set_calibration(torch.full((4, 5), 0.5), torch.full((4, 5), 2.0))
-    assert torch.allclose(model.calibrate_map(amap), (amap - 0.5) / 2.0)
+        model.standardise_map(amap)
+    model.set_position_stats(torch.full((4, 5), 0.5), torch.full((4, 5), 2.0))
+    assert torch.allclose(model.standardise_map(amap), (amap - 0.5) / 2.0)
     with pytest.raises(ValueError, match="positive scale"):
-        model.set_calibration(torch.zeros(4, 5), torch.zeros(4, 5))
+        model.set_position_stats(torch.zeros(4, 5), torch.zeros(4, 5))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vad.evaluate import (
+from vad.metrics import (
     average_precision,
     best_f1_threshold,
     clip_aucs,
@@ -17,6 +17,7 @@ from vad.evaluate import (
     pixel_auroc,
 )
 from vad.postprocess import calibrate, events, minmax, normalise, smooth
+from vad.runs import ClipRecord, RunFolder, write_manifest
 
 
 def test_auc_perfect_reversed_constant() -> None:
@@ -114,8 +115,6 @@ def test_pixel_auroc() -> None:
 
 def _fake_run(root, scores: dict, labels: dict, scenes: dict, normal: np.ndarray):
     """A scored run folder written by hand (the evaluate stage never needs a model)."""
-    import json
-
     for name, s in scores.items():
         (root / "scores").mkdir(parents=True, exist_ok=True)
         np.save(root / "scores" / f"{name}.npy", np.asarray(s, np.float32))
@@ -124,9 +123,10 @@ def _fake_run(root, scores: dict, labels: dict, scenes: dict, normal: np.ndarray
             np.save(root / "labels" / f"{name}.npy", np.asarray(labels[name], np.uint8))
     (root / "normal_scores").mkdir()
     np.save(root / "normal_scores" / "all.npy", normal.astype(np.float32))
-    manifest = {n: {"path": str(root / n), "kind": "frames", "scene": scenes[n], "frames": len(s), "fps": None,
-                    "labelled": n in labels, "reference": "all", "pixel_mask": None} for n, s in scores.items()}
-    (root / "clips.json").write_text(json.dumps(manifest))
+    records = {n: ClipRecord(path=str(root / n), kind="frames", scene=scenes[n], frames=len(s), fps=None,
+                             labelled=n in labels, reference="all", pixel_mask=None, source={}, scored_with={})
+               for n, s in scores.items()}
+    write_manifest(records, RunFolder(root).manifest)
     return root
 
 
@@ -134,7 +134,7 @@ def test_evaluate_run_without_a_model(tmp_path) -> None:
     import json
 
     from vad.config import EvalConfig, PostprocessConfig
-    from vad.report import evaluate_run
+    from vad.evaluate import evaluate_run
 
     scores = {"01_0001": [1, 1, 5, 6, 1, 1], "02_0001": [1, 7, 7, 7, 2, 1], "cam": [0, 0, 9, 9, 0, 0]}
     labels = {"01_0001": [0, 0, 1, 1, 0, 0], "02_0001": [0, 1, 1, 1, 0, 0]}

@@ -8,13 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
+TEMP_PREFIX = ".vad-tmp."  # temporary files start with it (vad.runs.sweep_temporaries deletes stale ones)
+
 
 @contextmanager
 def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder (ending in ``suffix``); on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.stem}.", suffix=suffix)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -29,3 +33,9 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
 def write_text(text: str, path: Path | str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_npy(array: np.ndarray, path: Path | str) -> None:
+    """``np.save`` to a temporary file beside ``path``, then rename."""
+    with atomic_path(path, ".npy") as tmp:
+        np.save(tmp, array)

@@ -16,7 +16,7 @@ from vad.config import ModelConfig, from_dict
 from vad.errors import VadError
 from vad.models import AnomalyModel, build_model
 
-FORMAT = "vad-checkpoint/1"
+FORMAT = "vad-checkpoint/2"  # 2: per-position statistics renamed (pos_loc, pos_scale), processes and gen always saved
 
 
 class CheckpointError(VadError, ValueError):
@@ -37,6 +37,10 @@ def read_checkpoint(path: Path | str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+    fmt = str(ckpt.get("format", "")) if isinstance(ckpt, dict) else ""
+    if fmt.startswith("vad-checkpoint/") and fmt != FORMAT:
+        raise CheckpointError(f"{path}: written by another version of vad (format {ckpt['format']!r}, this one reads "
+                              f"{FORMAT!r}); train it again")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vad checkpoint (expected format {FORMAT!r})")
     return ckpt
@@ -51,11 +55,11 @@ def restore_model(ckpt: dict) -> AnomalyModel:
     cfg = from_dict(ModelConfig, ckpt["config"]["model"], "model")
     model = build_model(cfg, teacher_weights="random")
     state = dict(ckpt["model"])
-    loc, scale = state.pop("calib_loc"), state.pop("calib_scale")
+    loc, scale = state.pop("pos_loc"), state.pop("pos_scale")
     if loc.numel():
-        model.set_calibration(loc, scale)
+        model.set_position_stats(loc, scale)
     model.load_state_dict(state, strict=False)
-    missing = set(model.state_dict()) - set(state) - {"calib_loc", "calib_scale"}
+    missing = set(model.state_dict()) - set(state) - {"pos_loc", "pos_scale"}
     if missing:
         raise CheckpointError(f"checkpoint lacks {sorted(missing)[:4]} for model {cfg.method}/{cfg.backbone}")
     return model.eval()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vad.errors import VadError
@@ -50,6 +52,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from vad.io import read_dataset
     from vad.pipeline import read_split, score_stage, with_data
 
@@ -58,13 +62,18 @@ def _score(args: argparse.Namespace) -> None:
         if args.data is not None or args.dataset is not None or args.scenes:
             raise ValueError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
         clips = read_dataset("folder", args.input.resolve())
-    else:  # the test split of --data/--dataset, or of the data the run was trained on
-        clips = read_split(with_data(cfg, args.data, args.dataset, args.scenes), "test")
+    else:  # the test split of --data/--dataset, or of the labelled dataset the run was trained on
+        data = with_data(cfg, args.data, args.dataset, args.scenes).data
+        if data.dataset == "folder":
+            raise ValueError(f"say what to score: --input VIDEO_OR_FOLDER (this run was trained on the footage in "
+                             f"{data.root}; a 'folder' dataset has no test split of its own)")
+        print(f"scoring the test split of {data.dataset} at {data.root}")
+        clips = read_split(replace(cfg, data=data), "test")
     score_stage(args.run, clips, cfg.score, device=args.device, overwrite=args.overwrite)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from vad.report import evaluate_run
+    from vad.evaluate import evaluate_run
 
     cfg = _run_config(args.run, args.set, required=False)
     evaluate_run(args.run, cfg.postprocess, cfg.eval)
@@ -84,12 +93,22 @@ def _run(args: argparse.Namespace) -> None:
     run_all(cfg, args.out, device=args.device, render_clips=args.clip)
 
 
+def _data_args(p: argparse.ArgumentParser, what: str) -> None:
+    from vad.io import DATASETS
+
+    p.add_argument("--data", type=Path, help=f"dataset root ({what})")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset kind (default: data.dataset in the config)")
+    p.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to use, e.g. 1 3")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vad.io import DATASETS
+
     parser = argparse.ArgumentParser(
         prog="vad",
         description="Video anomaly detection with student-teacher feature pyramids.",
@@ -110,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
     _common(demo)
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, writes="out")
 
     insp = sub.add_parser(
         "inspect",
@@ -121,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     insp.add_argument("--data", type=Path, required=True, help="dataset root (or a video / folder for 'folder')")
-    insp.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"], required=True)
+    insp.add_argument("--dataset", choices=DATASETS, required=True)
     insp.add_argument("--split", nargs="+", choices=["train", "test"], default=["train", "test"])
     insp.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to keep, e.g. 1 3")
     insp.add_argument("--decode", action="store_true", help="decode every frame (slow; finds corrupt files)")
@@ -138,15 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         "      --set model.backbone=resnet18 --teacher-weights ~/weights/resnet18-f37072fd.pth",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tr.add_argument("--data", type=Path, help="dataset root (or data.root in the config)")
-    tr.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"],
-                    help="dataset kind (or data.dataset in the config)")
+    _data_args(tr, "or data.root in the config")
     tr.add_argument("--out", type=Path, required=True, help="run folder")
     tr.add_argument("--config", help="pipeline YAML, or the name of one in pipelines/ (e.g. campus)")
-    tr.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to train on, e.g. 1 3")
     tr.add_argument("--teacher-weights", help="teacher state dict file (ResNet teachers without a cached download)")
     _common(tr)
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=_train, writes="out")
 
     sc = sub.add_parser(
         "score",
@@ -164,13 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
                     help="run folder written by 'train' (under torchrun spell it --run-dir: torchrun reads --run "
                     "as an abbreviation of its own --run-path)")
-    sc.add_argument("--data", type=Path, help="dataset root (scores its test split)")
-    sc.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"])
+    _data_args(sc, "scores its test split")
     sc.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
-    sc.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to score")
     sc.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
     _common(sc)
-    sc.set_defaults(func=_score)
+    sc.set_defaults(func=_score, writes="run")
 
     ev = sub.add_parser(
         "evaluate",
@@ -184,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
     ev.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. postprocess.sigma=7")
-    ev.set_defaults(func=_evaluate)
+    ev.set_defaults(func=_evaluate, writes="run")
 
     rd = sub.add_parser(
         "render",
@@ -200,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
     rd.add_argument("--clip", nargs="+", help="clip names to render (default: every scored clip)")
     rd.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. render.opacity=0.6")
-    rd.set_defaults(func=_render)
+    rd.set_defaults(func=_render, writes="run")
 
     rn = sub.add_parser(
         "run",
@@ -213,15 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rn.add_argument("--config", required=True, help="pipeline YAML, or the name of one in pipelines/")
-    rn.add_argument("--data", type=Path, help="dataset root (or data.root in the config)")
-    rn.add_argument("--dataset", choices=["shanghaitech", "avenue", "ped2", "folder"],
-                    help="dataset kind (default: data.dataset in the config)")
+    _data_args(rn, "or data.root in the config")
     rn.add_argument("--out", type=Path, required=True, help="run folder")
-    rn.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to use, e.g. 1 3")
     rn.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
     _common(rn)
-    rn.set_defaults(func=_run)
+    rn.set_defaults(func=_run, writes="out")
     return parser
+
+
+@contextmanager
+def _writing(args: argparse.Namespace) -> Iterator[None]:
+    """Hold the lock of the run folder the command writes (``--out`` or ``--run``): one command at a time per folder.
+    Under torchrun rank 0 holds it for all ranks. ``score``, ``evaluate`` and ``render`` need an existing folder."""
+    from vad.distributed import world
+    from vad.runs import RunFolderError, locked
+
+    folder = getattr(args, args.writes) if getattr(args, "writes", None) else None
+    if folder is None or not world().main:
+        yield
+        return
+    if args.writes == "run" and not folder.is_dir():
+        raise RunFolderError(f"run folder not found: {folder}; train first (vad train ... --out {folder})")
+    with locked(folder, args.command):
+        yield
 
 
 DISTRIBUTED = ("train", "score", "run")  # the commands that use every process of a torchrun launch
@@ -236,9 +264,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.command not in DISTRIBUTED:
                 raise ValueError(f"'{args.command}' runs in one process; under torchrun use one of {DISTRIBUTED}")
             _, args.device = distributed.setup(args.device)
-        args.func(args)
+        with _writing(args):
+            args.func(args)
     except (VadError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an unwritable or unreadable file or folder: name it
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,90 +6,142 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number setting, checked when a config is loaded: ``Annotated[float, Range(gt=0)]``."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def check(self, value: float, where: str) -> None:
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        if not ok:
+            raise ValueError(f"{where}: got {value!r}; expected a value {self.describe()}")
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named test of a setting that a type cannot express (e.g. a colormap name)."""
+
+    test: Callable[[Any], bool]
+    expected: str
+
+    def check(self, value: Any, where: str) -> None:
+        if not self.test(value):
+            raise ValueError(f"{where}: got {value!r}; expected {self.expected}")
+
+
+def _is_colormap(name: str) -> bool:
+    import matplotlib
+
+    return name in matplotlib.colormaps
+
+
+Positive = Annotated[int, Range(ge=1)]
+Percentile = Annotated[float, Range(gt=0, le=100)]
+Amp = Literal["auto", "bf16", "fp16", "off"]
+Dataset = Literal["shanghaitech", "avenue", "ped2", "folder"]  # vad.io.DATASETS (a test keeps them equal)
+Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2", "vgg16"]  # vad.models.backbones.BACKBONES
+ScoreNormalisation = Literal["minmax", "calibrated", "none"]
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What a checkpoint needs to rebuild its network."""
 
-    method: str = "stpm"  # stpm | rstpm | mkd
-    backbone: str = "efficientnet_lite0"  # efficientnet_lite0 (offline) | resnet18 | wide_resnet50_2 | vgg16 (mkd)
+    method: Literal["stpm", "rstpm", "mkd"] = "stpm"
+    backbone: Backbone = "efficientnet_lite0"  # efficientnet_lite0 (offline weights) | resnet18 | ... | vgg16 (mkd)
     levels: tuple[int, ...] | None = None  # pyramid levels (timm feature_info indices); None = backbone default
     teacher_weights: str = "pretrained"  # "pretrained" | "random" (ablation only) | path to a state dict
     allow_download: bool = True  # fetch torchvision weights when not cached (ResNets only)
-    input_height: int = 256
-    input_width: int | None = None  # None: keep the training footage's aspect ratio (rounded to a multiple of 16)
-    combine: str = "product"  # stpm: how per-level maps are combined: product | sum
-    direction_weight: float = 0.5  # mkd: lambda, the weight of the direction (1 - cosine) loss
-    mkd_score: str = "mean"  # mkd: frame score = mean (the paper's: the frame's total loss) | max (per-position)
+    input_height: Annotated[int, Range(ge=32)] = 256
+    input_width: Annotated[int, Range(ge=32)] | None = None  # None: the footage's aspect ratio (multiple of 16)
+    combine: Literal["product", "sum"] = "product"  # stpm: how per-level maps are combined
+    direction_weight: Annotated[float, Range(ge=0)] = 0.5  # mkd: lambda, the weight of the direction (1 - cos) loss
+    mkd_score: Literal["mean", "max"] = "mean"  # mkd: frame score = mean (the paper's: the frame's loss) | max
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # stpm, mkd: all training; rstpm: the student pairs' stage
-    disc_epochs: int = 10  # rstpm: the discriminative network's stage (trained after the pairs)
-    batch_size: int = 8
-    optimizer: str = "adam"  # adam (AdamW) | sgd (the paper's: lr 0.4, momentum 0.9, weight decay 1e-4)
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "onecycle"  # onecycle | cosine | constant
-    warmup: float = 0.1  # fraction of the steps spent warming up (onecycle, cosine)
-    val_fraction: float = 0.2  # tail of every training clip held out for checkpoint selection and calibration
-    calibrate: bool = True  # per-position statistics of the held-out normal frames' anomaly maps
+    epochs: Positive = 30  # stpm, mkd: all training; rstpm: the student pairs' stage
+    disc_epochs: Positive = 10  # rstpm: the discriminative network's stage (trained after the pairs)
+    batch_size: Positive = 8
+    optimizer: Literal["adam", "sgd"] = "adam"  # adam (AdamW) | sgd (the paper's: lr 0.4, momentum 0.9, wd 1e-4)
+    lr: Annotated[float, Range(gt=0)] = 1e-3
+    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Range(ge=0)] = 0.0
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup: Annotated[float, Range(ge=0, lt=1)] = 0.1  # fraction of the steps spent warming up (onecycle, cosine)
+    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.2  # tail of every training clip held out (checkpoint
+    # selection, the normal reference scores, per-position statistics)
+    position_stats: bool = True  # per-position statistics of the held-out normal frames' anomaly maps
     seed: int = 0
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: Amp = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     per_scene: bool = False  # one model per scene (ShanghaiTech)
-    num_workers: int = 0  # DataLoader decode workers
-    shuffle_buffer: int = 512
+    num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers
+    shuffle_buffer: Positive = 512
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    batch_size: int = 32
-    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 (AMX), else off) | bf16 | fp16 | off
-    calibrated: bool = False  # use the model's per-position calibration (measured worse on campus; see README)
-    save_maps: bool = False  # also write anomaly maps (float16) for the renderer
-    map_stride: int = 8  # saved maps keep one value per map_stride input pixels
-    num_workers: int | None = None  # DataLoader decode workers; None: up to 8 on CUDA, 0 on a CPU (Scorer.num_workers)
+    batch_size: Positive = 32
+    amp: Amp = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 (AMX), else off) | bf16 | fp16 | off
+    per_position: bool = False  # standardise maps per position with the model's hold-out statistics (measured
+    # worse on campus; see README)
+    save_maps: bool = True  # also write anomaly maps (float16): the renderer's heatmaps and pixel AUROC need them
+    map_stride: Positive = 8  # saved maps keep one value per map_stride input pixels
+    num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
     compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
 
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    sigma: float = 3.0  # temporal Gaussian smoothing, in frames (0 = off)
-    normalisation: str = "minmax"  # minmax (per clip, benchmark convention) | calibrated | none
-    reference_percentile: float = 99.0  # calibrated: 1.0 = this percentile of normal hold-out frame scores
+    sigma: Annotated[float, Range(ge=0)] = 3.0  # temporal Gaussian smoothing, in frames (0 = off)
+    normalisation: ScoreNormalisation = "minmax"  # minmax (per clip, benchmark convention) | calibrated | none
+    reference_percentile: Percentile = 99.0  # calibrated: 1.0 = this percentile of normal hold-out frame scores
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    threshold_percentile: float = 99.0  # event threshold: this percentile of normal hold-out frame scores
-    min_event_frames: int = 3  # shorter above-threshold runs are not reported as events
-    pixel_max: int = 2_000_000  # pixel AUROC draws at most this many map cells
+    threshold_percentile: Percentile = 99.0  # event threshold: this percentile of normal hold-out frame scores
+    min_event_frames: Positive = 3  # shorter above-threshold runs are not reported as events
+    pixel_max: Positive = 2_000_000  # pixel AUROC draws at most this many map cells
     plots: bool = True
-    fps: float | None = None  # frame rate for event times of frame-folder clips (videos carry their own)
+    fps: Annotated[float, Range(gt=0)] | None = None  # frame rate for event times of frame-folder clips
 
 
 @dataclass(frozen=True)
 class RenderConfig:
-    layout: str = "overlay"  # overlay (heatmap over the frame) | side_by_side (frame | heatmap)
-    opacity: float = 0.6  # heatmap opacity at and above the threshold (fading out below it; quiet regions untouched)
-    colormap: str = "jet"  # any matplotlib colormap name
-    heat_range: float = 1.5  # colours: 0 at the median normal frame score, 1/heat_range at the threshold (jet: yellow)
-    strip_height: int = 72  # score strip below the frame, in pixels
-    fps: float | None = None  # output rate for frame-folder clips (default: eval.fps); videos keep their own
-    crf: int = 23  # H.264 quality (lower = better and bigger)
-    preset: str = "veryfast"  # x264 speed preset
+    layout: Literal["overlay", "side_by_side"] = "overlay"  # heatmap over the frame | frame and heatmap side by side
+    opacity: Annotated[float, Range(ge=0, le=1)] = 0.6  # heatmap opacity at and above the threshold
+    colormap: Annotated[str, Check(_is_colormap, "a matplotlib colormap name (e.g. jet, turbo, inferno)")] = "jet"
+    heat_range: Annotated[float, Range(gt=1)] = 1.5  # colours: 0 at the median normal score, 1/heat_range at the
+    # threshold (jet: yellow)
+    strip_height: Annotated[int, Range(ge=24)] = 72  # score strip below the frame, in pixels
+    fps: Annotated[float, Range(gt=0)] | None = None  # output rate for frame-folder clips (default: eval.fps)
+    crf: Annotated[int, Range(ge=0, le=51)] = 23  # H.264 quality (lower = better and bigger)
+    preset: X264Preset = "veryfast"  # x264 speed preset
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where a pipeline's data comes from; ``--data``/``--dataset`` on the command line fill or override it."""
 
-    dataset: str | None = None  # shanghaitech | avenue | ped2 | folder
+    dataset: Dataset | None = None
     root: str | None = None
     scenes: tuple[int | str, ...] | None = None  # ShanghaiTech scenes to use (None = all)
 
@@ -103,6 +155,11 @@ class RunConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+
+
+def choices(hint: Any) -> tuple:
+    """The allowed values of a ``Literal`` setting type (e.g. ``choices(ScoreNormalisation)``)."""
+    return typing.get_args(hint)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -122,6 +179,19 @@ def to_dict(cfg: Any) -> dict:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is Annotated:  # a base type with checks: Range, Check
+        base, *checks = typing.get_args(hint)
+        value = _coerce(value, base, where)
+        for c in checks:
+            c.check(value, where)
+        return value
+    if origin is Literal:
+        options = typing.get_args(hint)
+        if isinstance(value, bool) and not any(isinstance(o, bool) for o in options):
+            value = "on" if value else "off"  # YAML 1.1 reads off/on as booleans: amp: off means "off"
+        if value not in options:
+            raise ValueError(f"{where}: got {value!r}; expected one of {', '.join(map(str, options))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -173,7 +243,7 @@ def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
     data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -201,7 +271,12 @@ def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
         if parts[-1] not in node:
             raise ValueError(f"unknown config key {key!r}; expected one of "
                              f"{sorted('.'.join([*parts[:-1], k]) for k in node)}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "not valid YAML"
+            raise ValueError(f"--set {item}: the value {raw!r} is not valid YAML ({problem}); e.g. "
+                             f"{key}=5, {key}=[1,2], {key}=text") from None
     return from_dict(type(cfg), data)
 
 

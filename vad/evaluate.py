@@ -1,137 +1,202 @@
-"""Frame-level metrics.
+"""The evaluate stage: a scored run folder -> ``metrics.json``, ``events.csv``/``events.json`` and plots.
 
-Conventions (state them with every number):
-- micro AUC: all test frames of all clips concatenated, one ROC;
-- macro AUC: the mean of per-clip AUCs. A clip whose frames are all normal or all anomalous has no AUC;
-  such clips are skipped, and the number skipped is reported.
+Reads only the files the score stage wrote (``clips.json``, ``scores/``, ``labels/``, ``normal_scores/``,
+``maps/``); never a model. Every report states the smoothing sigma, the normalisation and the AUC kinds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from vad.atomic import write_text
+from vad.config import EvalConfig, PostprocessConfig
+from vad.metrics import (
+    average_precision,
+    best_f1_threshold,
+    clip_aucs,
+    equal_error_rate,
+    event_aucs,
+    macro_auc,
+    micro_auc,
+    pixel_auroc,
+)
+from vad.postprocess import events, normalise, smooth
+from vad.runs import ClipRecord, RunFolder, read_manifest
+
+AUC_NOTE = ("micro: one ROC over all test frames concatenated; macro: mean of per-clip AUCs, clips with a single "
+            "class skipped (count in frame_auc_macro_skipped)")
 
 
-def _concat(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    missing = sorted(set(labels) - set(scores))
-    if missing:
-        raise ValueError(f"no scores for labelled clip(s) {missing[:5]}")
-    for name, y in labels.items():
-        if len(scores[name]) != len(y):
-            raise ValueError(f"clip {name}: {len(scores[name])} scores for {len(y)} labelled frames")
-    names = sorted(labels)
-    return np.concatenate([scores[n] for n in names]), np.concatenate([labels[n] for n in names]).astype(bool)
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
 
 
-def micro_auc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> float:
-    s, y = _concat(scores, labels)
-    if y.all() or not y.any():
-        raise ValueError("micro AUC needs both normal and anomalous frames in the labels")
-    return float(roc_auc_score(y, s))
+@dataclass
+class ScoredRun:
+    """What the score stage left in a run folder, post-processed: per clip raw, smoothed and final scores,
+    labels (labelled clips), and per model the normal hold-out scores and the event threshold drawn from them."""
+
+    run: Path
+    manifest: dict[str, ClipRecord]
+    raw: dict = field(default_factory=dict)
+    smoothed: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    normal: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+
+    def threshold(self, clip: str) -> float:
+        return self.thresholds[self.manifest[clip].reference]
+
+    def fps(self, clip: str, default: float | None = None) -> float | None:
+        return self.manifest[clip].fps or default
 
 
-def clip_aucs(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float | None]:
-    """Per-clip AUC; ``None`` for single-class clips (undefined)."""
-    _concat(scores, labels)
-    return {n: (float(roc_auc_score(y.astype(bool), scores[n])) if 0 < y.sum() < len(y) else None)
-            for n, y in sorted(labels.items())}
+def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig) -> ScoredRun:
+    """Read ``clips.json``, ``scores/``, ``labels/`` and ``normal_scores/`` of ``run`` and post-process."""
+    folder = RunFolder(run)
+    if not folder.manifest.is_file():
+        raise FileNotFoundError(f"{folder.manifest} not found: score the run first (vad score --run {run} ...)")
+    s = ScoredRun(folder.root, read_manifest(folder, parts=False))
+    for name, info in s.manifest.items():
+        path = folder.scores(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: scoring of clip {name} did not finish; re-run vad score")
+        s.raw[name] = _finite(np.load(path).astype(np.float64), path)
+        ref = info.reference
+        if ref not in s.normal:
+            s.normal[ref] = _finite(np.load(folder.normal_scores(ref)).astype(np.float64), folder.normal_scores(ref))
+        s.smoothed[name] = smooth(s.raw[name], post.sigma)
+        s.final[name] = normalise(s.smoothed[name], post.normalisation, s.normal[ref], post.reference_percentile)
+        if info.labelled:
+            s.labels[name] = np.load(folder.labels(name))
+    # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per model), applied to
+    # the smoothed scores (smoothing only lowers peaks, so this errs towards fewer false alarms).
+    s.thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in s.normal.items()}
+    return s
 
 
-def macro_auc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> tuple[float, int]:
-    """``(mean per-clip AUC over two-class clips, number of single-class clips skipped)``."""
-    per = clip_aucs(scores, labels)
-    vals = [v for v in per.values() if v is not None]
-    if not vals:
-        raise ValueError("macro AUC needs at least one clip with both normal and anomalous frames")
-    return float(np.mean(vals)), len(per) - len(vals)
+def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} of {len(scores)} scores are NaN or infinite (first at frame "
+                         f"{int(np.flatnonzero(bad)[0])}): the model's output is broken (a diverged training?); "
+                         "retrain, then score again")
+    return scores
 
 
-def label_events(labels: np.ndarray) -> list[tuple[int, int]]:
-    """Contiguous anomalous runs ``[(start, stop), ...]`` of a ``(T,)`` label vector."""
-    y = np.concatenate([[0], np.asarray(labels).astype(np.int8), [0]])
-    d = np.diff(y)
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(), strict=True))
+def clip_events(s: ScoredRun, name: str, ev: EvalConfig) -> list:
+    """Above-threshold events of clip ``name`` (smoothed scores, the model's normal-data threshold)."""
+    return events(s.smoothed[name], s.threshold(name), clip=name, fps=s.fps(name, ev.fps),
+                  min_frames=ev.min_event_frames)
 
 
-def event_aucs(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """AUC of each labelled event's frames against every normal frame of every clip: which anomalies are found."""
-    s, y = _concat(scores, labels)
-    normal = s[~y]
-    out = {}
-    for name in sorted(labels):
-        for a, b in label_events(labels[name]):
-            ev = scores[name][a:b]
-            yy = np.r_[np.zeros(len(normal)), np.ones(len(ev))]
-            out[f"{name}[{a}:{b}]"] = float(roc_auc_score(yy, np.r_[normal, ev]))
-    return out
+def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
+    """Post-process the scores of ``run``, compute metrics (labelled clips), events and plots; return metrics."""
+    s = load_scored(run, post, ev)
+    run, manifest, thresholds = s.run, s.manifest, s.thresholds
+    raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
+    found = [e for name in manifest for e in clip_events(s, name, ev)]
+
+    metrics: dict = {
+        "sigma": post.sigma, "normalisation": post.normalisation, "auc_kinds": AUC_NOTE,
+        "postprocess": asdict(post), "eval": asdict(ev), "clips": len(manifest), "labelled_clips": len(labels),
+        "threshold": {"rule": f"{ev.threshold_percentile}th percentile of normal hold-out frame scores "
+                              "(training data only)", "values": {k: _r(v) for k, v in thresholds.items()}},
+        "events": len(found),
+    }
+    if labels:
+        lab = labels
+        pick = lambda d: {n: d[n] for n in lab}  # noqa: E731  (labelled clips only)
+        macro, skipped = macro_auc(pick(final), lab)
+        metrics.update({
+            "frame_auc_micro": _r(micro_auc(pick(final), lab)),
+            "frame_auc_macro": _r(macro), "frame_auc_macro_skipped": skipped,
+            "frame_ap": _r(average_precision(pick(final), lab)),
+            "eer": _r(equal_error_rate(pick(final), lab)),
+            "frame_auc_micro_raw": _r(micro_auc(pick(raw), lab)),
+            "frame_auc_macro_raw": _r(macro_auc(pick(raw), lab)[0]),
+            "frame_auc_micro_smoothed": _r(micro_auc(pick(smoothed), lab)),
+            "frame_auc_macro_smoothed": _r(macro_auc(pick(smoothed), lab)[0]),
+        })
+        th, f1 = best_f1_threshold(pick(smoothed), lab)
+        metrics["threshold"]["best_f1_test_informed"] = {"value": _r(th), "f1": _r(f1),
+                                                         "note": "chosen on the test labels; reference only"}
+        per_raw, per_final = clip_aucs(pick(raw), lab), clip_aucs(pick(final), lab)
+        metrics["per_clip"] = {n: {"frames": len(lab[n]), "anomalous": int(lab[n].sum()),
+                                   "auc_raw": _r(per_raw[n]), "auc": _r(per_final[n])} for n in lab}
+        metrics["per_event_auc_raw"] = {k: _r(v) for k, v in event_aucs(pick(raw), lab).items()}
+        scenes = sorted({manifest[n].scene for n in lab if manifest[n].scene})
+        if len(scenes) > 1:
+            metrics["per_scene"] = {}
+            for sc in scenes:
+                names = [n for n in lab if manifest[n].scene == sc]
+                y = {n: lab[n] for n in names}
+                if any(v.any() for v in y.values()) and not all(v.all() for v in y.values()):
+                    metrics["per_scene"][sc] = {"frame_auc_micro": _r(micro_auc({n: final[n] for n in names}, y))}
+        pix = _pixel_metric(run, manifest, lab, ev)
+        if pix is not None:
+            metrics["pixel_auroc"] = _r(pix)
+
+    _write_events(found, run)
+    untimed = sorted({e.clip for e in found if e.start_s is None})
+    if untimed and progress:
+        print(f"note: events of frame-folder clips have no times in events.csv ({', '.join(untimed[:3])}"
+              f"{', ...' if len(untimed) > 3 else ''}): give their frame rate with --set eval.fps=FPS")
+    if ev.plots:
+        _plots(run, manifest, raw, smoothed, final, labels, thresholds, post, ev)
+    write_text(json.dumps(metrics, indent=2), run / "metrics.json")
+    if progress:
+        if labels:
+            print(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
+                  f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}; "
+                  f"{len(found)} events -> {run / 'metrics.json'}")
+        else:
+            print(f"{len(found)} events over {len(manifest)} clips (no labels) -> {run / 'events.csv'}")
+    return metrics
 
 
-def average_precision(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> float:
-    """Frame-level average precision over all clips (anomalous = positive)."""
-    from sklearn.metrics import average_precision_score
+def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> float | None:
+    from vad.io.masks import read_pixel_mask
 
-    s, y = _concat(scores, labels)
-    return float(average_precision_score(y, s))
-
-
-def equal_error_rate(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> float:
-    """The error rate where the false-positive rate equals the miss rate (interpolated on the ROC)."""
-    from sklearn.metrics import roc_curve
-
-    s, y = _concat(scores, labels)
-    fpr, tpr, _ = roc_curve(y, s)
-    fnr = 1 - tpr
-    i = int(np.flatnonzero(fnr <= fpr)[0]) if (fnr <= fpr).any() else len(fpr) - 1
-    if i == 0:
-        return float(fpr[0])
-    # linear interpolation between points i-1 and i, where fnr - fpr changes sign
-    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
-    w = d0 / (d0 - d1) if d0 != d1 else 0.0
-    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+    names = [n for n in labels if manifest[n].pixel_mask and (run / "maps" / f"{n}.npy").is_file()]
+    if not names:
+        return None
+    maps, masks = {}, {}
+    for n in names:
+        maps[n] = np.load(run / "maps" / f"{n}.npy")
+        masks[n] = read_pixel_mask(Path(manifest[n].pixel_mask), manifest[n].frames, n)
+    return pixel_auroc(maps, masks, max_pixels=ev.pixel_max)
 
 
-def best_f1_threshold(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """``(threshold, F1)`` maximising frame-level F1 on the labels: test-informed, for reference only."""
-    from sklearn.metrics import precision_recall_curve
-
-    s, y = _concat(scores, labels)
-    p, r, th = precision_recall_curve(y, s)
-    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0)[:-1]
-    k = int(np.argmax(f1))
-    return float(th[k]), float(f1[k])
-
-
-def pixel_auroc(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], max_pixels: int = 2_000_000,
-                seed: int = 0) -> float:
-    """Pixel-level AUROC of anomaly maps ``(T, h, w)`` against pixel masks ``(T, H, W)``.
-
-    Masks are block-reduced to the map grid (a map cell is anomalous when any of its pixels is), and at most
-    ``max_pixels`` cells are drawn at random (seeded) to bound memory.
-    """
-    rng = np.random.default_rng(seed)
-    total = sum(m.size for m in maps.values())
-    keep = min(1.0, max_pixels / max(total, 1))
-    ss, yy = [], []
-    for name, amap in maps.items():
-        mask = np.asarray(masks[name]).astype(bool)
-        if mask.shape[0] != amap.shape[0]:
-            raise ValueError(f"clip {name}: {amap.shape[0]} maps for {mask.shape[0]} masks")
-        cell = _reduce_mask(mask, amap.shape[1:])
-        pick = rng.random(amap.shape) < keep
-        ss.append(amap[pick].astype(np.float32))
-        yy.append(cell[pick])
-    s, y = np.concatenate(ss), np.concatenate(yy)
-    if y.all() or not y.any():
-        raise ValueError("pixel AUROC needs both normal and anomalous pixels")
-    return float(roc_auc_score(y, s))
+def _write_events(found: list, run: Path) -> None:
+    fields = ["clip", "start", "end", "peak", "peak_frame", "start_s", "end_s"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for e in found:
+        writer.writerow(asdict(e))
+    write_text(buf.getvalue(), run / "events.csv")
+    write_text(json.dumps([asdict(e) for e in found], indent=2), run / "events.json")
 
 
-def _reduce_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(T, H, W)`` bool -> ``(T, h, w)``: a cell is set when any pixel of its block is."""
-    import torch
-    import torch.nn.functional as F
+def _plots(run: Path, manifest: dict, raw: dict, smoothed: dict, final: dict, labels: dict, thresholds: dict,
+           post: PostprocessConfig, ev: EvalConfig) -> None:
+    from vad.plots import plot_roc, plot_timeline
 
-    t = torch.from_numpy(mask.astype(np.float32)).unsqueeze(1)
-    return F.adaptive_max_pool2d(t, size).squeeze(1).numpy() > 0
+    if labels:
+        y = np.concatenate([labels[n] for n in labels])
+        cat = lambda d: np.concatenate([d[n] for n in labels])  # noqa: E731
+        plot_roc({"raw": (cat(raw), y), f"smoothed (sigma {post.sigma})": (cat(smoothed), y),
+                  f"smoothed + {post.normalisation}": (cat(final), y)},
+                 run / "plots" / "roc.png", "frame-level ROC, micro (all test frames)")
+    for name, info in manifest.items():
+        plot_timeline(smoothed[name], run / "plots" / f"timeline_{name}.png", f"{name}: anomaly score",
+                      labels=labels.get(name), threshold=thresholds[info.reference], raw=raw[name],
+                      fps=info.fps or ev.fps)

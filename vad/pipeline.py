@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from vad.atomic import write_text
+from vad.atomic import save_npy, write_text
 from vad.config import RunConfig, ScoreConfig, to_dict
 from vad.distributed import barrier, shard_clips, world
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
+from vad.runs import RunFolder, ScoreBook, file_digest, merge_manifest_parts
 from vad.train import train, train_per_scene
 
 
@@ -137,83 +138,37 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
     """Score ``clips`` with the model(s) of ``run``; per-frame scores (and maps) go to ``run/scores``. Under
     ``torchrun`` every rank scores its share of whole clips and rank 0 returns everyone's merged results."""
     from vad.checkpoint import load_model
-    from vad.score import Scorer, save_npy, score_clips
+    from vad.score import Scorer, score_clips
 
-    run = Path(run)
+    folder = RunFolder(run)
     w = world()
-    if w.main and list(run.glob("clips.rank*.json")):  # parts left by an interrupted distributed scoring
-        _merge_manifest(run)
+    if w.main and list(folder.root.glob("clips.rank*.json")):  # parts left by an interrupted distributed scoring
+        merge_manifest_parts(folder)
     barrier()
-    results, manifest = {}, _read_manifest(run)
-    mine: dict = {}  # this rank's new manifest entries
-    part = run / f"clips.rank{w.rank}.json"  # with several ranks each writes its own, merged by rank 0 at the end
-    for path, group in _models_for(run, clips).items():
+    book, results = ScoreBook(folder, w.rank, w.world_size), {}
+    for line in book.changed_sources(list(clips)) if w.main else []:
+        print(line)
+    for path, group in _models_for(folder.root, clips).items():
         model, ckpt = load_model(path)
         scorer = Scorer(model, ckpt, cfg, device)
-        ref = Path(path).parent.name if Path(path).parent != run else "all"
-        # What the scores depend on: a clip is done when it was scored with exactly this (so a retrained model,
-        # another calibration setting, or maps asked for but missing, re-score it).
-        key = {"model": _file_digest(Path(path)), "calibrated": scorer.calibrated,
+        ref = Path(path).parent.name if Path(path).parent != folder.root else "all"
+        # What the scores depend on besides the source: the model file, per-position standardising, the maps' grid.
+        key = {"model": file_digest(Path(path)), "per_position": scorer.per_position,
                "map_stride": cfg.map_stride if cfg.save_maps else None}
-
-        def is_done(c: Clip, key=key) -> bool:
-            return ((run / "scores" / f"{c.name}.npy").is_file() and manifest.get(c.name, {}).get("scored_with") == key
-                    and (not cfg.save_maps or (run / "maps" / f"{c.name}.npy").is_file()))
-
-        def on_done(c: Clip, key=key, ref=ref) -> None:
-            if c.labels is not None:
-                save_npy(np.asarray(c.labels, dtype=np.uint8), run / "labels" / f"{c.name}.npy")
-            manifest[c.name] = mine[c.name] = {
-                "path": str(Path(c.path).resolve()), "kind": c.kind, "scene": c.scene, "frames": c.num_frames,
-                "fps": c.fps, "labelled": c.labels is not None, "reference": ref,
-                "pixel_mask": str(Path(c.pixel_mask).resolve()) if c.pixel_mask is not None else None,
-                "scored_with": key,
-            }
-            if w.world_size > 1:
-                write_text(json.dumps(mine, indent=2), part)
-            else:
-                write_text(json.dumps(manifest, indent=2), run / "clips.json")  # after each clip: resumable
-
-        if w.main:  # the model's normal reference (hold-out frame scores, same calibration setting) for thresholds
-            save_npy(ckpt["val_scores"]["calibrated" if scorer.calibrated else "raw"].numpy().astype(np.float32),
-                     run / "normal_scores" / f"{ref}.npy")
+        if w.main:  # the model's normal reference (hold-out frame scores, same standardising) for thresholds
+            normal = ckpt["val_scores"]["per_position" if scorer.per_position else "raw"]
+            save_npy(normal.numpy().astype(np.float32), folder.normal_scores(ref))
         share = shard_clips(group, w.rank, w.world_size)
-        results.update(score_clips(scorer, share, run, overwrite=overwrite, is_done=is_done, on_done=on_done))
+        results.update(score_clips(scorer, share, folder.root, overwrite=overwrite,
+                                   is_done=partial(book.is_done, scored_with=key, maps=cfg.save_maps),
+                                   on_done=partial(book.record, reference=ref, scored_with=key)))
     if w.world_size > 1:
         barrier()  # every rank's scores and manifest part are written
         if w.main:
-            _merge_manifest(run)
-            results.update({c.name: np.load(run / "scores" / f"{c.name}.npy") for c in clips if c.name not in results})
+            merge_manifest_parts(folder)
+            results.update({c.name: np.load(folder.scores(c.name)) for c in clips if c.name not in results})
         barrier()
     return results
-
-
-def _file_digest(path: Path) -> str:
-    """SHA-1 of a file's bytes (a model's identity; about 0.1 s for a 100 MB checkpoint)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _merge_manifest(run: Path) -> None:
-    """Fold the per-rank manifest parts into ``clips.json`` and delete them."""
-    write_text(json.dumps(_read_manifest(run), indent=2), run / "clips.json")
-    for part in run.glob("clips.rank*.json"):
-        part.unlink()
-
-
-def _read_manifest(run: Path) -> dict:
-    """``run/clips.json`` with the per-rank parts of a distributed scoring (merged at its end; left behind when it
-    was interrupted, and their clips are done) on top."""
-    manifest = {}
-    for path in [run / "clips.json", *sorted(run.glob("clips.rank*.json"))]:
-        if path.is_file():
-            manifest.update(json.loads(path.read_text()))
-    return manifest
 
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"  # the checkout's (editable installs)
@@ -238,12 +193,12 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     """Every stage on ``cfg.data``: train, score the test split, evaluate, render; returns the metrics. Re-running
     on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
     scoring from the clips not yet scored by the current model."""
-    from vad.render import check_render_config, render_run
-    from vad.report import evaluate_run
+    from vad.evaluate import evaluate_run
+    from vad.render import render_run
 
     out = Path(out)
-    # Everything that can be checked before hours of training: settings, the test split, the clips to render.
-    check_render_config(cfg.render)
+    # Everything that can be checked before hours of training (settings were checked as the config loaded): the
+    # test split, the clips to render.
     test = read_split(cfg, "test")
     missing = sorted(set(render_clips or ()) - {c.name for c in test})
     if missing:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from vad.atomic import atomic_path  # noqa: E402
-from vad.evaluate import label_events  # noqa: E402
+from vad.metrics import label_events  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

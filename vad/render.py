@@ -28,13 +28,11 @@ from tqdm import tqdm
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import VadError
-from vad.evaluate import label_events
+from vad.evaluate import ScoredRun, clip_events, load_scored
 from vad.io.decode import as_clip, iter_frames
-from vad.report import ScoredRun, clip_events, load_scored
+from vad.metrics import label_events
+from vad.runs import source_fingerprint
 
-LAYOUTS = ("overlay", "side_by_side")
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-MIN_STRIP = 24
 DEFAULT_FPS = 25.0
 RED = (230, 40, 40)
 
@@ -50,41 +48,17 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def check_render_config(cfg: RenderConfig) -> None:
-    """Raise ``ValueError`` naming the first bad ``render.*`` setting (run before any long stage)."""
-    if cfg.layout not in LAYOUTS:
-        raise ValueError(f"render.layout must be one of {LAYOUTS}; got {cfg.layout!r}")
-    if not 0 <= cfg.opacity <= 1:
-        raise ValueError(f"render.opacity must be in [0, 1]; got {cfg.opacity}")
-    if cfg.heat_range <= 1:
-        raise ValueError(f"render.heat_range must be > 1 (threshold below the top of the scale); got {cfg.heat_range}")
-    if cfg.strip_height < MIN_STRIP:
-        raise ValueError(f"render.strip_height must be at least {MIN_STRIP} pixels; got {cfg.strip_height}")
-    if cfg.fps is not None and not cfg.fps > 0:
-        raise ValueError(f"render.fps must be positive (or null for the source's rate); got {cfg.fps}")
-    if not 0 <= cfg.crf <= 51:
-        raise ValueError(f"render.crf must be in [0, 51] (H.264 quality; lower is better); got {cfg.crf}")
-    if cfg.preset not in X264_PRESETS:
-        raise ValueError(f"render.preset must be an x264 preset {X264_PRESETS}; got {cfg.preset!r}")
-    colormap_lut(cfg.colormap)
-
-
 def colormap_lut(name: str) -> torch.Tensor:
     """``(256, 3)`` float table of matplotlib colormap ``name`` (0..255)."""
     import matplotlib
 
-    try:
-        cmap = matplotlib.colormaps[name]
-    except KeyError:
-        raise ValueError(f"render.colormap: unknown matplotlib colormap {name!r} (e.g. jet, turbo, inferno)") from None
-    return torch.from_numpy(cmap(np.linspace(0, 1, 256))[:, :3] * 255).float()
+    return torch.from_numpy(matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).float()
 
 
 def heat_scale(normal: np.ndarray, threshold: float, heat_range: float) -> tuple[float, float]:
     """``(low, high)`` of the heatmap colour scale: low = median normal frame score, and the threshold sits at
-    ``1 / heat_range`` of the way to high. From the model's normal hold-out scores only."""
-    if heat_range <= 1:
-        raise ValueError(f"render.heat_range must be > 1 (threshold below the top of the scale); got {heat_range}")
+    ``1 / heat_range`` of the way to high (``heat_range > 1``: render.heat_range). From the model's normal hold-out
+    scores only."""
     low = float(np.median(normal))
     span = max(threshold - low, 1e-6 * max(abs(threshold), 1e-12))
     return low, low + heat_range * span
@@ -192,10 +166,10 @@ def _blend(frames: torch.Tensor, heat: torch.Tensor | None, lut: torch.Tensor, o
 def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path,
                 bar: tqdm | None = None) -> Path:
     """Render clip ``name`` of scored run ``s`` to ``out`` (written atomically); return ``out``. ``bar``: a
-    progress bar to advance by the frames written. ``cfg`` is checked by the caller (:func:`check_render_config`)."""
+    progress bar to advance by the frames written. ``cfg`` was checked when it loaded."""
     info = s.manifest[name]
-    clip = as_clip(Path(info["path"]))
-    n = info["frames"]
+    clip = as_clip(Path(info.path))
+    n = info.frames
     event_fps = s.fps(name, ev.fps)  # the rate events.csv times use; shown in the strip as well
     fps = cfg.fps or event_fps or DEFAULT_FPS
     threshold = s.threshold(name)
@@ -203,10 +177,12 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
     in_event = np.zeros(n, bool)
     for e in found:
         in_event[e.start : e.end + 1] = True  # end is inclusive
-    low, high = heat_scale(s.normal[info["reference"]], threshold, cfg.heat_range)
+    low, high = heat_scale(s.normal[info.reference], threshold, cfg.heat_range)
     map_path = s.run / "maps" / f"{name}.npy"
     maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
-    rescore = f"re-score it: vad score --run {s.run} --overwrite"
+    rescore = f"score it again (vad score --run {s.run} --input {info.path}), then render"
+    if source_fingerprint(clip) != info.source:
+        raise RenderError(f"clip {name}: its source {clip.path} changed since it was scored; {rescore}")
     if maps is None and cfg.layout == "side_by_side":
         raise RenderError(f"render.layout=side_by_side needs the anomaly maps, and {map_path} does not exist; "
                           f"score with --set score.save_maps=true")
@@ -277,7 +253,6 @@ def _mark(canvas: np.ndarray, h: int, font) -> None:
 def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: RenderConfig,
                clips: Sequence[str] | None = None, progress: bool = True) -> list[Path]:
     """Render the scored clips of ``run`` (all, or the named ones) to ``run/videos/<clip>.mp4``."""
-    check_render_config(cfg)
     s = load_scored(run, post, ev)
     names = list(s.manifest) if not clips else list(clips)
     unknown = [c for c in names if c not in s.manifest]
@@ -287,7 +262,7 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
         print(f"note: {s.run / 'maps'} does not exist, so the videos show scores without heatmaps; "
               "score with --set score.save_maps=true for heatmaps")
     t0, paths = time.perf_counter(), []
-    frames = sum(s.manifest[name]["frames"] for name in names)
+    frames = sum(s.manifest[name].frames for name in names)
     with tqdm(total=frames, desc="rendering", unit="frame", disable=not progress) as bar:
         for name in names:
             paths.append(render_clip(s, name, cfg, ev, s.run / "videos" / f"{name}.mp4", bar))

@@ -22,22 +22,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vad.atomic import atomic_path
+from vad.atomic import save_npy
 from vad.config import ScoreConfig
+from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.distributed import world
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip
 from vad.models import AnomalyModel, frame_scores
-from vad.train import amp_dtype, autocast, resolve_device, to_device
 
 COMPILE_MIN_FRAMES = 5000
-
-
-def save_npy(array: np.ndarray, path: Path) -> None:
-    """``np.save`` to a temporary file beside ``path``, then rename."""
-    with atomic_path(path, ".npy") as tmp:
-        np.save(tmp, array)
 
 
 class Scorer:
@@ -57,7 +51,7 @@ class Scorer:
         self.cfg = cfg
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
-        self.calibrated = cfg.calibrated and model.calibrated
+        self.per_position = cfg.per_position and model.has_position_stats
         self.on_device = self.device.type == "cuda"  # decode JPEGs, resize and normalise on the GPU
         if cfg.compile and model.method == "mkd":
             raise ValueError("score.compile does not support mkd (its maps take input gradients); "
@@ -96,8 +90,8 @@ class Scorer:
         with autocast(self.device, self.dtype):
             scores, amap = self._forward(x)
         scores, amap = scores[:n].float(), amap[:n].float()
-        if self.calibrated:
-            amap = self.model.calibrate_map(amap)
+        if self.per_position:
+            amap = self.model.standardise_map(amap)
             scores = frame_scores(amap)
         return scores, amap
 

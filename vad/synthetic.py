@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
+from vad.atomic import atomic_path, write_text
+
 PALETTE = np.array(
     [[200, 40, 40], [40, 70, 170], [30, 30, 35], [230, 230, 225], [60, 130, 60], [220, 190, 60],
      [120, 70, 150], [150, 95, 50], [90, 90, 95], [230, 120, 40], [70, 150, 190], [170, 60, 110]],
@@ -314,8 +316,7 @@ def _render_clip(
 def _write_avi(path: Path, frames: np.ndarray, fps: int) -> None:
     import av
 
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, path.suffix) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -323,7 +324,6 @@ def _write_avi(path: Path, frames: np.ndarray, fps: int) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    tmp.replace(path)
 
 
 def generate_scene(out: Path | str, cfg: SceneConfig = SceneConfig(), overwrite: bool = False) -> dict:
@@ -374,7 +374,5 @@ def generate_scene(out: Path | str, cfg: SceneConfig = SceneConfig(), overwrite:
         "anomalous_frames": int(sum(int(lab.sum()) for lab in labels)),
         "events": events,
     }
-    tmp = out / "scene.json.partial"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "scene.json")
+    write_text(json.dumps(summary, indent=2), out / "scene.json")
     return summary

@@ -13,12 +13,13 @@ trains on, used to select the checkpoint and to calibrate the anomaly map. The t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
 from vad.config import RunConfig, from_dict, to_dict
+from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.distributed import all_sum, barrier, frame_shares, world
 from vad.errors import VadError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
@@ -36,47 +38,6 @@ from vad.models import AnomalyModel, backbone_spec, build_model, frame_scores
 
 class ResumeError(VadError, ValueError):
     """A training folder holds a checkpoint from a different configuration."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (Intel AMX): there bf16 autocast about doubles STPM's
-    throughput (benchmarks/throughput.py); elsewhere bf16 is emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        return False
-    return "amx_bf16" in flags
-
-
-def amp_dtype(setting: str, device: torch.device, cpu_auto_bf16: bool = False) -> torch.dtype | None:
-    """The autocast dtype for ``setting``. ``auto``: bf16 on CUDA; on the CPU float32, or bf16 with
-    ``cpu_auto_bf16`` on a CPU with native bf16 (scoring; training stays float32 on CPUs)."""
-    options = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-    if setting not in options:
-        raise ValueError(f"unknown amp setting {setting!r}; expected one of {sorted(options)}")
-    if setting == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if cpu_auto_bf16 and device.type == "cpu" and cpu_has_native_bf16() else None
-    return options[setting]
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on ``device``, channels-last (the layout the models run fastest in); non-blocking from pinned memory."""
-    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def frame_size(clip: Clip) -> tuple[int, int]:
@@ -115,12 +76,11 @@ def _seed(seed: int) -> None:
 
 def stage_epochs(model: AnomalyModel, cfg: RunConfig, steps_per_epoch: int) -> dict[str, int]:
     """Epochs per training stage: ``train.epochs`` for the first (the students / the cloner), then
-    ``train.disc_epochs`` for RSTPM's discriminative network. Checked here, before any training starts."""
+    ``train.disc_epochs`` for RSTPM's discriminative network. The schedule's length, which depends on the data, is
+    checked here, before any training starts."""
     t = cfg.train
     option = {stage: "train.disc_epochs" if stage == "disc" else "train.epochs" for stage in model.stages}
     epochs = {stage: t.disc_epochs if stage == "disc" else t.epochs for stage in model.stages}
-    if any(n < 1 for n in epochs.values()):
-        raise ValueError(f"every training stage needs >= 1 epoch; got {epochs} (train.epochs, train.disc_epochs)")
     for stage, n in epochs.items():
         if t.schedule == "onecycle" and n * steps_per_epoch < 4:
             raise ValueError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
@@ -135,10 +95,8 @@ def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.o
     params = [p for m in model.stage_modules(model.stage) for p in m.parameters() if p.requires_grad]
     if t.optimizer == "adam":
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    elif t.optimizer == "sgd":
+    else:  # sgd (the config admits no other)
         opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    else:
-        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; expected adam or sgd")
     warm = max(1, int(round(t.warmup * steps)))
     if t.schedule == "onecycle":  # at least 4 steps (stage_epochs): OneCycleLR needs two in each phase
         pct = min(max(t.warmup, 2 / steps), 1 - 2 / steps)
@@ -149,10 +107,8 @@ def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.o
                 return (step + 1) / warm
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    elif t.schedule == "constant":
+    else:  # constant
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    else:
-        raise ValueError(f"unknown train.schedule {t.schedule!r}; expected onecycle, cosine or constant")
     return opt, sched
 
 
@@ -188,7 +144,7 @@ def _val_maps(model: AnomalyModel, loader, device: torch.device, dtype) -> tuple
     return torch.cat(scores), torch.cat(maps)
 
 
-def calibration_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def position_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position ``(loc, scale)`` of normal maps ``(N, h, w)``: the mean, and the standard deviation with the
     map-wide standard deviation added as a floor, so a position that happened to see little variation in the
     hold-out does not turn every small change into a huge score."""
@@ -206,25 +162,98 @@ def _config_key(cfg: RunConfig) -> dict:
     return d
 
 
+@dataclass
+class _Session:
+    """What one training run holds: its data streams, model, plan of epochs and where it writes."""
+
+    cfg: RunConfig
+    out: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    model: AnomalyModel
+    meta: dict  # saved in every checkpoint: format, config, input size, normalisation, training clips
+    plan: list[str]  # the stage of every epoch
+    epochs: dict[str, int]
+    steps_per_epoch: int
+    train_stream: FrameStream
+    val_loader: Any
+    gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage)
+    progress: bool
+
+    @property
+    def ckdir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def loader(self):
+        return make_loader(self.train_stream, self.cfg.train.num_workers, self.device.type == "cuda")
+
+
+@dataclass
+class _Optim:
+    """The current stage's optimiser, schedule, gradient scaler and (DDP-wrapped) loss."""
+
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    step: Any
+
+    @classmethod
+    def for_stage(cls, s: _Session) -> _Optim:
+        opt, sched = _optimizer(s.model, s.cfg, s.epochs[s.model.stage] * s.steps_per_epoch)
+        return cls(opt, sched, torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16),
+                   _stepper(s.model, s.device))
+
+
+class TrainingDiverged(VadError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
 def train(
     clips: Sequence[Clip], cfg: RunConfig, out: Path | str, device: str | torch.device = "auto",
     progress: bool = True,
 ) -> Path:
     """Train a model on normal ``clips``; return the path of ``out/model.pt``. Resumes from
-    ``out/checkpoints/last.pt`` when it exists (same config required)."""
-    out = Path(out)
+    ``out/checkpoints/last.pt`` when it exists (same config required); stops at the first non-finite loss."""
+    s = _session(clips, cfg, Path(out), device, progress)
+    start, best, ck = _resume(s)
+    if start >= len(s.plan) and _is_final(s):
+        return s.out / "model.pt"
+    # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
+    s.model.set_stage(s.plan[start - 1] if start else s.plan[0])
+    o = _Optim.for_stage(s)
+    if ck is not None:
+        o.opt.load_state_dict(ck["optimizer"])
+        o.sched.load_state_dict(ck["scheduler"])
+        o.scaler.load_state_dict(ck["scaler"])
+    _trim_log(s, start)
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, len(s.plan)), desc="training", unit="epoch", disable=not s.progress,
+               initial=start, total=len(s.plan))
+    for epoch in bar:
+        if s.plan[epoch] != s.model.stage:  # a new stage starts from the previous stage's selected model
+            s.model.load_state_dict(read_checkpoint(s.ckdir / "best.pt")["model"], strict=False)
+            s.model.set_stage(s.plan[epoch])
+            o, best = _Optim.for_stage(s), math.inf
+        loss, seen, secs = _train_epoch(s, o, epoch)
+        if world().main:
+            record = _end_epoch(s, o, epoch, loss, seen, secs, best, time.perf_counter() - t0)
+            best = min(best, record["val_loss"])
+            bar.set_postfix(stage=s.model.stage, train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
+        barrier()  # the other ranks wait for rank 0's validation and checkpoints
+    return _finalise(s)
+
+
+def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | torch.device,
+             progress: bool) -> _Session:
+    """Data streams (this rank's share of the training frames, the hold-out), the model and its plan of epochs."""
     device = resolve_device(device)
     t = cfg.train
-    if t.batch_size < 1:
-        raise ValueError(f"train.batch_size must be >= 1; got {t.batch_size}")
     if not clips:
         raise ValueError("no training clips")
-    dtype = amp_dtype(t.amp, device)
     size = input_size(cfg, clips)
     transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
     train_ranges, val_ranges = holdout(clips, t.val_fraction)
     w = world()
-    progress = progress and w.main  # under torchrun rank 0 reports
     if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
         train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
         if not train_ranges:
@@ -233,136 +262,160 @@ def train(
     # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
     # batches (with several decode workers each worker's last batch may be partial, giving a few more).
     steps_per_epoch = math.ceil(n_train / t.batch_size)
-    pin = device.type == "cuda"
     train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
                                shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
                                shuffle_buffer=t.shuffle_buffer)
-    val_loader = make_loader(FrameStream(clips, transform, batch_size=32, ranges=val_ranges), t.num_workers, pin)
-
+    val_loader = make_loader(FrameStream(clips, transform, batch_size=32, ranges=val_ranges), t.num_workers,
+                             device.type == "cuda")
     _seed(t.seed)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
     epochs = stage_epochs(model, cfg, steps_per_epoch)
-    plan = [stage for stage in model.stages for _ in range(epochs[stage])]  # the stage of every epoch
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
-    gen = torch.Generator().manual_seed(t.seed + 1000 * w.rank)  # pseudo-anomalies (RSTPM's discriminative stage)
+    return _Session(cfg, out, device, amp_dtype(t.amp, device), model, meta,
+                    [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
+                    train_stream, val_loader, torch.Generator().manual_seed(t.seed + 1000 * w.rank),
+                    progress and w.main)
 
-    ckdir = out / "checkpoints"
-    start, best, ck = 0, math.inf, None
-    if (ckdir / "last.pt").exists():
-        ck = read_checkpoint(ckdir / "last.pt")
-        if _config_key(from_dict(RunConfig, ck["config"])) != _config_key(cfg):
-            raise ResumeError(f"{ckdir / 'last.pt'} was trained with a different config; use a new output folder "
-                              "or delete the old checkpoints to start over")
-        if ck.get("processes", 1) != w.world_size:
-            raise ResumeError(f"{ckdir / 'last.pt'} was trained by {ck.get('processes', 1)} process(es); resume it "
-                              f"with the same number (now {w.world_size}): the schedule's length depends on it")
-        if ck["train_clips"] != meta["train_clips"]:
-            raise ResumeError(f"{ckdir / 'last.pt'} was trained on other clips ({len(ck['train_clips'])}: "
-                              f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
-        model.load_state_dict(ck["model"], strict=False)
-        torch.set_rng_state(ck["rng"])
-        if "gen" in ck and w.main:  # absent from checkpoints written before staged training
-            gen.set_state(ck["gen"])
-        elif w.rank:  # only rank 0's stream is saved: the others continue on a fresh one per resumed epoch
-            gen.manual_seed(t.seed + 1000 * w.rank + 7919 * (ck["epoch"] + 1))
-        start, best = ck["epoch"] + 1, ck["best_val"]
-        if start >= len(plan) and (out / "model.pt").is_file():
-            if read_checkpoint(out / "model.pt")["config"]["model"] == meta["config"]["model"]:
-                if progress:
-                    print(f"{out / 'model.pt'}: already trained ({len(plan)} epochs); delete it to retrain")
-                return out / "model.pt"
-            if progress:  # only scoring settings (model.mkd_score) differ: redo the normal reference with them
-                print(f"{out / 'model.pt'}: trained; re-finalising it for the changed model scoring settings")
-        elif progress:
-            print(f"resuming from {ckdir / 'last.pt'} at epoch {start + 1}/{len(plan)}")
-    # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
-    model.set_stage(plan[start - 1] if start else plan[0])
-    opt, sched = _optimizer(model, cfg, epochs[model.stage] * steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if ck is not None:
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
 
-    log_path = out / "train_log.jsonl"
-    if log_path.exists() and w.main:  # drop lines of epochs the resumed run will redo
-        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start]
-        log_path.write_text("".join(ln + "\n" for ln in kept))
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, len(plan)), desc="training", unit="epoch", disable=not progress,
-               initial=start, total=len(plan))
-    step = _stepper(model, device)
-    for epoch in bar:
-        if plan[epoch] != model.stage:  # a new stage starts from the previous stage's selected model
-            model.load_state_dict(read_checkpoint(ckdir / "best.pt")["model"], strict=False)
-            model.set_stage(plan[epoch])
-            step = _stepper(model, device)
-            opt, sched = _optimizer(model, cfg, epochs[model.stage] * steps_per_epoch)
-            scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-            best = math.inf
-        model.train()
-        train_stream.set_epoch(epoch)
-        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no host sync per step
-        t_epoch, seen = time.perf_counter(), 0
-        batches = iter(make_loader(train_stream, t.num_workers, pin))
-        for _ in range(steps_per_epoch):
-            batch = next(batches, None)
-            if batch is None:  # cannot happen with intact data: the stream has >= steps_per_epoch batches
-                raise RuntimeError(f"epoch {epoch + 1}: the training stream ended before {steps_per_epoch} steps")
-            x = to_device(batch["frames"], device)
-            with autocast(device, dtype):
-                loss = step(x, gen)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            total += loss.detach() * len(x)
-            seen += len(x)
-        del batches  # stops the decode workers (they may hold a partial batch more)
-        loss_sum, seen = all_sum([float(total), seen], device)
-        train_secs = time.perf_counter() - t_epoch
-        if w.main:
-            val_loss = _val_loss(model, val_loader, device, dtype)
-            improved = val_loss < best
-            if improved:
-                best = val_loss
-                atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage,
-                             "val_loss": val_loss}, ckdir / "best.pt")
-            record = {"epoch": epoch + 1, "stage": model.stage, "train_loss": loss_sum / max(seen, 1),
-                      "val_loss": val_loss, "lr": opt.param_groups[0]["lr"],
-                      "seconds": round(time.perf_counter() - t0, 2), "frames_per_s": round(seen / train_secs, 1),
-                      "processes": w.world_size, "best": improved}
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            atomic_save({**meta, "model": model_state(model), "epoch": epoch, "stage": model.stage, "best_val": best,
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "gen": gen.get_state(),
-                         "processes": w.world_size},
-                        ckdir / "last.pt")
-            bar.set_postfix(stage=model.stage, train=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
-        barrier()  # the other ranks wait for rank 0's validation and checkpoints
+def _resume(s: _Session) -> tuple[int, float, dict | None]:
+    """``(first epoch to run, best validation loss so far, last checkpoint or None)``; restores the model's weights
+    and the random streams from ``checkpoints/last.pt`` after checking it belongs to this run."""
+    path = s.ckdir / "last.pt"
+    if not path.exists():
+        return 0, math.inf, None
+    ck = read_checkpoint(path)
+    w = world()
+    if _config_key(from_dict(RunConfig, ck["config"])) != _config_key(s.cfg):
+        raise ResumeError(f"{path} was trained with a different config; use a new output folder "
+                          "or delete the old checkpoints to start over")
+    if ck["processes"] != w.world_size:
+        raise ResumeError(f"{path} was trained by {ck['processes']} process(es); resume it "
+                          f"with the same number (now {w.world_size}): the schedule's length depends on it")
+    if ck["train_clips"] != s.meta["train_clips"]:
+        raise ResumeError(f"{path} was trained on other clips ({len(ck['train_clips'])}: "
+                          f"{', '.join(ck['train_clips'][:4])}...); use a new output folder for this data")
+    s.model.load_state_dict(ck["model"], strict=False)
+    torch.set_rng_state(ck["rng"])
+    if w.main:
+        s.gen.set_state(ck["gen"])
+    else:  # only rank 0's stream is saved: the others continue on a fresh one per resumed epoch
+        s.gen.manual_seed(s.cfg.train.seed + 1000 * w.rank + 7919 * (ck["epoch"] + 1))
+    start = ck["epoch"] + 1
+    if s.progress and start < len(s.plan):
+        print(f"resuming from {path} at epoch {start + 1}/{len(s.plan)}")
+    return start, ck["best_val"], ck
 
-    if not w.main:
+
+def _is_final(s: _Session) -> bool:
+    """After the last epoch: whether ``model.pt`` is already this run's final model (else it is (re)written)."""
+    final = s.out / "model.pt"
+    if final.is_file() and read_checkpoint(final)["config"]["model"] == s.meta["config"]["model"]:
+        if s.progress:
+            print(f"{final}: already trained ({len(s.plan)} epochs); delete it to retrain")
+        return True
+    if s.progress:  # interrupted before model.pt was written, or only scoring settings (model.mkd_score) differ
+        print(f"{s.ckdir / 'last.pt'}: all {len(s.plan)} epochs trained; writing {final}")
+    return False
+
+
+def _trim_log(s: _Session, start: int) -> None:
+    """Drop the log lines of epochs a resumed run will redo."""
+    log = s.out / "train_log.jsonl"
+    if log.exists() and world().main:
+        kept = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start]
+        log.write_text("".join(ln + "\n" for ln in kept))
+
+
+DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the non-finite-loss flag on a GPU (every step on a CPU)
+
+
+def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]:
+    """One epoch of ``steps_per_epoch`` steps; returns (loss summed over frames and ranks, frames, seconds). Raises
+    :class:`TrainingDiverged` naming the step at the first non-finite loss (read from the device in batches of
+    steps on a GPU, so it costs no synchronisation per step)."""
+    s.model.train()
+    s.train_stream.set_epoch(epoch)
+    total = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no host sync per step
+    first_bad = torch.full((), -1, dtype=torch.long, device=s.device)
+    t_epoch, seen = time.perf_counter(), 0
+    batches = iter(s.loader())
+    for i in range(s.steps_per_epoch):
+        batch = next(batches, None)
+        if batch is None:  # cannot happen with intact data: the stream has >= steps_per_epoch batches
+            raise RuntimeError(f"epoch {epoch + 1}: the training stream ended before {s.steps_per_epoch} steps")
+        x = to_device(batch["frames"], s.device)
+        with autocast(s.device, s.dtype):
+            loss = o.step(x, s.gen)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
+        if (s.device.type == "cpu" or (i + 1) % DIVERGENCE_CHECK_EVERY == 0) and int(first_bad) >= 0:
+            _diverged(s, o, epoch, int(first_bad))
+        o.opt.zero_grad(set_to_none=True)
+        o.scaler.scale(loss).backward()
+        o.scaler.step(o.opt)
+        o.scaler.update()
+        o.sched.step()
+        total += loss.detach() * len(x)
+        seen += len(x)
+    del batches  # stops the decode workers (they may hold a partial batch more)
+    if int(first_bad) >= 0:
+        _diverged(s, o, epoch, int(first_bad))
+    loss_sum, seen = all_sum([float(total), seen], s.device)
+    return loss_sum, int(seen), time.perf_counter() - t_epoch
+
+
+def _diverged(s: _Session, o: _Optim, epoch: int, step: int) -> None:
+    t = s.cfg.train
+    raise TrainingDiverged(
+        f"training diverged: the {s.model.stage} loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} "
+        f"(of {s.steps_per_epoch}); the learning rate was {o.opt.param_groups[0]['lr']:.3g} (train.lr={t.lr:g}). "
+        f"Lower train.lr (e.g. --set train.lr={t.lr / 10:g}); nothing of this epoch was saved")
+
+
+def _end_epoch(s: _Session, o: _Optim, epoch: int, loss_sum: float, seen: int, train_secs: float, best: float,
+               elapsed: float) -> dict:
+    """Rank 0: validate, keep the best checkpoint, log the epoch, write ``last.pt``; returns the log record."""
+    val_loss = _val_loss(s.model, s.val_loader, s.device, s.dtype)
+    if not math.isfinite(val_loss):
+        raise TrainingDiverged(f"training diverged: the validation loss of epoch {epoch + 1} is {val_loss}; lower "
+                               f"train.lr (now {s.cfg.train.lr:g})")
+    improved = val_loss < best
+    state = {**s.meta, "model": model_state(s.model), "epoch": epoch, "stage": s.model.stage}
+    if improved:
+        atomic_save({**state, "val_loss": val_loss}, s.ckdir / "best.pt")
+    record = {"epoch": epoch + 1, "stage": s.model.stage, "train_loss": loss_sum / max(seen, 1),
+              "val_loss": val_loss, "lr": o.opt.param_groups[0]["lr"], "seconds": round(elapsed, 2),
+              "frames_per_s": round(seen / train_secs, 1), "processes": world().world_size, "best": improved}
+    with (s.out / "train_log.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    atomic_save({**state, "best_val": min(best, val_loss), "optimizer": o.opt.state_dict(),
+                 "scheduler": o.sched.state_dict(), "scaler": o.scaler.state_dict(), "rng": torch.get_rng_state(),
+                 "gen": s.gen.get_state(), "processes": world().world_size}, s.ckdir / "last.pt")
+    return record
+
+
+def _finalise(s: _Session) -> Path:
+    """Rank 0 writes ``model.pt``: the best-validation model with its normal reference. The hold-out's anomaly
+    maps give the per-position statistics and the per-frame scores that thresholds and calibrated normalisation
+    are drawn from (normal training data only)."""
+    final_path = s.out / "model.pt"
+    if not world().main:
         barrier()  # until rank 0 has written model.pt
-        return out / "model.pt"
-    best_ck = read_checkpoint(ckdir / "best.pt")
+        return final_path
+    best_ck = read_checkpoint(s.ckdir / "best.pt")
     # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
-    model = restore_model({**best_ck, "config": meta["config"]}).to(device, memory_format=torch.channels_last)
-    final = {**meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
-    # Normal reference: the hold-out's anomaly maps give the per-position calibration and the per-frame scores
-    # that thresholds and calibrated normalisation are drawn from (normal training data only).
-    scores, maps = _val_maps(model, val_loader, device, dtype)
+    model = restore_model({**best_ck, "config": s.meta["config"]}).to(s.device, memory_format=torch.channels_last)
+    final = {**s.meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
+    scores, maps = _val_maps(model, s.val_loader, s.device, s.dtype)
     final["val_scores"] = {"raw": scores}
-    if t.calibrate:
-        model.set_calibration(*calibration_stats(maps))
-        final["val_scores"]["calibrated"] = frame_scores(model.calibrate_map(maps.to(model.calib_loc.device)).cpu())
+    if s.cfg.train.position_stats:
+        model.set_position_stats(*position_statistics(maps))
+        final["val_scores"]["per_position"] = frame_scores(model.standardise_map(maps.to(model.pos_loc.device)).cpu())
     final["model"] = model_state(model)
-    atomic_save(final, out / "model.pt")
+    atomic_save(final, final_path)
     barrier()
-    return out / "model.pt"
+    return final_path
 
 
 class _StageLoss(torch.nn.Module):

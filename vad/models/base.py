@@ -4,7 +4,7 @@ renderer never look inside a method.
 A model is trained in one or more *stages* (``stages``); each stage trains some of its child modules
 (``stage_modules``) and freezes the rest. At inference, ``score_and_map`` turns a normalised batch into per-frame
 scores and an anomaly map at ``stride`` (one value per ``stride`` input pixels) whose values share the scores'
-scale. Per-position calibration (statistics of normal maps) is common to all methods.
+scale. Per-position standardising of the map (statistics of normal hold-out maps) is common to all methods.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ class AnomalyModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stage = self.stages[0]
-        # Per-position statistics of normal anomaly maps (set by set_calibration(); empty = not calibrated).
-        self.register_buffer("calib_loc", torch.empty(0))
-        self.register_buffer("calib_scale", torch.empty(0))
+        # Per-position statistics of normal anomaly maps (set by set_position_stats(); empty = none).
+        self.register_buffer("pos_loc", torch.empty(0))
+        self.register_buffer("pos_scale", torch.empty(0))
 
     # --- training -------------------------------------------------------------------------------------------
     def stage_modules(self, stage: str) -> list[nn.Module]:
@@ -66,26 +66,27 @@ class AnomalyModel(nn.Module):
         Called under ``torch.no_grad()`` (a method that needs input gradients enables them itself)."""
         raise NotImplementedError
 
-    # --- calibration ----------------------------------------------------------------------------------------
+    # --- per-position statistics ------------------------------------------------------------------------------
     @property
-    def calibrated(self) -> bool:
-        return self.calib_loc.numel() > 0
+    def has_position_stats(self) -> bool:
+        return self.pos_loc.numel() > 0
 
-    def set_calibration(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
-        """Per-position statistics ``(h, w)`` of normal maps: calibrated = (map - loc) / scale."""
+    def set_position_stats(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """Per-position statistics ``(h, w)`` of normal maps: standardised = (map - loc) / scale."""
         if loc.shape != scale.shape or loc.ndim != 2 or bool((scale <= 0).any()):
-            raise ValueError(f"calibration needs loc and positive scale of one (h, w) shape; got "
+            raise ValueError(f"position statistics need loc and positive scale of one (h, w) shape; got "
                              f"{tuple(loc.shape)} and {tuple(scale.shape)}")
-        self.calib_loc = loc.detach().clone()
-        self.calib_scale = scale.detach().clone()
+        self.pos_loc = loc.detach().clone()
+        self.pos_scale = scale.detach().clone()
 
-    def calibrate_map(self, amap: torch.Tensor) -> torch.Tensor:
-        """``(B, h, w)`` raw -> per-position standardised map (same shape); needs :meth:`set_calibration`."""
-        if not self.calibrated:
-            raise RuntimeError("this model has no calibration; train it with calibration enabled")
-        if amap.shape[-2:] != self.calib_loc.shape:
-            raise ValueError(f"map size {tuple(amap.shape[-2:])} != calibration size {tuple(self.calib_loc.shape)}")
-        return (amap - self.calib_loc) / self.calib_scale
+    def standardise_map(self, amap: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w)`` raw -> per-position standardised map (same shape); needs :meth:`set_position_stats`."""
+        if not self.has_position_stats:
+            raise RuntimeError("this model has no per-position statistics; train it with train.position_stats=true")
+        if amap.shape[-2:] != self.pos_loc.shape:
+            raise ValueError(f"map size {tuple(amap.shape[-2:])} != position statistics size "
+                             f"{tuple(self.pos_loc.shape)}")
+        return (amap - self.pos_loc) / self.pos_scale
 
 
 def frame_scores(amap: torch.Tensor) -> torch.Tensor:

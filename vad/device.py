@@ -1,0 +1,49 @@
+"""Where tensors run: the device choice, autocast dtypes and batch moves, shared by training and scoring."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Intel AMX): there bf16 autocast about doubles STPM's
+    throughput (benchmarks/throughput.py); elsewhere bf16 is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return False
+    return "amx_bf16" in flags
+
+
+def amp_dtype(setting: str, device: torch.device, cpu_auto_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype for ``setting``. ``auto``: bf16 on CUDA; on the CPU float32, or bf16 with
+    ``cpu_auto_bf16`` on a CPU with native bf16 (scoring; training stays float32 on CPUs)."""
+    options = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+    if setting not in options:
+        raise ValueError(f"unknown amp setting {setting!r}; expected one of {sorted(options)}")
+    if setting == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_auto_bf16 and device.type == "cpu" and cpu_has_native_bf16() else None
+    return options[setting]
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``, channels-last (the layout the models run fastest in); non-blocking from pinned memory."""
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -1,0 +1,233 @@
+"""The run folder: where each stage's files live, the manifest of scored clips, and the lock that lets one command
+at a time write it.
+
+Layout (``RUN``)::
+
+    RUN/config.yaml                 the resolved config (train writes it; later stages read it)
+    RUN/model.pt                    the trained model (RUN/scenes/<scene>/model.pt with train.per_scene)
+    RUN/checkpoints/, train_log.jsonl
+    RUN/clips.json                  the manifest: one ClipRecord per scored clip (clips.rank<R>.json per rank
+                                    while a torchrun scoring is under way)
+    RUN/scores/<clip>.npy           (T,) float32 per-frame scores
+    RUN/maps/<clip>.npy             (T, h, w) float16 anomaly maps (score.save_maps)
+    RUN/labels/<clip>.npy           (T,) uint8 frame labels of labelled clips
+    RUN/normal_scores/<ref>.npy     the normal hold-out frame scores of model <ref> ("all" or a scene)
+    RUN/metrics.json, events.csv, events.json, plots/    (evaluate)
+    RUN/videos/<clip>.mp4           (render)
+    RUN/.lock                       held by the command writing the folder
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vad.atomic import TEMP_PREFIX, save_npy, write_text
+from vad.errors import VadError
+from vad.io.records import Clip
+
+
+class RunFolderError(VadError, ValueError):
+    """A run folder that is in use, unwritable, or not a run folder."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run folder (nothing is created by asking)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    config = property(lambda self: self.root / "config.yaml")
+    model = property(lambda self: self.root / "model.pt")
+    manifest = property(lambda self: self.root / "clips.json")
+    metrics = property(lambda self: self.root / "metrics.json")
+    plots = property(lambda self: self.root / "plots")
+
+    def scores(self, clip: str) -> Path:
+        return self.root / "scores" / f"{clip}.npy"
+
+    def maps(self, clip: str) -> Path:
+        return self.root / "maps" / f"{clip}.npy"
+
+    def labels(self, clip: str) -> Path:
+        return self.root / "labels" / f"{clip}.npy"
+
+    def normal_scores(self, reference: str) -> Path:
+        return self.root / "normal_scores" / f"{reference}.npy"
+
+    def video(self, clip: str) -> Path:
+        return self.root / "videos" / f"{clip}.mp4"
+
+    def rank_part(self, rank: int) -> Path:
+        return self.root / f"clips.rank{rank}.json"
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One scored clip in ``clips.json``: where it came from and what it was scored with."""
+
+    path: str  # the source video or frame folder, absolute
+    kind: str  # "video" | "frames"
+    scene: str | None
+    frames: int
+    fps: float | None  # the source's frame rate (None for frame folders)
+    labelled: bool
+    reference: str  # the model that scored it ("all", or its scene): names RUN/normal_scores/<reference>.npy
+    pixel_mask: str | None
+    source: dict  # source_fingerprint(path) when scored: a changed source is re-scored
+    scored_with: dict  # the model's digest and the scoring settings the scores depend on
+
+    @classmethod
+    def of(cls, clip: Clip, reference: str, scored_with: dict) -> ClipRecord:
+        return cls(str(Path(clip.path).resolve()), clip.kind, clip.scene, clip.num_frames, clip.fps,
+                   clip.labels is not None, reference,
+                   str(Path(clip.pixel_mask).resolve()) if clip.pixel_mask is not None else None,
+                   source_fingerprint(clip), scored_with)
+
+
+def read_manifest(run: RunFolder, parts: bool = True) -> dict[str, ClipRecord]:
+    """``clips.json`` with, when ``parts``, the per-rank parts of a distributed scoring on top (merged at its end;
+    left behind when it was interrupted, and their clips are done)."""
+    paths = [run.manifest, *(sorted(run.root.glob("clips.rank*.json")) if parts else [])]
+    records: dict[str, ClipRecord] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            records.update({name: ClipRecord(**entry) for name, entry in json.loads(path.read_text()).items()})
+        except (ValueError, TypeError) as err:
+            raise RunFolderError(f"{path}: not a manifest of this vad version ({err}); score the run again with "
+                                 f"--overwrite, or into a new run folder") from None
+    return records
+
+
+def write_manifest(records: dict[str, ClipRecord], path: Path) -> None:
+    write_text(json.dumps({n: dataclasses.asdict(r) for n, r in records.items()}, indent=2), path)
+
+
+def merge_manifest_parts(run: RunFolder) -> None:
+    """Fold the per-rank manifest parts into ``clips.json`` and delete them."""
+    write_manifest(read_manifest(run), run.manifest)
+    for part in run.root.glob("clips.rank*.json"):
+        part.unlink()
+
+
+def source_fingerprint(clip: Clip) -> dict:
+    """What identifies a clip's source without reading it: the absolute path and the size and modification time of
+    the video (of every frame file, summed and latest, for a frame folder)."""
+    path = Path(clip.path).resolve()
+    files = [Path(p) for p in clip.frame_paths] if clip.kind == "frames" else [path]
+    stats = [f.stat() for f in files]
+    return {"path": str(path), "files": len(files), "bytes": sum(s.st_size for s in stats),
+            "mtime_ns": max(s.st_mtime_ns for s in stats)}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes (a model's identity; about 0.1 s for a 100 MB checkpoint)."""
+    h = hashlib.sha1()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_output(root: Path) -> None:
+    """Create run folder ``root`` (a file there, or a folder that cannot be written, is an error naming it)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"{root} is a file; expected a run folder (a new or existing directory)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(f"cannot create the run folder {root}: {err.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise RunFolderError(f"the run folder {root} is not writable; choose another --out / --run or fix its "
+                             "permissions")
+
+
+@contextmanager
+def locked(root: Path, command: str) -> Iterator[None]:
+    """Hold ``root/.lock`` while ``command`` writes the run folder; a second command on the same folder stops at once
+    with an error naming the holder. Temporary files left by an interrupted command are swept on entry."""
+    prepare_output(root)
+    path = Path(root) / ".lock"
+    fh = path.open("a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunFolderError(f"{root} is in use by another vad command ({holder}); wait for it to finish, or "
+                                 "use another run folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"'{command}', pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        sweep_temporaries(Path(root))
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def sweep_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary files (``atomic_path``'s) an interrupted command left anywhere under ``root``; call
+    only while holding the folder's lock. Returns what was deleted."""
+    stale = [p for p in root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+class ScoreBook:
+    """The manifest while clips are scored: which clips are done, and with what. A clip is done when its scores
+    (and maps, when asked for) exist and its record has the same model, settings and source as now, so a retrained
+    model, other settings, or a changed source video re-scores it. With several ranks each writes its own part,
+    which rank 0 folds into ``clips.json`` (:meth:`finish`)."""
+
+    def __init__(self, run: RunFolder, rank: int = 0, world_size: int = 1) -> None:
+        self.run, self.world_size = run, world_size
+        self.records = read_manifest(run)
+        self.mine: dict[str, ClipRecord] = {}  # this rank's new records
+        self.part = run.rank_part(rank)
+
+    def is_done(self, clip: Clip, scored_with: dict, maps: bool) -> bool:
+        rec = self.records.get(clip.name)
+        return (rec is not None and rec.scored_with == scored_with and rec.source == source_fingerprint(clip)
+                and self.run.scores(clip.name).is_file() and (not maps or self.run.maps(clip.name).is_file()))
+
+    def changed_sources(self, clips: list[Clip]) -> list[str]:
+        """A line for each clip whose name was scored before from another (or a modified) source."""
+        out = []
+        for c in clips:
+            rec = self.records.get(c.name)
+            if rec is not None and rec.source != (now := source_fingerprint(c)):
+                what = "modified since" if rec.source["path"] == now["path"] else f"now {now['path']}; was {rec.path}"
+                out.append(f"clip {c.name}: source {what} it was scored; scoring it again")
+        return out
+
+    def record(self, clip: Clip, reference: str, scored_with: dict) -> None:
+        """Clip ``clip`` is scored: save its labels and its record (after each clip, so scoring is resumable)."""
+        if clip.labels is not None:
+            save_npy(np.asarray(clip.labels, dtype=np.uint8), self.run.labels(clip.name))
+        self.records[clip.name] = self.mine[clip.name] = ClipRecord.of(clip, reference, scored_with)
+        if self.world_size > 1:
+            write_manifest(self.mine, self.part)
+        else:
+            write_manifest(self.records, self.run.manifest)
