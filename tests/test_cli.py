@@ -131,7 +131,7 @@ def test_render_command_writes_one_video_per_clip(scored_run, capsys):
     assert main(["render", "--run", str(scored_run), "--clip", "nope"]) == 2
     assert "['nope'] not scored" in capsys.readouterr().err
     assert main(["render", "--run", str(scored_run), "--set", "render.opacity=2"]) == 2
-    assert "render.opacity must be in [0, 1]" in capsys.readouterr().err
+    assert "render.opacity: got 2.0; expected a value >= 0 and <= 1" in capsys.readouterr().err
 
 
 TINY_PIPELINE = """
@@ -177,7 +177,7 @@ def test_run_pipeline_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "already trained" in out and "scored" not in out and "pipeline done" in out
     assert (run / "scores" / "01_0001.npy").stat().st_mtime_ns == scores
-    # Asking for something the saved scores lack (calibrated maps) re-scores.
+    # Asking for something the saved scores lack (per-position standardised maps) re-scores.
     assert main(["score", "--run", str(run), "--set", "score.per_position=true"]) == 0
     assert "scored 32 frames of 2 clips" in capsys.readouterr().out
     # Bad settings and unknown clips stop before any training.
@@ -186,8 +186,8 @@ def test_run_pipeline_end_to_end(tmp_path, capsys):
     assert "--clip ['01_0009']: not in the test split" in capsys.readouterr().err
     assert main(["run", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "r2"),
                  "--set", "render.preset=quick"]) == 2
-    assert "render.preset must be an x264 preset" in capsys.readouterr().err
-    assert not (tmp_path / "r2" / "checkpoints").exists()
+    assert "render.preset: got 'quick'; expected one of ultrafast" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "checkpoints").exists() and not (tmp_path / "r2" / "config.yaml").exists()
 
 
 def test_run_errors(tmp_path, capsys):

@@ -4,7 +4,8 @@
   does not pull the first/last frames towards zero.
 - :func:`minmax`: per-clip min-max to [0, 1] (the benchmark convention; it uses the clip's own range).
 - :func:`calibrate`: divide by a high percentile of *normal* (held-out training) frame scores, so clips of
-  unlabelled footage are comparable without seeing their own range: 1.0 = the q-th percentile of normal.
+  unlabelled footage are comparable without seeing their own range: 1.0 = the q-th percentile of normal. The
+  evaluate stage passes the normal scores unsmoothed (smoothing would only lower their peaks).
 - :func:`events`: contiguous above-threshold frames as (start, stop) runs with peak score and times.
 """
 
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-NORMALISATIONS = ("minmax", "calibrated", "none")
-
+from vad.config import ScoreNormalisation, choices
 
 def smooth(scores: np.ndarray, sigma: float) -> np.ndarray:
     """``(T,)`` -> ``(T,)`` Gaussian-smoothed over frames (``sigma`` in frames; 0 returns a copy)."""
@@ -36,14 +36,16 @@ def minmax(scores: np.ndarray) -> np.ndarray:
 
 
 def calibrate(scores: np.ndarray, normal_scores: np.ndarray, q: float = 99.0) -> np.ndarray:
-    """Scores divided by the ``q``-th percentile of normal frame scores (after the same smoothing)."""
+    """Scores divided by the ``q``-th percentile of ``normal_scores`` (normal hold-out frames)."""
     ref = float(np.percentile(np.asarray(normal_scores, dtype=np.float64), q))
     if not ref > 0:
         raise ValueError(f"the {q}th percentile of normal scores is {ref}; expected a positive reference")
     return np.asarray(scores, dtype=np.float64) / ref
 
 
-def normalise(scores: np.ndarray, how: str, normal_scores: np.ndarray | None = None, q: float = 99.0) -> np.ndarray:
+def normalise(scores: np.ndarray, how: ScoreNormalisation, normal_scores: np.ndarray | None = None,
+              q: float = 99.0) -> np.ndarray:
+    """``scores`` normalised by rule ``how`` (``postprocess.normalisation``, checked when the config loads)."""
     if how == "minmax":
         return minmax(scores)
     if how == "calibrated":
@@ -52,7 +54,7 @@ def normalise(scores: np.ndarray, how: str, normal_scores: np.ndarray | None = N
         return calibrate(scores, normal_scores, q)
     if how == "none":
         return np.asarray(scores, dtype=np.float64).copy()
-    raise ValueError(f"unknown normalisation {how!r}; expected one of {NORMALISATIONS}")
+    raise ValueError(f"unknown normalisation {how!r}; expected one of {choices(ScoreNormalisation)}")
 
 
 @dataclass(frozen=True)
