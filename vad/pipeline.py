@@ -16,20 +16,17 @@ from vad.atomic import write_text
 from vad.config import RunConfig, ScoreConfig, to_dict
 from vad.distributed import barrier, shard_clips, world
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
+from vad.io.published import split_summary
 from vad.train import train, train_per_scene
 
 
 def describe(clips: Sequence[Clip]) -> str:
-    """One line per clip and a total: name, kind, frames, anomalous frames."""
+    """One line per clip (name, kind, frames, anomalous frames); totals come from :func:`split_summary`."""
     lines = []
     for c in clips:
         lab = "" if c.labels is None else f"  anomalous {int(c.labels.sum()):5d} ({c.labels.mean():.0%})"
         scene = f"  scene {c.scene}" if c.scene else ""
         lines.append(f"  {c.name:<24} {c.kind:<6} {c.num_frames:6d} frames{scene}{lab}")
-    total = sum(c.num_frames for c in clips)
-    labelled = [c for c in clips if c.labels is not None]
-    tail = f", {sum(int(c.labels.sum()) for c in labelled)} anomalous" if labelled else ""
-    lines.append(f"  {len(clips)} clips, {total} frames{tail}")
     return "\n".join(lines)
 
 
@@ -52,7 +49,7 @@ def inspect_dataset(
     for split in splits:
         clips = read_dataset(dataset, root, split, scenes=scenes)
         out[split] = clips
-        print(f"{dataset} {split} ({root}):\n{describe(clips)}")
+        print(f"{dataset} {split} ({root}):\n{describe(clips)}\n{split_summary(dataset, split, clips, scenes)}")
         if decode:
             n, secs = decode_all(clips, desc=f"decoding {split}")
             print(f"  decoded {n} frames in {secs:.1f}s ({n / secs:.0f} frames/s); all readable")
