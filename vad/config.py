@@ -92,6 +92,7 @@ class DataConfig:
     dataset: str | None = None  # shanghaitech | avenue | ped2 | folder
     root: str | None = None
     scenes: tuple[int | str, ...] | None = None  # ShanghaiTech scenes to use (None = all)
+    frame_labels: str | None = None  # Avenue only: masks (default: any mask pixel set) | published (avenue.mat)
 
 
 @dataclass(frozen=True)
