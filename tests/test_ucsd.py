@@ -100,6 +100,9 @@ def test_ucsd_root_one_level_too_high_says_which_folder_to_pass(tmp_path):
     make_ped2(top / "UCSDped2")
     with pytest.raises(DatasetLayoutError, match=r"looked for .*v1p2/Train; .*UCSDped2 holds it, .*pass .*UCSDped2"):
         read_dataset("ped2", top, "train")
+    make_ped1(top / "UCSDped1")  # the archive unpacks both
+    with pytest.raises(DatasetLayoutError, match=r"v1p2/Train; .*v1p2/UCSDped1, .*v1p2/UCSDped2 hold it, .*one level"):
+        read_dataset("ped2", top, "train")
 
 
 def test_gt_masks_of_the_wrong_size_or_count_are_named(ped2_root):

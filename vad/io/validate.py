@@ -27,8 +27,11 @@ def find_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
             return root / rel
     looked = " and ".join(str(root / rel) for rel in candidates)
     nested = sorted(p for p in visible(root) if p.is_dir() and any((p / rel).is_dir() for rel in candidates))
-    hint = (
-        f"; {nested[0]} holds it, so {root} looks one level above the dataset root: pass {nested[0]}"
-        if nested else " (is the dataset root right?)"
-    )
+    if len(nested) == 1:
+        hint = f"; {nested[0]} holds it, so {root} looks one level above the dataset root: pass {nested[0]}"
+    elif nested:
+        hint = (f"; {', '.join(map(str, nested))} hold it, so {root} looks one level above the dataset root: "
+                "pass the one you mean")
+    else:
+        hint = " (is the dataset root right?)"
     raise DatasetLayoutError(f"{what} not found; looked for {looked}{hint}")
