@@ -66,48 +66,96 @@ def make_shanghaitech(root: Path, pixel: bool = True) -> Path:
     return root
 
 
-def make_avenue(root: Path) -> Path:
+AVENUE_SPANS = {1: (3, 8), 2: (6, 11)}  # 0-based [a, b) anomalous frames of each test video's masks
+
+
+def make_avenue(root: Path, archives: bool = False, published: dict[int, list[tuple[int, int]]] | None = None) -> Path:
+    """Avenue with 2 training and 2 test videos. Flat layout, or (``archives``) as its two downloads unpack:
+    ``Avenue Dataset/{training,testing}_videos`` beside ``ground_truth_demo/testing_label_mask``.
+
+    ``N_label.mat`` holds ``volLabel`` as the real files do: a 1xT MATLAB cell (object array) of HxW masks.
+    ``published`` also writes ano_pred_cvpr2018's ``avenue.mat``: ``gt``, a 1xN cell of 2xK [start; end] (1-based).
+    """
     import scipy.io
 
+    videos = root / "Avenue Dataset" if archives else root
+    labels = root / "ground_truth_demo" / "testing_label_mask" if archives else root / "testing_label_mask"
+    labels.mkdir(parents=True, exist_ok=True)
     for i in (1, 2):
-        write_video(root / "training_videos" / f"{i:02d}.avi", frames(i))
-        write_video(root / "testing_videos" / f"{i:02d}.avi", frames(20 + i))
+        write_video(videos / "training_videos" / f"{i:02d}.avi", frames(i))
+        write_video(videos / "testing_videos" / f"{i:02d}.avi", frames(20 + i))
         vol = np.empty((1, T), dtype=object)
+        a, b = AVENUE_SPANS[i]
         for t in range(T):
             m = np.zeros((H, W), np.uint8)
-            if 3 * i <= t < 3 * i + 5:
+            if a <= t < b:
                 m[2:6, 2:6] = 1
             vol[0, t] = m
-        (root / "testing_label_mask").mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(root / "testing_label_mask" / f"{i}_label.mat", {"volLabel": vol})
+        scipy.io.savemat(labels / f"{i}_label.mat", {"volLabel": vol})
+    if published is not None:
+        gt = np.empty((1, len(published)), dtype=object)
+        for k, spans in enumerate(published.values()):
+            gt[0, k] = np.array(spans, dtype=np.float64).T.reshape(2, -1)  # MATLAB doubles, one column per event
+        scipy.io.savemat(root / "avenue.mat", {"gt": gt})
     return root
 
 
-PED2_M = """TestDataset = {};
-TestDataset.gt{1} = [5:9];
-TestDataset.gt{2} = [1:3, 12:16];
-"""
+def ucsd_m(spans: list[list[tuple[int, int]]]) -> str:
+    """A UCSD ``UCSDpedN.m`` file as the dataset ships it: 1-based inclusive ranges, one line per test clip."""
+    lines = ["TestVideoFile = {};"]
+    for clip in spans:
+        lines.append("TestVideoFile{end+1}.gt_frame = [" + ", ".join(f"{a}:{b}" for a, b in clip) + "];")
+    return "\r\n".join(lines) + "\r\n"  # the real files have DOS line ends
 
 
-def make_ped2(root: Path, with_m: bool = True) -> Path:
-    for i in (1, 2):
+PED2_SPANS = [[(5, 9)], [(1, 3), (12, 16)]]  # clip 2: a multi-range line, as in the real files
+PED1_SPANS = [[(2, 6)], [(4, 7), (10, 16)], [(1, 16)]]
+PED2_M = ucsd_m(PED2_SPANS)
+
+
+def labels_from_spans(spans: list[tuple[int, int]], n: int = T) -> np.ndarray:
+    lab = np.zeros(n, np.uint8)
+    for a, b in spans:
+        lab[a - 1 : b] = 1
+    return lab
+
+
+def write_mask_folder(folder: Path, labels: np.ndarray, size: tuple[int, int] = (H, W)) -> Path:
+    """UCSD-style ``_gt`` folder: ``001.bmp ..``, a white square on frames whose label is 1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, on in enumerate(labels):
+        m = np.zeros(size, np.uint8)
+        if on:
+            m[20:30, 20:30] = 255
+        Image.fromarray(m).save(folder / f"{t + 1:03d}.bmp")
+    return folder
+
+
+def make_ucsd(root: Path, variant: str, spans: list[list[tuple[int, int]]], gt_clips: set[int],
+              with_m: bool = True, n_train: int = 2) -> Path:
+    """A UCSD ``UCSDpedN`` folder: grey ``.tif`` frames from 001, ``_gt`` masks for the test clips in
+    ``gt_clips`` (1-based), and ``Test/UCSDpedN.m`` in the real syntax."""
+    for i in range(1, n_train + 1):
         gray = frames(30 + i).mean(-1).astype(np.uint8)[..., None].repeat(3, -1)
         write_frames(root / "Train" / f"Train{i:03d}", gray, ext=".tif", start=1)
+    for i, clip_spans in enumerate(spans, start=1):
+        gray = frames(40 + i).mean(-1).astype(np.uint8)[..., None].repeat(3, -1)
         write_frames(root / "Test" / f"Test{i:03d}", gray, ext=".tif", start=1)
-    lab2 = np.zeros(T, np.uint8)
-    lab2[0:3] = 1
-    lab2[11:16] = 1
-    for i, lab in ((1, labels_for(T, 4, 9)), (2, lab2)):
-        gt = root / "Test" / f"Test{i:03d}_gt"
-        gt.mkdir(parents=True, exist_ok=True)
-        for t in range(T):
-            m = np.zeros((H, W), np.uint8)
-            if lab[t]:
-                m[20:30, 20:30] = 255
-            Image.fromarray(m).save(gt / f"{t + 1:03d}.bmp")
+        if i in gt_clips:
+            write_mask_folder(root / "Test" / f"Test{i:03d}_gt", labels_from_spans(clip_spans))
     if with_m:
-        (root / "Test" / "UCSDped2.m").write_text(PED2_M)
+        (root / "Test" / f"UCSD{variant}.m").write_bytes(ucsd_m(spans).encode())
     return root
+
+
+def make_ped2(root: Path, with_m: bool = True, with_gt: bool = True) -> Path:
+    """Ped2: 2 training, 2 test clips, ``_gt`` masks for every test clip (as in the real Ped2)."""
+    return make_ucsd(root, "ped2", PED2_SPANS, {1, 2} if with_gt else set(), with_m=with_m)
+
+
+def make_ped1(root: Path) -> Path:
+    """Ped1: 2 training, 3 test clips; only Test002 has ``_gt`` masks (the real Ped1 has them for 10 of 36)."""
+    return make_ucsd(root, "ped1", PED1_SPANS, {2})
 
 
 def paste_anomaly(data: np.ndarray, t0: int, t1: int, size: int = 16) -> np.ndarray:

@@ -220,7 +220,7 @@ def test_bundled_pipelines_load():
     from vad.pipeline import PIPELINES, find_pipeline
 
     names = sorted(p.stem for p in PIPELINES.glob("*.yaml"))
-    assert names == ["avenue", "campus", "demo", "ped2", "shanghaitech"]
+    assert names == ["avenue", "campus", "demo", "ped1", "ped2", "shanghaitech"]
     for name in names:
         cfg = load_config(find_pipeline(name))
-        assert cfg.data.dataset in ("shanghaitech", "avenue", "ped2") and cfg.score.save_maps
+        assert cfg.data.dataset in ("shanghaitech", "avenue", "ped2", "ped1") and cfg.score.save_maps

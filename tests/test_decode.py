@@ -80,6 +80,34 @@ def test_grayscale_tif_frames_become_rgb(tmp_path):
     assert x.shape == (3, 3, 10, 12) and int(x[2, 1, 0, 0]) == 80
 
 
+def test_16bit_png_frames_scale_to_8bit(tmp_path):
+    """Pillow's own RGB conversion clips 16-bit samples to 255: a white frame that still 'decodes'."""
+    from PIL import Image
+
+    ramp = (np.arange(10 * 12, dtype=np.uint32).reshape(10, 12) * 550).astype(np.uint16)  # 0 .. 65450
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for t in range(2):
+        Image.fromarray(ramp).save(folder / f"{t:03d}.png")
+    assert Image.open(folder / "000.png").mode == "I;16"  # really a 16-bit file
+    _, x = collect(folder)
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    assert x.shape == (2, 3, 10, 12)
+    for c in range(3):
+        np.testing.assert_array_equal(x[0, c].numpy(), expected)
+    assert 120 < x.float().mean() < 135  # a mid-grey ramp, not white (254.5)
+
+
+def test_float_images_are_refused_by_name(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    Image.fromarray(np.full((6, 8), 0.5, np.float32)).save(folder / "000.tif")
+    with pytest.raises(DecodeError, match=r"000\.tif: image mode 'F' has no 8-bit reading"):
+        collect(folder)
+
+
 def test_truncated_video_is_an_error(tmp_path):
     long = write_video(tmp_path / "long.avi", frames(0, n=120))
     data = long.read_bytes()

@@ -14,7 +14,8 @@ from vad.errors import VadError
 def _inspect(args: argparse.Namespace) -> None:
     from vad.pipeline import inspect_dataset
 
-    inspect_dataset(args.data, args.dataset, splits=args.split, scenes=args.scenes, decode=args.decode)
+    inspect_dataset(args.data, args.dataset, splits=args.split, scenes=args.scenes, decode=args.decode,
+                    frame_labels=args.frame_labels)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--split", nargs="+", choices=["train", "test"], default=["train", "test"])
     insp.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to keep, e.g. 1 3")
     insp.add_argument("--decode", action="store_true", help="decode every frame (slow; finds corrupt files)")
+    insp.add_argument("--frame-labels", choices=["masks", "published"],
+                      help="Avenue: frame labels from the masks (default) or avenue.mat's intervals (data/avenue)")
     insp.set_defaults(func=_inspect)
 
     tr = sub.add_parser(

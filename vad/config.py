@@ -53,7 +53,7 @@ def _is_colormap(name: str) -> bool:
 Positive = Annotated[int, Range(ge=1)]
 Percentile = Annotated[float, Range(gt=0, le=100)]
 Amp = Literal["auto", "bf16", "fp16", "off"]
-Dataset = Literal["shanghaitech", "avenue", "ped2", "folder"]  # vad.io.DATASETS (a test keeps them equal)
+Dataset = Literal["shanghaitech", "avenue", "ped2", "ped1", "folder"]  # vad.io.DATASETS (a test keeps them equal)
 Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2", "vgg16"]  # vad.models.backbones.BACKBONES
 ScoreNormalisation = Literal["minmax", "calibrated", "none"]
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
@@ -144,6 +144,8 @@ class DataConfig:
     dataset: Dataset | None = None
     root: str | None = None
     scenes: tuple[int | str, ...] | None = None  # ShanghaiTech scenes to use (None = all)
+    frame_labels: Literal["masks", "published"] | None = None  # Avenue only: masks (default: a frame is anomalous
+    # when any pixel of its volLabel mask is set) | published (the event intervals of avenue.mat; data/avenue)
 
 
 @dataclass(frozen=True)

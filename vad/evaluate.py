@@ -140,9 +140,10 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
                 y = {n: lab[n] for n in names}
                 if any(v.any() for v in y.values()) and not all(v.all() for v in y.values()):
                     metrics["per_scene"][sc] = {"frame_auc_micro": _r(micro_auc({n: final[n] for n in names}, y))}
-        pix = _pixel_metric(run, manifest, lab, ev)
+        pix, covered = _pixel_metric(run, manifest, lab, ev)
         if pix is not None:
             metrics["pixel_auroc"] = _r(pix)
+            metrics["pixel_auroc_clips"] = {"with_pixel_ground_truth": covered, "labelled": len(lab)}
 
     _write_events(found, run)
     untimed = sorted({e.clip for e in found if e.start_s is None})
@@ -162,17 +163,19 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     return metrics
 
 
-def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> float | None:
+def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> tuple[float | None, int]:
+    """Pixel AUROC over the labelled clips that have pixel ground truth and saved maps (UCSD Ped1 has masks for
+    some clips only), and how many clips that is."""
     from vad.io.masks import read_pixel_mask
 
     names = [n for n in labels if manifest[n].pixel_mask and (run / "maps" / f"{n}.npy").is_file()]
     if not names:
-        return None
+        return None, 0
     maps, masks = {}, {}
     for n in names:
         maps[n] = np.load(run / "maps" / f"{n}.npy")
         masks[n] = read_pixel_mask(Path(manifest[n].pixel_mask), manifest[n].frames, n)
-    return pixel_auroc(maps, masks, max_pixels=ev.pixel_max)
+    return pixel_auroc(maps, masks, max_pixels=ev.pixel_max), len(names)
 
 
 def _write_events(found: list, run: Path) -> None:

@@ -16,21 +16,18 @@ from vad.atomic import save_npy, write_text
 from vad.config import RunConfig, ScoreConfig, to_dict
 from vad.distributed import barrier, shard_clips, world
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
+from vad.io.published import split_summary
 from vad.runs import RunFolder, ScoreBook, file_digest, merge_manifest_parts
 from vad.train import train, train_per_scene
 
 
 def describe(clips: Sequence[Clip]) -> str:
-    """One line per clip and a total: name, kind, frames, anomalous frames."""
+    """One line per clip (name, kind, frames, anomalous frames); totals come from :func:`split_summary`."""
     lines = []
     for c in clips:
         lab = "" if c.labels is None else f"  anomalous {int(c.labels.sum()):5d} ({c.labels.mean():.0%})"
         scene = f"  scene {c.scene}" if c.scene else ""
         lines.append(f"  {c.name:<24} {c.kind:<6} {c.num_frames:6d} frames{scene}{lab}")
-    total = sum(c.num_frames for c in clips)
-    labelled = [c for c in clips if c.labels is not None]
-    tail = f", {sum(int(c.labels.sum()) for c in labelled)} anomalous" if labelled else ""
-    lines.append(f"  {len(clips)} clips, {total} frames{tail}")
     return "\n".join(lines)
 
 
@@ -47,13 +44,13 @@ def decode_all(clips: Sequence[Clip], desc: str = "decoding") -> tuple[int, floa
 
 def inspect_dataset(
     root: Path, dataset: str, splits: Iterable[str] = ("train", "test"),
-    scenes: Iterable[str] | None = None, decode: bool = False,
+    scenes: Iterable[str] | None = None, decode: bool = False, frame_labels: str | None = None,
 ) -> dict[str, list[Clip]]:
     out = {}
     for split in splits:
-        clips = read_dataset(dataset, root, split, scenes=scenes)
+        clips = read_dataset(dataset, root, split, scenes=scenes, frame_labels=frame_labels)
         out[split] = clips
-        print(f"{dataset} {split} ({root}):\n{describe(clips)}")
+        print(f"{dataset} {split} ({root}):\n{describe(clips)}\n{split_summary(dataset, split, clips, scenes)}")
         if decode:
             n, secs = decode_all(clips, desc=f"decoding {split}")
             print(f"  decoded {n} frames in {secs:.1f}s ({n / secs:.0f} frames/s); all readable")
@@ -87,7 +84,7 @@ def with_data(cfg: RunConfig, root: Path | str | None = None, dataset: str | Non
 
 def read_split(cfg: RunConfig, split: str) -> list[Clip]:
     d = cfg.data
-    return read_dataset(d.dataset, d.root, split, scenes=d.scenes)
+    return read_dataset(d.dataset, d.root, split, scenes=d.scenes, frame_labels=d.frame_labels)
 
 
 def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:

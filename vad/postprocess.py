@@ -18,6 +18,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from vad.config import ScoreNormalisation, choices
 
+
 def smooth(scores: np.ndarray, sigma: float) -> np.ndarray:
     """``(T,)`` -> ``(T,)`` Gaussian-smoothed over frames (``sigma`` in frames; 0 returns a copy)."""
     scores = np.asarray(scores, dtype=np.float64)

@@ -1,72 +1,136 @@
-"""CUHK Avenue reader."""
+"""CUHK Avenue reader: the flat layout, or its two archives (`Avenue Dataset/`, `ground_truth_demo/`) side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.records import Clip, list_videos, with_labels
-from vad.io.validate import require_dir
+from vad.io.masks import check_mask_shape
+from vad.io.records import Clip, list_videos, spans_to_labels, with_labels
+from vad.io.validate import find_dir, require_dir
+
+AvenueLabels = Literal["masks", "published"]
+AVENUE_LABELS: tuple[str, ...] = ("masks", "published")
+# Where each folder may be: the flat layout first, then the archives as they unpack.
+_VIDEO_DIRS = {split: [name, f"Avenue Dataset/{name}"]
+               for split, name in (("train", "training_videos"), ("test", "testing_videos"))}
+_LABEL_DIRS = ["testing_label_mask", "ground_truth_demo/testing_label_mask"]
+_PUBLISHED_FILES = ["avenue.mat", "ground_truth_demo/avenue.mat"]
 
 
-def _vol_cells(path: Path) -> np.ndarray:
-    """The ``volLabel`` cells (one ``(H, W)`` mask per frame) of an Avenue ``N_label.mat`` file."""
+def _loadmat(path: Path, variable: str, expected: str, **kwargs) -> np.ndarray:
     import scipy.io
 
     try:
-        mat = scipy.io.loadmat(str(path))
+        mat = scipy.io.loadmat(str(path), **kwargs)
     except (OSError, ValueError, NotImplementedError) as err:
         raise LabelError(f"{path}: cannot read MATLAB label file ({err})") from err
-    if "volLabel" not in mat:
+    if variable not in mat:
         keys = sorted(k for k in mat if not k.startswith("__"))
-        raise LabelError(f"{path}: no 'volLabel' variable; found {keys}; expected Avenue's N_label.mat")
-    return np.asarray(mat["volLabel"]).reshape(-1)
+        raise LabelError(f"{path}: no {variable!r} variable; found {keys}; expected {expected}")
+    return mat[variable]
 
 
-def avenue_frame_labels(path: Path) -> np.ndarray:
-    """``(T,)`` frame labels from an Avenue label file without stacking the whole mask volume."""
-    return np.array([np.asarray(c).any() for c in _vol_cells(path)], dtype=np.uint8)
+def _vol_cells(path: Path) -> list[np.ndarray]:
+    """The ``volLabel`` cells (one ``(H, W)`` mask per frame) of an Avenue ``N_label.mat`` file."""
+    cells = np.asarray(_loadmat(path, "volLabel", "Avenue's N_label.mat (volLabel: 1xT cell of HxW masks)"))
+    out = [np.asarray(c) for c in cells.reshape(-1)] if cells.dtype == object else None
+    if out is None or any(c.ndim != 2 for c in out):
+        raise LabelError(f"{path}: volLabel of type {cells.dtype} and shape {cells.shape}; "
+                         "expected a 1xT MATLAB cell of HxW masks")
+    return out
+
+
+def _volume_shape(cells: list[np.ndarray], path: Path) -> tuple[int, int, int]:
+    sizes = sorted({c.shape for c in cells})
+    if len(sizes) != 1:
+        raise LabelError(f"{path}: volLabel masks of several sizes {sizes[:4]}; expected one HxW for all frames")
+    return (len(cells), *sizes[0])
 
 
 def load_avenue_volume(path: Path) -> np.ndarray:
     """Pixel masks ``(T, H, W)`` uint8 from an Avenue ``N_label.mat`` file (``volLabel`` cell array)."""
     cells = _vol_cells(path)
-    try:
-        return np.stack([np.asarray(c, dtype=np.uint8) != 0 for c in cells]).astype(np.uint8)
-    except ValueError as err:
-        raise LabelError(f"{path}: volLabel masks do not share one frame size ({err})") from err
+    _volume_shape(cells, path)
+    return np.stack([c != 0 for c in cells]).astype(np.uint8)
 
 
-def read_avenue(root: Path | str, split: str = "test") -> list[Clip]:
+def published_intervals(path: Path) -> list[list[tuple[int, int]]]:
+    """Per test video, the anomalous ``(first, last)`` frames (1-based, inclusive) of ``avenue.mat``.
+
+    That file (``gt``: a 1x21 cell, per video a 2xK array of start and end frames) ships with the evaluation code
+    of ano_pred_cvpr2018 (Liu et al., CVPR 2018); its annotations come from Hasan et al., CVPR 2016.
+    """
+    gt = np.asarray(_loadmat(path, "gt", "ano_pred_cvpr2018's avenue.mat (gt: a cell of 2xK [start; end])"))
+    out = []
+    for k, cell in enumerate(gt.reshape(-1) if gt.dtype == object else [gt], start=1):
+        a = np.asarray(cell)
+        if a.ndim == 1 and a.size == 2:
+            a = a.reshape(2, 1)
+        if a.ndim != 2 or a.shape[0] != 2 or not np.issubdtype(a.dtype, np.number):
+            raise LabelError(f"{path}: gt cell {k} has shape {a.shape}; expected 2xK [start; end] frame numbers")
+        out.append([(int(s), int(e)) for s, e in a.T])
+    return out
+
+
+def read_avenue(root: Path | str, split: str = "test", labels: AvenueLabels = "masks") -> list[Clip]:
     """Clips of one split of a CUHK Avenue tree.
 
-    Expected tree::
+    Expected tree: the flat layout, or the two downloads unpacked side by side (each folder may be in either)::
 
-        ROOT/
-          training_videos/01.avi .. 16.avi
-          testing_videos/01.avi .. 21.avi
-          testing_label_mask/1_label.mat .. 21_label.mat   (volLabel: one HxW mask per frame)
+        ROOT/                                         ROOT/
+          training_videos/01.avi .. 16.avi              Avenue Dataset/training_videos/01.avi ..
+          testing_videos/01.avi .. 21.avi               Avenue Dataset/testing_videos/01.avi ..
+          testing_label_mask/1_label.mat .. 21_...      ground_truth_demo/testing_label_mask/1_label.mat ..
+          avenue.mat     (labels="published" only)      avenue.mat (or ground_truth_demo/avenue.mat)
 
-    Frame label = any pixel of the frame's mask. Test clips 08 and 18 are almost entirely anomalous:
-    their per-clip AUC is undefined (see the evaluator's single-class rule).
+    ``N_label.mat`` holds ``volLabel``, a 1xT cell of HxW masks: the clip's pixel ground truth, checked against
+    the video's frame count and size. Frame labels (``labels``): ``"masks"``, a frame is anomalous when any pixel
+    of its mask is set; ``"published"``, the intervals of ano_pred_cvpr2018's ``avenue.mat`` that most published
+    Avenue AUCs use (data/avenue/README.md says how they differ). Test clips 08 and 18 are almost entirely
+    anomalous under the masks: their per-clip AUC is undefined.
     """
     root = require_dir(Path(root), "Avenue root")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    folder = require_dir(root / ("training_videos" if split == "train" else "testing_videos"), f"Avenue {split} videos")
+    if labels not in AVENUE_LABELS:
+        raise ValueError(f"Avenue frame labels {labels!r} unknown; expected one of {AVENUE_LABELS}")
+    folder = find_dir(root, _VIDEO_DIRS[split], f"Avenue {split} videos folder")
     files = list_videos(folder)
     if not files:
         raise DatasetLayoutError(f"{folder}: no video files; expected 01.avi, 02.avi, ...")
     clips = [Clip(name=p.stem, path=p, kind="video", split=split) for p in files]
     if split == "train":
         return clips
-    label_dir = require_dir(root / "testing_label_mask", "Avenue label folder")
+    label_dir = find_dir(root, _LABEL_DIRS, "Avenue label folder (testing_label_mask)")
+    published = _published(root, len(clips)) if labels == "published" else None
     out = []
-    for clip in clips:
+    for i, clip in enumerate(clips):
         label_path = label_dir / f"{int(clip.name) if clip.name.isdigit() else clip.name}_label.mat"
         if not label_path.is_file():
             raise LabelError(f"{label_path}: label file missing for test video {clip.path}")
-        out.append(with_labels(clip, avenue_frame_labels(label_path), label_path, pixel_mask=label_path))
+        cells = _vol_cells(label_path)
+        check_mask_shape(clip, label_path, _volume_shape(cells, label_path))
+        frame_labels = np.array([c.any() for c in cells], dtype=np.uint8)
+        source = label_path
+        if published is not None:
+            source, spans = published[0], published[1][i]
+            frame_labels = spans_to_labels(spans, clip.num_frames, f"{source} gt cell {i + 1} ({clip.name})")
+        out.append(with_labels(clip, frame_labels, source, pixel_mask=label_path))
     return out
+
+
+def _published(root: Path, num_clips: int) -> tuple[Path, list[list[tuple[int, int]]]]:
+    """``avenue.mat`` and its intervals, one entry per test video."""
+    path = next((root / rel for rel in _PUBLISHED_FILES if (root / rel).is_file()), None)
+    if path is None:
+        looked = " and ".join(str(root / rel) for rel in _PUBLISHED_FILES)
+        raise LabelError(f"published Avenue labels (avenue.mat from ano_pred_cvpr2018's data) not found; looked for "
+                         f"{looked}; put it there or use the mask labels")
+    intervals = published_intervals(path)
+    if len(intervals) != num_clips:
+        raise LabelError(f"{path}: {len(intervals)} gt cells for {num_clips} test videos; expected one per video")
+    return path, intervals

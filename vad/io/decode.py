@@ -217,16 +217,44 @@ def _iter_decord(path: Path, batch_size: int, start: int, stop: int | None, thre
         del reader  # release the file and decoder threads even when the consumer stops early
 
 
-def _decode_pil(paths: tuple[Path, ...], device=None) -> torch.Tensor:
+def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
+    """An image file as uint8 ``(H, W, 3)`` (``mode="RGB"``) or ``(H, W)`` (``mode="L"``).
+
+    16-bit greyscale (PNG/TIFF ``I;16``, or ``I`` with values in 0..65535) is scaled to 8 bits; Pillow's own
+    conversion would clip it to 255 (a white frame). Float and other images without an 8-bit meaning are refused
+    by name. 16-bit RGB PNGs already arrive as 8-bit ``RGB`` from Pillow.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    arrays = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                arrays.append(np.asarray(img.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as err:
-            raise DecodeError(f"{p}: cannot decode image ({err}); expected {sorted(IMAGE_EXTENSIONS)}") from err
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I"):  # "I;16", "I;16B", "I;16L", "I" (32-bit int)
+                return _scale_16bit(np.asarray(img), img.mode, path, mode)
+            if img.mode not in _EIGHT_BIT_MODES:
+                raise DecodeError(
+                    f"{path}: image mode {img.mode!r} has no 8-bit reading; expected an 8-bit or 16-bit image"
+                )
+            return np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError) as err:
+        raise DecodeError(f"{path}: cannot decode image ({err}); expected {sorted(IMAGE_EXTENSIONS)}") from err
+
+
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
+
+
+def _scale_16bit(a: np.ndarray, pil_mode: str, path: Path, mode: str) -> np.ndarray:
+    """16-bit samples ``(H, W)`` -> uint8 (``x * 255 / 65535``, rounded), greyscale or repeated to RGB."""
+    if a.ndim != 2 or (a.size and (a.min() < 0 or a.max() > 65535)):
+        raise DecodeError(
+            f"{path}: {pil_mode} image with shape {a.shape} and values {a.min()}..{a.max()}; "
+            "expected 16-bit greyscale samples in 0..65535"
+        )
+    grey = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+
+
+def _decode_pil(paths: tuple[Path, ...], device=None) -> torch.Tensor:
+    arrays = [read_image(p) for p in paths]
     _check_same_size(paths, arrays, lambda a: a.shape[:2])
     return _stack_hwc(arrays)
 

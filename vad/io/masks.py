@@ -1,3 +1,5 @@
+"""Pixel ground truth: reading it, and checking it against its clip when a dataset is read."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +25,7 @@ def read_pixel_mask(path: Path, num_frames: int, name: str = "") -> np.ndarray:
     ``num_frames`` masks."""
     path = Path(path)
     if path.is_dir():
-        from vad.io.ped2 import load_mask_folder
+        from vad.io.ucsd import load_mask_folder
 
         masks = load_mask_folder(path)
     elif path.suffix == ".npy":
@@ -40,3 +42,16 @@ def read_pixel_mask(path: Path, num_frames: int, name: str = "") -> np.ndarray:
             "expected (T, H, W) with one mask per frame"
         )
     return masks
+
+
+def check_mask_shape(clip: Clip, source: Path, shape: tuple[int, ...]) -> None:
+    """Raise unless pixel masks of ``shape`` (from ``source``) hold one mask of the clip's frame size per frame.
+
+    ``clip.num_frames`` and ``clip.frame_size`` come from headers (container, first frame), so this is cheap.
+    """
+    expected = (clip.num_frames, *clip.frame_size)
+    if tuple(shape) != expected:
+        raise LabelError(
+            f"{source}: pixel masks of shape {tuple(shape)} (frames, height, width) for clip {clip.name!r} "
+            f"({clip.path}); expected {expected}: one {expected[1]}x{expected[2]} mask per frame"
+        )

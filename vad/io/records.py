@@ -72,6 +72,26 @@ class Clip:
         return probe(self.path).num_frames
 
     @cached_property
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the frames, from the first frame's header or the container (nothing decoded)."""
+        from vad.io.decode import probe
+
+        if self.kind == "video":
+            info = probe(self.path)
+            return info.height, info.width
+        from PIL import Image, UnidentifiedImageError
+
+        from vad.errors import DecodeError
+
+        assert self.frame_paths is not None
+        try:
+            with Image.open(self.frame_paths[0]) as img:
+                width, height = img.size
+        except (UnidentifiedImageError, OSError) as err:
+            raise DecodeError(f"{self.frame_paths[0]}: cannot read image header ({err})") from err
+        return height, width
+
+    @cached_property
     def fps(self) -> float | None:
         """Frame rate of a video clip; ``None`` for frame folders (the dataset's notes give it)."""
         if self.kind == "frames":
@@ -101,7 +121,7 @@ def with_labels(clip: Clip, labels: np.ndarray, source: Path, **changes) -> Clip
     from dataclasses import replace
 
     new = replace(clip, labels=check_labels(clip, labels, source), **changes)
-    for key in ("num_frames", "fps"):  # cached_property values live in the instance __dict__
+    for key in ("num_frames", "fps", "frame_size"):  # cached_property values live in the instance __dict__
         if key in clip.__dict__:
             new.__dict__[key] = clip.__dict__[key]
     return new
@@ -120,3 +140,15 @@ def check_labels(clip: Clip, labels: np.ndarray, source: Path) -> np.ndarray:
             f"which has {clip.num_frames} frames; expected one label per frame"
         )
     return labels.astype(np.uint8)
+
+
+def spans_to_labels(spans: list[tuple[int, int]], num_frames: int, where: str) -> np.ndarray:
+    """``(T,)`` uint8 labels from 1-based inclusive ``spans``; a span outside ``1..num_frames`` is an error."""
+    from vad.errors import LabelError
+
+    labels = np.zeros(num_frames, np.uint8)
+    for a, b in spans:
+        if not 1 <= a <= b <= num_frames:
+            raise LabelError(f"{where}: anomalous range {a}:{b} outside frames 1..{num_frames}")
+        labels[a - 1 : b] = 1
+    return labels

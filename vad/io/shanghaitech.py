@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
+from vad.io.masks import check_mask_shape
 from vad.io.records import Clip, frames_clip, list_videos, natural_key, visible, with_labels
-from vad.io.validate import require_dir
+from vad.io.validate import find_dir, require_dir
 
 
 def scene_of(name: str) -> str:
@@ -46,38 +47,19 @@ def read_shanghaitech(
           testing/test_pixel_mask/01_0014.npy   (T, H, W), optional
 
     ``scenes`` keeps only those scenes (e.g. ``[1]``). Test labels are checked against each clip's frame
-    count; training videos are probed lazily (``clip.num_frames``).
+    count, pixel masks against its frame count and size (from headers); training videos are probed lazily
+    (``clip.num_frames``). A root one level above ``training/`` and ``testing/`` is named in the error.
     """
     root = require_dir(Path(root), "ShanghaiTech root")
     keep = _scene_filter(scenes)
     if split == "train":
-        folder = require_dir(root / "training" / "videos", "ShanghaiTech training videos folder")
+        folder = find_dir(root, ["training/videos"], "ShanghaiTech training videos folder")
         files = list_videos(folder)
         if not files:
             raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
         clips = [Clip(name=p.stem, path=p, kind="video", split="train", scene=scene_of(p.stem)) for p in files]
     elif split == "test":
-        folder = require_dir(root / "testing" / "frames", "ShanghaiTech test frames folder")
-        mask_dir = require_dir(root / "testing" / "test_frame_mask", "ShanghaiTech frame-mask folder")
-        pixel_dir = root / "testing" / "test_pixel_mask"
-        dirs = sorted((p for p in visible(folder) if p.is_dir()), key=natural_key)
-        if not dirs:
-            raise DatasetLayoutError(f"{folder}: no clip folders; expected test clips like 01_0014/000.jpg")
-        clips = []
-        for d in dirs:
-            if keep is not None and scene_of(d.name) not in keep:
-                continue
-            label_path = mask_dir / f"{d.name}.npy"
-            if not label_path.is_file():
-                raise LabelError(f"{label_path}: frame mask missing for test clip {d}")
-            pixel = pixel_dir / f"{d.name}.npy"
-            clip = frames_clip(d, name=d.name, split="test", scene=scene_of(d.name),
-                               pixel_mask=pixel if pixel.is_file() else None)
-            try:
-                labels = np.load(label_path)
-            except (OSError, ValueError) as err:
-                raise LabelError(f"{label_path}: cannot read frame mask ({err})") from err
-            clips.append(with_labels(clip, labels, label_path))
+        clips = _test_clips(root, keep)
     else:
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     if keep is not None:
@@ -86,3 +68,34 @@ def read_shanghaitech(
             raise DatasetLayoutError(f"{root}: no {split} clips in scenes {sorted(keep)}")
     return clips
 
+
+def _test_clips(root: Path, keep: set[str] | None) -> list[Clip]:
+    """Labelled test clips (of the ``keep`` scenes), pixel masks checked against their clips."""
+    folder = find_dir(root, ["testing/frames"], "ShanghaiTech test frames folder")
+    mask_dir = find_dir(root, ["testing/test_frame_mask"], "ShanghaiTech frame-mask folder")
+    pixel_dir = root / "testing" / "test_pixel_mask"
+    dirs = sorted((p for p in visible(folder) if p.is_dir()), key=natural_key)
+    if not dirs:
+        raise DatasetLayoutError(f"{folder}: no clip folders; expected test clips like 01_0014/000.jpg")
+    clips = []
+    for d in dirs:
+        if keep is not None and scene_of(d.name) not in keep:
+            continue
+        label_path = mask_dir / f"{d.name}.npy"
+        if not label_path.is_file():
+            raise LabelError(f"{label_path}: frame mask missing for test clip {d}")
+        pixel = pixel_dir / f"{d.name}.npy"
+        clip = frames_clip(d, name=d.name, split="test", scene=scene_of(d.name),
+                           pixel_mask=pixel if pixel.is_file() else None)
+        labels = _load_npy(label_path, "frame mask")
+        if clip.pixel_mask is not None:  # header only: the masks are memory-mapped, not read
+            check_mask_shape(clip, pixel, _load_npy(pixel, "pixel mask", mmap=True).shape)
+        clips.append(with_labels(clip, labels, label_path))
+    return clips
+
+
+def _load_npy(path: Path, what: str, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as err:
+        raise LabelError(f"{path}: cannot read {what} ({err}); expected a .npy array") from err
