@@ -114,7 +114,7 @@ def test_evaluate_writes_metrics_events_and_plots(scored_run, capsys):
     assert (scored_run / "plots" / "timeline_01_0001.png").is_file()
     assert "frame AUC micro" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(scored_run), "--set", "postprocess.normalisation=zscore"]) == 2
-    assert "postprocess.normalisation: got 'zscore'; expected one of minmax, calibrated, none" in capsys.readouterr().err
+    assert "normalisation: got 'zscore'; expected one of minmax, calibrated, none" in capsys.readouterr().err
 
 
 def _frame_count(path: Path) -> int:
