@@ -107,134 +107,108 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
 
 
+def _command(sub, name: str, func, help: str, text: str, examples: list[str], writes: str | None = None,
+             common: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with its description, examples and ``--set``/``--device`` (``common``); ``writes`` names the
+    argument holding the run folder it writes (locked while it runs)."""
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"{text}\n\nexample{'s' if len(examples) > 1 else ''}:\n  " + "\n  ".join(
+                           e if e.startswith("torchrun") else f"python run_pipeline.py {name} {e}".rstrip()
+                           for e in examples))
+    p.set_defaults(func=func, writes=writes)
+    if common:
+        _common(p)
+    return p
+
+
+def _run_arg(p: argparse.ArgumentParser, written_by: str) -> None:
+    p.add_argument("--run", type=Path, required=True, help=f"run folder written by '{written_by}'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vad.io import DATASETS
 
-    parser = argparse.ArgumentParser(
-        prog="vad",
-        description="Video anomaly detection with student-teacher feature pyramids.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="vad", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Video anomaly detection with student-teacher feature pyramids.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser(
-        "demo",
-        help="generate the synthetic demo scene and run every stage on it",
-        description="Generate the seeded synthetic demo scene (ShanghaiTech layout, under OUT/data) and run "
-        "pipelines/demo.yaml on it: train, score, evaluate, render. Needs no network and no GPU (a few minutes "
-        "on 2 CPU cores). Results: OUT/metrics.json, OUT/events.csv, OUT/plots/, OUT/videos/<clip>.mp4.\n\n"
-        "examples:\n  python run_pipeline.py demo\n"
-        "  python run_pipeline.py demo --out runs/demo2 --set render.layout=side_by_side",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    demo.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
-    _common(demo)
-    demo.set_defaults(func=_demo, writes="out")
+    p = _command(sub, "demo", _demo, "generate the synthetic demo scene and run every stage on it",
+                 "Generate the seeded synthetic demo scene (ShanghaiTech layout, under OUT/data) and run "
+                 "pipelines/demo.yaml on it: train, score, evaluate, render. Needs no network and no GPU (a few "
+                 "minutes on 2 CPU cores). Results: OUT/metrics.json, OUT/events.csv, OUT/plots/, "
+                 "OUT/videos/<clip>.mp4.", ["", "--out runs/demo2 --set render.layout=side_by_side"], writes="out")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
 
-    insp = sub.add_parser(
-        "inspect",
-        help="check a dataset tree and list its clips",
-        description="Read a dataset with its reader, report clips, frame counts and labels; with --decode, "
-        "decode every frame to find unreadable files.\n\n"
-        "example:\n  python run_pipeline.py inspect --data /data/shanghaitech --dataset shanghaitech --scenes 1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    insp.add_argument("--data", type=Path, required=True, help="dataset root (or a video / folder for 'folder')")
-    insp.add_argument("--dataset", choices=DATASETS, required=True)
-    insp.add_argument("--split", nargs="+", choices=["train", "test"], default=["train", "test"])
-    insp.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to keep, e.g. 1 3")
-    insp.add_argument("--decode", action="store_true", help="decode every frame (slow; finds corrupt files)")
-    insp.add_argument("--frame-labels", choices=["masks", "published"],
-                      help="Avenue: frame labels from the masks (default) or avenue.mat's intervals (data/avenue)")
-    insp.set_defaults(func=_inspect)
+    p = _command(sub, "inspect", _inspect, "check a dataset tree and list its clips",
+                 "Read a dataset with its reader, report clips, frame counts and labels against the published "
+                 "counts; with --decode, decode every frame to find unreadable files.",
+                 ["--data /data/shanghaitech --dataset shanghaitech --scenes 1"], common=False)
+    p.add_argument("--data", type=Path, required=True, help="dataset root (or a video / folder for 'folder')")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--split", nargs="+", choices=["train", "test"], default=["train", "test"])
+    p.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to keep, e.g. 1 3")
+    p.add_argument("--decode", action="store_true", help="decode every frame (slow; finds corrupt files)")
+    p.add_argument("--frame-labels", choices=["masks", "published"],
+                   help="Avenue: frame labels from the masks (default) or avenue.mat's intervals (data/avenue)")
 
-    tr = sub.add_parser(
-        "train",
-        help="train a model on a dataset's normal training videos",
-        description="Train a student-teacher model on the normal training split. Resumes from RUN/checkpoints "
-        "when interrupted. Writes RUN/model.pt (or RUN/scenes/<scene>/model.pt with train.per_scene=true) and "
-        "RUN/config.yaml.\n\n"
-        "examples:\n  python run_pipeline.py train --data /data/shanghaitech --dataset shanghaitech --out runs/sht\n"
-        "  python run_pipeline.py train --data /tmp/campus --dataset shanghaitech --out runs/r18 \\\n"
-        "      --set model.backbone=resnet18 --teacher-weights ~/weights/resnet18-f37072fd.pth",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _data_args(tr, "or data.root in the config")
-    tr.add_argument("--out", type=Path, required=True, help="run folder")
-    tr.add_argument("--config", help="pipeline YAML, or the name of one in pipelines/ (e.g. campus)")
-    tr.add_argument("--teacher-weights", help="teacher state dict file (ResNet teachers without a cached download)")
-    _common(tr)
-    tr.set_defaults(func=_train, writes="out")
+    p = _command(sub, "train", _train, "train a model on a dataset's normal training videos",
+                 "Train a student-teacher model on the normal training split. Resumes from RUN/checkpoints when "
+                 "interrupted. Writes RUN/model.pt (or RUN/scenes/<scene>/model.pt with train.per_scene=true) and "
+                 "RUN/config.yaml.",
+                 ["--data /data/shanghaitech --dataset shanghaitech --out runs/sht",
+                  "--data /tmp/campus --dataset shanghaitech --out runs/r18 \\\n"
+                  "      --set model.backbone=resnet18 --teacher-weights ~/weights/resnet18-f37072fd.pth"],
+                 writes="out")
+    _data_args(p, "or data.root in the config")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", help="pipeline YAML, or the name of one in pipelines/ (e.g. campus)")
+    p.add_argument("--teacher-weights", help="teacher state dict file (ResNet teachers without a cached download)")
 
-    sc = sub.add_parser(
-        "score",
-        help="score frames with a trained run",
-        description="Score every frame of a dataset's test split (or of raw videos / frame folders) with the "
-        "model(s) of RUN; writes RUN/scores/<clip>.npy (and RUN/maps/<clip>.npy with score.save_maps=true). "
-        "Without --data/--input it scores the test split of the data RUN was trained on. Clips already scored "
-        "by the current model are skipped unless --overwrite.\n\n"
-        "examples:\n  python run_pipeline.py score --run runs/sht\n"
-        "  python run_pipeline.py score --run runs/sht --data /data/shanghaitech --dataset shanghaitech\n"
-        "  python run_pipeline.py score --run runs/sht --input /footage/cam3/ --set score.save_maps=true\n"
-        "  torchrun --nproc_per_node=8 run_pipeline.py score --run-dir runs/sht --input /archive/  # 8 GPUs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sc.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
-                    help="run folder written by 'train' (under torchrun spell it --run-dir: torchrun reads --run "
-                    "as an abbreviation of its own --run-path)")
-    _data_args(sc, "scores its test split")
-    sc.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
-    sc.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
-    _common(sc)
-    sc.set_defaults(func=_score, writes="run")
+    p = _command(sub, "score", _score, "score frames with a trained run",
+                 "Score every frame of raw videos / frame folders (--input) or of a dataset's test split with the "
+                 "model(s) of RUN; writes RUN/scores/<clip>.npy and RUN/maps/<clip>.npy. Without --input/--data it "
+                 "scores the test split of the labelled dataset RUN was trained on. Clips already scored by the "
+                 "current model and settings from the same source are skipped unless --overwrite.",
+                 ["--run runs/sht --input /footage/cam3/", "--run runs/sht",
+                  "--run runs/sht --data /data/shanghaitech --dataset shanghaitech",
+                  "torchrun --nproc_per_node=8 run_pipeline.py score --run-dir runs/sht --input /archive/  # 8 GPUs"],
+                 writes="run")
+    p.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
+                   help="run folder written by 'train' (under torchrun spell it --run-dir: torchrun reads --run "
+                   "as an abbreviation of its own --run-path)")
+    _data_args(p, "scores its test split")
+    p.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
+    p.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
 
-    ev = sub.add_parser(
-        "evaluate",
-        help="post-process scores; write metrics.json, events and plots",
-        description="Smooth and normalise the scores of a scored run; with labels, compute frame-level AUC "
-        "(micro and macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were "
-        "saved); always write events.csv/events.json (threshold from normal training data) and plots/*.png.\n\n"
-        "examples:\n  python run_pipeline.py evaluate --run runs/sht\n"
-        "  python run_pipeline.py evaluate --run runs/sht --set postprocess.sigma=7 postprocess.normalisation=none",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ev.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
-    ev.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. postprocess.sigma=7")
-    ev.set_defaults(func=_evaluate, writes="run")
+    p = _command(sub, "evaluate", _evaluate, "post-process scores; write metrics.json, events and plots",
+                 "Smooth and normalise the scores of a scored run; with labels, compute frame-level AUC (micro and "
+                 "macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were saved); "
+                 "always write events.csv/events.json (threshold from normal training data) and plots/*.png.",
+                 ["--run runs/sht", "--run runs/sht --set postprocess.sigma=7 postprocess.normalisation=none"],
+                 writes="run")
+    _run_arg(p, "score")
 
-    rd = sub.add_parser(
-        "render",
-        help="write annotated MP4s of scored clips",
-        description="Write RUN/videos/<clip>.mp4 (H.264, the source frame rate) for each scored clip: the anomaly "
-        "heatmap over the frame (needs score.save_maps=true), a score strip with the threshold line and the "
-        "ground-truth spans, and a red border with an ANOMALY tag during detected events (as in events.csv). "
-        "Frame-folder clips use render.fps, else eval.fps, else 25.\n\n"
-        "examples:\n  python run_pipeline.py render --run runs/sht --clip 01_0014 01_0015\n"
-        "  python run_pipeline.py render --run runs/sht --set render.layout=side_by_side render.opacity=0.6",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    rd.add_argument("--run", type=Path, required=True, help="run folder written by 'score'")
-    rd.add_argument("--clip", nargs="+", help="clip names to render (default: every scored clip)")
-    rd.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. render.opacity=0.6")
-    rd.set_defaults(func=_render, writes="run")
+    p = _command(sub, "render", _render, "write annotated MP4s of scored clips",
+                 "Write RUN/videos/<clip>.mp4 (H.264, the source frame rate) for each scored clip: the anomaly "
+                 "heatmap over the frame (needs the saved maps), a score strip with the threshold line and the "
+                 "ground-truth spans, and a red border with an ANOMALY tag during detected events (as in "
+                 "events.csv). Frame-folder clips use render.fps, else eval.fps, else 25.",
+                 ["--run runs/sht --clip 01_0014 01_0015",
+                  "--run runs/sht --set render.layout=side_by_side render.opacity=0.6"], writes="run")
+    _run_arg(p, "score")
+    p.add_argument("--clip", nargs="+", help="clip names to render (default: every scored clip)")
 
-    rn = sub.add_parser(
-        "run",
-        help="every stage from a pipeline YAML: train, score, evaluate, render",
-        description="Run a pipeline config end to end on a dataset: train on its training split, score its test "
-        "split (with maps), evaluate, render. The resolved config is saved as RUN/config.yaml. Re-running on "
-        "the same RUN resumes. Pipelines: pipelines/{demo,campus,shanghaitech,avenue,ped2}.yaml.\n\n"
-        "examples:\n  python run_pipeline.py run --config pipelines/campus.yaml --data /tmp/campus --out runs/campus\n"
-        "  python run_pipeline.py run --config ped2 --data /data/ped2 --out runs/ped2 --set train.epochs=50",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    rn.add_argument("--config", required=True, help="pipeline YAML, or the name of one in pipelines/")
-    _data_args(rn, "or data.root in the config")
-    rn.add_argument("--out", type=Path, required=True, help="run folder")
-    rn.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
-    _common(rn)
-    rn.set_defaults(func=_run, writes="out")
+    p = _command(sub, "run", _run, "every stage from a pipeline YAML: train, score, evaluate, render",
+                 "Run a pipeline config end to end on a dataset: train on its training split, score its test split "
+                 "(with maps), evaluate, render. The resolved config is saved as RUN/config.yaml. Re-running on the "
+                 "same RUN resumes. Pipelines: pipelines/{demo,campus,shanghaitech,avenue,ped1,ped2}.yaml.",
+                 ["--config pipelines/campus.yaml --data /tmp/campus --out runs/campus",
+                  "--config ped2 --data /data/ped2 --out runs/ped2 --set train.epochs=50"], writes="out")
+    p.add_argument("--config", required=True, help="pipeline YAML, or the name of one in pipelines/")
+    _data_args(p, "or data.root in the config")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
     return parser
 
 
@@ -273,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # an unwritable or unreadable file or folder: name it
-        where = f"{err.filename}: " if err.filename else ""
+        name = err.filename2 or err.filename  # a rename names its target second
+        where = f"{name}: " if name else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
