@@ -46,14 +46,6 @@ def test_workers_split_clips_and_cover_every_frame_once(shanghaitech_root):
     assert sorted(got) == sorted((c.name, i) for c in clips for i in range(T))
 
 
-def test_ranks_partition_the_clips(shanghaitech_root):
-    clips = read_dataset("shanghaitech", shanghaitech_root, "train")
-    parts = [seen(make_loader(FrameStream(clips, FrameTransform(size=(16, 16)), rank=r, world_size=2)))
-             for r in range(2)]
-    assert not set(parts[0]) & set(parts[1])
-    assert len(parts[0]) + len(parts[1]) == len(clips) * T
-
-
 def test_shuffle_mixes_clips_covers_all_and_reshuffles_per_epoch(shanghaitech_root):
     clips = read_dataset("shanghaitech", shanghaitech_root, "train")
     stream = FrameStream(clips, FrameTransform(size=(16, 16)), batch_size=8, shuffle=True, shuffle_buffer=32, seed=1)

@@ -102,7 +102,7 @@ def read_avenue(root: Path | str, split: str = "test", labels: AvenueLabels = "m
     files = list_videos(folder)
     if not files:
         raise DatasetLayoutError(f"{folder}: no video files; expected 01.avi, 02.avi, ...")
-    clips = [Clip(name=p.stem, path=p, kind="video", split=split) for p in files]
+    clips = [Clip(name=p.stem, path=p, kind="video") for p in files]
     if split == "train":
         return clips
     label_dir = find_dir(root, _LABEL_DIRS, "Avenue label folder (testing_label_mask)")

@@ -79,9 +79,8 @@ class FrameStream(IterableDataset):
     ``jpeg_bytes`` too, a batch of a JPEG-folder clip carries ``"jpeg"`` (the files' encoded bytes, packed end
     to end), ``"sizes"`` (bytes per file) and ``"paths"`` instead of ``"frames"``, for
     :func:`~vad.io.decode.decode_jpeg_files` on the GPU (nvJPEG).
-    Clips are split across ``DataLoader`` workers and, with ``rank``/``world_size``, across processes.
-    Shards hold whole clips, so ranks can see different batch counts (DDP training gives each rank its own
-    equal ``ranges`` instead: :func:`vad.distributed.frame_shares`).
+    Clips are split across ``DataLoader`` workers (whole clips per worker). Several processes give each their
+    own clips or ``ranges`` (:func:`vad.distributed.shard_clips`, :func:`vad.distributed.frame_shares`).
     ``ranges`` maps a clip name to the ``(start, stop)`` frames to read (default: all), e.g. for a hold-out.
     Without ``shuffle`` every batch holds consecutive frames of one clip, in order. With ``shuffle``, clip
     order is shuffled per epoch (``set_epoch``) and a buffer of ``shuffle_buffer`` transformed frames mixes
@@ -98,8 +97,6 @@ class FrameStream(IterableDataset):
         shuffle: bool = False,
         shuffle_buffer: int = 256,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
         decode_batch: int = 64,
         ranges: Mapping[str, tuple[int, int]] | None = None,
         jpeg_bytes: bool = False,
@@ -113,8 +110,6 @@ class FrameStream(IterableDataset):
             raise ValueError("jpeg_bytes passes undecoded frames on: it needs transform=None")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.clips = list(clips)
         self.transform = transform
         self.batch_size = batch_size
@@ -122,8 +117,6 @@ class FrameStream(IterableDataset):
         self.shuffle = shuffle
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.decode_batch = decode_batch
         self.ranges = dict(ranges or {})
         self.jpeg_bytes = jpeg_bytes
@@ -135,7 +128,7 @@ class FrameStream(IterableDataset):
     def _shard(self) -> tuple[list[Clip], int]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shard, shards = self.rank * workers + worker, self.world_size * workers
+        shard, shards = worker, workers
         order = np.arange(len(self.clips))
         if self.shuffle:
             np.random.default_rng((self.seed, self.epoch)).shuffle(order)

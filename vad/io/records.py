@@ -55,7 +55,6 @@ class Clip:
     name: str
     path: Path
     kind: ClipKind
-    split: Literal["train", "test"] = "test"
     scene: str | None = None
     labels: np.ndarray | None = field(default=None, repr=False)
     pixel_mask: Path | None = None

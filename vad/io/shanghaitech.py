@@ -57,7 +57,7 @@ def read_shanghaitech(
         files = list_videos(folder)
         if not files:
             raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
-        clips = [Clip(name=p.stem, path=p, kind="video", split="train", scene=scene_of(p.stem)) for p in files]
+        clips = [Clip(name=p.stem, path=p, kind="video", scene=scene_of(p.stem)) for p in files]
     elif split == "test":
         clips = _test_clips(root, keep)
     else:
@@ -85,7 +85,7 @@ def _test_clips(root: Path, keep: set[str] | None) -> list[Clip]:
         if not label_path.is_file():
             raise LabelError(f"{label_path}: frame mask missing for test clip {d}")
         pixel = pixel_dir / f"{d.name}.npy"
-        clip = frames_clip(d, name=d.name, split="test", scene=scene_of(d.name),
+        clip = frames_clip(d, name=d.name, scene=scene_of(d.name),
                            pixel_mask=pixel if pixel.is_file() else None)
         labels = _load_npy(label_path, "frame mask")
         if clip.pixel_mask is not None:  # header only: the masks are memory-mapped, not read

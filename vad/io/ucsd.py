@@ -101,7 +101,7 @@ def read_ucsd(root: Path | str, split: str, variant: Variant) -> list[Clip]:
     clips = []
     for d in dirs:
         gt = folder / f"{d.name}_gt"
-        clips.append(frames_clip(d, name=d.name, split=split, pixel_mask=gt if gt.is_dir() else None))
+        clips.append(frames_clip(d, name=d.name, pixel_mask=gt if gt.is_dir() else None))
     if split == "train":
         return clips
     m_file = folder / f"UCSD{variant}.m"
