@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +44,12 @@ class ScoredRun:
 
     run: Path
     manifest: dict[str, ClipRecord]
-    raw: dict = field(default_factory=dict)
-    smoothed: dict = field(default_factory=dict)
-    final: dict = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)
-    normal: dict = field(default_factory=dict)
-    thresholds: dict = field(default_factory=dict)
+    raw: dict[str, np.ndarray]  # clip -> (T,) scores as written by the score stage
+    smoothed: dict[str, np.ndarray]  # clip -> temporally smoothed
+    final: dict[str, np.ndarray]  # clip -> smoothed and normalised
+    labels: dict[str, np.ndarray]  # labelled clip -> (T,) frame labels
+    normal: dict[str, np.ndarray]  # model reference -> normal hold-out frame scores
+    thresholds: dict[str, float]  # model reference -> event threshold
 
     def threshold(self, clip: str) -> float:
         return self.thresholds[self.manifest[clip].reference]
@@ -63,23 +63,25 @@ def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig) -> Sco
     folder = RunFolder(run)
     if not folder.manifest.is_file():
         raise FileNotFoundError(f"{folder.manifest} not found: score the run first (vad score --run {run} ...)")
-    s = ScoredRun(folder.root, read_manifest(folder, parts=False))
-    for name, info in s.manifest.items():
+    manifest = read_manifest(folder, parts=False)
+    raw, normal, labels = {}, {}, {}
+    for name, info in manifest.items():
         path = folder.scores(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: scoring of clip {name} did not finish; re-run vad score")
-        s.raw[name] = _finite(np.load(path).astype(np.float64), path)
-        ref = info.reference
-        if ref not in s.normal:
-            s.normal[ref] = _finite(np.load(folder.normal_scores(ref)).astype(np.float64), folder.normal_scores(ref))
-        s.smoothed[name] = smooth(s.raw[name], post.sigma)
-        s.final[name] = normalise(s.smoothed[name], post.normalisation, s.normal[ref], post.reference_percentile)
+        raw[name] = _finite(np.load(path).astype(np.float64), path)
+        if info.reference not in normal:
+            ref_path = folder.normal_scores(info.reference)
+            normal[info.reference] = _finite(np.load(ref_path).astype(np.float64), ref_path)
         if info.labelled:
-            s.labels[name] = np.load(folder.labels(name))
+            labels[name] = np.load(folder.labels(name))
+    smoothed = {name: smooth(v, post.sigma) for name, v in raw.items()}
+    final = {name: normalise(v, post.normalisation, normal[manifest[name].reference], post.reference_percentile)
+             for name, v in smoothed.items()}
     # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per model), applied to
     # the smoothed scores (smoothing only lowers peaks, so this errs towards fewer false alarms).
-    s.thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in s.normal.items()}
-    return s
+    thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in normal.items()}
+    return ScoredRun(folder.root, manifest, raw, smoothed, final, labels, normal, thresholds)
 
 
 def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
