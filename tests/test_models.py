@@ -113,7 +113,7 @@ def test_loss_is_zero_when_student_equals_teacher() -> None:
     model.student.load_state_dict(model.teacher.state_dict())
     model.eval()
     with torch.no_grad():
-        t, s = model.features(torch.randn(2, 3, 64, 64))
+        t, s = model.pyramids(torch.randn(2, 3, 64, 64))
         amap = model.anomaly_map(torch.randn(2, 3, 64, 64))
     assert float(stpm_loss(t, s)) == pytest.approx(0.0, abs=1e-10)
     assert float(amap.max()) == pytest.approx(0.0, abs=1e-10)
@@ -157,7 +157,7 @@ def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
     model = _tiny_stpm().train()
     assert not model.teacher.training and model.student.training
     assert not any(p.requires_grad for p in model.teacher.parameters())
-    t, s = model.features(torch.randn(2, 3, 64, 64))
+    t, s = model.pyramids(torch.randn(2, 3, 64, 64))
     stpm_loss(t, s).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert any(p.grad is not None for p in model.student.parameters())
