@@ -94,7 +94,7 @@ def test_resnet_weights_from_file_and_cache(tmp_path, monkeypatch) -> None:
 def test_bad_weights_file_is_named(tmp_path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsUnavailableError, match="bad.pth"):
+    with pytest.raises(WeightsUnavailableError, match="bad.pth: not a readable teacher weights file"):
         build_backbone("resnet18", weights=bad)
     other = tmp_path / "lite.pth"
     torch.save(load_classifier("efficientnet_lite0", "random").state_dict(), other)

@@ -69,7 +69,7 @@ def test_bad_checkpoints_raise(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
         load_model(tmp_path / "junk.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a vad checkpoint"):
