@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import numpy as np
@@ -11,10 +13,20 @@ import torch.nn.functional as F
 from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo
 
-from vad.config import ModelConfig
-from vad.models import STPM, WeightsUnavailableError, build_backbone, build_model, frame_scores
+from vad.config import Backbone, ModelConfig, choices
+from vad.models import (
+    BACKBONES,
+    METHODS,
+    STPM,
+    WeightsUnavailableError,
+    build_backbone,
+    build_model,
+    frame_scores,
+)
 from vad.models.backbones import load_classifier
 from vad.models.loss import level_discrepancy, stpm_loss
+from vad.models.mkd import SCORES
+from vad.models.stpm import COMBINE
 
 
 @pytest.mark.parametrize(("name", "channels"), [
@@ -139,10 +151,23 @@ def test_loss_matches_definition() -> None:
 @pytest.mark.parametrize("combine", ["product", "sum"])
 def test_anomaly_map_contract(combine: str) -> None:
     model = _tiny_stpm(combine).eval()
-    amap = model.anomaly_map(torch.randn(3, 3, 64, 96))
+    assert model.combine_rule == combine
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        amap = model.anomaly_map(x)
+        scores, scored_map = model.score_and_map(x)
     assert amap.shape == (3, 16, 24)
     assert torch.isfinite(amap).all() and (amap >= 0).all()
-    assert torch.equal(frame_scores(amap), amap.flatten(1).amax(1))
+    assert torch.allclose(scored_map, amap)
+    assert torch.equal(scores, torch.stack([m.max() for m in scored_map]))  # the frame score: the map's peak
+
+
+def test_frame_score_is_each_maps_maximum() -> None:
+    amap = torch.tensor([[[0.0, 1.0], [3.0, 2.0]],
+                         [[-1.0, -4.0], [-2.0, -3.0]],  # all negative (RSTPM's log-odds): -1, not 0
+                         [[7.0, 7.0], [0.5, 7.0]]])
+    assert frame_scores(amap).tolist() == [3.0, -1.0, 7.0]
+    assert frame_scores(torch.zeros(0, 4, 5)).shape == (0,)
 
 
 def test_product_and_sum_combine() -> None:
@@ -163,12 +188,26 @@ def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
     assert any(p.grad is not None for p in model.student.parameters())
 
 
-def test_calibration() -> None:
+def test_position_stats() -> None:
     model = _tiny_stpm().eval()
     amap = torch.rand(2, 4, 5)
-    with pytest.raises(RuntimeError, match="no calibration"):
+    assert not model.has_position_stats
+    with pytest.raises(RuntimeError, match="no per-position statistics"):
         model.standardise_map(amap)
     model.set_position_stats(torch.full((4, 5), 0.5), torch.full((4, 5), 2.0))
+    assert model.has_position_stats
     assert torch.allclose(model.standardise_map(amap), (amap - 0.5) / 2.0)
+    with pytest.raises(ValueError, match=r"map size \(3, 5\) != position statistics size \(4, 5\)"):
+        model.standardise_map(torch.rand(2, 3, 5))
     with pytest.raises(ValueError, match="positive scale"):
         model.set_position_stats(torch.zeros(4, 5), torch.zeros(4, 5))
+
+
+def test_model_choices_match_the_config_types() -> None:
+    """The config loader's Literal types and the models' tables list the same choices: every setting the loader
+    accepts builds a model, and every model can be asked for (build_model has no check of its own)."""
+    hints = typing.get_type_hints(ModelConfig, include_extras=True)
+    assert choices(hints["method"]) == METHODS
+    assert set(choices(Backbone)) == set(BACKBONES)
+    assert set(choices(hints["combine"])) == set(COMBINE)
+    assert set(choices(hints["mkd_score"])) == set(SCORES)
