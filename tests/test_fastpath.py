@@ -7,38 +7,24 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL, TINY
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+import vad.device
 from vad.checkpoint import load_model
-from vad.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
+from vad.config import ModelConfig, ScoreConfig
 from vad.device import amp_dtype, cpu_has_native_bf16
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
+from vad.models import build_model
 from vad.score import Scorer, score_clips
 from vad.train import train
 
-CFG = RunConfig(
-    model=ModelConfig(input_height=96),
-    train=TrainConfig(epochs=6, batch_size=8, lr=3e-3, seed=0),
-    score=ScoreConfig(batch_size=8, amp="off"),
-)
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    return helpers.make_anomaly_scene(tmp_path_factory.mktemp("scene"))
-
-
-@pytest.fixture(scope="module")
-def trained(scene: Path, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    train(read_dataset("shanghaitech", scene, "train"), CFG, run, device="cpu", progress=False)
-    return run
+FP32 = replace(TINY.score, batch_size=8, amp="off")  # float32 scoring: paths compared exactly
 
 
 def _scores(scorer: Scorer, clips, out: Path) -> np.ndarray:
@@ -51,8 +37,8 @@ def test_device_side_path_gives_the_cpu_path_scores(scene: Path, trained: Path, 
     normalises on its device), run here on the CPU, scores every frame exactly as the CPU path does."""
     model, ckpt = load_model(trained / "model.pt")
     clips = read_dataset("shanghaitech", scene, "test")  # JPEG folders
-    cpu = _scores(Scorer(model, ckpt, CFG.score, "cpu"), clips, tmp_path / "cpu")
-    dev = Scorer(model, ckpt, CFG.score, "cpu")
+    cpu = _scores(Scorer(model, ckpt, FP32, "cpu"), clips, tmp_path / "cpu")
+    dev = Scorer(model, ckpt, FP32, "cpu")
     dev.on_device = True
     batch = next(iter(dev.stream(clips)))
     assert "jpeg" in batch and "frames" not in batch and batch["jpeg"][0].dtype == torch.uint8
@@ -60,7 +46,7 @@ def test_device_side_path_gives_the_cpu_path_scores(scene: Path, trained: Path, 
     videos = read_dataset("shanghaitech", scene, "train")[:1]  # uint8 frames from PyAV
     assert next(iter(dev.stream(videos)))["frames"].dtype == torch.uint8
     np.testing.assert_array_equal(_scores(dev, videos, tmp_path / "dev_v"),
-                                  _scores(Scorer(model, ckpt, CFG.score, "cpu"), videos, tmp_path / "cpu_v"))
+                                  _scores(Scorer(model, ckpt, FP32, "cpu"), videos, tmp_path / "cpu_v"))
 
 
 def test_bf16_scores_keep_the_fp32_ranking(scene: Path, trained: Path, tmp_path: Path) -> None:
@@ -69,22 +55,48 @@ def test_bf16_scores_keep_the_fp32_ranking(scene: Path, trained: Path, tmp_path:
     model, ckpt = load_model(trained / "model.pt")
     clips = read_dataset("shanghaitech", scene, "test")
     y = np.concatenate([c.labels for c in clips]).astype(bool)
-    fp32 = _scores(Scorer(model, ckpt, CFG.score, "cpu"), clips, tmp_path / "fp32")
-    bf16 = _scores(Scorer(model, ckpt, replace(CFG.score, amp="bf16"), "cpu"), clips, tmp_path / "bf16")
+    fp32 = _scores(Scorer(model, ckpt, FP32, "cpu"), clips, tmp_path / "fp32")
+    bf16 = _scores(Scorer(model, ckpt, replace(FP32, amp="bf16"), "cpu"), clips, tmp_path / "bf16")
     assert not np.array_equal(fp32, bf16)  # bf16 did run
     assert spearmanr(fp32, bf16).statistic >= 0.99
     assert abs(roc_auc_score(y, fp32) - roc_auc_score(y, bf16)) <= 0.01
     assert np.abs(fp32 - bf16).max() <= 0.05 * np.abs(fp32).max()
 
 
-def test_amp_auto_per_device() -> None:
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["no_amx", "amx"])
+def test_amp_auto_per_device(monkeypatch, native_bf16: bool) -> None:
+    """``auto``: training on a CPU stays float32; scoring on a CPU uses bf16 exactly where it is native (AMX);
+    CUDA uses bf16 where supported. Both sides of each choice, whatever this machine has."""
+    monkeypatch.setattr(vad.device, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype("auto", cpu) is None  # training on a CPU stays float32
-    assert amp_dtype("auto", cpu, cpu_auto_bf16=True) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    bf16_if_native = torch.bfloat16 if native_bf16 else None
+    assert amp_dtype("auto", cpu) is None
+    assert amp_dtype("auto", cpu, cpu_auto_bf16=True) == bf16_if_native
+    assert amp_dtype("auto", cuda) == bf16_if_native
     assert amp_dtype("off", cuda, cpu_auto_bf16=True) is None
+    assert amp_dtype("off", cpu, cpu_auto_bf16=True) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
     assert amp_dtype("fp16", cpu) == torch.float16
     with pytest.raises(ValueError, match="unknown amp setting 'half'"):
         amp_dtype("half", cpu)
+    model = build_model(ModelConfig(teacher_weights="random"))
+    ckpt = {"input_size": [64, 64], "normalization": "lite0"}
+    assert Scorer(model, ckpt, ScoreConfig(amp="auto"), "cpu").dtype == bf16_if_native  # the scoring default
+    assert Scorer(model, ckpt, ScoreConfig(amp="off"), "cpu").dtype is None
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [("flags : fpu avx512f avx512_bf16", False),
+                                                 ("flags : fpu avx512f amx_bf16 amx_tile", True),
+                                                 (None, False)])
+def test_native_bf16_means_amx(tmp_path: Path, monkeypatch, cpuinfo: str | None, native: bool) -> None:
+    """AVX-512 BF16 alone does not make bf16 faster than float32 (conversions only); AMX does. No /proc/cpuinfo
+    (not Linux): float32."""
+    fake = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        fake.write_text(cpuinfo + "\n")
+    monkeypatch.setattr(vad.device, "Path", lambda _: fake)
+    assert cpu_has_native_bf16() is native
 
 
 def test_uint8_resize_is_within_one_grey_level_of_float() -> None:
@@ -106,8 +118,6 @@ def test_stream_refuses_untransformed_shuffle_and_bytes_with_transform(scene: Pa
 
 
 def test_compile_refused_for_mkd() -> None:
-    from vad.models import build_model
-
     model = build_model(ModelConfig(method="mkd"))
     ckpt = {"input_size": [64, 64], "normalization": "lite0"}
     with pytest.raises(ValueError, match="score.compile does not support mkd"):
@@ -117,8 +127,7 @@ def test_compile_refused_for_mkd() -> None:
 def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: Path) -> None:
     """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
     ceil(frames / batch) steps, so the one-cycle schedule is never overrun."""
-    cfg = replace(CFG, model=replace(CFG.model, input_height=48),
-                  train=replace(CFG.train, epochs=3, num_workers=2, batch_size=5, position_stats=False))
+    cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, num_workers=2, batch_size=5, position_stats=False))
     train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path, device="cpu", progress=False)
     log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["lr"] < log[0]["lr"]
@@ -130,9 +139,9 @@ def test_compiled_scoring_matches_eager(scene: Path, trained: Path, tmp_path: Pa
     """score.compile=true (torch.compile, padded static batches) gives the eager scores (float32, CPU)."""
     model, ckpt = load_model(trained / "model.pt")
     clips = read_dataset("shanghaitech", scene, "test")
-    eager = _scores(Scorer(model, ckpt, CFG.score, "cpu"), clips, tmp_path / "eager")
+    eager = _scores(Scorer(model, ckpt, FP32, "cpu"), clips, tmp_path / "eager")
     torch._dynamo.reset()
-    compiled = Scorer(model, ckpt, replace(CFG.score, compile=True, batch_size=6), "cpu")  # 16 = 6 + 6 + 4 (padded)
+    compiled = Scorer(model, ckpt, replace(FP32, compile=True, batch_size=6), "cpu")  # 16 = 6 + 6 + 4 (padded)
     assert compiled.compiled
     np.testing.assert_allclose(_scores(compiled, clips, tmp_path / "compiled"), eager, rtol=1e-4,
                                atol=1e-5 * float(np.abs(eager).max()))
@@ -145,6 +154,6 @@ def test_compile_by_default_only_for_long_jobs(trained: Path) -> None:
     from vad.score import COMPILE_MIN_FRAMES
 
     model, ckpt = load_model(trained / "model.pt")
-    scorer = Scorer(model, ckpt, CFG.score, "cpu")  # compile=None: decided per job
+    scorer = Scorer(model, ckpt, FP32, "cpu")  # compile=None: decided per job
     assert not scorer.compiled and not scorer.compiles(COMPILE_MIN_FRAMES - 1)
-    assert not Scorer(model, ckpt, replace(CFG.score, compile=False), "cpu").compiles(10**6)
+    assert not Scorer(model, ckpt, replace(FP32, compile=False), "cpu").compiles(10**6)

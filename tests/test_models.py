@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import numpy as np
@@ -11,10 +13,20 @@ import torch.nn.functional as F
 from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo
 
-from vad.config import ModelConfig
-from vad.models import STPM, WeightsUnavailableError, build_backbone, build_model, frame_scores
+from vad.config import Backbone, ModelConfig, choices
+from vad.models import (
+    BACKBONES,
+    METHODS,
+    STPM,
+    WeightsUnavailableError,
+    build_backbone,
+    build_model,
+    frame_scores,
+)
 from vad.models.backbones import load_classifier
 from vad.models.loss import level_discrepancy, stpm_loss
+from vad.models.mkd import SCORES
+from vad.models.stpm import COMBINE
 
 
 @pytest.mark.parametrize(("name", "channels"), [
@@ -94,7 +106,7 @@ def test_resnet_weights_from_file_and_cache(tmp_path, monkeypatch) -> None:
 def test_bad_weights_file_is_named(tmp_path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsUnavailableError, match="bad.pth"):
+    with pytest.raises(WeightsUnavailableError, match="bad.pth: not a readable teacher weights file"):
         build_backbone("resnet18", weights=bad)
     other = tmp_path / "lite.pth"
     torch.save(load_classifier("efficientnet_lite0", "random").state_dict(), other)
@@ -113,7 +125,7 @@ def test_loss_is_zero_when_student_equals_teacher() -> None:
     model.student.load_state_dict(model.teacher.state_dict())
     model.eval()
     with torch.no_grad():
-        t, s = model.features(torch.randn(2, 3, 64, 64))
+        t, s = model.pyramids(torch.randn(2, 3, 64, 64))
         amap = model.anomaly_map(torch.randn(2, 3, 64, 64))
     assert float(stpm_loss(t, s)) == pytest.approx(0.0, abs=1e-10)
     assert float(amap.max()) == pytest.approx(0.0, abs=1e-10)
@@ -139,10 +151,23 @@ def test_loss_matches_definition() -> None:
 @pytest.mark.parametrize("combine", ["product", "sum"])
 def test_anomaly_map_contract(combine: str) -> None:
     model = _tiny_stpm(combine).eval()
-    amap = model.anomaly_map(torch.randn(3, 3, 64, 96))
+    assert model.combine_rule == combine
+    x = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        amap = model.anomaly_map(x)
+        scores, scored_map = model.score_and_map(x)
     assert amap.shape == (3, 16, 24)
     assert torch.isfinite(amap).all() and (amap >= 0).all()
-    assert torch.equal(frame_scores(amap), amap.flatten(1).amax(1))
+    assert torch.allclose(scored_map, amap)
+    assert torch.equal(scores, torch.stack([m.max() for m in scored_map]))  # the frame score: the map's peak
+
+
+def test_frame_score_is_each_maps_maximum() -> None:
+    amap = torch.tensor([[[0.0, 1.0], [3.0, 2.0]],
+                         [[-1.0, -4.0], [-2.0, -3.0]],  # all negative (RSTPM's log-odds): -1, not 0
+                         [[7.0, 7.0], [0.5, 7.0]]])
+    assert frame_scores(amap).tolist() == [3.0, -1.0, 7.0]
+    assert frame_scores(torch.zeros(0, 4, 5)).shape == (0,)
 
 
 def test_product_and_sum_combine() -> None:
@@ -157,18 +182,32 @@ def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
     model = _tiny_stpm().train()
     assert not model.teacher.training and model.student.training
     assert not any(p.requires_grad for p in model.teacher.parameters())
-    t, s = model.features(torch.randn(2, 3, 64, 64))
+    t, s = model.pyramids(torch.randn(2, 3, 64, 64))
     stpm_loss(t, s).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert any(p.grad is not None for p in model.student.parameters())
 
 
-def test_calibration() -> None:
+def test_position_stats() -> None:
     model = _tiny_stpm().eval()
     amap = torch.rand(2, 4, 5)
-    with pytest.raises(RuntimeError, match="no calibration"):
+    assert not model.has_position_stats
+    with pytest.raises(RuntimeError, match="no per-position statistics"):
         model.standardise_map(amap)
     model.set_position_stats(torch.full((4, 5), 0.5), torch.full((4, 5), 2.0))
+    assert model.has_position_stats
     assert torch.allclose(model.standardise_map(amap), (amap - 0.5) / 2.0)
+    with pytest.raises(ValueError, match=r"map size \(3, 5\) != position statistics size \(4, 5\)"):
+        model.standardise_map(torch.rand(2, 3, 5))
     with pytest.raises(ValueError, match="positive scale"):
         model.set_position_stats(torch.zeros(4, 5), torch.zeros(4, 5))
+
+
+def test_model_choices_match_the_config_types() -> None:
+    """The config loader's Literal types and the models' tables list the same choices: every setting the loader
+    accepts builds a model, and every model can be asked for (build_model has no check of its own)."""
+    hints = typing.get_type_hints(ModelConfig, include_extras=True)
+    assert choices(hints["method"]) == METHODS
+    assert set(choices(Backbone)) == set(BACKBONES)
+    assert set(choices(hints["combine"])) == set(COMBINE)
+    assert set(choices(hints["mkd_score"])) == set(SCORES)

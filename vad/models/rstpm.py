@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vad.models.backbones import Pyramid
-from vad.models.base import AnomalyModel, frame_scores
+from vad.models.base import TeacherStudent, frame_scores
 from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.pseudo import mask_to_grid, pseudo_anomalies
 
@@ -80,27 +80,18 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target) + (1 - dice)
 
 
-class RSTPM(AnomalyModel):
+class RSTPM(TeacherStudent):
     method = "rstpm"
     stages = ("pairs", "disc")
 
     def __init__(self, teacher: Pyramid, student: Pyramid, bottleneck: int = 64) -> None:
-        if teacher.channels != student.channels or teacher.names != student.names:
-            raise ValueError(f"student pyramid {student.names}/{student.channels} differs from the teacher's "
-                             f"{teacher.names}/{teacher.channels}")
-        super().__init__()
-        self.teacher = teacher.requires_grad_(False)
-        self.student = student
+        super().__init__(teacher, student)
         self.reconstructor = FeatureReconstructor(teacher.names, teacher.channels, bottleneck=bottleneck)
         self.disc = Discriminator(2 * len(teacher.names))
         self.set_stage("pairs")
 
     def stage_modules(self, stage: str) -> list[nn.Module]:
         return [self.student, self.reconstructor] if stage == "pairs" else [self.disc]
-
-    @property
-    def stride(self) -> int:
-        return min(self.teacher.strides)
 
     def pyramids(self, x: torch.Tensor) -> tuple[dict, dict, dict]:
         """(teacher, student, reconstruction) pyramids; gradients only into the modules of the current stage."""

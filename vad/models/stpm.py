@@ -1,6 +1,6 @@
 """STPM: a frozen pretrained teacher pyramid and a randomly initialised student of the same architecture.
 
-Math only: features, per-level discrepancy maps, the combined anomaly map and per-position calibration.
+Math only: pyramids, per-level discrepancy maps, the combined anomaly map and per-position calibration.
 The loss lives in :mod:`vad.models.loss`, training in :mod:`vad.train`.
 """
 
@@ -11,43 +11,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from vad.models.backbones import Pyramid
-from vad.models.base import AnomalyModel, frame_scores
+from vad.models.base import TeacherStudent, frame_scores
 from vad.models.loss import level_discrepancy, stpm_loss
 
 COMBINE = ("product", "sum")
 
 
-class STPM(AnomalyModel):
+class STPM(TeacherStudent):
     method = "stpm"
     stages = ("student",)
 
     def __init__(self, teacher: Pyramid, student: Pyramid, combine: str = "product") -> None:
         if combine not in COMBINE:
             raise ValueError(f"unknown combine {combine!r}; expected one of {COMBINE}")
-        if teacher.channels != student.channels or teacher.names != student.names:
-            raise ValueError(f"student pyramid {student.names}/{student.channels} differs from the teacher's "
-                             f"{teacher.names}/{teacher.channels}")
-        super().__init__()
-        self.how = combine
-        self.teacher = teacher.requires_grad_(False)
-        self.student = student
+        super().__init__(teacher, student)
+        self.combine_rule = combine  # how per-level maps are combined: "product" or "sum"
         self.set_stage("student")
 
     def stage_modules(self, stage: str) -> list[nn.Module]:
         return [self.student]
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return stpm_loss(*self.features(x))
+        return stpm_loss(*self.pyramids(x))
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.anomaly_map(x).float()
         return frame_scores(amap), amap
 
-    @property
-    def stride(self) -> int:
-        return min(self.teacher.strides)
-
-    def features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def pyramids(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(B, 3, H, W)`` -> (teacher, student) pyramids ``{level: (B, C, h, w)}``; no gradient to the teacher."""
         with torch.no_grad():
             t = self.teacher(x)
@@ -59,22 +50,22 @@ class STPM(AnomalyModel):
         return {k: level_discrepancy(t[k], s[k]) for k in t}
 
     @staticmethod
-    def combine(maps: dict[str, torch.Tensor], size: tuple[int, int], how: str = "product") -> torch.Tensor:
+    def combine(maps: dict[str, torch.Tensor], size: tuple[int, int], rule: str = "product") -> torch.Tensor:
         """Upsample each ``(B, h, w)`` map to ``size`` (bilinear) and multiply or add them -> ``(B, *size)``."""
-        if how not in COMBINE:
-            raise ValueError(f"unknown combine {how!r}; expected one of {COMBINE}")
+        if rule not in COMBINE:
+            raise ValueError(f"unknown combine {rule!r}; expected one of {COMBINE}")
         out = None
         for m in maps.values():
             m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-            out = m if out is None else (out * m if how == "product" else out + m)
+            out = m if out is None else (out * m if rule == "product" else out + m)
         return out
 
-    def features_to_map(self, t: dict[str, torch.Tensor], s: dict[str, torch.Tensor], size: tuple[int, int]
+    def pyramids_to_map(self, t: dict[str, torch.Tensor], s: dict[str, torch.Tensor], size: tuple[int, int]
                         ) -> torch.Tensor:
         """Pyramids -> raw anomaly map ``(B, *size)``, levels combined by this model's rule."""
-        return self.combine(self.level_maps(t, s), size, self.how).clamp_min_(0)
+        return self.combine(self.level_maps(t, s), size, self.combine_rule).clamp_min_(0)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> raw anomaly map ``(B, H / s, W / s)`` at the finest level's stride ``s``."""
-        t, s = self.features(x)
-        return self.features_to_map(t, s, self.map_size(x))
+        t, s = self.pyramids(x)
+        return self.pyramids_to_map(t, s, self.map_size(x))
