@@ -11,22 +11,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
+from conftest import TINY
 
 from vad.cli import main as cli_main
-from vad.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
 from vad.distributed import frame_shares, shard_clips
 from vad.io import read_dataset
 from vad.pipeline import train_stage, with_data
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = RunConfig(
-    model=ModelConfig(input_height=96),
-    train=TrainConfig(epochs=6, batch_size=8, lr=3e-3, seed=0),
-    score=ScoreConfig(batch_size=8, amp="off"),  # float32: the comparison is exact up to summation order
-)
+# one epoch is enough for the mechanics; float32 scoring: the comparison is exact up to summation order
+ONE_EPOCH = replace(TINY, train=replace(TINY.train, epochs=1), score=replace(TINY.score, amp="off"))
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -39,8 +35,11 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Path:
-    return helpers.make_anomaly_scene(tmp_path_factory.mktemp("scene"))
+def one_epoch_run(scene: Path, tmp_path_factory) -> Path:
+    """An unscored run folder (STPM, one epoch, on ``scene``) for the tests to copy."""
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
+    train_stage(with_data(ONE_EPOCH, root=scene, dataset="shanghaitech"), run, device="cpu")
+    return run
 
 
 def test_frame_shares_are_equal_disjoint_and_in_order() -> None:
@@ -67,15 +66,13 @@ def test_shard_clips_partitions_and_balances() -> None:
     assert shard_clips(clips, 0, 1) == clips
 
 
-def test_torchrun_scoring_matches_one_process(scene: Path, tmp_path: Path) -> None:
+def test_torchrun_scoring_matches_one_process(scene: Path, one_epoch_run: Path, tmp_path: Path) -> None:
     """`score` under torchrun with 2 gloo processes: each scores its clips, rank 0 merges; scores, maps and the
     manifest equal a single-process run, and evaluate reads the result."""
-    cfg = with_data(replace(CFG, train=replace(CFG.train, epochs=1), score=replace(CFG.score, save_maps=True)),
-                    root=scene, dataset="shanghaitech")
-    single = tmp_path / "single"
-    train_stage(cfg, single, device="cpu")
-    multi = tmp_path / "multi"
-    shutil.copytree(single, multi)
+    assert ONE_EPOCH.score.save_maps
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    shutil.copytree(one_epoch_run, single)
+    shutil.copytree(one_epoch_run, multi)
     assert cli_main(["score", "--run", str(single), "--device", "cpu"]) == 0
     out = torchrun("score", "--run-dir", str(multi))  # torchrun takes --run for its --run-path
     assert "scored" in out.stdout and out.stdout.count("scored ") == 1  # rank 0 alone talks
@@ -113,12 +110,11 @@ def test_torchrun_ddp_training_learns(scene: Path, tmp_path: Path) -> None:
     assert roc_auc_score(y, s) > 0.95
 
 
-def test_interrupted_distributed_manifest_parts_are_kept(scene: Path, tmp_path: Path) -> None:
+def test_interrupted_distributed_manifest_parts_are_kept(one_epoch_run: Path, tmp_path: Path) -> None:
     """Per-rank manifest parts left by an interrupted torchrun scoring are folded into clips.json: their clips
     count as done (not re-scored) and none is dropped."""
-    cfg = with_data(replace(CFG, train=replace(CFG.train, epochs=1)), root=scene, dataset="shanghaitech")
     run = tmp_path / "run"
-    train_stage(cfg, run, device="cpu")
+    shutil.copytree(one_epoch_run, run)
     assert cli_main(["score", "--run", str(run), "--device", "cpu"]) == 0
     manifest = json.loads((run / "clips.json").read_text())
     (a, entry_a), (b, entry_b) = manifest.items()

@@ -232,7 +232,7 @@ def test_changing_mkd_score_refinalises_the_model(scene: Path, tmp_path: Path) -
     train(clips, peak, tmp_path, device="cpu", progress=False)
     model, ckpt = load_model(tmp_path / "model.pt")
     assert model.score_kind == "max" and ckpt["config"]["model"]["mkd_score"] == "max"
-    weights = [k for k in ckpt["model"] if not k.startswith("pos_")]  # calibration follows the maps' scale
+    weights = [k for k in ckpt["model"] if not k.startswith("pos_")]  # position statistics follow the maps' scale
     assert all(torch.equal(first["model"][k], ckpt["model"][k]) for k in weights)  # same trained weights
     assert not torch.equal(first["val_scores"]["raw"], ckpt["val_scores"]["raw"])  # reference redone with max
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 1  # nothing retrained

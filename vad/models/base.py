@@ -5,6 +5,7 @@ A model is trained in one or more *stages* (``stages``); each stage trains some 
 (``stage_modules``) and freezes the rest. At inference, ``score_and_map`` turns a normalised batch into per-frame
 scores and an anomaly map at ``stride`` (one value per ``stride`` input pixels) whose values share the scores'
 scale. Per-position standardising of the map (statistics of normal hold-out maps) is common to all methods.
+:class:`TeacherStudent` holds what STPM and RSTPM share: a frozen teacher pyramid and a student of its shape.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """STPM: a frozen pretrained teacher pyramid and a randomly initialised student of the same architecture.
 
-Math only: pyramids, per-level discrepancy maps, the combined anomaly map and per-position calibration.
-The loss lives in :mod:`vad.models.loss`, training in :mod:`vad.train`.
+Math only: pyramids, per-level discrepancy maps and the combined anomaly map (per-position statistics are
+common to all methods: :mod:`vad.models.base`). The loss lives in :mod:`vad.models.loss`, training in
+:mod:`vad.train`.
 """
 
 from __future__ import annotations
