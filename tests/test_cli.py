@@ -47,7 +47,8 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "data" / "scene.json").is_file()
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["labelled_clips"] == 4 and 0 <= m["frame_auc_micro"] <= 1
+    assert m["labelled_clips"] == 4 and set(m["per_clip"]) == {f"01_{i:04d}" for i in range(1, 5)}
+    assert f"frame AUC micro {m['frame_auc_micro']:.3f}" in out  # the printed figure is the one in metrics.json
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [f"01_{i:04d}.mp4" for i in range(1, 5)]
     assert "demo finished" in out and str(tmp_path / "videos") in out
     assert main(["demo", "--out", str(tmp_path), "--set", *quick]) == 0  # second run reuses data and model

@@ -58,12 +58,23 @@ def test_shuffle_mixes_clips_covers_all_and_reshuffles_per_epoch(shanghaitech_ro
     assert seen(make_loader(stream)) != first
 
 
-def test_frames_match_between_video_and_jpeg_paths(shanghaitech_root):
-    # The transform is the same whatever decoded the frames: values stay in the normalised range.
-    clips = read_dataset("shanghaitech", shanghaitech_root, "train")[:1]
-    batch = next(iter(make_loader(FrameStream(clips, FrameTransform(size=(24, 24)), batch_size=T))))
-    x = batch["frames"]
-    assert torch.isfinite(x).all() and x.min() > -2.2 and x.max() < 2.7
+def test_frames_match_between_video_and_jpeg_paths(tmp_path):
+    """The same frames stored as a video and as a JPEG folder reach the model as (nearly) the same tensors: both
+    codecs are lossy, so closeness is measured against how far a different clip is."""
+    import helpers
+
+    from vad.io.decode import as_clip
+
+    data = helpers.frames(3)
+    video = as_clip(helpers.write_video(tmp_path / "v.avi", data))
+    jpegs = as_clip(helpers.write_frames(tmp_path / "j", data))
+    other = as_clip(helpers.write_frames(tmp_path / "o", helpers.frames(4)[::-1].copy()))
+    t = FrameTransform(size=(24, 24))
+    x = {name: next(iter(make_loader(FrameStream([c], t, batch_size=T))))["frames"]
+         for name, c in {"video": video, "jpeg": jpegs, "other": other}.items()}
+    assert x["video"].shape == x["jpeg"].shape == (T, 3, 24, 24)
+    same = (x["video"] - x["jpeg"]).abs().mean()
+    assert same < 0.1 and same < (x["video"] - x["other"]).abs().mean() / 3
 
 
 def test_stream_validation():
