@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
     p.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
 
+    _add_stage_commands(sub)
+    return parser
+
+
+def _add_stage_commands(sub) -> None:
+    """``evaluate``, ``render`` and ``run``."""
     p = _command(sub, "evaluate", _evaluate, "post-process scores; write metrics.json, events and plots",
                  "Smooth and normalise the scores of a scored run; with labels, compute frame-level AUC (micro and "
                  "macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were saved); "
@@ -209,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, "or data.root in the config")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
-    return parser
 
 
 @contextmanager
