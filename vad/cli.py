@@ -102,22 +102,23 @@ def _data_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to use, e.g. 1 3")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, device: bool) -> None:
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    if device:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
 
 
 def _command(sub, name: str, func, help: str, text: str, examples: list[str], writes: str | None = None,
-             common: bool = True) -> argparse.ArgumentParser:
-    """A subcommand with its description, examples and ``--set``/``--device`` (``common``); ``writes`` names the
-    argument holding the run folder it writes (locked while it runs)."""
+             common: bool = True, device: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with its description, examples, ``--set`` (``common``) and ``--device`` (``device``: commands
+    that run a model); ``writes`` names the argument holding the run folder it writes (locked while it runs)."""
     p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=f"{text}\n\nexample{'s' if len(examples) > 1 else ''}:\n  " + "\n  ".join(
                            e if e.startswith("torchrun") else f"python run_pipeline.py {name} {e}".rstrip()
                            for e in examples))
     p.set_defaults(func=func, writes=writes)
     if common:
-        _common(p)
+        _common(p, device)
     return p
 
 
@@ -192,7 +193,7 @@ def _add_stage_commands(sub) -> None:
                  "macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were saved); "
                  "always write events.csv/events.json (threshold from normal training data) and plots/*.png.",
                  ["--run runs/sht", "--run runs/sht --set postprocess.sigma=7 postprocess.normalisation=none"],
-                 writes="run")
+                 writes="run", device=False)
     _run_arg(p, "score")
 
     p = _command(sub, "render", _render, "write annotated MP4s of scored clips",
@@ -201,7 +202,7 @@ def _add_stage_commands(sub) -> None:
                  "ground-truth spans, and a red border with an ANOMALY tag during detected events (as in "
                  "events.csv). Frame-folder clips use render.fps, else eval.fps, else 25.",
                  ["--run runs/sht --clip 01_0014 01_0015",
-                  "--run runs/sht --set render.layout=side_by_side render.opacity=0.6"], writes="run")
+                  "--run runs/sht --set render.layout=side_by_side render.opacity=0.6"], writes="run", device=False)
     _run_arg(p, "score")
     p.add_argument("--clip", nargs="+", help="clip names to render (default: every scored clip)")
 

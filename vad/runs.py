@@ -92,11 +92,12 @@ class ClipRecord:
     scored_with: dict  # the model's digest and the scoring settings the scores depend on
 
     @classmethod
-    def of(cls, clip: Clip, reference: str, scored_with: dict) -> ClipRecord:
+    def of(cls, clip: Clip, reference: str, scored_with: dict, source: dict | None = None) -> ClipRecord:
+        """The record of ``clip``; ``source`` is its :func:`source_fingerprint` when the caller already has it."""
         return cls(str(Path(clip.path).resolve()), clip.kind, clip.scene, clip.num_frames, clip.fps,
                    clip.labels is not None, reference,
                    str(Path(clip.pixel_mask).resolve()) if clip.pixel_mask is not None else None,
-                   source_fingerprint(clip), scored_with)
+                   source if source is not None else source_fingerprint(clip), scored_with)
 
 
 def read_manifest(run: RunFolder, parts: bool = True) -> dict[str, ClipRecord]:
@@ -206,10 +207,16 @@ class ScoreBook:
         self.records = read_manifest(run)
         self.mine: dict[str, ClipRecord] = {}  # this rank's new records
         self.part = run.rank_part(rank)
+        self._sources: dict[str, dict] = {}  # clip -> source fingerprint, taken once (a stat per frame file)
+
+    def source(self, clip: Clip) -> dict:
+        if clip.name not in self._sources:
+            self._sources[clip.name] = source_fingerprint(clip)
+        return self._sources[clip.name]
 
     def is_done(self, clip: Clip, scored_with: dict, maps: bool) -> bool:
         rec = self.records.get(clip.name)
-        return (rec is not None and rec.scored_with == scored_with and rec.source == source_fingerprint(clip)
+        return (rec is not None and rec.scored_with == scored_with and rec.source == self.source(clip)
                 and self.run.scores(clip.name).is_file() and (not maps or self.run.maps(clip.name).is_file()))
 
     def changed_sources(self, clips: list[Clip]) -> list[str]:
@@ -217,7 +224,7 @@ class ScoreBook:
         out = []
         for c in clips:
             rec = self.records.get(c.name)
-            if rec is not None and rec.source != (now := source_fingerprint(c)):
+            if rec is not None and rec.source != (now := self.source(c)):
                 what = "modified since" if rec.source["path"] == now["path"] else f"now {now['path']}; was {rec.path}"
                 out.append(f"clip {c.name}: source {what} it was scored; scoring it again")
         return out
@@ -226,7 +233,7 @@ class ScoreBook:
         """Clip ``clip`` is scored: save its labels and its record (after each clip, so scoring is resumable)."""
         if clip.labels is not None:
             save_npy(np.asarray(clip.labels, dtype=np.uint8), self.run.labels(clip.name))
-        self.records[clip.name] = self.mine[clip.name] = ClipRecord.of(clip, reference, scored_with)
+        self.records[clip.name] = self.mine[clip.name] = ClipRecord.of(clip, reference, scored_with, self.source(clip))
         if self.world_size > 1:
             write_manifest(self.mine, self.part)
         else:
