@@ -80,7 +80,7 @@ def test_amp_auto_per_device(monkeypatch, native_bf16: bool) -> None:
     assert amp_dtype("fp16", cpu) == torch.float16
     with pytest.raises(ValueError, match="unknown amp setting 'half'"):
         amp_dtype("half", cpu)
-    model = build_model(ModelConfig(teacher_weights="random"))
+    model = build_model(ModelConfig(teacher_weights="random", motion=False))
     ckpt = {"input_size": [64, 64], "normalization": "lite0"}
     assert Scorer(model, ckpt, ScoreConfig(amp="auto"), "cpu").dtype == bf16_if_native  # the scoring default
     assert Scorer(model, ckpt, ScoreConfig(amp="off"), "cpu").dtype is None

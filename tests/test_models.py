@@ -117,7 +117,7 @@ def test_bad_weights_file_is_named(tmp_path) -> None:
 
 
 def _tiny_stpm(combine: str = "product") -> STPM:
-    return build_model(ModelConfig(backbone="resnet18", teacher_weights="random", combine=combine))
+    return build_model(ModelConfig(backbone="resnet18", teacher_weights="random", combine=combine, motion=False))
 
 
 def test_loss_is_zero_when_student_equals_teacher() -> None:

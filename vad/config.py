@@ -73,6 +73,19 @@ class ModelConfig:
     combine: Literal["product", "sum"] = "product"  # stpm: how per-level maps are combined
     direction_weight: Annotated[float, Range(ge=0)] = 0.5  # mkd: lambda, the weight of the direction (1 - cos) loss
     mkd_score: Literal["mean", "max"] = "mean"  # mkd: frame score = mean (the paper's: the frame's loss) | max
+    motion: bool | None = None  # a causal motion branch fused with appearance (vad.models.motion); stpm only.
+    # None: on for stpm, off for rstpm and mkd
+    motion_context: Annotated[int, Range(ge=1, le=8)] = 2  # motion: past frames the predictor sees
+    fusion: Literal["sum", "max"] = "sum"  # motion: how the standardised appearance and motion maps are combined
+
+    def __post_init__(self) -> None:
+        if self.motion and self.method != "stpm":
+            raise ValueError(f"model.motion: got true with model.method {self.method!r}; the motion branch is "
+                             "stpm's (set model.motion=false, or model.method=stpm)")
+
+    @property
+    def has_motion(self) -> bool:
+        return self.method == "stpm" if self.motion is None else self.motion
 
 
 @dataclass(frozen=True)

@@ -97,9 +97,10 @@ class Scorer:
 
     def stream(self, clips: Sequence[Clip]) -> FrameStream:
         """Batches of ``clips`` as this scorer wants them: normalised on the CPU, or left for the GPU."""
+        window = self.model.window  # a motion model's samples are windows of frames (decoded once, on the CPU)
         if self.on_device:
-            return FrameStream(clips, None, batch_size=self.cfg.batch_size, jpeg_bytes=True)
-        return FrameStream(clips, self.transform, batch_size=self.cfg.batch_size)
+            return FrameStream(clips, None, batch_size=self.cfg.batch_size, jpeg_bytes=window == 1, window=window)
+        return FrameStream(clips, self.transform, batch_size=self.cfg.batch_size, window=window)
 
     def prepare(self, batch: dict) -> torch.Tensor:
         """A :meth:`stream` batch -> normalised frames (on the device when decoded or transformed there)."""

@@ -8,7 +8,9 @@ Layout of a training folder::
     OUT/train_log.jsonl         one line per epoch
 
 The hold-out is the last ``val_fraction`` of every training clip's frames: normal footage the student never
-trains on, used to select the checkpoint and to calibrate the anomaly map. The test set is never read here.
+trains on, used to select the checkpoint, to standardise a fused model's branches and to calibrate the anomaly
+map. The test set is never read here. A model whose samples are windows of frames (``model.window``) gets them from
+the same streams (:class:`~vad.io.dataset.FrameStream` ``window``); a hold-out window's past is real footage.
 """
 
 from __future__ import annotations
@@ -144,6 +146,20 @@ def _val_maps(model: AnomalyModel, loader, device: torch.device, dtype) -> tuple
     return torch.cat(scores), torch.cat(maps)
 
 
+@torch.no_grad()
+def _val_branch_scores(model: AnomalyModel, loader, device: torch.device, dtype) -> dict[str, torch.Tensor]:
+    """A fused model's raw frame scores per branch ``{branch: (N,)}`` over the hold-out, on the CPU."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {b: [] for b in model.branches}
+    for batch in loader:
+        x = to_device(batch["frames"], device)
+        with autocast(device, dtype):
+            maps = model.branch_maps(x)
+        for b in model.branches:
+            out[b].append(frame_scores(maps[b].float()).cpu())
+    return {b: torch.cat(v) for b, v in out.items()}
+
+
 def position_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position ``(loc, scale)`` of normal maps ``(N, h, w)``: the mean, and the standard deviation with the
     map-wide standard deviation added as a floor, so a position that happened to see little variation in the
@@ -218,6 +234,8 @@ def train(
     start, best, ck = _resume(s)
     if start >= len(s.plan) and _is_final(s):
         return s.out / "model.pt"
+    if ck is None:  # statistics a model needs before training (a resumed one has them in its checkpoint)
+        s.model.fit_normal(_plain_batches(s))
     # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
     s.model.set_stage(s.plan[start - 1] if start else s.plan[0])
     o = _Optim.for_stage(s)
@@ -262,14 +280,14 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | tor
     # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
     # batches (with several decode workers each worker's last batch may be partial, giving a few more).
     steps_per_epoch = math.ceil(n_train / t.batch_size)
-    train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
-                               shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
-                               shuffle_buffer=t.shuffle_buffer)
-    val_loader = make_loader(FrameStream(clips, transform, batch_size=32, ranges=val_ranges), t.num_workers,
-                             device.type == "cuda")
     _seed(t.seed)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
+    train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
+                               shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
+                               shuffle_buffer=t.shuffle_buffer, window=model.window)
+    val_loader = make_loader(FrameStream(clips, transform, batch_size=32, ranges=val_ranges, window=model.window),
+                             t.num_workers, device.type == "cuda")
     epochs = stage_epochs(model, cfg, steps_per_epoch)
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
@@ -277,6 +295,13 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | tor
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, val_loader, torch.Generator().manual_seed(t.seed + 1000 * w.rank),
                     progress and w.main)
+
+
+def _plain_batches(s: _Session):
+    """This rank's training frames in order (not shuffled), as normalised batches on the device."""
+    ts = s.train_stream
+    stream = FrameStream(ts.clips, ts.transform, batch_size=ts.batch_size, ranges=ts.ranges, window=ts.window)
+    return (to_device(b["frames"], s.device) for b in make_loader(stream, s.cfg.train.num_workers))
 
 
 def _resume(s: _Session) -> tuple[int, float, dict | None]:
@@ -407,6 +432,8 @@ def _finalise(s: _Session) -> Path:
     # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
     model = restore_model({**best_ck, "config": s.meta["config"]}).to(s.device, memory_format=torch.channels_last)
     final = {**s.meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
+    if model.branches:  # a fused model: each branch standardised by its hold-out frame scores
+        model.set_branch_stats(_val_branch_scores(model, s.val_loader, s.device, s.dtype))
     scores, maps = _val_maps(model, s.val_loader, s.device, s.dtype)
     final["val_scores"] = {"raw": scores}
     if s.cfg.train.position_stats:

@@ -2,7 +2,9 @@
 
 :class:`FrameStream` is an ``IterableDataset`` that yields whole batches (use ``DataLoader(batch_size=None)``,
 see :func:`make_loader`): each worker decodes its own share of the clips in bounded chunks, resizes and
-normalises them as one tensor operation, and yields ``{"frames", "clip", "index"}``.
+normalises them as one tensor operation, and yields ``{"frames", "clip", "index"}``. With ``window=w`` each sample
+is a window of ``w`` consecutive frames of one clip, stacked on the channel axis (``(B, 3w, h, w)``, oldest first, the
+frame it belongs to last); see :func:`windows`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 @dataclass(frozen=True)
 class FrameTransform:
-    """uint8 ``(B, 3, H, W)`` -> float32 ``(B, 3, *size)``: bilinear antialiased resize, then normalise.
+    """uint8 ``(B, 3k, H, W)`` -> float32 ``(B, 3k, *size)``: bilinear antialiased resize, then normalise (``k > 1``:
+    windows of ``k`` frames stacked on the channel axis, each transformed alike).
 
     ``size`` is ``(height, width)``; ``None`` keeps the frame size. Works on any device: on the CPU the resize
     runs on uint8 (rounded to whole grey levels), on a GPU in float; the two differ by at most one grey level.
@@ -48,8 +51,13 @@ class FrameTransform:
             raise ValueError(f"size must be (height, width) with positive entries; got {self.size!r}")
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"expected uint8 frames (B, 3, H, W); got {frames.dtype} {tuple(frames.shape)}")
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] % 3 or not frames.shape[1]:
+            raise ValueError(f"expected uint8 frames (B, 3, H, W) or windows (B, 3k, H, W); got {frames.dtype} "
+                             f"{tuple(frames.shape)}")
+        if frames.shape[1] > 3:  # windows: every frame alike
+            b, c = frames.shape[:2]
+            x = self(frames.reshape(b * c // 3, 3, *frames.shape[-2:]))
+            return x.reshape(b, c, *x.shape[-2:])
         resize = self.size is not None and tuple(frames.shape[-2:]) != tuple(self.size)
         if resize and frames.device.type == "cpu":  # uint8 channels-last: 7x faster than float on the CPU
             frames = F.interpolate(frames.contiguous(memory_format=torch.channels_last), size=tuple(self.size),
@@ -60,6 +68,15 @@ class FrameTransform:
             x = F.interpolate(x, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
         mean_t, std_t = _stats(self.normalization, x.device)
         return ((x - mean_t) / std_t).contiguous()
+
+
+def windows(seq: torch.Tensor, window: int) -> torch.Tensor:
+    """Consecutive frames ``(n + window - 1, 3, H, W)`` -> their ``n`` windows ``(n, 3 * window, H, W)``: window ``i``
+    stacks frames ``i .. i + window - 1`` on the channel axis, oldest first."""
+    n = len(seq) - window + 1
+    if n < 1:
+        raise ValueError(f"{len(seq)} frame(s) hold no window of {window}")
+    return torch.cat([seq[j : j + n] for j in range(window)], dim=1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,6 +99,10 @@ class FrameStream(IterableDataset):
     Clips are split across ``DataLoader`` workers (whole clips per worker). Several processes give each their
     own clips or ``ranges`` (:func:`vad.distributed.shard_clips`, :func:`vad.distributed.frame_shares`).
     ``ranges`` maps a clip name to the ``(start, stop)`` frames to read (default: all), e.g. for a hold-out.
+    ``window > 1``: each sample is frame ``t`` with its ``window - 1`` predecessors of the same clip (a window never
+    crosses clips); a clip's first frames, which have fewer predecessors, repeat its frame 0 in their place; a range
+    that starts later reads the frames before it as context. Every frame is decoded and transformed once (a
+    rolling tail of ``window - 1`` frames carries over between decoded chunks).
     Without ``shuffle`` every batch holds consecutive frames of one clip, in order. With ``shuffle``, clip
     order is shuffled per epoch (``set_epoch``) and a buffer of ``shuffle_buffer`` transformed frames mixes
     frames across clips; memory is bounded by that buffer (``shuffle_buffer * 3 * h * w * 4`` bytes).
@@ -100,6 +121,7 @@ class FrameStream(IterableDataset):
         decode_batch: int = 64,
         ranges: Mapping[str, tuple[int, int]] | None = None,
         jpeg_bytes: bool = False,
+        window: int = 1,
     ) -> None:
         super().__init__()
         if not clips:
@@ -110,6 +132,10 @@ class FrameStream(IterableDataset):
             raise ValueError("jpeg_bytes passes undecoded frames on: it needs transform=None")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1; got {window}")
+        if jpeg_bytes and window > 1:
+            raise ValueError("jpeg_bytes passes single undecoded frames on: it needs window=1")
         self.clips = list(clips)
         self.transform = transform
         self.batch_size = batch_size
@@ -120,6 +146,7 @@ class FrameStream(IterableDataset):
         self.decode_batch = decode_batch
         self.ranges = dict(ranges or {})
         self.jpeg_bytes = jpeg_bytes
+        self.window = window
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -138,9 +165,22 @@ class FrameStream(IterableDataset):
         for clip in clips:
             chunk = self.batch_size if not self.shuffle else self.decode_batch
             start, stop = self.ranges.get(clip.name, (0, None))
-            for first, frames in iter_frames(clip, batch_size=chunk, backend=self.backend, start=start, stop=stop):
+            context = min(start, self.window - 1)  # real predecessors of the range's first frame
+            tail = None  # the last window - 1 frames before the current chunk
+            for first, frames in iter_frames(clip, batch_size=chunk, backend=self.backend, start=start - context,
+                                             stop=stop):
                 x = frames if self.transform is None else self.transform(frames)
-                yield clip.name, torch.arange(first, first + len(frames)), x
+                if self.window == 1:
+                    yield clip.name, torch.arange(first, first + len(frames)), x
+                    continue
+                if tail is None and first == 0:  # the clip's first frames: frame 0 stands in for their past
+                    tail = x[:1].expand(self.window - 1, *x.shape[1:])
+                seq = x if tail is None else torch.cat([tail, x])
+                tail = seq[-(self.window - 1):]
+                last = first + len(x)  # seq holds frames [last - len(seq), last)
+                index = torch.arange(max(start, last - len(seq) + self.window - 1), last)
+                if len(index):
+                    yield clip.name, index, windows(seq[len(seq) - len(index) - self.window + 1:], self.window)
 
     def _encoded(self, clip: Clip) -> Iterator[dict]:
         assert clip.frame_paths is not None

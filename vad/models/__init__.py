@@ -9,6 +9,7 @@ from vad.config import ModelConfig
 from vad.models.backbones import BACKBONES, Pyramid, WeightsUnavailableError, backbone_spec, build_backbone
 from vad.models.base import AnomalyModel, frame_scores
 from vad.models.mkd import MKD, build_vgg_expert
+from vad.models.motion import MotionSTPM
 from vad.models.rstpm import RSTPM
 from vad.models.stpm import STPM
 
@@ -27,6 +28,9 @@ def _teacher_and_student(cfg: ModelConfig, weights: str) -> tuple[Pyramid, Pyram
 
 
 def _build_stpm(cfg: ModelConfig, weights: str) -> STPM:
+    if cfg.has_motion:
+        return MotionSTPM(*_teacher_and_student(cfg, weights), context=cfg.motion_context, combine=cfg.combine,
+                          fusion=cfg.fusion)
     return STPM(*_teacher_and_student(cfg, weights), combine=cfg.combine)
 
 
@@ -55,6 +59,6 @@ def build_model(cfg: ModelConfig, teacher_weights: str | None = None) -> Anomaly
 
 
 __all__ = [
-    "BACKBONES", "METHODS", "MKD", "RSTPM", "STPM", "AnomalyModel", "Pyramid", "WeightsUnavailableError",
+    "BACKBONES", "METHODS", "MKD", "RSTPM", "STPM", "MotionSTPM", "AnomalyModel", "Pyramid", "WeightsUnavailableError",
     "backbone_spec", "build_backbone", "build_model", "frame_scores",
 ]

@@ -19,6 +19,8 @@ from vad.models.backbones import Pyramid
 class AnomalyModel(nn.Module):
     method: str = ""
     stages: tuple[str, ...] = ()
+    window: int = 1  # frames per input sample: (B, 3 * window, H, W), the scored frame last, its past before it
+    branches: tuple[str, ...] = ()  # a fused model's branches (branch_maps, set_branch_stats); () = one map
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,6 +70,18 @@ class AnomalyModel(nn.Module):
         """Normalised ``(B, 3, H, W)`` -> (raw per-frame scores ``(B,)``, raw anomaly maps ``(B, h, w)``), float32.
         Called under ``torch.no_grad()`` (a method that needs input gradients enables them itself)."""
         raise NotImplementedError
+
+    def branch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A fused model's raw maps ``{branch: (B, h, w)}`` before fusion."""
+        raise NotImplementedError(f"{self.method} has one branch")
+
+    def set_branch_stats(self, scores: dict[str, torch.Tensor]) -> None:
+        """A fused model standardises each branch by its frame scores on normal hold-out frames ``{branch: (N,)}``."""
+        raise NotImplementedError(f"{self.method} has one branch")
+
+    def fit_normal(self, batches) -> None:
+        """Statistics the model needs *before* training, from normal training batches ``(B, 3 * window, H, W)``
+        (e.g. MKD's activation scales). Default: none."""
 
     # --- per-position statistics ------------------------------------------------------------------------------
     @property

@@ -1,0 +1,132 @@
+"""Motion: STPM with a second, causal student that predicts the present from the past, fused with appearance.
+
+A frame-by-frame student sees *what* is in a frame, never *how it moves*: a person crossing at five times walking
+speed looks, frame by frame, like any pedestrian. :class:`MotionSTPM` adds a **future-feature predictor**: from the
+frozen teacher's pyramids of frames ``t - k .. t - 1`` it predicts the teacher's pyramid of frame ``t``. Trained on
+normal footage it learns how things normally move at each place (walkers shift a fraction of a feature cell per
+frame); where something moves faster than anything it saw, the present lies where the past did not predict it
+and the prediction misses, on both the old and the new position. Because it works on teacher features, not pixels,
+it needs no appearance of its own: an object never seen but moving normally is copied forward and stays the
+appearance student's to find.
+
+Inputs are windows ``(B, 3 * (k + 1), H, W)``: frames ``t - k .. t`` stacked on the channel axis, oldest first
+(:class:`~vad.io.dataset.FrameStream` with ``window = k + 1``; a clip's first frames repeat frame 0 as their past,
+so they have no motion). Only past frames are used: scoring is causal and suits a live stream.
+
+**Fusion.** Each branch's map (appearance: STPM's; motion: the predictor's discrepancy, combined over levels the
+same way) is standardised by the mean and standard deviation of its *frame scores on normal hold-out frames*
+(:meth:`MotionSTPM.set_branch_stats`, from :func:`vad.train._finalise`; never test data), so neither branch
+dominates by scale, and the fused map is their sum (``fusion="sum"``) or their maximum (``"max"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vad.models.backbones import Pyramid
+from vad.models.base import frame_scores
+from vad.models.loss import stpm_loss
+from vad.models.stpm import STPM
+
+FUSIONS = ("sum", "max")
+
+
+class Predictor(nn.Module):
+    """Per pyramid level, a small convolutional net: the teacher's features of ``k`` past frames (stacked on the
+    channel axis) -> the features of the next frame. Three 3x3 convolutions see 7x7 cells (56 px at stride 8) of
+    the past: room for any normal displacement, and for learning which displacements are normal where."""
+
+    def __init__(self, names: tuple[str, ...], channels: tuple[int, ...], context: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.names = names
+        self.nets = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(c * context, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, c, 3, padding=1),
+            )
+            for c in channels
+        )
+
+    def forward(self, past: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {k: net(torch.cat([p[k] for p in past], dim=1)) for k, net in zip(self.names, self.nets, strict=True)}
+
+
+class MotionSTPM(STPM):
+    """STPM (appearance) + a future-feature predictor (motion) on one frozen teacher; see the module docstring."""
+
+    branches = ("appearance", "motion")
+
+    def __init__(self, teacher: Pyramid, student: Pyramid, context: int = 2, combine: str = "product",
+                 fusion: str = "sum") -> None:
+        if context < 1:
+            raise ValueError(f"model.motion_context must be >= 1; got {context}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown model.fusion {fusion!r}; expected one of {FUSIONS}")
+        super().__init__(teacher, student, combine)
+        self.predictor = Predictor(tuple(teacher.names), tuple(teacher.channels), context)
+        self.context = context
+        self.window = context + 1
+        self.fusion = fusion
+        # Per branch: mean and standard deviation of normal hold-out frame scores (NaN until set_branch_stats).
+        self.register_buffer("branch_loc", torch.full((len(self.branches),), float("nan")))
+        self.register_buffer("branch_scale", torch.full((len(self.branches),), float("nan")))
+        self.set_stage("student")
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        predictor = self._modules.get("predictor")  # absent while STPM's constructor sets the stage
+        return [self.student] if predictor is None else [self.student, predictor]
+
+    def _split(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if x.shape[1] != 3 * self.window:
+            raise ValueError(f"motion model expects windows of {self.window} frames (B, {3 * self.window}, H, W); "
+                             f"got {tuple(x.shape)}")
+        frames = list(x.split(3, dim=1))
+        return frames[:-1], frames[-1]
+
+    def _teacher(self, x: torch.Tensor) -> tuple[list[dict], dict]:
+        """Teacher pyramids of the past frames and of the present one (one batched pass)."""
+        past, now = self._split(x)
+        with torch.no_grad():
+            feats = self.teacher(torch.cat([*past, now]))
+        chunks = {k: v.chunk(self.window) for k, v in feats.items()}
+        return [{k: v[i] for k, v in chunks.items()} for i in range(self.context)], {k: v[-1] for k, v in chunks.items()}
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        past_t, t = self._teacher(x)
+        return stpm_loss(t, self.student(x[:, -3:])) + stpm_loss(t, self.predictor(past_t))
+
+    def branch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw maps ``{branch: (B, h, w)}`` (before standardisation)."""
+        past_t, t = self._teacher(x)
+        size = self.map_size(x)
+        return {"appearance": self.pyramids_to_map(t, self.student(x[:, -3:]), size).float(),
+                "motion": self.pyramids_to_map(t, self.predictor(past_t), size).float()}
+
+    @property
+    def has_branch_stats(self) -> bool:
+        return bool(torch.isfinite(self.branch_scale).all())
+
+    def set_branch_stats(self, scores: dict[str, torch.Tensor]) -> None:
+        """Standardise each branch by its normal hold-out frame scores ``{branch: (N,)}``."""
+        if set(scores) != set(self.branches) or any(len(v) < 2 for v in scores.values()):
+            raise ValueError(f"branch statistics need at least 2 hold-out scores for each of {self.branches}")
+        loc = torch.stack([scores[b].float().mean() for b in self.branches])
+        scale = torch.stack([scores[b].float().std() for b in self.branches]).clamp_min(1e-12)
+        self.branch_loc = loc.to(self.branch_loc.device)
+        self.branch_scale = scale.to(self.branch_scale.device)
+
+    def fuse(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Branch maps -> one map: each standardised by its hold-out statistics, then summed (or the maximum)."""
+        if not self.has_branch_stats:
+            raise RuntimeError("this motion model has no branch statistics (set at the end of training)")
+        z = torch.stack([(maps[b] - self.branch_loc[i]) / self.branch_scale[i] for i, b in enumerate(self.branches)])
+        return z.sum(0) if self.fusion == "sum" else z.amax(0)
+
+    def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = self.fuse(self.branch_maps(x))
+        return frame_scores(amap), amap
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.branch_maps(x))
