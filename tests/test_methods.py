@@ -26,6 +26,7 @@ from vad.train import holdout, train
 def test_shapes_and_map_scale(method: str) -> None:
     model = build_model(ModelConfig(method=method, teacher_weights="random", motion=False)).eval()
     x = torch.randn(3, 3, 64, 96)
+    model.fit_normal([x])
     with torch.no_grad():
         scores, amap = model.score_and_map(x)
     assert scores.shape == (3,) and amap.shape == (3, 8, 12) and model.map_size(x) == (8, 12)
@@ -42,15 +43,49 @@ def test_mkd_scores() -> None:
     x = torch.randn(2, 3, 64, 96)
     mean = build_model(ModelConfig(method="mkd", mkd_score="mean", teacher_weights="random")).eval()
     peak = build_model(ModelConfig(method="mkd", mkd_score="max", teacher_weights="random")).eval()
+    mean.fit_normal([x])
     peak.load_state_dict(mean.state_dict())
     with torch.no_grad():
         e, c = mean.pyramids(x)
         s_mean, _ = mean.score_and_map(x)
         s_max, amap = peak.score_and_map(x)
         pos = peak.position_map(e, c, (8, 12))
-    assert torch.allclose(s_mean, mkd_losses(e, c, 0.5), rtol=1e-5)
+    assert torch.allclose(s_mean, mkd_losses(e, c, 0.5, mean.value_scale), rtol=1e-5)
     assert torch.allclose(s_max, pos.amax((1, 2)), rtol=1e-5)
     assert amap.requires_grad is False  # the input gradient stays inside score_and_map
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.net, self.factor = net, factor
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: self.factor * v for k, v in self.net(x).items()}
+
+
+def test_mkd_value_term_is_scale_free() -> None:
+    """Scaling the expert's activations by 100 (and the cloner's outputs with them, as a cloner trained on them would
+    be) leaves the loss and the scores unchanged once the statistics are refit on the same training frames; the
+    paper's raw MSE grows 10,000-fold."""
+    torch.manual_seed(0)
+    model = MKD(VGGExpert((3, 5)), direction_weight=0.5).eval()
+    train_x, x = torch.randn(4, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="fit_normal"):
+        model.loss(x)
+    model.fit_normal([train_x[:2], train_x[2:]])
+    with torch.no_grad():
+        before, raw = float(model.loss(x)), mkd_losses(*model.pyramids(x), 0.0)
+    scores, _ = model.score_and_map(x)
+    model.expert, model.cloner = _Scaled(model.expert, 100.0), _Scaled(model.cloner, 100.0)
+    model.fit_normal([train_x[:2], train_x[2:]])
+    with torch.no_grad():
+        after, raw_after = float(model.loss(x)), mkd_losses(*model.pyramids(x), 0.0)
+    scaled_scores, _ = model.score_and_map(x)
+    assert after == pytest.approx(before, rel=1e-4) and before > 0
+    assert torch.allclose(scaled_scores, scores, rtol=1e-4)
+    # the raw value term (lambda 0) grows with the square of the scale
+    assert torch.allclose(raw_after, 10_000 * raw, rtol=1e-3)
 
 
 def test_frozen_parts_stay_frozen_per_stage() -> None:

@@ -7,7 +7,9 @@ through every frame. Test clips add anomalies with exact pixel masks:
 
 - ``vehicle``: a car-like object driving along the path about five times walking speed;
 - ``cyclist``: a rider on two wheels, three to four times walking speed;
-- ``object``: an out-of-place object (a crate, a cart) that appears on the ground and stays.
+- ``object``: an out-of-place object (a crate, a cart) that appears on the ground and stays;
+- ``runner``: a motion anomaly: a person drawn exactly like the walkers (same palette, sizes, swinging legs) who
+  runs along the path at four to six times walking speed. Frame by frame nothing sets them apart from a walker.
 
 Anomalies use the walkers' colour palette and sizes close to theirs, so they are not separable by raw
 pixel statistics (mean intensity, foreground area); see ``tests/test_synthetic.py``.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ PALETTE = np.array(
     dtype=np.int64,
 )
 SKIN = np.array([[235, 200, 170], [200, 150, 110], [150, 100, 70], [110, 75, 50]], dtype=np.int64)
-ANOMALY_KINDS = ("vehicle", "cyclist", "object")
+ANOMALY_KINDS = ("vehicle", "cyclist", "object", "runner")
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,10 @@ class _Anomaly:
             draw.line([x - 9 * s, y - r, x, y - 2.4 * r, x + 9 * s, y - r], fill=self.color, width=max(1, int(2 * s)))
             assert self.rider is not None
             _draw_person(draw, x, y - r * 1.2, 26 * s, self.rider, legs=False)
+        elif self.kind == "runner":  # a walker's looks, legs swinging at its running pace
+            assert self.rider is not None
+            runner = replace(self.rider, phase=self.rider.phase + abs(self.speed) * 0.35 * (t - self.start))
+            _draw_person(draw, x, y, runner.height * lay.scale(y), runner, legs=True)
         else:  # object: a crate or a cart standing on the ground
             bw, bh = 16 * s, 13 * s
             draw.rectangle([x - bw / 2, y - bh, x + bw / 2, y], fill=self.color)
@@ -259,6 +265,10 @@ def _new_anomaly(rng: np.random.Generator, kind: str, lay: _Layout, num_frames: 
     if kind == "cyclist":
         return _Anomaly(kind, start, edge, float(rng.uniform(-0.6, 0.6)),
                         float(direction * rng.uniform(3.5, 5.0)), 1.0, color, rider=_new_walker(rng, lay))
+    if kind == "runner":  # walkers: 0.7-1.6 px/frame (mean 1.15)
+        walker = _new_walker(rng, lay)
+        return _Anomaly(kind, start, edge, walker.lane, float(direction * rng.uniform(4.6, 6.9)), 1.0, color,
+                        rider=walker)
     x = float(rng.uniform(0.15, 0.85) * lay.width)
     end = int(min(num_frames, start + rng.integers(30, 60)))
     return _Anomaly(kind, start, x, float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 1.6)), 0.0,

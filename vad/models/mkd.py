@@ -6,8 +6,12 @@
   ship with a PyPI package.
 - **Cloner**: a smaller VGG-style network (3x3 conv + BatchNorm + ReLU, max-pooling between resolutions) at about
   half the expert's width, with a 1x1 head per hint that maps its features to the expert's channels.
-- **Loss** per hint: value loss (MSE over all activations) + lambda * direction loss (1 - cosine similarity of each
-  frame's flattened activations), summed over hints; Adam.
+- **Loss** per hint: value loss + lambda * direction loss (1 - cosine similarity of each frame's flattened
+  activations), summed over hints; Adam. The paper's value loss is the MSE of raw activations, whose scale is the
+  expert's: with the Lite0 expert it is about 25 per position and swamps the direction term. Here it is scale-free:
+  each channel's squared error is divided by that channel's variance over the expert's activations on the normal
+  training frames (:meth:`MKD.fit_normal`, before training; a floor of a tenth of the hint's median deviation keeps a
+  near-dead channel from dominating), so both terms are of order one whatever the expert.
 - **Frame score**: ``"mean"`` (default) is the paper's, the frame's total loss. ``"max"`` is the maximum of the
   per-position version of the same loss (per level: mean squared difference over channels + lambda * (1 - cosine
   over channels), upsampled to the map grid and summed over levels), meant for small objects in large frames;
@@ -124,13 +128,23 @@ class Cloner(nn.Module):
         return out
 
 
-def mkd_losses(e: dict[str, torch.Tensor], c: dict[str, torch.Tensor], lam: float) -> torch.Tensor:
-    """Per-frame MKD loss ``(B,)``: sum over hints of MSE + lam * (1 - cosine of the flattened activations)."""
+def mkd_losses(e: dict[str, torch.Tensor], c: dict[str, torch.Tensor], lam: float,
+               scale: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-frame MKD loss ``(B,)``: sum over hints of the value term (MSE, each channel's error divided by
+    ``scale[hint]`` ``(C,)``, the expert's per-channel deviation; ``None``: raw, the paper's) + lam * (1 - cosine of
+    the flattened activations)."""
     total = 0
     for k in e:
-        a, b = e[k].float().flatten(1), c[k].float().flatten(1)
-        total = total + (a - b).pow(2).mean(1) + lam * (1 - F.cosine_similarity(a, b, dim=1))
+        a, b = e[k].float(), c[k].float()
+        value = (a - b).pow(2) if scale is None else ((a - b) / scale[k].view(1, -1, 1, 1)).pow(2)
+        total = total + value.flatten(1).mean(1) + lam * (1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1))
     return total
+
+
+def channel_scale(sums: torch.Tensor, squares: torch.Tensor, count: int) -> torch.Tensor:
+    """Per-channel standard deviation from running sums ``(C,)``, floored at a tenth of the median deviation."""
+    std = (squares / count - (sums / count).pow(2)).clamp_min(0).sqrt()
+    return std.clamp_min(0.1 * float(std.median()) + 1e-12)
 
 
 class MKD(AnomalyModel):
@@ -148,6 +162,10 @@ class MKD(AnomalyModel):
         self.lam = float(direction_weight)
         self.score_kind = score
         self._stride = max(8, min(expert.strides))  # the map grid: 8 px, or the finest hint when coarser
+        # Per hint, the expert's per-channel deviation on normal training frames (NaN until fit_normal).
+        self.names = tuple(expert.names)
+        for i, c in enumerate(expert.channels):
+            self.register_buffer(f"value_scale_{i}", torch.full((c,), float("nan")))
         self.set_stage("cloner")
 
     def stage_modules(self, stage: str) -> list[nn.Module]:
@@ -162,15 +180,39 @@ class MKD(AnomalyModel):
             e = self.expert(x)
         return e, self.cloner(x)
 
+    @property
+    def value_scale(self) -> dict[str, torch.Tensor]:
+        scale = {k: getattr(self, f"value_scale_{i}") for i, k in enumerate(self.names)}
+        if not all(bool(torch.isfinite(v).all()) for v in scale.values()):
+            raise RuntimeError("MKD has no activation statistics: fit_normal(training batches) comes before training")
+        return scale
+
+    @torch.no_grad()
+    def fit_normal(self, batches) -> None:
+        """The expert's per-channel deviation over every position of the normal training ``batches``."""
+        sums: dict[str, torch.Tensor] = {}
+        squares: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        for x in batches:
+            for k, v in self.expert(x).items():
+                v = v.float()
+                sums[k] = sums.get(k, 0) + v.sum((0, 2, 3))
+                squares[k] = squares.get(k, 0) + v.pow(2).sum((0, 2, 3))
+                counts[k] = counts.get(k, 0) + v.shape[0] * v.shape[2] * v.shape[3]
+        if not counts:
+            raise ValueError("MKD.fit_normal needs at least one batch of training frames")
+        for i, k in enumerate(self.names):
+            setattr(self, f"value_scale_{i}", channel_scale(sums[k], squares[k], counts[k]))
+
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return mkd_losses(*self.pyramids(x), self.lam).mean()
+        return mkd_losses(*self.pyramids(x), self.lam, self.value_scale).mean()
 
     def position_map(self, e: dict, c: dict, size: tuple[int, int]) -> torch.Tensor:
         """``(B, h, w)``: per-position MKD loss summed over levels on the map grid."""
-        out = 0
+        out, scale = 0, self.value_scale
         for k in e:
             a, b = e[k].float(), c[k].float()
-            m = (a - b).pow(2).mean(1) + self.lam * (1 - F.cosine_similarity(a, b, dim=1))
+            m = ((a - b) / scale[k].view(1, -1, 1, 1)).pow(2).mean(1) + self.lam * (1 - F.cosine_similarity(a, b, dim=1))
             out = out + F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         return out
 
@@ -180,7 +222,7 @@ class MKD(AnomalyModel):
             x = x.detach().requires_grad_(True)
             e = self.expert(x)  # the gradient has to flow through the expert to the pixels
             c = self.cloner(x)
-            losses = mkd_losses(e, c, self.lam)
+            losses = mkd_losses(e, c, self.lam, self.value_scale)
             (grad,) = torch.autograd.grad(losses.sum(), x)  # frames are independent in eval mode
         with torch.no_grad():
             scores = losses.detach().float() if self.score_kind == "mean" else (

@@ -1,0 +1,196 @@
+"""The motion branch: frame windows in the data path, causal scoring, fusion statistics, and a trained model that
+tells a fast mover from the same sprite at walking speed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from helpers import write_frames, write_video
+
+import vad.io.dataset as ds
+from vad.checkpoint import load_model
+from vad.config import ModelConfig, ScoreConfig
+from vad.io import read_dataset
+from vad.io.dataset import FrameStream, FrameTransform, windows
+from vad.io.records import frames_clip
+from vad.models import MotionSTPM, build_model, frame_scores
+from vad.score import Scorer, score_clips
+from vad.train import holdout, train
+
+
+def _coded(clip: int, n: int, h: int = 16, w: int = 16) -> np.ndarray:
+    """Frames whose grey level says which clip and frame they are: 100 * clip + 4 * index (lossless in PNG)."""
+    return np.stack([np.full((h, w, 3), 100 * clip + 4 * t, np.uint8) for t in range(n)])
+
+
+def _decode(window: torch.Tensor) -> list[tuple[int, int]]:
+    """A uint8 window (3w, H, W) -> [(clip, index)] of its frames, oldest first."""
+    return [_code(int(f[0, 0, 0])) for f in window.split(3)]
+
+
+def _code(level: int) -> tuple[int, int]:
+    clip, rest = divmod(level, 100)
+    return clip, rest // 4
+
+
+def _clip(folder: Path):
+    return frames_clip(folder, name=folder.name)
+
+
+@pytest.fixture
+def coded_clips(tmp_path: Path):
+    return [_clip(write_frames(tmp_path / f"c{k}", _coded(k, n), ext=".png")) for k, n in ((0, 11), (1, 7))]
+
+
+def test_windows_helper_stacks_consecutive_frames() -> None:
+    seq = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 1, 1)
+    out = windows(seq, 3)
+    assert out.shape == (3, 9, 1, 1)
+    assert out[:, ::3].flatten(1).tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
+    with pytest.raises(ValueError, match="no window of 3"):
+        windows(seq[:2], 3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_windows_stay_in_their_clip_and_a_clip_start_repeats_frame_0(coded_clips, batch_size: int) -> None:
+    seen = []
+    for batch in FrameStream(coded_clips, None, batch_size=batch_size, window=3):
+        assert batch["frames"].shape[1:] == (9, 16, 16)
+        for name, t, win in zip(batch["clip"], batch["index"].tolist(), batch["frames"], strict=True):
+            clip = int(name[1:])
+            assert _decode(win) == [(clip, max(t - 2, 0)), (clip, max(t - 1, 0)), (clip, t)]
+            seen.append((clip, t))
+    assert sorted(seen) == [(0, t) for t in range(11)] + [(1, t) for t in range(7)]
+
+
+def test_a_range_reads_its_real_past_and_shuffling_keeps_windows_whole(coded_clips) -> None:
+    ranges = {"c0": (5, 9), "c1": (1, 7)}
+    got = {}
+    for batch in FrameStream(coded_clips, None, batch_size=2, window=3, ranges=ranges):
+        for name, t, win in zip(batch["clip"], batch["index"].tolist(), batch["frames"], strict=True):
+            got[(name, t)] = _decode(win)
+    assert sorted(got) == [("c0", t) for t in range(5, 9)] + [("c1", t) for t in range(1, 7)]
+    assert got[("c0", 5)] == [(0, 3), (0, 4), (0, 5)]  # real predecessors before the range
+    assert got[("c1", 1)] == [(1, 0), (1, 0), (1, 1)]  # only frame 0 before it: it stands in for t = -1
+    mixed = FrameStream(coded_clips, FrameTransform(None, "none"), batch_size=3, window=3, shuffle=True,
+                        shuffle_buffer=5)
+    for batch in mixed:
+        for name, t, win in zip(batch["clip"], batch["index"].tolist(), batch["frames"], strict=True):
+            levels = (win[::3, 0, 0] * 255).round().long().tolist()
+            assert [_code(v) for v in levels] == [(int(name[1:]), max(t - j, 0)) for j in (2, 1, 0)]
+
+
+def test_every_frame_is_decoded_once(coded_clips, monkeypatch) -> None:
+    decoded = []
+    real = ds.iter_frames
+
+    def counting(clip, **kw):
+        for first, frames in real(clip, **kw):
+            decoded.extend((clip.name, first + i) for i in range(len(frames)))
+            yield first, frames
+
+    monkeypatch.setattr(ds, "iter_frames", counting)
+    n = sum(len(b["index"]) for b in FrameStream(coded_clips, None, batch_size=4, window=3))
+    assert n == 18 and len(decoded) == len(set(decoded)) == 18
+
+
+def test_jpeg_bytes_need_single_frames(coded_clips) -> None:
+    with pytest.raises(ValueError, match="window=1"):
+        FrameStream(coded_clips, None, jpeg_bytes=True, window=3)
+
+
+def _random_motion_model() -> MotionSTPM:
+    model = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2))).eval()
+    assert isinstance(model, MotionSTPM) and model.window == 3
+    model.set_branch_stats({"appearance": torch.tensor([1.0, 2.0]), "motion": torch.tensor([0.5, 1.5])})
+    return model
+
+
+def test_scoring_is_causal(tmp_path: Path) -> None:
+    """A frame's score depends on it and its past only: changing later frames leaves earlier scores as they were,
+    across batch boundaries (batch 4, window 3)."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (14, 32, 48, 3), dtype=np.uint8)
+    later = data.copy()
+    later[8:] = rng.integers(0, 255, later[8:].shape, dtype=np.uint8)
+    model = _random_motion_model()
+    ckpt = {"input_size": [32, 48], "normalization": "imagenet"}
+    scores = []
+    for name, arr in (("a", data), ("b", later)):
+        clip = _clip(write_frames(tmp_path / name, arr, ext=".png"))
+        scorer = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False, save_maps=False), "cpu")
+        scores.append(score_clips(scorer, [clip], tmp_path / f"out_{name}", progress=False)[clip.name])
+    np.testing.assert_array_equal(scores[0][:8], scores[1][:8])
+    assert not np.allclose(scores[0][8:], scores[1][8:])
+
+
+def test_fusion_standardises_each_branch_by_its_statistics() -> None:
+    model = _random_motion_model()
+    maps = {"appearance": torch.full((1, 2, 2), 3.0), "motion": torch.full((1, 2, 2), 3.0)}
+    loc, scale = model.branch_loc, model.branch_scale
+    expected = sum((3.0 - loc[i]) / scale[i] for i in range(2))
+    assert torch.allclose(model.fuse(maps), torch.full((1, 2, 2), float(expected)))
+    with pytest.raises(ValueError, match="at least 2"):
+        model.set_branch_stats({"appearance": torch.ones(1), "motion": torch.ones(5)})
+    fresh = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2)))
+    with pytest.raises(RuntimeError, match="no branch statistics"):
+        fresh.fuse(maps)
+
+
+def test_fusion_statistics_come_from_the_hold_out_frames(trained: Path, scene: Path) -> None:
+    """The stored per-branch mean and deviation are those of the normal hold-out frames' scores (the tail of every
+    training clip, windows reaching into their real past), recomputed here independently."""
+    model, ckpt = load_model(trained / "model.pt")
+    assert isinstance(model, MotionSTPM) and model.has_branch_stats
+    clips = read_dataset("shanghaitech", scene, "train")
+    _, val = holdout(clips, TINY.train.val_fraction)
+    stream = FrameStream(clips, FrameTransform(tuple(ckpt["input_size"]), ckpt["normalization"]), batch_size=7,
+                         ranges=val, window=model.window)
+    per = {b: [] for b in model.branches}
+    with torch.no_grad():
+        for batch in stream:
+            for b, m in model.branch_maps(batch["frames"]).items():
+                per[b].append(frame_scores(m))
+    for i, b in enumerate(model.branches):
+        s = torch.cat(per[b])
+        assert len(s) == sum(stop - start for start, stop in val.values())
+        assert float(model.branch_loc[i]) == pytest.approx(float(s.mean()), rel=1e-4)
+        assert float(model.branch_scale[i]) == pytest.approx(float(s.std()), rel=1e-3)
+
+
+def _mover(n: int, speed: float, seed: int, h: int = 64, w: int = 96, x0: float | None = None) -> np.ndarray:
+    """A textured static background and a sprite (a 14x8 figure) crossing at ``speed`` px/frame."""
+    rng = np.random.default_rng(1000)  # one background for every clip
+    bg = np.clip(110 + 40 * rng.standard_normal((h // 4, w // 4, 3)), 0, 255).repeat(4, 0).repeat(4, 1)
+    noise = np.random.default_rng(seed)
+    x = x0 if x0 is not None else noise.uniform(0, w - 8)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        f = bg + noise.normal(0, 2, bg.shape)
+        xi = int(round(x + speed * t)) % (w - 8)
+        f[26:34, xi:xi + 8] = (200, 40, 40)
+        f[34:40, xi + 1:xi + 7] = (40, 40, 160)
+        out[t] = f.clip(0, 255).astype(np.uint8)
+    return out
+
+
+def test_a_trained_motion_model_scores_a_fast_mover_above_the_same_sprite_walking(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for i in range(3):
+        write_video(root / "training" / "videos" / f"01_{i + 1:03d}.avi", _mover(30, (-1) ** i * 1.0, seed=i))
+    cfg = replace(TINY, train=replace(TINY.train, epochs=5))
+    run = tmp_path / "run"
+    train(read_dataset("shanghaitech", root, "train"), cfg, run, device="cpu", progress=False)
+    model, ckpt = load_model(run / "model.pt")
+    scorer = Scorer(model, ckpt, ScoreConfig(batch_size=16, amp="off", compile=False, save_maps=False), "cpu")
+    clips = [_clip(write_frames(tmp_path / name, _mover(24, speed, seed=7, x0=10), ext=".png"))
+             for name, speed in (("walk", 1.0), ("fast", 5.0))]
+    scores = score_clips(scorer, clips, tmp_path / "out", progress=False)
+    walk, fast = scores["walk"][2:], scores["fast"][2:]  # after the first frames, whose past is frame 0
+    # Fused scores are in hold-out standard deviations; the two clips differ only in the sprite's speed.
+    assert np.median(fast) > np.median(walk) + 1.5, (np.round(walk, 2), np.round(fast, 2))
