@@ -10,7 +10,9 @@ NCHW, a host synchronisation per frame or step):
   scores written to disk (fast: :func:`vad.score.score_clips`, the product's path);
 - e2e video: the same frames as an H.264 MP4;
 - decode: decoding alone (JPEG folder, video), to show whether decoding limits the end-to-end rate;
-- train: training steps (decode, shuffle, forward, backward, optimiser) at the product's input size.
+- train: training steps (decode, shuffle, forward, backward, optimiser) at the product's input size;
+- motion: STPM with its motion branch (``model.motion``, the default for stpm: windows of 3 frames, the teacher on
+  each, the predictor) against STPM alone, both on the fast path: model only, e2e JPEG and training.
 
 Every case runs once to warm up (file cache, cuDNN autotuning, torch.compile), then ``--repeat`` times with the
 device synchronised before the clock stops; the median is reported. The frames are synthetic (a textured
@@ -153,7 +155,7 @@ def train_fast(model, clip: Clip, size, normalization, batch: int, device, dtype
     """The training loop of :func:`vad.train.train`: a shuffled :class:`FrameStream` in DataLoader workers,
     channels-last batches (pinned, non-blocking on CUDA), autocast, the loss summed on the device."""
     stream = FrameStream([clip], FrameTransform(size, normalization), batch_size=batch, shuffle=True,
-                         ranges={clip.name: (0, frames)}, shuffle_buffer=max(256, batch))
+                         ranges={clip.name: (0, frames)}, shuffle_buffer=max(256, batch), window=model.window)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     total, seen = torch.zeros((), device=device), 0
     for b in make_loader(stream, workers, pin_memory=device.type == "cuda"):
@@ -191,6 +193,42 @@ def train_baseline(model, base: Baseline, clip: Clip, batch: int, frames: int) -
     return seen
 
 
+def motion_rows(args, appearance, res: dict, n: dict, device, e2e_size, normalization: str, jpeg: Clip,
+                train_video: Clip, tmp: Path) -> None:
+    """The motion model against the appearance-only one, fast path both: model only, e2e JPEG, training."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=args.backbone, teacher_weights="random", motion=True)).eval()
+    model.load_state_dict(appearance.state_dict(), strict=False)  # the same teacher and student
+    model.set_branch_stats({"appearance": torch.tensor([0.0, 1.0]), "motion": torch.tensor([0.0, 1.0])})  # speed only
+    cfg = ScoreConfig(batch_size=n["batch_size"], amp=args.amp, num_workers=args.workers, compile=args.compile)
+    scorer = Scorer(model, {"input_size": list(e2e_size), "normalization": normalization}, cfg, device)
+    x = torch.randn(n["batch_size"], 3 * model.window, args.size, args.size, device=device)
+    small = Scorer(copy.deepcopy(model), {"input_size": [args.size] * 2, "normalization": normalization}, cfg, device)
+
+    def model_fast() -> int:
+        done = 0
+        while done < n["model_frames"]:
+            small(x)
+            done += len(x)
+        return done
+
+    def e2e() -> int:
+        return len(score_clips(scorer, [jpeg], tmp / "run" / "motion", overwrite=True, progress=False)[jpeg.name])
+
+    res["motion_model_fps"], _ = timed(model_fast, device, args.repeat)
+    res["motion_e2e_fps"], _ = timed(e2e, device, args.repeat)
+    print(f"motion model    {res['motion_model_fps']:9.1f} frames/s | appearance only {res['model_fps']:9.1f}")
+    print(f"motion e2e JPEG {res['motion_e2e_fps']:9.1f} frames/s | appearance only {res['e2e_fps']:9.1f}")
+    if not args.skip_train:
+        tdtype = amp_dtype(args.train_amp, device)
+        workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
+        train_model = model.to(device, memory_format=torch.channels_last).train()
+        res["motion_train_fps"], _ = timed(lambda: train_fast(train_model, train_video, e2e_size, normalization,
+                                                              n["train_batch"], device, tdtype, workers,
+                                                              n["train_frames"]), device, args.repeat)
+        print(f"motion train    {res['motion_train_fps']:9.1f} frames/s | appearance only {res['train_fps']:9.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
@@ -219,7 +257,8 @@ def main() -> None:
     spec = backbone_spec(args.backbone)
     weights = "pretrained" if args.backbone == "efficientnet_lite0" else "random"
     torch.manual_seed(0)
-    model = build_model(ModelConfig(method=args.method, backbone=args.backbone, teacher_weights=weights)).eval()
+    model = build_model(ModelConfig(method=args.method, backbone=args.backbone, teacher_weights=weights,
+                                    motion=False)).eval()
     input_w = max(16, int(round(args.input_height * args.width / args.height / 16)) * 16)
     e2e_size = (args.input_height, input_w)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
@@ -319,6 +358,9 @@ def main() -> None:
             res["speedup_train"] = res["train_fps"] / res["baseline_train_fps"]
             print(f"train           fast {res['train_fps']:9.1f} frames/s (batch {n['train_batch']}, amp {tdtype}, "
                   f"{workers} workers) | baseline {res['baseline_train_fps']:8.1f} | {res['speedup_train']:.2f}x")
+
+        if args.method == "stpm":
+            motion_rows(args, model, res, n, device, e2e_size, spec.normalization, jpeg, train_video, tmp)
 
     res["speedup_model"] = res["model_fps"] / res["baseline_model_fps"]
     print(json.dumps({"device": str(device), "device_name": name, "cpu_cores": os.cpu_count(),

@@ -103,7 +103,8 @@ def _data_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _common(p: argparse.ArgumentParser, device: bool) -> None:
-    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.epochs=5 (may be repeated)")
     if device:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
 

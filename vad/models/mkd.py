@@ -212,7 +212,8 @@ class MKD(AnomalyModel):
         out, scale = 0, self.value_scale
         for k in e:
             a, b = e[k].float(), c[k].float()
-            m = ((a - b) / scale[k].view(1, -1, 1, 1)).pow(2).mean(1) + self.lam * (1 - F.cosine_similarity(a, b, dim=1))
+            value = ((a - b) / scale[k].view(1, -1, 1, 1)).pow(2).mean(1)
+            m = value + self.lam * (1 - F.cosine_similarity(a, b, dim=1))
             out = out + F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         return out
 

@@ -91,7 +91,8 @@ class MotionSTPM(STPM):
         with torch.no_grad():
             feats = self.teacher(torch.cat([*past, now]))
         chunks = {k: v.chunk(self.window) for k, v in feats.items()}
-        return [{k: v[i] for k, v in chunks.items()} for i in range(self.context)], {k: v[-1] for k, v in chunks.items()}
+        past_t = [{k: v[i] for k, v in chunks.items()} for i in range(self.context)]
+        return past_t, {k: v[-1] for k, v in chunks.items()}
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         past_t, t = self._teacher(x)
