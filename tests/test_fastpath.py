@@ -32,16 +32,31 @@ def _scores(scorer: Scorer, clips, out: Path) -> np.ndarray:
     return np.concatenate([res[c.name] for c in clips])
 
 
-def test_device_side_path_gives_the_cpu_path_scores(scene: Path, trained: Path, tmp_path: Path) -> None:
+def _appearance_only(model):
+    """The same teacher and student as a motion model, without its motion branch (plain STPM)."""
+    plain = build_model(ModelConfig(input_height=96, teacher_weights="random", motion=False))
+    own = plain.state_dict()  # the fused map's per-position statistics stay behind (their shapes differ)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and v.shape == own[k].shape},
+                          strict=False)
+    return plain.eval()
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_device_side_path_gives_the_cpu_path_scores(scene: Path, trained: Path, tmp_path: Path, motion: bool) -> None:
     """The data flow used on CUDA (workers send JPEG bytes / uint8 frames, the Scorer decodes, resizes and
-    normalises on its device), run here on the CPU, scores every frame exactly as the CPU path does."""
+    normalises on its device), run here on the CPU, scores every frame exactly as the CPU path does. A motion
+    model's windows travel as uint8 windows (nvJPEG decodes single frames)."""
     model, ckpt = load_model(trained / "model.pt")
+    model = model if motion else _appearance_only(model)
     clips = read_dataset("shanghaitech", scene, "test")  # JPEG folders
     cpu = _scores(Scorer(model, ckpt, FP32, "cpu"), clips, tmp_path / "cpu")
     dev = Scorer(model, ckpt, FP32, "cpu")
     dev.on_device = True
     batch = next(iter(dev.stream(clips)))
-    assert "jpeg" in batch and "frames" not in batch and batch["jpeg"][0].dtype == torch.uint8
+    if motion:
+        assert "jpeg" not in batch and batch["frames"].dtype == torch.uint8 and batch["frames"].shape[1] == 9
+    else:
+        assert "jpeg" in batch and "frames" not in batch and batch["jpeg"][0].dtype == torch.uint8
     np.testing.assert_array_equal(_scores(dev, clips, tmp_path / "dev"), cpu)
     videos = read_dataset("shanghaitech", scene, "train")[:1]  # uint8 frames from PyAV
     assert next(iter(dev.stream(videos)))["frames"].dtype == torch.uint8

@@ -81,7 +81,7 @@ def test_scoring_writes_files_and_skips_done_clips(scene: Path, trained: Path, t
         maps = np.load(out / "maps" / f"{c.name}.npy")
         assert maps.shape == (c.num_frames, 12, 16) and maps.dtype == np.float16
         pooled_max = maps.astype(np.float32).max(axis=(1, 2))
-        assert (pooled_max <= first[c.name] * 1.01 + 1e-3).all()  # area-pooled: never above the full map's max
+        assert (pooled_max <= first[c.name] + 0.01 * np.abs(first[c.name]) + 1e-3).all()  # area-pooled: never above the full map's max
         assert np.corrcoef(pooled_max, first[c.name])[0, 1] > 0.9
     mtime = (out / "scores" / f"{clips[0].name}.npy").stat().st_mtime_ns
     again = score_clips(scorer, clips, out, progress=False)
@@ -165,7 +165,7 @@ def test_model_keeps_normal_validation_scores(trained: Path) -> None:
     ckpt = torch.load(trained / "model.pt", weights_only=True)
     raw, cal = ckpt["val_scores"]["raw"], ckpt["val_scores"]["per_position"]
     n_val = 4 * round(24 * TINY.train.val_fraction)  # the tail of each of the 4 training clips
-    assert raw.shape == cal.shape == (n_val,) and bool((raw >= 0).all())
+    assert raw.shape == cal.shape == (n_val,) and bool(torch.isfinite(raw).all())
 
 
 def test_resume_with_another_process_count_is_refused(scene: Path, tmp_path: Path) -> None:

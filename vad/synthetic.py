@@ -8,8 +8,9 @@ through every frame. Test clips add anomalies with exact pixel masks:
 - ``vehicle``: a car-like object driving along the path about five times walking speed;
 - ``cyclist``: a rider on two wheels, three to four times walking speed;
 - ``object``: an out-of-place object (a crate, a cart) that appears on the ground and stays;
-- ``runner``: a motion anomaly: a person drawn exactly like the walkers (same palette, sizes, swinging legs) who
-  runs along the path at four to six times walking speed. Frame by frame nothing sets them apart from a walker.
+- ``runner``: a motion anomaly: one of the walkers breaks into a run along the path at four to six times walking
+  speed (drawn exactly like the walkers: same palette, sizes, swinging legs). Frame by frame nothing sets them
+  apart from a walker.
 
 Anomalies use the walkers' colour palette and sizes close to theirs, so they are not separable by raw
 pixel statistics (mean intensity, foreground area); see ``tests/test_synthetic.py``.
@@ -278,6 +279,19 @@ def _new_anomaly(rng: np.random.Generator, kind: str, lay: _Layout, num_frames: 
 # ----------------------------------------------------------------------------- rendering
 
 
+def _break_into_run(an: _Anomaly, walkers: list[_Walker], lay: _Layout) -> list[_Walker]:
+    """A runner is one of the crowd who breaks into a run: the walker nearest the frame's centre leaves the crowd
+    and carries on from where it is, at the runner's speed, in its own direction (the crowd's size is unchanged, so
+    the amount of foreground says nothing). With nobody on screen the runner enters from the edge."""
+    on_screen = [w for w in walkers if 0 <= w.x <= lay.width]
+    if not on_screen:
+        return walkers
+    w = min(on_screen, key=lambda k: abs(k.x - lay.width / 2))
+    an.x, an.y_off, an.rider = w.x, w.lane, w
+    an.speed = math.copysign(abs(an.speed), w.speed)
+    return [k for k in walkers if k is not w]
+
+
 def _render_clip(
     rng: np.random.Generator, cfg: SceneConfig, lay: _Layout, background: np.ndarray,
     num_frames: int, anomalies: list[_Anomaly],
@@ -297,6 +311,9 @@ def _render_clip(
     for t in range(num_frames):
         for _ in range(rng.poisson(rate * level[t])):
             walkers.append(_new_walker(rng, lay))
+        for an in anomalies:
+            if an.kind == "runner" and t == an.start:
+                walkers = _break_into_run(an, walkers, lay)
         img = Image.fromarray(background.clip(0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(img)
         for wk in sorted(walkers, key=lambda k: k.pos(lay)[1]):  # far ones first

@@ -120,7 +120,7 @@ class MotionSTPM(STPM):
 
     def fuse(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """Branch maps -> one map: each standardised by its hold-out statistics, then summed (or the maximum)."""
-        if not self.has_branch_stats:
+        if not torch.compiler.is_compiling() and not self.has_branch_stats:  # a host read: not inside a graph
             raise RuntimeError("this motion model has no branch statistics (set at the end of training)")
         z = torch.stack([(maps[b] - self.branch_loc[i]) / self.branch_scale[i] for i, b in enumerate(self.branches)])
         return z.sum(0) if self.fusion == "sum" else z.amax(0)
