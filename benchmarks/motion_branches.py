@@ -39,10 +39,9 @@ def branch_scores(model: MotionSTPM, stream: FrameStream) -> dict[str, np.ndarra
     out: dict[str, list] = {"appearance": [], "motion": [], "feature-diff": [], "clip": [], "index": []}
     for batch in stream:
         x = batch["frames"]
-        past_t, t = model._teacher(x)
-        size = model.map_size(x)
-        maps = model.branch_maps(x)
-        diff = model.pyramids_to_map(t, past_t[-1], size)
+        past_t, t = model.teacher_features(x)
+        maps = model.maps_from(past_t, t, x)
+        diff = model.pyramids_to_map(t, past_t[-1], model.map_size(x))
         for key, m in (("appearance", maps["appearance"]), ("motion", maps["motion"]), ("feature-diff", diff)):
             out[key].append(frame_scores(m.float()).numpy())
         out["clip"] += batch["clip"]

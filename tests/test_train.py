@@ -81,7 +81,8 @@ def test_scoring_writes_files_and_skips_done_clips(scene: Path, trained: Path, t
         maps = np.load(out / "maps" / f"{c.name}.npy")
         assert maps.shape == (c.num_frames, 12, 16) and maps.dtype == np.float16
         pooled_max = maps.astype(np.float32).max(axis=(1, 2))
-        assert (pooled_max <= first[c.name] + 0.01 * np.abs(first[c.name]) + 1e-3).all()  # area-pooled: never above the full map's max
+        # area-pooled: never above the full map's max
+        assert (pooled_max <= first[c.name] + 0.01 * np.abs(first[c.name]) + 1e-3).all()
         assert np.corrcoef(pooled_max, first[c.name])[0, 1] > 0.9
     mtime = (out / "scores" / f"{clips[0].name}.npy").stat().st_mtime_ns
     again = score_clips(scorer, clips, out, progress=False)

@@ -133,31 +133,16 @@ def _val_loss(model: AnomalyModel, loader, device: torch.device, dtype) -> float
 
 
 @torch.no_grad()
-def _val_maps(model: AnomalyModel, loader, device: torch.device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw frame scores ``(N,)`` and anomaly maps ``(N, h, w)`` of the hold-out, on the CPU."""
+def _val_outputs(model: AnomalyModel, loader, device: torch.device, dtype, forward) -> dict[str, torch.Tensor]:
+    """``forward(x) -> {name: (B, ...)}`` over the hold-out, concatenated per name, float32 on the CPU."""
     model.eval()
-    scores, maps = [], []
+    out: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
         x = to_device(batch["frames"], device)
         with autocast(device, dtype):
-            sc, amap = model.score_and_map(x)
-        scores.append(sc.float().cpu())
-        maps.append(amap.float().cpu())
-    return torch.cat(scores), torch.cat(maps)
-
-
-@torch.no_grad()
-def _val_branch_scores(model: AnomalyModel, loader, device: torch.device, dtype) -> dict[str, torch.Tensor]:
-    """A fused model's raw frame scores per branch ``{branch: (N,)}`` over the hold-out, on the CPU."""
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {b: [] for b in model.branches}
-    for batch in loader:
-        x = to_device(batch["frames"], device)
-        with autocast(device, dtype):
-            maps = model.branch_maps(x)
-        for b in model.branches:
-            out[b].append(frame_scores(maps[b].float()).cpu())
-    return {b: torch.cat(v) for b, v in out.items()}
+            for k, v in forward(x).items():
+                out.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def position_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -432,9 +417,15 @@ def _finalise(s: _Session) -> Path:
     # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
     model = restore_model({**best_ck, "config": s.meta["config"]}).to(s.device, memory_format=torch.channels_last)
     final = {**s.meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
-    if model.branches:  # a fused model: each branch standardised by its hold-out frame scores
-        model.set_branch_stats(_val_branch_scores(model, s.val_loader, s.device, s.dtype))
-    scores, maps = _val_maps(model, s.val_loader, s.device, s.dtype)
+    if model.branches:  # a fused model: each branch standardised by its own hold-out frame scores (one pass)
+        branch = _val_outputs(model, s.val_loader, s.device, s.dtype, model.branch_maps)
+        model.set_branch_stats({b: frame_scores(m) for b, m in branch.items()})
+        maps = model.fuse(branch)
+        scores = frame_scores(maps)
+    else:
+        out = _val_outputs(model, s.val_loader, s.device, s.dtype,
+                           lambda x: dict(zip(("scores", "maps"), model.score_and_map(x), strict=True)))
+        scores, maps = out["scores"], out["maps"]
     final["val_scores"] = {"raw": scores}
     if s.cfg.train.position_stats:
         model.set_position_stats(*position_statistics(maps))

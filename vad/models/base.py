@@ -79,6 +79,21 @@ class AnomalyModel(nn.Module):
         """A fused model standardises each branch by its frame scores on normal hold-out frames ``{branch: (N,)}``."""
         raise NotImplementedError(f"{self.method} has one branch")
 
+    def fuse(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A fused model's branch maps -> its one raw map ``(B, h, w)``."""
+        raise NotImplementedError(f"{self.method} has one branch")
+
+    def statistics_ready(self, buffers) -> bool:
+        """Whether statistic ``buffers`` are set (no NaN). Read from the device once per change of the buffers (they
+        are replaced, moved or loaded, never changed per batch), so a forward pass on a GPU waits for no host read."""
+        buffers = tuple(buffers)
+        key = tuple((id(b), b._version) for b in buffers)
+        if key != getattr(self, "_ready_key", None):
+            if not all(bool(torch.isfinite(b).all()) for b in buffers):
+                return False
+            self._ready_key = key
+        return True
+
     def fit_normal(self, batches) -> None:
         """Statistics the model needs *before* training, from normal training batches ``(B, 3 * window, H, W)``
         (e.g. MKD's activation scales). Default: none."""

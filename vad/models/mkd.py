@@ -183,7 +183,7 @@ class MKD(AnomalyModel):
     @property
     def value_scale(self) -> dict[str, torch.Tensor]:
         scale = {k: getattr(self, f"value_scale_{i}") for i, k in enumerate(self.names)}
-        if not all(bool(torch.isfinite(v).all()) for v in scale.values()):
+        if not self.statistics_ready(scale.values()):
             raise RuntimeError("MKD has no activation statistics: fit_normal(training batches) comes before training")
         return scale
 

@@ -85,7 +85,7 @@ class MotionSTPM(STPM):
         frames = list(x.split(3, dim=1))
         return frames[:-1], frames[-1]
 
-    def _teacher(self, x: torch.Tensor) -> tuple[list[dict], dict]:
+    def teacher_features(self, x: torch.Tensor) -> tuple[list[dict], dict]:
         """Teacher pyramids of the past frames and of the present one (one batched pass)."""
         past, now = self._split(x)
         with torch.no_grad():
@@ -95,19 +95,22 @@ class MotionSTPM(STPM):
         return past_t, {k: v[-1] for k, v in chunks.items()}
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        past_t, t = self._teacher(x)
+        past_t, t = self.teacher_features(x)
         return stpm_loss(t, self.student(x[:, -3:])) + stpm_loss(t, self.predictor(past_t))
 
     def branch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw maps ``{branch: (B, h, w)}`` (before standardisation)."""
-        past_t, t = self._teacher(x)
+        return self.maps_from(*self.teacher_features(x), x)
+
+    def maps_from(self, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`branch_maps` from the teacher's pyramids already computed for windows ``x``."""
         size = self.map_size(x)
         return {"appearance": self.pyramids_to_map(t, self.student(x[:, -3:]), size).float(),
                 "motion": self.pyramids_to_map(t, self.predictor(past_t), size).float()}
 
     @property
     def has_branch_stats(self) -> bool:
-        return bool(torch.isfinite(self.branch_scale).all())
+        return self.statistics_ready((self.branch_loc, self.branch_scale))
 
     def set_branch_stats(self, scores: dict[str, torch.Tensor]) -> None:
         """Standardise each branch by its normal hold-out frame scores ``{branch: (N,)}``."""
@@ -122,7 +125,8 @@ class MotionSTPM(STPM):
         """Branch maps -> one map: each standardised by its hold-out statistics, then summed (or the maximum)."""
         if not torch.compiler.is_compiling() and not self.has_branch_stats:  # a host read: not inside a graph
             raise RuntimeError("this motion model has no branch statistics (set at the end of training)")
-        z = torch.stack([(maps[b] - self.branch_loc[i]) / self.branch_scale[i] for i, b in enumerate(self.branches)])
+        loc, scale = (v.to(maps[self.branches[0]].device) for v in (self.branch_loc, self.branch_scale))
+        z = torch.stack([(maps[b] - loc[i]) / scale[i] for i, b in enumerate(self.branches)])
         return z.sum(0) if self.fusion == "sum" else z.amax(0)
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
