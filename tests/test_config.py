@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vad.cli import main
-from vad.config import Backbone, Dataset, ModelConfig, RunConfig, apply_overrides, choices, load_config
+from vad.config import Backbone, Dataset, ModelConfig, RunConfig, apply_overrides, choices, from_dict, load_config
 from vad.pipeline import save_config
 
 # One bad value per section: (override, what the message must say).
@@ -99,3 +99,26 @@ def test_choices_match_the_registries() -> None:
     from vad.models import METHODS
 
     assert choices(typing.get_type_hints(ModelConfig, include_extras=True)["method"]) == METHODS
+
+
+def test_retired_key_says_what_replaced_it() -> None:
+    with pytest.raises(ValueError, match="postprocess.reference_percentile was removed: calibrated scores now run"):
+        from_dict(RunConfig, {"postprocess": {"reference_percentile": 99}})
+
+
+def test_object_shift_default_follows_the_method() -> None:
+    assert RunConfig().object_shift == 0.5
+    assert from_dict(RunConfig, {"model": {"method": "mkd"}}).object_shift == 0
+    assert from_dict(RunConfig, {"model": {"method": "mkd"}, "train": {"object_shift": 0.3}}).object_shift == 0.3
+    with pytest.raises(ValueError, match="train.object_shift"):
+        from_dict(RunConfig, {"train": {"object_shift": 2}})
+
+
+def test_an_older_run_folder_config_loses_retired_keys_with_a_note(tmp_path: Path, capsys) -> None:
+    saved = tmp_path / "config.yaml"
+    saved.write_text("postprocess:\n  sigma: 2.0\n  reference_percentile: 95.0\n")
+    with pytest.raises(ValueError, match="was removed"):
+        load_config(str(saved))  # a config a person wrote: refused
+    cfg = load_config(str(saved), saved=True)
+    assert cfg.postprocess.sigma == 2.0
+    assert "reference_percentile is no longer used" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import calibrate, events, minmax, normalise, smooth
+from vad.postprocess import calibrate, event_frames, event_threshold, events, minmax, normalise, smooth
 from vad.runs import ClipRecord, RunFolder, write_manifest
 
 
@@ -85,8 +85,13 @@ def test_minmax_and_calibration() -> None:
     out = minmax(np.array([2.0, 4.0, 3.0]))
     assert np.allclose(out, [0, 1, 0.5]) and out.min() == 0 and out.max() == 1
     assert np.array_equal(minmax(np.full(4, 3.0)), np.zeros(4))
-    normal = np.arange(101, dtype=float)  # 99th percentile = 99
-    assert np.allclose(calibrate(np.array([0.0, 99.0, 198.0]), normal, q=99), [0, 1, 2])
+    normal = np.arange(101, dtype=float)  # median 50, 99th percentile 99
+    th = event_threshold(normal, 99)
+    assert th == 99
+    assert np.allclose(calibrate(np.array([50.0, 99.0, 148.0]), normal, th), [0, 1, 2])  # 1.0 = the threshold
+    assert np.allclose(calibrate(np.array([-3.0, -1.0]), np.array([-3.0, -3.0, -1.0]), -1.0), [0, 1])  # log-odds
+    with pytest.raises(ValueError, match="not above the median"):
+        calibrate(np.ones(3), np.ones(5), 1.0)
     with pytest.raises(ValueError, match="normal validation scores"):
         normalise(np.ones(3), "calibrated")
     with pytest.raises(ValueError, match="unknown normalisation 'zscore'"):
@@ -150,3 +155,59 @@ def test_evaluate_run_without_a_model(tmp_path) -> None:
     assert [(e["clip"], e["start"], e["end"], e["start_s"]) for e in ev] == [
         ("01_0001", 2, 3, 0.2), ("02_0001", 1, 3, 0.1), ("cam", 2, 3, 0.2)]
     assert m["events"] == 3 and json.loads((run / "metrics.json").read_text()) == m
+
+
+def test_alarm_rates_on_a_hand_made_run(tmp_path) -> None:
+    """metrics.json's alarm rates, counted by hand: threshold 3.96 (99th percentile of 0..4), events of >= 2
+    frames on unsmoothed scores, 10 frames/s."""
+    from vad.config import EvalConfig, PostprocessConfig
+    from vad.evaluate import evaluate_run
+
+    scores = {"a": [1, 5, 5, 5, 1, 1, 5, 5, 1, 1],  # events 1-3 (anomalous 2-4: 2 of 3 caught) and 6-7 (false)
+              "b": [1, 1, 1, 1, 1, 5, 1, 1, 1, 1],  # one frame above: no event (min 2 frames)
+              "c": [5, 5, 5, 5, 1, 1, 1, 1, 1, 1]}  # all-normal clip: a false event of 4 frames
+    labels = {"a": [0, 0, 1, 1, 1, 0, 0, 0, 0, 0], "b": [0] * 10, "c": [0] * 10}
+    run = _fake_run(tmp_path, scores, labels, {n: None for n in scores}, normal=np.arange(101, dtype=float) / 25)
+    m = evaluate_run(run, PostprocessConfig(sigma=0, normalisation="calibrated"),
+                     EvalConfig(min_event_frames=2, plots=False, fps=10), progress=False)
+    a = m["alarms"]
+    normal_frames = 30 - 3
+    assert a["normal_frames"] == normal_frames and a["anomalous_frames"] == 3
+    assert a["normal_frames_in_events"] == pytest.approx(round((1 + 2 + 4) / normal_frames, 6))  # a: 1, 6, 7; c: 0-3
+    assert a["anomalous_frames_caught"] == pytest.approx(round(2 / 3, 6))
+    assert a["false_alarm_events"] == 2
+    assert a["false_alarm_events_per_hour"] == pytest.approx(2 / (normal_frames / 10 / 3600))
+    assert a["events_per_hour"] == pytest.approx(3 / (30 / 10 / 3600))
+    m = evaluate_run(run, PostprocessConfig(sigma=0), EvalConfig(min_event_frames=2, plots=False), progress=False)
+    assert m["alarms"]["false_alarm_events_per_hour"] is None and m["alarms"]["events_per_hour"] is None  # no fps
+
+
+def test_threshold_comes_from_training_data_only(tmp_path) -> None:
+    """Perturbing the test scores (and labels) never moves the threshold; perturbing the hold-out does. Calibrated
+    scores are 1.0 exactly at it, so events drawn on them are the same events."""
+    from vad.config import EvalConfig, PostprocessConfig
+    from vad.evaluate import evaluate_run, load_scored
+
+    rng = np.random.default_rng(0)
+    normal = rng.gamma(2.0, 1.0, 500)
+    post, ev = PostprocessConfig(sigma=2, normalisation="calibrated"), EvalConfig(plots=False, fps=10)
+    seen = set()
+    for k in range(3):
+        scores = {"x": rng.gamma(2.0, 1.0 + k, 60), "y": rng.gamma(2.0, 3.0, 60)}
+        labels = {"x": (rng.random(60) < 0.3).astype(int), "y": np.zeros(60, int)}
+        run = _fake_run(tmp_path / str(k), scores, labels, {"x": None, "y": None}, normal)
+        m = evaluate_run(run, post, ev, progress=False)
+        seen.add(m["threshold"]["values"]["all"])
+        s = load_scored(run, post, ev)
+        for n in scores:
+            assert np.array_equal(s.final[n] > 1.0, s.smoothed[n] > s.threshold(n))
+            assert np.allclose(s.shown(n)[0], s.final[n]) and s.shown(n)[1] == 1.0
+    assert seen == {round(float(np.percentile(normal, 99)), 6)}
+    moved = _fake_run(tmp_path / "moved", scores, labels, {"x": None, "y": None}, normal * 2)
+    assert evaluate_run(moved, post, ev, progress=False)["threshold"]["values"]["all"] != seen.pop()
+
+
+def test_event_frames() -> None:
+    found = events(np.array([0, 2, 2, 0, 0, 3]), threshold=1)
+    assert event_frames(6, found).tolist() == [False, True, True, False, False, True]
+    assert not event_frames(4, []).any()

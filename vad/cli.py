@@ -42,7 +42,7 @@ def _run_config(run: Path, overrides: list[str] | None, required: bool = True):
     saved = run / "config.yaml"
     if not saved.is_file() and required:
         raise FileNotFoundError(f"{saved} not found: is {run} a run folder? (vad train ... --out RUN)")
-    return load_config(saved if saved.is_file() else None, list(overrides or []))
+    return load_config(saved if saved.is_file() else None, list(overrides or []), saved=True)
 
 
 def _train(args: argparse.Namespace) -> None:

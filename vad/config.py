@@ -107,6 +107,8 @@ class TrainConfig:
     per_scene: bool = False  # one model per scene (ShanghaiTech)
     num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers
     shuffle_buffer: Positive = 512
+    object_shift: Annotated[float, Range(ge=0, le=1)] | None = None  # probability that a training sample gets one of
+    # its moving objects copied to another place (vad.augment; fixed cameras); None: 0.5 for stpm, 0 otherwise
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ class ScoreConfig:
 @dataclass(frozen=True)
 class PostprocessConfig:
     sigma: Annotated[float, Range(ge=0)] = 3.0  # temporal Gaussian smoothing, in frames (0 = off)
-    normalisation: ScoreNormalisation = "minmax"  # minmax (per clip, benchmark convention) | calibrated | none
-    reference_percentile: Percentile = 99.0  # calibrated: 1.0 = this percentile of normal hold-out frame scores
+    normalisation: ScoreNormalisation = "minmax"  # minmax (per clip, benchmark convention) | calibrated (0 at the
+    # median normal hold-out score, 1 at the event threshold) | none
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,12 @@ class RunConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+
+    @property
+    def object_shift(self) -> float:
+        """``train.object_shift`` resolved: measured for stpm (README, "Alarms"), off for the other methods."""
+        p = self.train.object_shift
+        return (0.5 if self.model.method == "stpm" else 0.0) if p is None else p
 
 
 def choices(hint: Any) -> tuple:
@@ -253,6 +261,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported config type {hint!r}")
 
 
+RETIRED = {  # keys of older configs (and run folders' config.yaml) -> what replaced them
+    "postprocess.reference_percentile": "calibrated scores now run from 0 at the median normal hold-out score to 1 at "
+                                        "the event threshold (eval.threshold_percentile)",
+}
+
+
 def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
     """Build ``cls`` from a (partial) dict; missing fields take defaults, unknown keys raise ``ValueError``."""
     data = data or {}
@@ -263,6 +277,9 @@ def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
+        for key in unknown:
+            if f"{prefix}{key}" in RETIRED:
+                raise ValueError(f"config key {prefix}{key} was removed: {RETIRED[prefix + key]}; delete it")
         raise ValueError(f"unknown config key {prefix}{unknown[0]}; expected one of {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -295,9 +312,13 @@ def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
     return from_dict(type(cfg), data)
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), saved: bool = False
+                ) -> RunConfig:
     """A :class:`RunConfig` from a YAML file (sections ``data``, ``model``, ``train``, ``score``, ``postprocess``,
-    ``eval``, ``render``; any may be left out) with ``KEY=VALUE`` overrides on top. No file: the defaults."""
+    ``eval``, ``render``; any may be left out) with ``KEY=VALUE`` overrides on top. No file: the defaults.
+    ``saved``: the file is a run folder's ``config.yaml``, written by an older version maybe: its retired keys
+    are dropped with a note (a config a person wrote is refused instead, naming what replaced them)."""
+    import sys
     from pathlib import Path
 
     import yaml
@@ -313,6 +334,11 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raise ValueError(f"{p}: not valid YAML ({err})") from err
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping with sections {'/'.join(SECTIONS)}; got {type(data).__name__}")
+        for key in RETIRED if saved else ():
+            section, name = key.split(".")
+            if name in (data.get(section) or {}):
+                del data[section][name]
+                print(f"note: {p}: {key} is no longer used ({RETIRED[key]}); ignored", file=sys.stderr)
         try:
             cfg = from_dict(RunConfig, data)
         except ValueError as err:

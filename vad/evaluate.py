@@ -17,6 +17,7 @@ import numpy as np
 from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig
 from vad.metrics import (
+    alarm_rates,
     average_precision,
     best_f1_threshold,
     clip_aucs,
@@ -26,7 +27,7 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import events, normalise, smooth
+from vad.postprocess import event_frames, event_threshold, events, normalise, smooth
 from vad.runs import ClipRecord, RunFolder, read_manifest
 
 AUC_NOTE = ("micro: one ROC over all test frames concatenated; macro: mean of per-clip AUCs, clips with a single "
@@ -50,9 +51,17 @@ class ScoredRun:
     labels: dict[str, np.ndarray]  # labelled clip -> (T,) frame labels
     normal: dict[str, np.ndarray]  # model reference -> normal hold-out frame scores
     thresholds: dict[str, float]  # model reference -> event threshold
+    normalisation: str = "none"  # how ``final`` was made (postprocess.normalisation)
 
     def threshold(self, clip: str) -> float:
         return self.thresholds[self.manifest[clip].reference]
+
+    def shown(self, clip: str) -> tuple[np.ndarray, float]:
+        """``(scores, threshold)`` as a person is shown them: calibrated (threshold 1.0) when the run's
+        normalisation is, else smoothed with the threshold in the model's units (events are the same either way)."""
+        if self.normalisation == "calibrated":
+            return self.final[clip], 1.0
+        return self.smoothed[clip], self.threshold(clip)
 
     def fps(self, clip: str, default: float | None = None) -> float | None:
         return self.manifest[clip].fps or default
@@ -76,12 +85,12 @@ def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig) -> Sco
         if info.labelled:
             labels[name] = np.load(folder.labels(name))
     smoothed = {name: smooth(v, post.sigma) for name, v in raw.items()}
-    final = {name: normalise(v, post.normalisation, normal[manifest[name].reference], post.reference_percentile)
-             for name, v in smoothed.items()}
     # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per model), applied to
     # the smoothed scores (smoothing only lowers peaks, so this errs towards fewer false alarms).
-    thresholds = {ref: float(np.percentile(v, ev.threshold_percentile)) for ref, v in normal.items()}
-    return ScoredRun(folder.root, manifest, raw, smoothed, final, labels, normal, thresholds)
+    thresholds = {ref: event_threshold(v, ev.threshold_percentile) for ref, v in normal.items()}
+    final = {name: normalise(v, post.normalisation, normal[manifest[name].reference],
+                             thresholds[manifest[name].reference]) for name, v in smoothed.items()}
+    return ScoredRun(folder.root, manifest, raw, smoothed, final, labels, normal, thresholds, post.normalisation)
 
 
 def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
@@ -104,7 +113,8 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     s = load_scored(run, post, ev)
     run, manifest, thresholds = s.run, s.manifest, s.thresholds
     raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
-    found = [e for name in manifest for e in clip_events(s, name, ev)]
+    per_clip = {name: clip_events(s, name, ev) for name in manifest}
+    found = [e for name in manifest for e in per_clip[name]]
 
     metrics: dict = {
         "sigma": post.sigma, "normalisation": post.normalisation, "auc_kinds": AUC_NOTE,
@@ -112,6 +122,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         "threshold": {"rule": f"{ev.threshold_percentile}th percentile of normal hold-out frame scores "
                               "(training data only)", "values": {k: _r(v) for k, v in thresholds.items()}},
         "events": len(found),
+        "alarms": _alarms(s, per_clip, ev),
     }
     if labels:
         lab = labels
@@ -153,16 +164,40 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         print(f"note: events of frame-folder clips have no times in events.csv ({', '.join(untimed[:3])}"
               f"{', ...' if len(untimed) > 3 else ''}): give their frame rate with --set eval.fps=FPS")
     if ev.plots:
-        _plots(run, manifest, raw, smoothed, final, labels, thresholds, post, ev)
+        _plots(s, per_clip, post, ev)
     write_text(json.dumps(metrics, indent=2), run / "metrics.json")
     if progress:
         if labels:
+            a = metrics["alarms"]
             print(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
                   f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}; "
-                  f"{len(found)} events -> {run / 'metrics.json'}")
+                  f"{len(found)} events: {_pct(a['normal_frames_in_events'])} of normal frames inside them, "
+                  f"{_pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {run / 'metrics.json'}")
         else:
             print(f"{len(found)} events over {len(manifest)} clips (no labels) -> {run / 'events.csv'}")
     return metrics
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _alarms(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig) -> dict:
+    """At the default threshold: events per hour of footage, and on labelled clips the fraction of normal frames
+    inside events, of anomalous frames caught, and false alarm events (no anomalous frame) per hour of normal
+    footage. Frame rates: the clips' own, else ``eval.fps``."""
+    fps = {n: s.fps(n, ev.fps) for n in s.manifest}
+    frames = {n: len(v) for n, v in s.smoothed.items()}
+    hours = None if not all(fps.values()) else sum(frames[n] / fps[n] for n in frames) / 3600
+    out: dict = {"rule": "events at the default threshold (eval.threshold_percentile of normal hold-out scores) "
+                         "on smoothed scores; calibrated scores are 1.0 there",
+                 "events_per_hour": _r(sum(map(len, per_clip.values())) / hours) if hours else None}
+    if s.labels:
+        inside = {n: event_frames(frames[n], per_clip[n]) for n in s.labels}
+        false = sum(1 for n in s.labels for e in per_clip[n] if not s.labels[n][e.start : e.end + 1].any())
+        out.update({k: _r(v) if isinstance(v, float) else v
+                    for k, v in alarm_rates(inside, s.labels, false, fps).items()})
+    return out
 
 
 def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> tuple[float | None, int]:
@@ -191,17 +226,19 @@ def _write_events(found: list, run: Path) -> None:
     write_text(json.dumps([asdict(e) for e in found], indent=2), run / "events.json")
 
 
-def _plots(run: Path, manifest: dict, raw: dict, smoothed: dict, final: dict, labels: dict, thresholds: dict,
-           post: PostprocessConfig, ev: EvalConfig) -> None:
+def _plots(s: ScoredRun, per_clip: dict[str, list], post: PostprocessConfig, ev: EvalConfig) -> None:
     from vad.plots import plot_roc, plot_timeline
 
+    labels = s.labels
     if labels:
         y = np.concatenate([labels[n] for n in labels])
         cat = lambda d: np.concatenate([d[n] for n in labels])  # noqa: E731
-        plot_roc({"raw": (cat(raw), y), f"smoothed (sigma {post.sigma})": (cat(smoothed), y),
-                  f"smoothed + {post.normalisation}": (cat(final), y)},
-                 run / "plots" / "roc.png", "frame-level ROC, micro (all test frames)")
-    for name, info in manifest.items():
-        plot_timeline(smoothed[name], run / "plots" / f"timeline_{name}.png", f"{name}: anomaly score",
-                      labels=labels.get(name), threshold=thresholds[info.reference], raw=raw[name],
-                      fps=info.fps or ev.fps)
+        plot_roc({"raw": (cat(s.raw), y), f"smoothed (sigma {post.sigma})": (cat(s.smoothed), y),
+                  f"smoothed + {post.normalisation}": (cat(s.final), y)},
+                 s.run / "plots" / "roc.png", "frame-level ROC, micro (all test frames)")
+    for name, info in s.manifest.items():
+        scores, threshold = s.shown(name)
+        raw = s.raw[name] if s.normalisation != "calibrated" else None  # raw scores are in the model's units
+        plot_timeline(scores, s.run / "plots" / f"timeline_{name}.png", f"{name}: anomaly score",
+                      labels=labels.get(name), threshold=threshold, raw=raw,
+                      fps=info.fps or ev.fps, events=per_clip[name])

@@ -135,3 +135,23 @@ def _reduce_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     t = torch.from_numpy(mask.astype(np.float32)).unsqueeze(1)
     return F.adaptive_max_pool2d(t, size).squeeze(1).numpy() > 0
+
+
+def alarm_rates(inside: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], false_events: int,
+                fps: Mapping[str, float | None]) -> dict:
+    """What a user of the default threshold sees on labelled clips. ``inside``: per clip, the frames inside
+    reported events; ``false_events``: events with no anomalous frame; ``fps``: per clip (``None``: unknown).
+
+    Returns the fraction of normal frames inside events, the fraction of anomalous frames caught (inside
+    events), and false alarm events per hour of normal footage (``None`` if a clip has no frame rate)."""
+    s, y = _concat({n: np.asarray(inside[n], dtype=float) for n in labels}, labels)
+    s = s.astype(bool)
+    seconds = [np.sum(~np.asarray(y_, dtype=bool)) / fps[n] if fps.get(n) else None for n, y_ in labels.items()]
+    hours = None if any(x is None for x in seconds) else float(sum(seconds)) / 3600
+    return {
+        "normal_frames_in_events": float(s[~y].mean()) if (~y).any() else None,
+        "anomalous_frames_caught": float(s[y].mean()) if y.any() else None,
+        "false_alarm_events": int(false_events),
+        "false_alarm_events_per_hour": false_events / hours if hours else None,
+        "normal_frames": int((~y).sum()), "anomalous_frames": int(y.sum()),
+    }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -40,8 +40,10 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
 
 
 def plot_timeline(scores: np.ndarray, path: Path, title: str, labels: np.ndarray | None = None,
-                  threshold: float | None = None, raw: np.ndarray | None = None, fps: float | None = None) -> Path:
-    """Score over time for one clip, ground-truth anomalous spans shaded, the threshold as a line."""
+                  threshold: float | None = None, raw: np.ndarray | None = None, fps: float | None = None,
+                  events: Sequence = ()) -> Path:
+    """Score over time for one clip, ground-truth anomalous spans shaded, the threshold as a line, the reported
+    events (``.start``, ``.end`` inclusive) as bars along the bottom: what a user would be alarmed by."""
     t = np.arange(len(scores)) / fps if fps else np.arange(len(scores))
     fig, ax = plt.subplots(figsize=(9, 2.6))
     if labels is not None:
@@ -52,6 +54,10 @@ def plot_timeline(scores: np.ndarray, path: Path, title: str, labels: np.ndarray
     if raw is not None:
         ax.plot(t, raw, color="0.6", lw=0.8, label="raw")
     ax.plot(t, scores, color="tab:blue", lw=1.6, label="score")
+    for i, e in enumerate(events):
+        lo = e.start / fps if fps else e.start - 0.5
+        hi = (e.end + 1) / fps if fps else e.end + 0.5
+        ax.axvspan(lo, hi, ymin=0, ymax=0.06, color="tab:orange", lw=0, label="event (alarm)" if i == 0 else None)
     if threshold is not None:
         ax.axhline(threshold, color="tab:orange", lw=1.2, ls="--", label=f"threshold {threshold:.3g}")
     ax.set(xlabel="seconds" if fps else "frame", ylabel="anomaly score", title=title,

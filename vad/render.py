@@ -31,6 +31,7 @@ from vad.errors import VadError
 from vad.evaluate import ScoredRun, clip_events, load_scored
 from vad.io.decode import as_clip, iter_frames
 from vad.metrics import label_events
+from vad.postprocess import event_frames
 from vad.runs import source_fingerprint
 
 DEFAULT_FPS = 25.0
@@ -172,12 +173,9 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
     n = info.frames
     event_fps = s.fps(name, ev.fps)  # the rate events.csv times use; shown in the strip as well
     fps = cfg.fps or event_fps or DEFAULT_FPS
-    threshold = s.threshold(name)
     found = clip_events(s, name, ev)
-    in_event = np.zeros(n, bool)
-    for e in found:
-        in_event[e.start : e.end + 1] = True  # end is inclusive
-    low, high = heat_scale(s.normal[info.reference], threshold, cfg.heat_range)
+    in_event = event_frames(n, found)
+    low, high = heat_scale(s.normal[info.reference], s.threshold(name), cfg.heat_range)  # maps: the model's units
     map_path = s.run / "maps" / f"{name}.npy"
     maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
     rescore = f"score it again (vad score --run {s.run} --input {info.path}), then render"
@@ -189,7 +187,7 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
     if maps is not None and len(maps) != n:
         raise RenderError(f"{map_path}: {len(maps)} maps for clip {name}, which has {n} frames; {rescore}")
     lut = colormap_lut(cfg.colormap)
-    scores = s.smoothed[name]
+    scores, threshold = s.shown(name)  # the strip: calibrated (1.0 = threshold) when the run's scores are
 
     writer = painter = None
     done, ok = 0, False
