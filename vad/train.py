@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vad.augment import ObjectShift, clip_backgrounds
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
 from vad.config import RunConfig, from_dict, to_dict
 from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.distributed import all_sum, barrier, frame_shares, world
 from vad.errors import VadError
-from vad.io.dataset import FrameStream, FrameTransform, make_loader
+from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.decode import iter_frames
 from vad.io.records import Clip
 from vad.models import AnomalyModel, backbone_spec, build_model, frame_scores
@@ -178,8 +179,9 @@ class _Session:
     steps_per_epoch: int
     train_stream: FrameStream
     val_loader: Any
-    gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage)
+    gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage), object shifts
     progress: bool
+    shift: ObjectShift | None = None  # training augmentation (train.object_shift), set up before training
 
     @property
     def ckdir(self) -> Path:
@@ -221,6 +223,9 @@ def train(
         return s.out / "model.pt"
     if ck is None:  # statistics a model needs before training (a resumed one has them in its checkpoint)
         s.model.fit_normal(_plain_batches(s))
+    if s.cfg.object_shift > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
+        std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
+        s.shift = ObjectShift(clip_backgrounds(_plain_stream(s)), s.cfg.object_shift, std)
     # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
     s.model.set_stage(s.plan[start - 1] if start else s.plan[0])
     o = _Optim.for_stage(s)
@@ -282,11 +287,16 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | tor
                     progress and w.main)
 
 
-def _plain_batches(s: _Session):
-    """This rank's training frames in order (not shuffled), as normalised batches on the device."""
+def _plain_stream(s: _Session):
+    """This rank's training frames in order (not shuffled): batches ``{"frames", "clip", "index"}`` on the host."""
     ts = s.train_stream
     stream = FrameStream(ts.clips, ts.transform, batch_size=ts.batch_size, ranges=ts.ranges, window=ts.window)
-    return (to_device(b["frames"], s.device) for b in make_loader(stream, s.cfg.train.num_workers))
+    return make_loader(stream, s.cfg.train.num_workers)
+
+
+def _plain_batches(s: _Session):
+    """This rank's training frames in order (not shuffled), as normalised batches on the device."""
+    return (to_device(b["frames"], s.device) for b in _plain_stream(s))
 
 
 def _resume(s: _Session) -> tuple[int, float, dict | None]:
@@ -356,6 +366,8 @@ def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]
         if batch is None:  # cannot happen with intact data: the stream has >= steps_per_epoch batches
             raise RuntimeError(f"epoch {epoch + 1}: the training stream ended before {s.steps_per_epoch} steps")
         x = to_device(batch["frames"], s.device)
+        if s.shift is not None:
+            x = s.shift(x, batch["clip"], s.gen)
         with autocast(s.device, s.dtype):
             loss = o.step(x, s.gen)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)

@@ -1,0 +1,88 @@
+"""Training augmentation for a fixed camera: normal objects seen at other places.
+
+A student trained on a few minutes of footage learns the teacher's features of a walker *where walkers were*:
+on the path, not on the lawn beside it. New normal footage then alarms on a person a few metres off the
+training paths (issue 18: most false alarms of campus-public). :class:`ObjectShift` copies a moving object of a
+training sample (what differs from its clip's background) to another place of the same sample, with its own
+motion: every frame of a window is copied with the same offset and its own mask, so the motion branch sees a
+consistent walker too. It uses normal training frames only and knows nothing of the anomalies.
+
+The background of a clip is the per-pixel median of (up to :data:`BACKGROUND_FRAMES`) of its training frames,
+in the network's input space (:func:`clip_backgrounds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+BACKGROUND_FRAMES = 64  # at most this many frames per clip (evenly spaced) make its median background
+FOREGROUND_LEVEL = 0.1  # a pixel differing from the background by more (in [0, 1] grey units, any channel) moves
+BOX = (0.24, 0.12)  # height and width of the region copied, as fractions of the frame's: about one walker
+MIN_FOREGROUND = 0.002  # fraction of the frame that must be foreground for a sample to be shifted
+
+
+def clip_backgrounds(batches: Iterable[dict]) -> dict[str, torch.Tensor]:
+    """``{clip: (3, h, w)}``: the median of up to :data:`BACKGROUND_FRAMES` evenly spaced frames of each clip, from
+    ordered (unshuffled) batches ``{"frames", "clip"}`` of transformed frames (windows: the last frame of each)."""
+    frames: dict[str, list[torch.Tensor]] = {}
+    for b in batches:
+        x = b["frames"][:, -3:]
+        for name, f in zip(b["clip"], x.unbind(0), strict=True):
+            frames.setdefault(name, []).append(f.to(torch.float16))
+    out = {}
+    for name, fs in frames.items():
+        step = max(1, len(fs) // BACKGROUND_FRAMES)
+        out[name] = torch.stack(fs[::step][:BACKGROUND_FRAMES]).float().median(dim=0).values
+    return out
+
+
+class ObjectShift:
+    """With probability ``p`` per sample, copy the pixels around one foreground point of the sample's newest
+    frame (the region :data:`BOX`, only where each frame differs from the clip's background, with edges feathered
+    over a pixel) to a random place of the frame; earlier frames of a window move by the same offset."""
+
+    def __init__(self, backgrounds: Mapping[str, torch.Tensor], p: float, std: Sequence[float]) -> None:
+        if not 0 <= p <= 1:
+            raise ValueError(f"object shift probability must be in [0, 1]; got {p}")
+        self.backgrounds = dict(backgrounds)
+        self.p = p
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor, clips: Sequence[str], generator: torch.Generator) -> torch.Tensor:
+        """``x`` ``(B, 3w, H, W)`` -> a copy with objects shifted (``x`` itself is not modified)."""
+        draws = torch.rand(len(x), generator=generator).tolist()
+        picks = [i for i, u in enumerate(draws) if u < self.p and clips[i] in self.backgrounds]
+        if not picks:
+            return x
+        out = x.clone()
+        for i in picks:
+            self._shift(out, i, self.backgrounds[clips[i]].to(x.device), generator)
+        return out
+
+    def foreground(self, frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """``(w, 3, H, W)`` frames -> ``(w, 1, H, W)`` float 0/1 mask of pixels unlike the background (isolated
+        pixels removed by a 3x3 opening)."""
+        diff = ((frames.float() - background) * self.std.to(frames.device)).abs().amax(1, keepdim=True)
+        m = (diff > FOREGROUND_LEVEL).float()
+        m = -F.max_pool2d(-m, 3, stride=1, padding=1)  # erode
+        return F.max_pool2d(m, 3, stride=1, padding=1)  # dilate
+
+    def _shift(self, out: torch.Tensor, i: int, background: torch.Tensor, g: torch.Generator) -> None:
+        _, c, h, w = out.shape
+        frames = out[i].reshape(c // 3, 3, h, w)
+        mask = self.foreground(frames, background)
+        points = mask[-1, 0].nonzero()
+        if len(points) < MIN_FOREGROUND * h * w:
+            return
+        bh, bw = max(2, round(BOX[0] * h)), max(2, round(BOX[1] * w))
+        cy, cx = points[int(torch.randint(len(points), (1,), generator=g))].tolist()
+        y0, x0 = min(max(cy - bh // 2, 0), h - bh), min(max(cx - bw // 2, 0), w - bw)
+        ty, tx = (int(torch.randint(h - bh + 1, (1,), generator=g)), int(torch.randint(w - bw + 1, (1,), generator=g)))
+        alpha = F.avg_pool2d(mask[..., y0:y0 + bh, x0:x0 + bw], 3, stride=1, padding=1)  # feathered edges
+        src = frames[..., y0:y0 + bh, x0:x0 + bw].clone()
+        dst = frames[..., ty:ty + bh, tx:tx + bw]
+        dst.mul_(1 - alpha).add_(alpha * src)
+        out[i] = frames.reshape(c, h, w)
