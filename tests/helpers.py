@@ -158,25 +158,27 @@ def make_ped1(root: Path) -> Path:
     return make_ucsd(root, "ped1", PED1_SPANS, {2})
 
 
-def paste_anomaly(data: np.ndarray, t0: int, t1: int, size: int = 16) -> np.ndarray:
-    """Copy of ``data`` with a blue/yellow checkerboard (unlike anything normal) in frames [t0, t1)."""
+def paste_anomaly(data: np.ndarray, t0: int, t1: int, size: int = 16, row: int = 26) -> np.ndarray:
+    """Copy of ``data`` with a blue/yellow checkerboard (unlike anything normal) in frames [t0, t1), its top at
+    ``row`` (default: below the normal square's rows 10-22, where nothing normal ever is)."""
     out = data.copy()
     yy, xx = np.mgrid[:size, :size]
     board = np.where(((yy // 4 + xx // 4) % 2)[..., None] == 1, (30, 40, 220), (240, 230, 30)).astype(np.uint8)
     for t in range(t0, t1):
-        y, x = 26, 6 + 2 * (t - t0)
+        y, x = row, 6 + 2 * (t - t0)
         out[t, y:y + size, x:x + size] = board
     return out
 
 
-def make_anomaly_scene(root: Path, n_train: int = 4, frames_per_clip: int = 24) -> Path:
-    """ShanghaiTech layout with normal training videos and two test clips with a pasted anomaly."""
+def make_anomaly_scene(root: Path, n_train: int = 4, frames_per_clip: int = 24, row: int = 26) -> Path:
+    """ShanghaiTech layout with normal training videos and two test clips with a pasted anomaly (its top at
+    ``row``: see :func:`paste_anomaly`)."""
     for i in range(n_train):
         write_video(root / "training" / "videos" / f"01_{i + 1:03d}.avi", frames(i, frames_per_clip))
     (root / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
     for j, span in enumerate([(6, 14), (0, 5)]):
         name = f"01_{j + 1:04d}"
-        write_frames(root / "testing" / "frames" / name, paste_anomaly(frames(50 + j), *span))
+        write_frames(root / "testing" / "frames" / name, paste_anomaly(frames(50 + j), *span, row=row))
         np.save(root / "testing" / "test_frame_mask" / f"{name}.npy", labels_for(T, *span))
     return root
 

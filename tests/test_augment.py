@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import helpers
 import pytest
 import torch
+from conftest import TINY, frame_auc
 
 from vad.augment import ObjectShift, clip_backgrounds
+from vad.checkpoint import load_model
+from vad.io import read_dataset
+from vad.score import Scorer, score_clips
+from vad.train import train
 
 H, W = 128, 192  # the copied region (vad.augment.BOX): 31 x 23 pixels
 
@@ -70,3 +79,15 @@ def test_background_is_the_median_without_passers_by() -> None:
     bg = clip_backgrounds(batches)
     assert set(bg) == {"a", "b"} and bg["a"].shape == (3, H, W)
     assert bg["a"].abs().max() == 0 and torch.allclose(bg["b"], torch.tensor(0.5))
+
+
+def test_a_student_trained_with_object_shifts_still_sees_a_new_appearance(tmp_path: Path) -> None:
+    """Object shifts make *where* a normal object turns up normal, not *what* turns up: a checkerboard crossing
+    the normal square's own rows is still separated from normal frames (six epochs on the tiny scene)."""
+    scene = helpers.make_anomaly_scene(tmp_path / "scene", row=8)
+    cfg = replace(TINY, train=replace(TINY.train, object_shift=0.5))
+    train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path / "run", "cpu", progress=False)
+    model, ckpt = load_model(tmp_path / "run" / "model.pt")
+    clips = read_dataset("shanghaitech", scene, "test")
+    scorer = Scorer(model, ckpt, replace(TINY.score, amp="off"), device="cpu")
+    assert frame_auc(score_clips(scorer, clips, tmp_path / "scores", progress=False), clips) >= 0.95
