@@ -44,12 +44,13 @@ class ObjectShift:
     frame (the region :data:`BOX`, only where each frame differs from the clip's background, with edges feathered
     over a pixel) to a random place of the frame; earlier frames of a window move by the same offset."""
 
-    def __init__(self, backgrounds: Mapping[str, torch.Tensor], p: float, std: Sequence[float]) -> None:
+    def __init__(self, backgrounds: Mapping[str, torch.Tensor], p: float, std: Sequence[float],
+                 device: torch.device | str = "cpu") -> None:
         if not 0 <= p <= 1:
             raise ValueError(f"object shift probability must be in [0, 1]; got {p}")
-        self.backgrounds = dict(backgrounds)
+        self.backgrounds = {k: v.to(device) for k, v in backgrounds.items()}  # on the device once, not per sample
         self.p = p
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def __call__(self, x: torch.Tensor, clips: Sequence[str], generator: torch.Generator) -> torch.Tensor:
         """``x`` ``(B, 3w, H, W)`` -> a copy with objects shifted (``x`` itself is not modified)."""
@@ -59,7 +60,7 @@ class ObjectShift:
             return x
         out = x.clone()
         for i in picks:
-            self._shift(out, i, self.backgrounds[clips[i]].to(x.device), generator)
+            self._shift(out, i, self.backgrounds[clips[i]].to(x.device), generator)  # no copy on its device
         return out
 
     def foreground(self, frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

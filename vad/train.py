@@ -225,7 +225,7 @@ def train(
         s.model.fit_normal(_plain_batches(s))
     if s.cfg.object_shift > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
-        s.shift = ObjectShift(clip_backgrounds(_plain_stream(s)), s.cfg.object_shift, std)
+        s.shift = ObjectShift(clip_backgrounds(_plain_stream(s)), s.cfg.object_shift, std, s.device)
     # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
     s.model.set_stage(s.plan[start - 1] if start else s.plan[0])
     o = _Optim.for_stage(s)
