@@ -26,9 +26,8 @@ import numpy as np
 from scipy.stats import genpareto
 
 from vad.config import EvalConfig, PostprocessConfig
-from vad.evaluate import load_scored
-from vad.metrics import alarm_rates
-from vad.postprocess import event_frames, events
+from vad.evaluate import alarm_report, load_scored
+from vad.postprocess import events
 
 
 def gpd_threshold(normal: np.ndarray, rate: float, tail: float = 0.9) -> float:
@@ -53,10 +52,8 @@ def rates(run: Path, rule: str) -> dict:
     s = load_scored(run, PostprocessConfig(), ev)
     th = {ref: RULES[rule](v) for ref, v in s.normal.items()}
     found = {n: events(s.smoothed[n], th[s.manifest[n].reference], min_frames=ev.min_event_frames)
-             for n in s.labels}
-    inside = {n: event_frames(len(s.smoothed[n]), found[n]) for n in s.labels}
-    false = sum(1 for n in s.labels for e in found[n] if not s.labels[n][e.start : e.end + 1].any())
-    out = alarm_rates(inside, s.labels, false, {n: s.fps(n, ev.fps) for n in s.labels})
+             for n in s.manifest}
+    out = alarm_report(s, found, ev)
     return {"threshold": th, **{k: out[k] for k in ("normal_frames_in_events", "anomalous_frames_caught",
                                                      "false_alarm_events")}}
 

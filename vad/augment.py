@@ -85,5 +85,4 @@ class ObjectShift:
         alpha = F.avg_pool2d(mask[..., y0:y0 + bh, x0:x0 + bw], 3, stride=1, padding=1)  # feathered edges
         src = frames[..., y0:y0 + bh, x0:x0 + bw].clone()
         dst = frames[..., ty:ty + bh, tx:tx + bw]
-        dst.mul_(1 - alpha).add_(alpha * src)
-        out[i] = frames.reshape(c, h, w)
+        dst.mul_(1 - alpha).add_(alpha * src)  # frames is a view of out[i] (a split of one axis): out changes

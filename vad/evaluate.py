@@ -122,7 +122,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         "threshold": {"rule": f"{ev.threshold_percentile}th percentile of normal hold-out frame scores "
                               "(training data only)", "values": {k: _r(v) for k, v in thresholds.items()}},
         "events": len(found),
-        "alarms": _alarms(s, per_clip, ev),
+        "alarms": alarm_report(s, per_clip, ev),
     }
     if labels:
         lab = labels
@@ -182,10 +182,11 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _alarms(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig) -> dict:
-    """At the default threshold: events per hour of footage, and on labelled clips the fraction of normal frames
-    inside events, of anomalous frames caught, and false alarm events (no anomalous frame) per hour of normal
-    footage. Frame rates: the clips' own, else ``eval.fps``."""
+def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig) -> dict:
+    """What the events ``per_clip`` (every clip of ``s``; the evaluate stage's: at the default threshold) mean to
+    a user: events per hour of footage, and on labelled clips the fraction of normal frames inside events, of
+    anomalous frames caught, and false alarm events (no anomalous frame) per hour of normal footage. Frame rates:
+    the clips' own, else ``eval.fps``."""
     fps = {n: s.fps(n, ev.fps) for n in s.manifest}
     frames = {n: len(v) for n, v in s.smoothed.items()}
     hours = None if not all(fps.values()) else sum(frames[n] / fps[n] for n in frames) / 3600
