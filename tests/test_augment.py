@@ -16,7 +16,7 @@ from vad.io import read_dataset
 from vad.score import Scorer, score_clips
 from vad.train import train
 
-H, W = 128, 192  # the copied region (vad.augment.BOX): 31 x 23 pixels
+H, W = 128, 192  # the copied region (vad.augment.BOX): 31 x 23 pixels before resizing
 
 
 def _window(x0s: list[int], y0: int = 20, size: int = 8) -> torch.Tensor:
@@ -27,31 +27,40 @@ def _window(x0s: list[int], y0: int = 20, size: int = 8) -> torch.Tensor:
     return x
 
 
-def _blobs(frame: torch.Tensor) -> list[tuple[float, float]]:
-    """Centres of the bright connected regions of a ``(3, H, W)`` frame."""
+def _copy(frame: torch.Tensor, k: int) -> tuple[float, float, float] | None:
+    """Centre (y, x) and width of the copy in frame ``k`` of a shifted :func:`_window` ``[10, 12, 14]`` window: the
+    bright region other than the original square (None if the copy touches it)."""
     from scipy import ndimage
 
-    lab, n = ndimage.label((frame[0] > 0.5).numpy())
-    return [tuple(c) for c in ndimage.center_of_mass(lab > 0, lab, range(1, n + 1))]
+    img = frame[0].numpy()
+    lab, n = ndimage.label(img > 0.05)
+    if n != 2:
+        return None
+    centres = ndimage.center_of_mass(img, lab, [1, 2])  # weighted by brightness: resizing blurs the edges
+    j = max((0, 1), key=lambda i: abs(centres[i][0] - 23.5) + abs(centres[i][1] - (13.5 + 2 * k)))
+    return (*centres[j], float(img[lab == j + 1].sum()) ** 0.5)  # a square's width from its brightness
 
 
-def test_a_moving_object_is_copied_with_its_motion() -> None:
-    x = _window([10, 12, 14])  # moving right 2 pixels a frame
+def test_a_moving_object_is_copied_with_its_motion_scaled_with_its_size() -> None:
+    x = _window([10, 12, 14])  # an 8-pixel square moving right 2 pixels a frame: a quarter of its width
     shift = ObjectShift({"c": torch.zeros(3, H, W)}, p=1.0, std=(0.5, 0.5, 0.5))
-    moved = 0
-    for seed in range(20):
+    moved, widths, ratios = 0, [], []
+    for seed in range(30):
         y = shift(x, ["c"], torch.Generator().manual_seed(seed))
         assert torch.equal(x, _window([10, 12, 14]))  # the input is not modified
-        frames = [_blobs(y[0, 3 * k : 3 * k + 3]) for k in range(3)]
-        if any(len(f) != 2 for f in frames):
+        copies = [_copy(y[0, 3 * k : 3 * k + 3], k) for k in range(3)]
+        if None in copies:
             continue  # the copy landed on (or touching) the original: not separable here
         moved += 1
-        copies = [max(f, key=lambda c: abs(c[0] - 23.5) + abs(c[1] - (13.5 + 2 * k))) for k, f in enumerate(frames)]
-        dy = [c[0] - 23.5 for c in copies]
-        dx = [c[1] - (13.5 + 2 * k) for k, c in enumerate(copies)]
-        assert max(dy) - min(dy) < 1 and max(dx) - min(dx) < 1  # every frame by the same offset: motion kept
+        (y0, x0, w0), (y1, x1, _), (y2, x2, _) = copies
+        assert max(y0, y1, y2) - min(y0, y1, y2) < 0.3  # no vertical motion appears
+        assert abs((x1 - x0) - (x2 - x1)) < 0.3  # every frame alike: a steady speed stays steady
         assert y.min() >= 0 and y.max() <= 1  # a blend of frame pixels, nothing new
-    assert moved >= 10
+        widths.append(w0)
+        ratios.append((x2 - x0) / 2 / w0)
+    assert moved >= 15
+    assert max(widths) / min(widths) > 1.8  # copies are resized, both ways (1 / SCALE .. SCALE)
+    assert max(ratios) / min(ratios) < 1.1  # ... and their speed with them: speed relative to size is kept
 
 
 def test_no_foreground_no_change_and_probability() -> None:

@@ -5,7 +5,11 @@ on the path, not on the lawn beside it. New normal footage then alarms on a pers
 training paths (issue 18: most false alarms of campus-public). :class:`ObjectShift` copies a moving object of a
 training sample (what differs from its clip's background) to another place of the same sample, with its own
 motion: every frame of a window is copied with the same offset and its own mask, so the motion branch sees a
-consistent walker too. It uses normal training frames only and knows nothing of the anomalies.
+consistent walker too. The copy is also resized (up to :data:`SCALE` either way), every frame of a window alike:
+under a fixed camera's perspective a nearer walker is larger *and* moves more pixels per frame, so its motion
+scales with it, and the motion branch learns speed relative to an object's size, not pixels per frame (a walker
+entering near the camera moves as many pixels per frame as a runner far away). It uses normal training frames
+only and knows nothing of the anomalies.
 
 The background of a clip is the per-pixel median of (up to :data:`BACKGROUND_FRAMES`) of its training frames,
 in the network's input space (:func:`clip_backgrounds`).
@@ -22,6 +26,7 @@ BACKGROUND_FRAMES = 64  # at most this many frames per clip (evenly spaced) make
 FOREGROUND_LEVEL = 0.1  # a pixel differing from the background by more (in [0, 1] grey units, any channel) moves
 BOX = (0.24, 0.12)  # height and width of the region copied, as fractions of the frame's: about one walker
 MIN_FOREGROUND = 0.002  # fraction of the frame that must be foreground for a sample to be shifted
+SCALE = 1.5  # the copy is resized by a factor drawn log-uniformly in [1 / SCALE, SCALE] (nearer or farther away)
 
 
 def clip_backgrounds(batches: Iterable[dict]) -> dict[str, torch.Tensor]:
@@ -42,7 +47,8 @@ def clip_backgrounds(batches: Iterable[dict]) -> dict[str, torch.Tensor]:
 class ObjectShift:
     """With probability ``p`` per sample, copy the pixels around one foreground point of the sample's newest
     frame (the region :data:`BOX`, only where each frame differs from the clip's background, with edges feathered
-    over a pixel) to a random place of the frame; earlier frames of a window move by the same offset."""
+    over a pixel), resized by a random factor in [1 / :data:`SCALE`, :data:`SCALE`], to a random place of the
+    frame; earlier frames of a window move by the same offset and are resized alike."""
 
     def __init__(self, backgrounds: Mapping[str, torch.Tensor], p: float, std: Sequence[float],
                  device: torch.device | str = "cpu") -> None:
@@ -81,8 +87,15 @@ class ObjectShift:
         bh, bw = max(2, round(BOX[0] * h)), max(2, round(BOX[1] * w))
         cy, cx = points[int(torch.randint(len(points), (1,), generator=g))].tolist()
         y0, x0 = min(max(cy - bh // 2, 0), h - bh), min(max(cx - bw // 2, 0), w - bw)
-        ty, tx = (int(torch.randint(h - bh + 1, (1,), generator=g)), int(torch.randint(w - bw + 1, (1,), generator=g)))
         alpha = F.avg_pool2d(mask[..., y0:y0 + bh, x0:x0 + bw], 3, stride=1, padding=1)  # feathered edges
-        src = frames[..., y0:y0 + bh, x0:x0 + bw].clone()
-        dst = frames[..., ty:ty + bh, tx:tx + bw]
+        src = frames[..., y0:y0 + bh, x0:x0 + bw]
+        scale = SCALE ** (2 * float(torch.rand((), generator=g)) - 1)
+        sh, sw = min(h, max(2, round(bh * scale))), min(w, max(2, round(bw * scale)))
+        if (sh, sw) != (bh, bw):  # every frame alike: the object's motion scales with it
+            src = F.interpolate(src, size=(sh, sw), mode="bilinear", align_corners=False)
+            alpha = F.interpolate(alpha, size=(sh, sw), mode="bilinear", align_corners=False)
+        else:
+            src = src.clone()
+        ty, tx = (int(torch.randint(h - sh + 1, (1,), generator=g)), int(torch.randint(w - sw + 1, (1,), generator=g)))
+        dst = frames[..., ty:ty + sh, tx:tx + sw]
         dst.mul_(1 - alpha).add_(alpha * src)  # frames is a view of out[i] (a split of one axis): out changes
