@@ -7,7 +7,8 @@ normal footage it learns how things normally move at each place (walkers shift a
 frame); where something moves faster than anything it saw, the present lies where the past did not predict it
 and the prediction misses, on both the old and the new position. Because it works on teacher features, not pixels,
 it needs no appearance of its own: an object never seen but moving normally is copied forward and stays the
-appearance student's to find.
+appearance student's to find. Its loss weights the positions that move (:func:`motion_weighted_loss`): copying the
+past predicts the background, which is most of every frame, and an unweighted loss learns little more than that.
 
 Inputs are windows ``(B, 3 * (k + 1), H, W)``: frames ``t - k .. t`` stacked on the channel axis, oldest first
 (:class:`~vad.io.dataset.FrameStream` with ``window = k + 1``; a clip's first frames repeat frame 0 as their past,
@@ -26,7 +27,7 @@ from torch import nn
 
 from vad.models.backbones import Pyramid
 from vad.models.base import frame_scores
-from vad.models.loss import stpm_loss
+from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.stpm import STPM
 
 FUSIONS = ("sum", "max")
@@ -51,6 +52,21 @@ class Predictor(nn.Module):
 
     def forward(self, past: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {k: net(torch.cat([p[k] for p in past], dim=1)) for k, net in zip(self.names, self.nets, strict=True)}
+
+
+def motion_weighted_loss(t: dict[str, torch.Tensor], last: dict[str, torch.Tensor], pred: dict[str, torch.Tensor]
+                         ) -> torch.Tensor:
+    """The predictor's loss: per level, its discrepancy to the teacher's present ``t``, weighted per position by
+    ``1 + change / mean(change)``, where ``change`` is the teacher's own discrepancy between the last past frame and
+    the present (AED-MAE weights its loss by a motion gradient alike). Most positions are still background that
+    copying the past predicts; the weight makes the few that move, which carry what normal motion looks like,
+    count as much as all of them together. Levels summed, as :func:`~vad.models.loss.stpm_loss`."""
+    total = 0
+    for k in t:
+        change = level_discrepancy(t[k], last[k])
+        weight = 1 + change / change.mean().clamp_min(1e-12)
+        total = total + (weight * level_discrepancy(t[k], pred[k])).mean()
+    return total
 
 
 class MotionSTPM(STPM):
@@ -96,7 +112,7 @@ class MotionSTPM(STPM):
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         past_t, t = self.teacher_features(x)
-        return stpm_loss(t, self.student(x[:, -3:])) + stpm_loss(t, self.predictor(past_t))
+        return stpm_loss(t, self.student(x[:, -3:])) + motion_weighted_loss(t, past_t[-1], self.predictor(past_t))
 
     def branch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw maps ``{branch: (B, h, w)}`` (before standardisation)."""
