@@ -19,6 +19,8 @@ from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform, windows
 from vad.io.records import frames_clip
 from vad.models import MotionSTPM, build_model, frame_scores
+from vad.models.loss import stpm_loss
+from vad.models.motion import motion_weighted_loss
 from vad.score import Scorer, score_clips
 from vad.train import holdout, train
 
@@ -127,6 +129,22 @@ def test_scoring_is_causal(tmp_path: Path) -> None:
         scores.append(score_clips(scorer, [clip], tmp_path / f"out_{name}", progress=False)[clip.name])
     np.testing.assert_array_equal(scores[0][:8], scores[1][:8])
     assert not np.allclose(scores[0][8:], scores[1][8:])
+
+
+def test_the_predictor_loss_weights_what_moves() -> None:
+    """Where nothing moves the loss is STPM's; an error where the teacher's features change counts more than the
+    same error on still background."""
+    g = torch.Generator().manual_seed(0)
+    t = {"a": torch.randn(2, 8, 6, 6, generator=g)}
+    pred = {"a": t["a"] + 0.5 * torch.randn(2, 8, 6, 6, generator=g)}
+    assert torch.allclose(motion_weighted_loss(t, t, pred), stpm_loss(t, pred))  # a still scene: weight 1
+    last = {"a": t["a"].clone()}
+    last["a"][:, :, 0, 0] = -t["a"][:, :, 0, 0]  # only position (0, 0) moves
+    err_moving, err_still = ({"a": t["a"].clone()} for _ in range(2))
+    err_moving["a"][:, :, 0, 0] += 1.0
+    err_still["a"][:, :, 5, 5] += 1.0
+    assert motion_weighted_loss(t, last, err_moving) > 10 * motion_weighted_loss(t, last, err_still)
+    assert motion_weighted_loss(t, last, t) == 0
 
 
 def test_fusion_standardises_each_branch_by_its_statistics() -> None:
