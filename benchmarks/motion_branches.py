@@ -5,11 +5,13 @@ scoring pass, on one or more ShanghaiTech-layout test sets.
 Rows (raw per-frame scores: no smoothing, no per-clip normalisation; every statistic from normal hold-out frames):
 
 - ``appearance``: STPM alone (the appearance student's map);
-- ``motion``: the future-feature predictor alone;
-- ``fused-sum`` / ``fused-max``: both, each standardised by its hold-out mean and deviation, summed / maximum;
+- ``motion`` / ``motion 3x3``: the future-feature predictor alone, its map as is / averaged over 3 x 3 cells
+  (``model.motion_pool``);
+- ``sum`` / ``max`` (and their ``3x3`` rows): both maps, each standardised by the mean and deviation of its frame
+  scores on the hold-out, summed / maximum, then the frame's maximum: exactly what the model scores with
+  ``model.fusion`` and ``model.motion_pool`` set so, whatever the run was trained with (neither changes training);
 - ``feature-diff``: a training-free motion candidate, the teacher's own change between frames ``t - 1`` and ``t``
-  (the same per-level discrepancy as STPM's, combined the same way), standardised by its hold-out statistics and
-  summed with appearance.
+  (the same per-level discrepancy as STPM's, combined the same way), fused with appearance by a sum, as above.
 
     python benchmarks/motion_branches.py --run runs/campus --data /tmp/campus /tmp/campus-motion
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vad.checkpoint import load_model
 from vad.io import read_dataset
@@ -32,20 +35,40 @@ from vad.metrics import event_aucs, micro_auc
 from vad.models import MotionSTPM, frame_scores
 from vad.train import holdout
 
+BRANCHES = ("appearance", "motion", "motion 3x3", "feature-diff")
+FUSED = {"sum": ("motion", "sum"), "max": ("motion", "max"), "sum 3x3": ("motion 3x3", "sum"),
+         "max 3x3": ("motion 3x3", "max"), "feature-diff": ("feature-diff", "sum")}
+
+
+def pool3(m: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(m.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False).squeeze(1)
+
 
 @torch.no_grad()
-def branch_scores(model: MotionSTPM, stream: FrameStream) -> dict[str, np.ndarray]:
-    """Raw frame scores per branch (and the training-free feature difference), in stream order, with clip names."""
-    out: dict[str, list] = {"appearance": [], "motion": [], "feature-diff": [], "clip": [], "index": []}
-    for batch in stream:
-        x = batch["frames"]
-        past_t, t = model.teacher_features(x)
-        maps = model.maps_from(past_t, t, x)
-        diff = model.pyramids_to_map(t, past_t[-1], model.map_size(x))
-        for key, m in (("appearance", maps["appearance"]), ("motion", maps["motion"]), ("feature-diff", diff)):
-            out[key].append(frame_scores(m.float()).numpy())
-        out["clip"] += batch["clip"]
-        out["index"].append(batch["index"].numpy())
+def branch_scores(model: MotionSTPM, stream: FrameStream, stats: dict | None = None) -> dict[str, np.ndarray]:
+    """Raw frame scores per branch (and, given hold-out ``stats`` ``{branch: (mean, sd)}``, per fusion of
+    :data:`FUSED`), in stream order, with clip names and frame indices."""
+    out: dict[str, list] = {"clip": [], "index": []}
+    pool, model.pool = model.pool, 1  # the raw motion map; pooled here
+    try:
+        for batch in stream:
+            x = batch["frames"]
+            past_t, t = model.teacher_features(x)
+            maps = model.maps_from(past_t, t, x)
+            maps = {"appearance": maps["appearance"], "motion": maps["motion"], "motion 3x3": pool3(maps["motion"]),
+                    "feature-diff": model.pyramids_to_map(t, past_t[-1], model.map_size(x)).float()}
+            rows = {k: frame_scores(m) for k, m in maps.items()}
+            if stats is not None:
+                z = {k: (m - stats[k][0]) / stats[k][1] for k, m in maps.items()}
+                for name, (other, how) in FUSED.items():
+                    fused = z["appearance"] + z[other] if how == "sum" else torch.maximum(z["appearance"], z[other])
+                    rows[f"fused {name}"] = frame_scores(fused)
+            for k, v in rows.items():
+                out.setdefault(k, []).append(v.numpy())
+            out["clip"] += batch["clip"]
+            out["index"].append(batch["index"].numpy())
+    finally:
+        model.pool = pool
     return {k: (np.concatenate(v) if k != "clip" else np.array(v)) for k, v in out.items()}
 
 
@@ -73,21 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     train_clips = read_dataset("shanghaitech", args.train_data or args.data[0], "train")
     _, val = holdout(train_clips, val_frac)
     ref = branch_scores(model, FrameStream(train_clips, transform, batch_size=16, ranges=val, window=model.window))
-    stats = {k: (float(ref[k].mean()), float(ref[k].std(ddof=1))) for k in ("appearance", "motion", "feature-diff")}
+    stats = {k: (float(ref[k].mean()), float(ref[k].std(ddof=1))) for k in BRANCHES}
 
-    def z(rows: dict, key: str) -> np.ndarray:
-        return (rows[key] - stats[key][0]) / stats[key][1]
-
-    result = {"run": str(args.run), "hold_out_stats": stats, "sets": {}}
+    result = {"run": str(args.run), "trained_with": {"fusion": model.fusion, "motion_pool": model.pool},
+              "hold_out_stats": stats, "sets": {}}
     for root in args.data:
         clips = read_dataset("shanghaitech", root, "test")
-        rows = branch_scores(model, FrameStream(clips, transform, batch_size=16, window=model.window))
-        variants = {
-            "appearance": rows["appearance"], "motion": rows["motion"],
-            "fused-sum": z(rows, "appearance") + z(rows, "motion"),
-            "fused-max": np.maximum(z(rows, "appearance"), z(rows, "motion")),
-            "feature-diff": z(rows, "appearance") + z(rows, "feature-diff"),
-        }
+        rows = branch_scores(model, FrameStream(clips, transform, batch_size=16, window=model.window), stats)
+        variants = {k: rows[k] for k in (*BRANCHES[:3], *(f"fused {n}" for n in FUSED))}
         labels = {c.name: c.labels for c in clips}
         table = {}
         for name, scores in variants.items():
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         result["sets"][str(root)] = table
         print(f"\n{root} (raw micro AUC; per event: its frames against all normal frames)")
         for name, row in table.items():
-            print(f"  {name:13s} {row['micro']:.4f}   events " + " ".join(f"{v:.2f}" for v in row["events"].values()))
+            print(f"  {name:17s} {row['micro']:.4f}   events " + " ".join(f"{v:.2f}" for v in row["events"].values()))
     print(json.dumps(result))
     return 0
 

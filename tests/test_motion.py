@@ -14,13 +14,14 @@ from helpers import write_frames, write_video
 
 import vad.io.dataset as ds
 from vad.checkpoint import load_model
-from vad.config import ModelConfig, ScoreConfig
+from vad.config import ModelConfig, ScoreConfig, load_config, to_dict
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform, windows
 from vad.io.records import frames_clip
 from vad.models import MotionSTPM, build_model, frame_scores
 from vad.models.loss import stpm_loss
 from vad.models.motion import motion_weighted_loss
+from vad.models.stpm import STPM
 from vad.score import Scorer, score_clips
 from vad.train import holdout, train
 
@@ -147,12 +148,40 @@ def test_the_predictor_loss_weights_what_moves() -> None:
     assert motion_weighted_loss(t, last, t) == 0
 
 
+def test_motion_pool_averages_the_motion_map_over_cells(monkeypatch) -> None:
+    """``model.motion_pool=3``: a lone cell of the motion map is shared with its 3 x 3 neighbours, a uniform map
+    stays as it is (edges average only the cells inside), and appearance is untouched; checkpoints written before
+    the key keep their unpooled motion map."""
+    from vad.checkpoint import model_state, restore_model
+
+    pooled = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2), motion_pool=3))
+    assert isinstance(pooled, MotionSTPM) and pooled.pool == 3
+    lone = torch.zeros(1, 6, 6)
+    lone[0, 2, 2] = 9.0
+    for raw, expect_max in ((lone, 1.0), (torch.full((1, 6, 6), 2.0), 2.0)):
+        monkeypatch.setattr(STPM, "pyramids_to_map", lambda self, t, s, size, raw=raw: raw.clone())
+        x = torch.zeros(1, 9, 48, 48)
+        maps = pooled.maps_from(*pooled.teacher_features(x), x)
+        assert maps["motion"].shape == raw.shape and maps["motion"].max().item() == pytest.approx(expect_max)
+        assert torch.equal(maps["appearance"], raw)
+    assert maps["motion"].min().item() == pytest.approx(2.0)
+    monkeypatch.undo()
+    cfg = to_dict(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2), motion_pool=3))
+    del cfg["motion_pool"]  # a checkpoint written before the key
+    assert restore_model({"config": {"model": cfg}, "model": model_state(pooled)}).pool == 1
+    with pytest.raises(ValueError, match="motion_pool"):
+        load_config(overrides=["model.motion_pool=2"])
+
+
 def test_fusion_standardises_each_branch_by_its_statistics() -> None:
     model = _random_motion_model()
     maps = {"appearance": torch.full((1, 2, 2), 3.0), "motion": torch.full((1, 2, 2), 3.0)}
     loc, scale = model.branch_loc, model.branch_scale
-    expected = sum((3.0 - loc[i]) / scale[i] for i in range(2))
-    assert torch.allclose(model.fuse(maps), torch.full((1, 2, 2), float(expected)))
+    z = [float((3.0 - loc[i]) / scale[i]) for i in range(2)]
+    assert model.fusion == "max" and z[0] != z[1]  # the default
+    assert torch.allclose(model.fuse(maps), torch.full((1, 2, 2), max(z)))
+    model.fusion = "sum"
+    assert torch.allclose(model.fuse(maps), torch.full((1, 2, 2), sum(z)))
     with pytest.raises(ValueError, match="at least 2"):
         model.set_branch_stats({"appearance": torch.ones(1), "motion": torch.ones(5)})
     fresh = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2)))

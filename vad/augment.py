@@ -26,7 +26,7 @@ BACKGROUND_FRAMES = 64  # at most this many frames per clip (evenly spaced) make
 FOREGROUND_LEVEL = 0.1  # a pixel differing from the background by more (in [0, 1] grey units, any channel) moves
 BOX = (0.24, 0.12)  # height and width of the region copied, as fractions of the frame's: about one walker
 MIN_FOREGROUND = 0.002  # fraction of the frame that must be foreground for a sample to be shifted
-SCALE = 1.5  # the copy is resized by a factor drawn log-uniformly in [1 / SCALE, SCALE] (nearer or farther away)
+SCALE = 2.0  # the copy is resized by a factor drawn log-uniformly in [1 / SCALE, SCALE] (nearer or farther away)
 
 
 def clip_backgrounds(batches: Iterable[dict]) -> dict[str, torch.Tensor]:

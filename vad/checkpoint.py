@@ -48,7 +48,8 @@ def model_state(model: AnomalyModel) -> dict[str, torch.Tensor]:
 
 def restore_model(ckpt: dict) -> AnomalyModel:
     """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher)."""
-    cfg = from_dict(ModelConfig, {"motion": False, **ckpt["config"]["model"]}, "model")  # older runs: no motion
+    older = {"motion": False, "motion_pool": 1}  # what older checkpoints, written before these keys, did
+    cfg = from_dict(ModelConfig, {**older, **ckpt["config"]["model"]}, "model")
     model = build_model(cfg, teacher_weights="random")
     state = dict(ckpt["model"])
     loc, scale = state.pop("pos_loc"), state.pop("pos_scale")

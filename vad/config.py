@@ -76,7 +76,8 @@ class ModelConfig:
     motion: bool | None = None  # a causal motion branch fused with appearance (vad.models.motion); stpm only.
     # None: on for stpm, off for rstpm and mkd
     motion_context: Annotated[int, Range(ge=1, le=8)] = 2  # motion: past frames the predictor sees
-    fusion: Literal["sum", "max"] = "sum"  # motion: how the standardised appearance and motion maps are combined
+    fusion: Literal["sum", "max"] = "max"  # motion: how the standardised appearance and motion maps are combined
+    motion_pool: Literal[1, 3, 5] = 3  # motion: the motion map is averaged over k x k cells (1: not)
 
     def __post_init__(self) -> None:
         if self.motion and self.method != "stpm":

@@ -15,14 +15,18 @@ Inputs are windows ``(B, 3 * (k + 1), H, W)``: frames ``t - k .. t`` stacked on 
 so they have no motion). Only past frames are used: scoring is causal and suits a live stream.
 
 **Fusion.** Each branch's map (appearance: STPM's; motion: the predictor's discrepancy, combined over levels the
-same way) is standardised by the mean and standard deviation of its *frame scores on normal hold-out frames*
+same way, then averaged over ``pool`` x ``pool`` cells: a mover misses over its whole body, a lone cell is noise)
+is standardised by the mean and standard deviation of its *frame scores on normal hold-out frames*
 (:meth:`MotionSTPM.set_branch_stats`, from :func:`vad.train._finalise`; never test data), so neither branch
-dominates by scale, and the fused map is their sum (``fusion="sum"``) or their maximum (``"max"``).
+dominates by scale, and the fused map is their maximum (``fusion="max"``, the default: either branch alone can
+raise an alarm, and one branch's errors on normal frames are not added to the other's) or their sum (``"sum"``).
+Both are measured in the README ("Motion"); neither changes training.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vad.models.backbones import Pyramid
@@ -75,16 +79,19 @@ class MotionSTPM(STPM):
     branches = ("appearance", "motion")
 
     def __init__(self, teacher: Pyramid, student: Pyramid, context: int = 2, combine: str = "product",
-                 fusion: str = "sum") -> None:
+                 fusion: str = "max", pool: int = 3) -> None:
         if context < 1:
             raise ValueError(f"model.motion_context must be >= 1; got {context}")
         if fusion not in FUSIONS:
             raise ValueError(f"unknown model.fusion {fusion!r}; expected one of {FUSIONS}")
+        if pool < 1 or pool % 2 == 0:
+            raise ValueError(f"model.motion_pool must be an odd number of cells; got {pool}")
         super().__init__(teacher, student, combine)
         self.predictor = Predictor(tuple(teacher.names), tuple(teacher.channels), context)
         self.context = context
         self.window = context + 1
         self.fusion = fusion
+        self.pool = pool
         # Per branch: mean and standard deviation of normal hold-out frame scores (NaN until set_branch_stats).
         self.register_buffer("branch_loc", torch.full((len(self.branches),), float("nan")))
         self.register_buffer("branch_scale", torch.full((len(self.branches),), float("nan")))
@@ -121,8 +128,11 @@ class MotionSTPM(STPM):
     def maps_from(self, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`branch_maps` from the teacher's pyramids already computed for windows ``x``."""
         size = self.map_size(x)
-        return {"appearance": self.pyramids_to_map(t, self.student(x[:, -3:]), size).float(),
-                "motion": self.pyramids_to_map(t, self.predictor(past_t), size).float()}
+        motion = self.pyramids_to_map(t, self.predictor(past_t), size).float()
+        if self.pool > 1:  # a mover misses over its body; a lone cell is noise
+            motion = F.avg_pool2d(motion.unsqueeze(1), self.pool, stride=1, padding=self.pool // 2,
+                                  count_include_pad=False).squeeze(1)
+        return {"appearance": self.pyramids_to_map(t, self.student(x[:, -3:]), size).float(), "motion": motion}
 
     @property
     def has_branch_stats(self) -> bool:
