@@ -26,22 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vad.checkpoint import load_model
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.metrics import event_aucs, micro_auc
 from vad.models import MotionSTPM, frame_scores
+from vad.models.motion import pool_map
 from vad.train import holdout
 
 BRANCHES = ("appearance", "motion", "motion 3x3", "feature-diff")
 FUSED = {"sum": ("motion", "sum"), "max": ("motion", "max"), "sum 3x3": ("motion 3x3", "sum"),
          "max 3x3": ("motion 3x3", "max"), "feature-diff": ("feature-diff", "sum")}
-
-
-def pool3(m: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(m.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False).squeeze(1)
 
 
 @torch.no_grad()
@@ -55,7 +51,8 @@ def branch_scores(model: MotionSTPM, stream: FrameStream, stats: dict | None = N
             x = batch["frames"]
             past_t, t = model.teacher_features(x)
             maps = model.maps_from(past_t, t, x)
-            maps = {"appearance": maps["appearance"], "motion": maps["motion"], "motion 3x3": pool3(maps["motion"]),
+            maps = {"appearance": maps["appearance"], "motion": maps["motion"],
+                    "motion 3x3": pool_map(maps["motion"], 3),
                     "feature-diff": model.pyramids_to_map(t, past_t[-1], model.map_size(x)).float()}
             rows = {k: frame_scores(m) for k, m in maps.items()}
             if stats is not None:

@@ -73,6 +73,11 @@ def motion_weighted_loss(t: dict[str, torch.Tensor], last: dict[str, torch.Tenso
     return total
 
 
+def pool_map(amap: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, h, w)`` -> the same shape: the mean over ``k`` x ``k`` cells (odd ``k``; at the edges, of those inside)."""
+    return F.avg_pool2d(amap.unsqueeze(1), k, stride=1, padding=k // 2, count_include_pad=False).squeeze(1)
+
+
 class MotionSTPM(STPM):
     """STPM (appearance) + a future-feature predictor (motion) on one frozen teacher; see the module docstring."""
 
@@ -130,8 +135,7 @@ class MotionSTPM(STPM):
         size = self.map_size(x)
         motion = self.pyramids_to_map(t, self.predictor(past_t), size).float()
         if self.pool > 1:  # a mover misses over its body; a lone cell is noise
-            motion = F.avg_pool2d(motion.unsqueeze(1), self.pool, stride=1, padding=self.pool // 2,
-                                  count_include_pad=False).squeeze(1)
+            motion = pool_map(motion, self.pool)
         return {"appearance": self.pyramids_to_map(t, self.student(x[:, -3:]), size).float(), "motion": motion}
 
     @property
