@@ -7,9 +7,12 @@ Rows (raw per-frame scores: no smoothing, no per-clip normalisation; every stati
 - ``appearance``: STPM alone (the appearance student's map);
 - ``motion`` / ``motion 3x3``: the future-feature predictor alone, its map as is / averaged over 3 x 3 cells
   (``model.motion_pool``);
-- ``sum`` / ``max`` (and their ``3x3`` rows): both maps, each standardised by the mean and deviation of its frame
-  scores on the hold-out, summed / maximum, then the frame's maximum: exactly what the model scores with
-  ``model.fusion`` and ``model.motion_pool`` set so, whatever the run was trained with (neither changes training);
+- ``motion finest`` / ``motion finest 3x3``: when the predictor predicts every level (``model.motion_levels=all``),
+  its finest level alone (what ``model.motion_levels=finest`` scores; that setting trains only this level's
+  predictor, which is separate from the others', so the row measures it without training again);
+- ``fused sum`` / ``fused max`` of each motion row: both maps, each standardised by the mean and deviation of its
+  frame scores on the hold-out, summed / maximum, then the frame's maximum: exactly what the model scores with
+  ``model.fusion``, ``model.motion_pool`` and ``model.motion_levels`` set so;
 - ``feature-diff``: a training-free motion candidate, the teacher's own change between frames ``t - 1`` and ``t``
   (the same per-level discrepancy as STPM's, combined the same way), fused with appearance by a sum, as above.
 
@@ -35,37 +38,44 @@ from vad.models import MotionSTPM, frame_scores
 from vad.models.motion import pool_map
 from vad.train import holdout
 
-BRANCHES = ("appearance", "motion", "motion 3x3", "feature-diff")
-FUSED = {"sum": ("motion", "sum"), "max": ("motion", "max"), "sum 3x3": ("motion 3x3", "sum"),
-         "max 3x3": ("motion 3x3", "max"), "feature-diff": ("feature-diff", "sum")}
+
+def motion_maps(model: MotionSTPM, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The motion candidates' maps: the model's levels, and its finest level alone when it predicts more."""
+    size = model.map_size(x)
+    pred = model.predictor(past_t)
+    levels = {"motion": list(pred)}
+    if len(pred) > 1:
+        levels["motion finest"] = list(pred)[:1]
+    out = {}
+    for name, keys in levels.items():
+        m = model.pyramids_to_map({k: t[k] for k in keys}, {k: pred[k] for k in keys}, size).float()
+        out[name], out[f"{name} 3x3"] = m, pool_map(m, 3)
+    return out
 
 
 @torch.no_grad()
 def branch_scores(model: MotionSTPM, stream: FrameStream, stats: dict | None = None) -> dict[str, np.ndarray]:
-    """Raw frame scores per branch (and, given hold-out ``stats`` ``{branch: (mean, sd)}``, per fusion of
-    :data:`FUSED`), in stream order, with clip names and frame indices."""
+    """Raw frame scores per branch (and, given hold-out ``stats`` ``{branch: (mean, sd)}``, per fusion), in stream
+    order, with clip names and frame indices."""
     out: dict[str, list] = {"clip": [], "index": []}
-    pool, model.pool = model.pool, 1  # the raw motion map; pooled here
-    try:
-        for batch in stream:
-            x = batch["frames"]
-            past_t, t = model.teacher_features(x)
-            maps = model.maps_from(past_t, t, x)
-            maps = {"appearance": maps["appearance"], "motion": maps["motion"],
-                    "motion 3x3": pool_map(maps["motion"], 3),
-                    "feature-diff": model.pyramids_to_map(t, past_t[-1], model.map_size(x)).float()}
-            rows = {k: frame_scores(m) for k, m in maps.items()}
-            if stats is not None:
-                z = {k: (m - stats[k][0]) / stats[k][1] for k, m in maps.items()}
-                for name, (other, how) in FUSED.items():
-                    fused = z["appearance"] + z[other] if how == "sum" else torch.maximum(z["appearance"], z[other])
-                    rows[f"fused {name}"] = frame_scores(fused)
-            for k, v in rows.items():
-                out.setdefault(k, []).append(v.numpy())
-            out["clip"] += batch["clip"]
-            out["index"].append(batch["index"].numpy())
-    finally:
-        model.pool = pool
+    for batch in stream:
+        x = batch["frames"]
+        past_t, t = model.teacher_features(x)
+        maps = {"appearance": model.pyramids_to_map(t, model.student(x[:, -3:]), model.map_size(x)).float(),
+                **motion_maps(model, past_t, t, x),
+                "feature-diff": model.pyramids_to_map(t, past_t[-1], model.map_size(x)).float()}
+        rows = {k: frame_scores(m) for k, m in maps.items()}
+        if stats is not None:
+            z = {k: (m - stats[k][0]) / stats[k][1] for k, m in maps.items()}
+            for k in z:
+                if k.startswith("motion"):
+                    rows[f"fused sum, {k}"] = frame_scores(z["appearance"] + z[k])
+                    rows[f"fused max, {k}"] = frame_scores(torch.maximum(z["appearance"], z[k]))
+            rows["appearance + feature-diff"] = frame_scores(z["appearance"] + z["feature-diff"])
+        for k, v in rows.items():
+            out.setdefault(k, []).append(v.numpy())
+        out["clip"] += batch["clip"]
+        out["index"].append(batch["index"].numpy())
     return {k: (np.concatenate(v) if k != "clip" else np.array(v)) for k, v in out.items()}
 
 
@@ -93,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     train_clips = read_dataset("shanghaitech", args.train_data or args.data[0], "train")
     _, val = holdout(train_clips, val_frac)
     ref = branch_scores(model, FrameStream(train_clips, transform, batch_size=16, ranges=val, window=model.window))
-    stats = {k: (float(ref[k].mean()), float(ref[k].std(ddof=1))) for k in BRANCHES}
+    stats = {k: (float(ref[k].mean()), float(ref[k].std(ddof=1))) for k in ref if k not in ("clip", "index")}
 
-    result = {"run": str(args.run), "trained_with": {"fusion": model.fusion, "motion_pool": model.pool},
+    result = {"run": str(args.run), "trained_with": {"fusion": model.fusion, "motion_pool": model.pool,
+                                                "motion_levels": model.motion_levels},
               "hold_out_stats": stats, "sets": {}}
     for root in args.data:
         clips = read_dataset("shanghaitech", root, "test")
         rows = branch_scores(model, FrameStream(clips, transform, batch_size=16, window=model.window), stats)
-        variants = {k: rows[k] for k in (*BRANCHES[:3], *(f"fused {n}" for n in FUSED))}
+        variants = {k: v for k, v in rows.items() if k not in ("clip", "index", "feature-diff")}
         labels = {c.name: c.labels for c in clips}
         table = {}
         for name, scores in variants.items():
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         result["sets"][str(root)] = table
         print(f"\n{root} (raw micro AUC; per event: its frames against all normal frames)")
         for name, row in table.items():
-            print(f"  {name:17s} {row['micro']:.4f}   events " + " ".join(f"{v:.2f}" for v in row["events"].values()))
+            print(f"  {name:33s} {row['micro']:.4f}   events " + " ".join(f"{v:.2f}" for v in row["events"].values()))
     print(json.dumps(result))
     return 0
 

@@ -19,7 +19,7 @@ from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform, windows
 from vad.io.records import frames_clip
 from vad.models import MotionSTPM, build_model, frame_scores
-from vad.models.loss import stpm_loss
+from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.motion import motion_weighted_loss
 from vad.models.stpm import STPM
 from vad.score import Scorer, score_clips
@@ -171,6 +171,32 @@ def test_motion_pool_averages_the_motion_map_over_cells(monkeypatch) -> None:
     assert restore_model({"config": {"model": cfg}, "model": model_state(pooled)}).pool == 1
     with pytest.raises(ValueError, match="motion_pool"):
         load_config(overrides=["model.motion_pool=2"])
+
+
+def test_motion_levels_predict_the_finest_level_by_default() -> None:
+    """``model.motion_levels``: ``finest`` (the default) predicts and scores the pyramid's finest level only, and its
+    map is that level's discrepancy; ``all`` predicts every level; checkpoints written before the key predicted
+    all; an unknown value is refused."""
+    from vad.checkpoint import model_state, restore_model
+
+    cfg = ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2), motion_pool=1)
+    assert cfg.motion_levels == "finest"
+    finest, every = (build_model(replace(cfg, motion_levels=v)).eval() for v in ("finest", "all"))
+    x = torch.rand(2, 9, 64, 64)
+    with torch.no_grad():
+        for model, n in ((finest, 1), (every, 2)):
+            past_t, t = model.teacher_features(x)
+            assert list(model.predictor(past_t)) == list(t)[:n] and len(model.predictor.nets) == n
+        past_t, t = finest.teacher_features(x)
+        first = next(iter(t))
+        expected = level_discrepancy(t[first], finest.predictor(past_t)[first])
+        torch.testing.assert_close(finest.maps_from(past_t, t, x)["motion"], expected)
+    state = to_dict(replace(cfg, motion_levels="all"))
+    del state["motion_levels"]  # a checkpoint written before the key
+    restored = restore_model({"config": {"model": state}, "model": model_state(every)})
+    assert restored.motion_levels == "all" and len(restored.predictor.nets) == 2
+    with pytest.raises(ValueError, match="motion_levels"):
+        load_config(overrides=["model.motion_levels=coarsest"])
 
 
 def test_fusion_standardises_each_branch_by_its_statistics() -> None:

@@ -48,7 +48,8 @@ def model_state(model: AnomalyModel) -> dict[str, torch.Tensor]:
 
 def restore_model(ckpt: dict) -> AnomalyModel:
     """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher)."""
-    older = {"motion": False, "motion_pool": 1}  # what older checkpoints, written before these keys, did
+    # what older checkpoints, written before these keys, did
+    older = {"motion": False, "motion_pool": 1, "motion_levels": "all"}
     cfg = from_dict(ModelConfig, {**older, **ckpt["config"]["model"]}, "model")
     model = build_model(cfg, teacher_weights="random")
     state = dict(ckpt["model"])

@@ -78,6 +78,8 @@ class ModelConfig:
     motion_context: Annotated[int, Range(ge=1, le=8)] = 2  # motion: past frames the predictor sees
     fusion: Literal["sum", "max"] = "max"  # motion: how the standardised appearance and motion maps are combined
     motion_pool: Literal[1, 3, 5] = 3  # motion: the motion map is averaged over k x k cells (1: not)
+    motion_levels: Literal["finest", "all"] = "finest"  # motion: the pyramid levels the predictor predicts and
+    # scores (finest: the smallest stride only; all: every level of the teacher, combined like STPM's)
 
     def __post_init__(self) -> None:
         if self.motion and self.method != "stpm":

@@ -2,7 +2,7 @@
 
 A frame-by-frame student sees *what* is in a frame, never *how it moves*: a person crossing at five times walking
 speed looks, frame by frame, like any pedestrian. :class:`MotionSTPM` adds a **future-feature predictor**: from the
-frozen teacher's pyramids of frames ``t - k .. t - 1`` it predicts the teacher's pyramid of frame ``t``. Trained on
+frozen teacher's pyramids of frames ``t - k .. t - 1`` it predicts the teacher's features of frame ``t``. Trained on
 normal footage it learns how things normally move at each place (walkers shift a fraction of a feature cell per
 frame); where something moves faster than anything it saw, the present lies where the past did not predict it
 and the prediction misses, on both the old and the new position. Because it works on teacher features, not pixels,
@@ -14,8 +14,13 @@ Inputs are windows ``(B, 3 * (k + 1), H, W)``: frames ``t - k .. t`` stacked on 
 (:class:`~vad.io.dataset.FrameStream` with ``window = k + 1``; a clip's first frames repeat frame 0 as their past,
 so they have no motion). Only past frames are used: scoring is causal and suits a live stream.
 
-**Fusion.** Each branch's map (appearance: STPM's; motion: the predictor's discrepancy, combined over levels the
-same way, then averaged over ``pool`` x ``pool`` cells: a mover misses over its whole body, a lone cell is noise)
+**Levels.** By default the predictor predicts the pyramid's finest level only (``levels="finest"``; ``"all"``:
+every level, combined like STPM's). A coarse cell's receptive field holds a whole person, so its change from frame
+to frame follows how large a mover is, near the camera or far, more than how fast it goes; the finest level sees
+displacement. Measured in the README ("Motion").
+
+**Fusion.** Each branch's map (appearance: STPM's; motion: the predictor's discrepancy, averaged over ``pool`` x
+``pool`` cells: a mover misses over its whole body, a lone cell is noise)
 is standardised by the mean and standard deviation of its *frame scores on normal hold-out frames*
 (:meth:`MotionSTPM.set_branch_stats`, from :func:`vad.train._finalise`; never test data), so neither branch
 dominates by scale, and the fused map is their maximum (``fusion="max"``, the default: either branch alone can
@@ -35,6 +40,7 @@ from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.stpm import STPM
 
 FUSIONS = ("sum", "max")
+MOTION_LEVELS = ("finest", "all")
 
 
 class Predictor(nn.Module):
@@ -64,9 +70,10 @@ def motion_weighted_loss(t: dict[str, torch.Tensor], last: dict[str, torch.Tenso
     ``1 + change / mean(change)``, where ``change`` is the teacher's own discrepancy between the last past frame and
     the present (AED-MAE weights its loss by a motion gradient alike). Most positions are still background that
     copying the past predicts; the weight makes the few that move, which carry what normal motion looks like,
-    count as much as all of them together. Levels summed, as :func:`~vad.models.loss.stpm_loss`."""
+    count as much as all of them together. Over the levels of ``pred`` (``t`` and ``last`` may have more),
+    summed, as :func:`~vad.models.loss.stpm_loss`."""
     total = 0
-    for k in t:
+    for k in pred:  # the predictor's levels
         change = level_discrepancy(t[k], last[k])
         weight = 1 + change / change.mean().clamp_min(1e-12)
         total = total + (weight * level_discrepancy(t[k], pred[k])).mean()
@@ -84,15 +91,19 @@ class MotionSTPM(STPM):
     branches = ("appearance", "motion")
 
     def __init__(self, teacher: Pyramid, student: Pyramid, context: int = 2, combine: str = "product",
-                 fusion: str = "max", pool: int = 3) -> None:
+                 fusion: str = "max", pool: int = 3, levels: str = "finest") -> None:
         if context < 1:
             raise ValueError(f"model.motion_context must be >= 1; got {context}")
         if fusion not in FUSIONS:
             raise ValueError(f"unknown model.fusion {fusion!r}; expected one of {FUSIONS}")
         if pool < 1 or pool % 2 == 0:
             raise ValueError(f"model.motion_pool must be an odd number of cells; got {pool}")
+        if levels not in MOTION_LEVELS:
+            raise ValueError(f"unknown model.motion_levels {levels!r}; expected one of {MOTION_LEVELS}")
         super().__init__(teacher, student, combine)
-        self.predictor = Predictor(tuple(teacher.names), tuple(teacher.channels), context)
+        n = 1 if levels == "finest" else len(teacher.names)  # the pyramid's levels go from fine to coarse
+        self.motion_levels = levels
+        self.predictor = Predictor(tuple(teacher.names[:n]), tuple(teacher.channels[:n]), context)
         self.context = context
         self.window = context + 1
         self.fusion = fusion
@@ -133,7 +144,8 @@ class MotionSTPM(STPM):
     def maps_from(self, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`branch_maps` from the teacher's pyramids already computed for windows ``x``."""
         size = self.map_size(x)
-        motion = self.pyramids_to_map(t, self.predictor(past_t), size).float()
+        pred = self.predictor(past_t)
+        motion = self.pyramids_to_map({k: t[k] for k in pred}, pred, size).float()
         if self.pool > 1:  # a mover misses over its body; a lone cell is noise
             motion = pool_map(motion, self.pool)
         return {"appearance": self.pyramids_to_map(t, self.student(x[:, -3:]), size).float(), "motion": motion}
