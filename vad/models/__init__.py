@@ -30,8 +30,7 @@ def _teacher_and_student(cfg: ModelConfig, weights: str) -> tuple[Pyramid, Pyram
 def _build_stpm(cfg: ModelConfig, weights: str) -> STPM:
     if cfg.has_motion:
         return MotionSTPM(*_teacher_and_student(cfg, weights), context=cfg.motion_context, combine=cfg.combine,
-                          fusion=cfg.fusion, pool=cfg.motion_pool,
-                          levels=cfg.motion_levels)
+                          fusion=cfg.fusion, pool=cfg.motion_pool, levels=cfg.motion_levels)
     return STPM(*_teacher_and_student(cfg, weights), combine=cfg.combine)
 
 
