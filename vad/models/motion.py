@@ -22,10 +22,10 @@ displacement. Measured in the README ("Motion").
 **Fusion.** Each branch's map (appearance: STPM's; motion: the predictor's discrepancy, averaged over ``pool`` x
 ``pool`` cells: a mover misses over its whole body, a lone cell is noise) is standardised by the mean and standard
 deviation of its *frame scores on normal hold-out frames* (:meth:`MotionSTPM.set_branch_stats`, from
-:func:`vad.train._finalise`; never test data), so neither branch
-dominates by scale, and the fused map is their maximum (``fusion="max"``, the default: either branch alone can
-raise an alarm, and one branch's errors on normal frames are not added to the other's) or their sum (``"sum"``).
-Both are measured in the README ("Motion"); neither changes training.
+:func:`vad.train._finalise`; never test data), so neither branch dominates by scale, and the fused map is their
+maximum (``fusion="max"``, the default: either branch alone can raise an alarm, and one branch's errors on normal
+frames are not added to the other's) or their sum (``"sum"``). Both are measured in the README ("Motion");
+neither changes training.
 """
 
 from __future__ import annotations
