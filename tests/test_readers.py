@@ -134,10 +134,26 @@ def test_folder_reader_errors(tmp_path):
     note.write_text("not a video")
     with pytest.raises(DecodeError, match=r"notes\.txt: not a video file"):
         read_dataset("folder", note)
-    write_video(tmp_path / "dup" / "a.avi", frames(0))
-    write_frames(tmp_path / "dup" / "a", frames(0, n=2))
-    with pytest.raises(DatasetLayoutError, match="occur twice"):
-        read_dataset("folder", tmp_path / "dup")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # a symbolic link loop: one error line, not a RuntimeError
+    with pytest.raises(DatasetLayoutError, match="loop: cannot be read"):
+        read_dataset("folder", loop)
+
+
+def test_folder_reader_keeps_every_source_of_a_name_apart(tmp_path):
+    """Two cameras' day.mp4 below one input are two clips, named by their paths; a video and a frame folder of one
+    name are two clips; a link back up the tree is read once."""
+    for cam in ("cam1", "cam2"):
+        write_video(tmp_path / "in" / "site" / cam / "day.mp4", frames(0))
+    write_video(tmp_path / "in" / "a.avi", frames(1))
+    write_frames(tmp_path / "in" / "a", frames(2, n=2))
+    (tmp_path / "in" / "site" / "cam1" / "up").symlink_to(tmp_path / "in" / "site")
+    clips = read_dataset("folder", tmp_path / "in")
+    names = {c.name: c.path for c in clips}
+    assert len(clips) == 4 and len(names) == 4
+    assert names["site_cam1_day"] == tmp_path / "in" / "site" / "cam1" / "day.mp4"
+    assert names["site_cam2_day"] == tmp_path / "in" / "site" / "cam2" / "day.mp4"
+    assert {names[n].name for n in names if n.startswith("a")} == {"a.avi", "a"}
 
 
 def test_unknown_dataset_and_split(shanghaitech_root):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from vad.errors import ConfigError
 from vad.io.avenue import AVENUE_LABELS, read_avenue
-from vad.io.decode import VideoInfo, iter_frames, probe
+from vad.io.decode import iter_frames
 from vad.io.folder import read_folder
 from vad.io.masks import load_pixel_mask
+from vad.io.probe import VideoInfo, probe
 from vad.io.records import Clip
 from vad.io.shanghaitech import read_shanghaitech
 from vad.io.ucsd import read_ped1, read_ped2
@@ -26,13 +28,13 @@ def read_dataset(
     :func:`read_avenue`); other datasets have one set of labels and refuse it.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     if name != "avenue" and frame_labels is not None:
-        raise ValueError(f"frame_labels is an Avenue option ({AVENUE_LABELS}); dataset {name!r} has one set of labels")
+        raise ConfigError(f"frame_labels is an Avenue option ({AVENUE_LABELS}); dataset {name!r} has one set of labels")
     if name == "shanghaitech":
         return read_shanghaitech(root, split, scenes)
     if scenes is not None:
-        raise ValueError(f"scenes selection is a ShanghaiTech option; dataset {name!r} has no scenes")
+        raise ConfigError(f"scenes selection is a ShanghaiTech option; dataset {name!r} has no scenes")
     if name == "avenue":
         return read_avenue(root, split, frame_labels or "masks")
     if name == "ped1":

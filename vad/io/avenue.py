@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.masks import check_mask_shape
+from vad.io.masks import avenue_cells, check_mask_shape, load_mat, volume_shape
 from vad.io.records import Clip, list_videos, spans_to_labels, with_labels
 from vad.io.validate import find_dir, require_dir
 
@@ -21,50 +21,13 @@ _LABEL_DIRS = ["testing_label_mask", "ground_truth_demo/testing_label_mask"]
 _PUBLISHED_FILES = ["avenue.mat", "ground_truth_demo/avenue.mat"]
 
 
-def _loadmat(path: Path, variable: str, expected: str, **kwargs) -> np.ndarray:
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path), **kwargs)
-    except (OSError, ValueError, NotImplementedError) as err:
-        raise LabelError(f"{path}: cannot read MATLAB label file ({err})") from err
-    if variable not in mat:
-        keys = sorted(k for k in mat if not k.startswith("__"))
-        raise LabelError(f"{path}: no {variable!r} variable; found {keys}; expected {expected}")
-    return mat[variable]
-
-
-def _vol_cells(path: Path) -> list[np.ndarray]:
-    """The ``volLabel`` cells (one ``(H, W)`` mask per frame) of an Avenue ``N_label.mat`` file."""
-    cells = np.asarray(_loadmat(path, "volLabel", "Avenue's N_label.mat (volLabel: 1xT cell of HxW masks)"))
-    out = [np.asarray(c) for c in cells.reshape(-1)] if cells.dtype == object else None
-    if out is None or any(c.ndim != 2 for c in out):
-        raise LabelError(f"{path}: volLabel of type {cells.dtype} and shape {cells.shape}; "
-                         "expected a 1xT MATLAB cell of HxW masks")
-    return out
-
-
-def _volume_shape(cells: list[np.ndarray], path: Path) -> tuple[int, int, int]:
-    sizes = sorted({c.shape for c in cells})
-    if len(sizes) != 1:
-        raise LabelError(f"{path}: volLabel masks of several sizes {sizes[:4]}; expected one HxW for all frames")
-    return (len(cells), *sizes[0])
-
-
-def load_avenue_volume(path: Path) -> np.ndarray:
-    """Pixel masks ``(T, H, W)`` uint8 from an Avenue ``N_label.mat`` file (``volLabel`` cell array)."""
-    cells = _vol_cells(path)
-    _volume_shape(cells, path)
-    return np.stack([c != 0 for c in cells]).astype(np.uint8)
-
-
 def published_intervals(path: Path) -> list[list[tuple[int, int]]]:
     """Per test video, the anomalous ``(first, last)`` frames (1-based, inclusive) of ``avenue.mat``.
 
     That file (``gt``: a 1x21 cell, per video a 2xK array of start and end frames) ships with the evaluation code
     of ano_pred_cvpr2018 (Liu et al., CVPR 2018); its annotations come from Hasan et al., CVPR 2016.
     """
-    gt = np.asarray(_loadmat(path, "gt", "ano_pred_cvpr2018's avenue.mat (gt: a cell of 2xK [start; end])"))
+    gt = np.asarray(load_mat(path, "gt", "ano_pred_cvpr2018's avenue.mat (gt: a cell of 2xK [start; end])"))
     out = []
     for k, cell in enumerate(gt.reshape(-1) if gt.dtype == object else [gt], start=1):
         a = np.asarray(cell)
@@ -112,8 +75,8 @@ def read_avenue(root: Path | str, split: str = "test", labels: AvenueLabels = "m
         label_path = label_dir / f"{int(clip.name) if clip.name.isdigit() else clip.name}_label.mat"
         if not label_path.is_file():
             raise LabelError(f"{label_path}: label file missing for test video {clip.path}")
-        cells = _vol_cells(label_path)
-        check_mask_shape(clip, label_path, _volume_shape(cells, label_path))
+        cells = avenue_cells(label_path)
+        check_mask_shape(clip, label_path, volume_shape(cells, label_path))
         frame_labels = np.array([c.any() for c in cells], dtype=np.uint8)
         source = label_path
         if published is not None:

@@ -99,6 +99,10 @@ class FrameStream(IterableDataset):
     Clips are split across ``DataLoader`` workers (whole clips per worker). Several processes give each their
     own clips or ``ranges`` (:func:`vad.distributed.shard_clips`, :func:`vad.distributed.frame_shares`).
     ``ranges`` maps a clip name to the ``(start, stop)`` frames to read (default: all), e.g. for a hold-out.
+    ``partial``: a video that ends before the frame count its container declares yields what decodes (the
+    consumer counts the frames it got). ``past=k`` (single frames, unshuffled): a range that starts inside a clip is
+    preceded by a batch of its (up to) ``k`` real predecessors, marked ``"context": True``, for a consumer that
+    keeps a stream's past (a motion model scoring a stream: :class:`vad.score.Scorer`).
     ``window > 1``: each sample is frame ``t`` with its ``window - 1`` predecessors of the same clip (a window never
     crosses clips); a clip's first frames, which have fewer predecessors, repeat its frame 0 in their place; a range
     that starts later reads the frames before it as context. Every frame is decoded and transformed once (a
@@ -122,6 +126,8 @@ class FrameStream(IterableDataset):
         ranges: Mapping[str, tuple[int, int]] | None = None,
         jpeg_bytes: bool = False,
         window: int = 1,
+        partial: bool = False,
+        past: int = 0,
     ) -> None:
         super().__init__()
         if not clips:
@@ -136,6 +142,8 @@ class FrameStream(IterableDataset):
             raise ValueError(f"window must be >= 1; got {window}")
         if jpeg_bytes and window > 1:
             raise ValueError("jpeg_bytes passes single undecoded frames on: it needs window=1")
+        if past and (window > 1 or shuffle):
+            raise ValueError("past sends context frames before a range's single frames: it needs window=1, unshuffled")
         self.clips = list(clips)
         self.transform = transform
         self.batch_size = batch_size
@@ -147,6 +155,8 @@ class FrameStream(IterableDataset):
         self.ranges = dict(ranges or {})
         self.jpeg_bytes = jpeg_bytes
         self.window = window
+        self.partial = partial
+        self.past = past
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -161,17 +171,24 @@ class FrameStream(IterableDataset):
             np.random.default_rng((self.seed, self.epoch)).shuffle(order)
         return [self.clips[i] for i in order[shard::shards]], shard
 
-    def _decoded(self, clips: list[Clip]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    def _decoded(self, clips: list[Clip]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, bool]]:
+        """``(clip, index, frames or windows, context)`` per decoded chunk; ``context``: ``past`` frames before a
+        range."""
         for clip in clips:
             chunk = self.batch_size if not self.shuffle else self.decode_batch
             start, stop = self.ranges.get(clip.name, (0, None))
-            context = min(start, self.window - 1)  # real predecessors of the range's first frame
+            context = min(start, self.window - 1 if self.window > 1 else self.past)  # the range's real predecessors
             tail = None  # the last window - 1 frames before the current chunk
             for first, frames in iter_frames(clip, batch_size=chunk, backend=self.backend, start=start - context,
-                                             stop=stop):
+                                             stop=stop, partial=self.partial):
                 x = frames if self.transform is None else self.transform(frames)
                 if self.window == 1:
-                    yield clip.name, torch.arange(first, first + len(frames)), x
+                    index = torch.arange(first, first + len(frames))
+                    lead = int((index < start).sum())
+                    if lead:
+                        yield clip.name, index[:lead], x[:lead], True
+                    if lead < len(x):
+                        yield clip.name, index[lead:], x[lead:], False
                     continue
                 if tail is None and first == 0:  # the clip's first frames: frame 0 stands in for their past
                     tail = x[:1].expand(self.window - 1, *x.shape[1:])
@@ -180,7 +197,7 @@ class FrameStream(IterableDataset):
                 last = first + len(x)  # seq holds frames [last - len(seq), last)
                 index = torch.arange(max(start, last - len(seq) + self.window - 1), last)
                 if len(index):
-                    yield clip.name, index, windows(seq[len(seq) - len(index) - self.window + 1:], self.window)
+                    yield clip.name, index, windows(seq[len(seq) - len(index) - self.window + 1:], self.window), False
 
     def _encoded(self, clip: Clip) -> Iterator[dict]:
         assert clip.frame_paths is not None
@@ -188,19 +205,27 @@ class FrameStream(IterableDataset):
         paths = clip.frame_paths[start:stop]
         if not paths:
             raise DecodeError(f"{clip.path}: no frames in [{start}, {stop}) ({len(clip.frame_paths)} frames)")
+        context = min(start, self.past)
+        if context:
+            before = clip.frame_paths[start - context : start]
+            yield {**self._jpeg_batch(clip, start - context, before), "context": True}
         for i in range(0, len(paths), self.batch_size):
-            part = paths[i : i + self.batch_size]
-            data = read_jpeg_files(part)  # one packed tensor per batch: one shared-memory segment between processes
-            yield {"jpeg": torch.cat(data), "sizes": [len(d) for d in data], "paths": list(part),
-                   "clip": [clip.name] * len(part), "index": torch.arange(start + i, start + i + len(part))}
+            yield self._jpeg_batch(clip, start + i, paths[i : i + self.batch_size])
+
+    @staticmethod
+    def _jpeg_batch(clip: Clip, first: int, paths: Sequence) -> dict:
+        data = read_jpeg_files(paths)  # one packed tensor per batch: one shared-memory segment between processes
+        return {"jpeg": torch.cat(data), "sizes": [len(d) for d in data], "paths": list(paths),
+                "clip": [clip.name] * len(paths), "index": torch.arange(first, first + len(paths))}
 
     def _plain(self, clips: list[Clip]) -> Iterator[dict]:
         for clip in clips:
             if self.jpeg_bytes and resolve_backend(clip, self.backend) == "torchvision":
                 yield from self._encoded(clip)
                 continue
-            for name, index, x in self._decoded([clip]):
-                yield {"frames": x, "clip": [name] * len(index), "index": index}
+            for name, index, x, context in self._decoded([clip]):
+                batch = {"frames": x, "clip": [name] * len(index), "index": index}
+                yield {**batch, "context": True} if context else batch
 
     def __iter__(self) -> Iterator[dict]:
         clips, shard = self._shard()
@@ -210,7 +235,7 @@ class FrameStream(IterableDataset):
         rng = np.random.default_rng((self.seed, self.epoch, shard))
         buf_x: list[torch.Tensor] = []
         buf_meta: list[tuple[str, int]] = []
-        for name, index, x in self._decoded(clips):
+        for name, index, x, _ in self._decoded(clips):
             buf_x.extend(f.clone() for f in x.unbind(0))  # own storage: a kept frame frees its batch
             buf_meta.extend((name, int(i)) for i in index)
             while len(buf_x) >= self.shuffle_buffer:

@@ -12,63 +12,21 @@ hour-long video is never held in memory at once. Backends:
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vad.errors import DecodeError
+from vad.io.probe import frame_rotation, open_video, probe
 from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Clip, frames_clip
 
 BACKENDS = ("auto", "pyav", "decord", "pil", "torchvision")
 VIDEO_BACKENDS = ("pyav", "decord")
 FRAME_BACKENDS = ("pil", "torchvision")
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    num_frames: int
-    fps: float
-    width: int
-    height: int
-
-
-def _open_video(path: Path):
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise DecodeError(f"{path}: video file not found")
-    if path.stat().st_size == 0:
-        raise DecodeError(f"{path}: file is empty (0 bytes); expected a video file")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as err:
-        raise DecodeError(f"{path}: cannot be opened as a video ({err}); expected a readable video file") from err
-    if not container.streams.video:
-        container.close()
-        raise DecodeError(f"{path}: has no video stream; expected a video file")
-    return container
-
-
-def probe(path: Path | str) -> VideoInfo:
-    """Read frame count, frame rate and size from the container (no decoding).
-
-    If the header gives no frame count, packets are counted by demuxing, which is still cheap.
-    """
-    path = Path(path)
-    with _open_video(path) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        n = int(stream.frames or 0)
-        if n <= 0:
-            n = sum(1 for p in container.demux(stream) if p.size > 0)
-        if n <= 0:
-            raise DecodeError(f"{path}: video stream holds no frames; expected at least one")
-        return VideoInfo(num_frames=n, fps=fps, width=stream.width, height=stream.height)
 
 
 def as_clip(source: Clip | Path | str) -> Clip:
@@ -115,12 +73,17 @@ def iter_frames(
     stop: int | None = None,
     device: torch.device | str | None = None,
     threads: int = 0,
+    partial: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_index, frames)`` with ``frames`` uint8 ``(B, 3, H, W)``, B <= ``batch_size``.
 
     ``start``/``stop`` select frames ``[start, stop)``. ``threads`` is the decoder thread count
     (0 = let the backend choose). Frames are on the CPU except for the ``torchvision`` backend with a
-    CUDA ``device``. Raises :class:`DecodeError` naming the file on unreadable, empty or truncated input.
+    CUDA ``device``. Video frames come out upright (the container's display rotation applied) and all of the
+    first frame's size (a stream that changes size mid-way is resized to it, with a note naming the frame).
+    Raises :class:`DecodeError` naming the file on unreadable, empty or truncated input; with ``partial`` a
+    video that ends before the frame count its container declares (a partly recorded file) yields the frames
+    that decode and stops, for the caller to count.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -131,7 +94,7 @@ def iter_frames(
     if stop == start:
         return
     if name == "pyav":
-        yield from _iter_pyav(clip.path, batch_size, start, stop, threads)
+        yield from _iter_pyav(clip.path, batch_size, start, stop, threads, partial)
     elif name == "decord":
         yield from _iter_decord(clip.path, batch_size, start, stop, threads)
     else:
@@ -149,10 +112,32 @@ def _stack_hwc(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
-def _iter_pyav(path: Path, batch_size: int, start: int, stop: int | None, threads: int):
+class _Upright:
+    """A video's decoded frames as upright RGB arrays of one size: the first frame's, after its rotation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.size, self.noted = path, None, False
+
+    def __call__(self, frame, index: int) -> np.ndarray:
+        size = (frame.width, frame.height)  # as stored, before the rotation
+        if self.size is None:
+            self.size = size
+        elif size != self.size:
+            if not self.noted:
+                print(f"note: {self.path}: frame {index} is {size[0]}x{size[1]} while the video began at "
+                      f"{self.size[0]}x{self.size[1]}; frames of another size are resized to "
+                      f"{self.size[0]}x{self.size[1]}", file=sys.stderr)
+                self.noted = True
+            rgb = frame.to_ndarray(format="rgb24", width=self.size[0], height=self.size[1])
+            return np.rot90(rgb, frame_rotation(frame) // 90)
+        return np.rot90(frame.to_ndarray(format="rgb24"), frame_rotation(frame) // 90)
+
+
+def _iter_pyav(path: Path, batch_size: int, start: int, stop: int | None, threads: int, partial: bool = False):
     import av
 
-    with _open_video(path) as container:
+    upright = _Upright(path)
+    with open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if threads:
@@ -166,23 +151,25 @@ def _iter_pyav(path: Path, batch_size: int, start: int, stop: int | None, thread
                 if stop is not None and index >= stop:
                     break
                 if index >= start:
-                    buf.append(frame.to_ndarray(format="rgb24"))
+                    buf.append(upright(frame, index))
                     if len(buf) == batch_size:
                         yield first, _stack_hwc(buf)
                         first += len(buf)
                         buf = []
                 index += 1
         except av.error.FFmpegError as err:
-            raise DecodeError(f"{path}: decoding failed after frame {index} ({err}); the file may be corrupt") from err
+            if not partial or index <= start:
+                raise DecodeError(f"{path}: decoding failed after frame {index} ({err}); the file may be "
+                                  "corrupt") from err
         if buf:
             yield first, _stack_hwc(buf)
     if index == 0:
         raise DecodeError(f"{path}: no frame could be decoded; the file is empty or corrupt")
-    if stop is None and declared and index != declared:
+    if stop is None and declared and (index > declared or (index < declared and not partial)):
         # Fewer frames: truncated. More: labels counted against the header would drift out of line.
         what = "truncated video" if index < declared else "frame count mismatch"
         raise DecodeError(f"{path}: {what}: the container declares {declared} frames but {index} decoded")
-    if stop is not None and declared and index < min(stop, declared):
+    if stop is not None and declared and index < min(stop, declared) and not partial:
         raise DecodeError(f"{path}: truncated video: frames [{start}, {stop}) asked, only {index} decoded")
     if index <= start:
         raise DecodeError(f"{path}: start frame {start} is past the end of the video ({index} frames)")
@@ -193,7 +180,8 @@ def _iter_decord(path: Path, batch_size: int, start: int, stop: int | None, thre
         import decord
     except ImportError as err:
         raise ImportError("the decord backend needs the optional extra: pip install 'vad[decord]'") from err
-    declared = probe(path).num_frames  # clear errors for missing/empty/non-video files first
+    info = probe(path)  # clear errors for missing/empty/non-video files first
+    declared = info.num_frames
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
     except decord.DECORDError as err:
@@ -212,7 +200,8 @@ def _iter_decord(path: Path, batch_size: int, start: int, stop: int | None, thre
                 batch = reader.get_batch(idx).asnumpy()  # (B, H, W, 3)
             except decord.DECORDError as err:
                 raise DecodeError(f"{path}: decord failed on frames {idx[0]}..{idx[-1]} ({err})") from err
-            yield i, torch.from_numpy(batch).permute(0, 3, 1, 2)
+            frames = torch.from_numpy(batch).permute(0, 3, 1, 2)
+            yield i, torch.rot90(frames, info.rotation // 90, dims=(2, 3)) if info.rotation else frames
     finally:
         del reader  # release the file and decoder threads even when the consumer stops early
 
@@ -305,3 +294,17 @@ def _check_same_size(paths, images, shape_of) -> None:
     for p, img in zip(paths, images, strict=True):
         if shape_of(img) != first:
             raise DecodeError(f"{p}: frame size {shape_of(img)} differs from {first} of {paths[0].name}")
+
+
+def first_frame(clip: Clip | Path | str) -> torch.Tensor:
+    """A clip's first frame, uint8 ``(3, H, W)`` (upright)."""
+    _, frames = next(iter(iter_frames(clip, batch_size=1, stop=1)))
+    return frames[0]
+
+
+def looks_grey(frame: torch.Tensor, tolerance: int = 6) -> bool:
+    """Whether a uint8 ``(3, H, W)`` RGB frame is greyscale: its channels agree to within ``tolerance`` grey levels
+    at 99 % of its pixels (greyscale video decoded to RGB: an infrared night camera, UCSD's footage)."""
+    x = frame.to(torch.int16)
+    spread = (x.amax(0) - x.amin(0)).flatten().float()
+    return bool(torch.quantile(spread[:: max(1, len(spread) // 100_000)], 0.99) <= tolerance)

@@ -66,14 +66,14 @@ class Clip:
         if self.kind == "frames":
             assert self.frame_paths is not None
             return len(self.frame_paths)
-        from vad.io.decode import probe
+        from vad.io.probe import probe
 
         return probe(self.path).num_frames
 
     @cached_property
     def frame_size(self) -> tuple[int, int]:
         """``(height, width)`` of the frames, from the first frame's header or the container (nothing decoded)."""
-        from vad.io.decode import probe
+        from vad.io.probe import probe
 
         if self.kind == "video":
             info = probe(self.path)
@@ -95,7 +95,7 @@ class Clip:
         """Frame rate of a video clip; ``None`` for frame folders (the dataset's notes give it)."""
         if self.kind == "frames":
             return None
-        from vad.io.decode import probe
+        from vad.io.probe import probe
 
         return probe(self.path).fps
 
@@ -112,17 +112,32 @@ def frames_clip(folder: Path, **kwargs) -> Clip:
     return Clip(path=folder, kind="frames", frame_paths=frames, **kwargs)
 
 
-def with_labels(clip: Clip, labels: np.ndarray, source: Path, **changes) -> Clip:
-    """``clip`` with frame labels (and any other ``changes``) attached, after :func:`check_labels`.
-
-    The new record keeps what ``clip`` already probed from its file (frame count, fps): the path is the same.
-    """
+def _copy(clip: Clip, **changes) -> Clip:
+    """``clip`` with ``changes``, keeping what it already probed from its file (frame count, fps, frame size)."""
     from dataclasses import replace
 
-    new = replace(clip, labels=check_labels(clip, labels, source), **changes)
+    new = replace(clip, **changes)
     for key in ("num_frames", "fps", "frame_size"):  # cached_property values live in the instance __dict__
-        if key in clip.__dict__:
+        if key in clip.__dict__ and key not in new.__dict__:
             new.__dict__[key] = clip.__dict__[key]
+    return new
+
+
+def with_labels(clip: Clip, labels: np.ndarray, source: Path, **changes) -> Clip:
+    """``clip`` with frame labels (and any other ``changes``) attached, after :func:`check_labels`."""
+    return _copy(clip, labels=check_labels(clip, labels, source), **changes)
+
+
+def renamed(clip: Clip, name: str) -> Clip:
+    """``clip`` under another name (same source)."""
+    return clip if name == clip.name else _copy(clip, name=name)
+
+
+def with_frames(clip: Clip, num_frames: int) -> Clip:
+    """``clip`` holding only its first ``num_frames`` frames (a video that decodes fewer than its container
+    declares)."""
+    new = _copy(clip)
+    new.__dict__["num_frames"] = num_frames
     return new
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vad.errors import DatasetLayoutError, LabelError
+from vad.errors import ConfigError, DatasetLayoutError, LabelError
 from vad.io.masks import check_mask_shape
 from vad.io.records import Clip, frames_clip, list_videos, natural_key, visible, with_labels
 from vad.io.validate import find_dir, require_dir
@@ -29,7 +29,7 @@ def _scene_filter(scenes: Iterable[int | str] | None) -> set[str] | None:
         try:
             out.add(f"{int(s):02d}")
         except (TypeError, ValueError):
-            raise ValueError(f"scene {s!r} is not a scene number; expected e.g. 1 or '01'") from None
+            raise ConfigError(f"scene {s!r} is not a scene number; expected e.g. 1 or '01'") from None
     return out
 
 

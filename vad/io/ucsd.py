@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 
 from vad.errors import DatasetLayoutError, LabelError
-from vad.io.masks import check_mask_shape
-from vad.io.records import Clip, frames_clip, list_images, natural_key, spans_to_labels, visible, with_labels
+from vad.io.masks import check_mask_shape, load_mask_folder
+from vad.io.records import Clip, frames_clip, natural_key, spans_to_labels, visible, with_labels
 from vad.io.validate import find_dir, require_dir
 
 Variant = Literal["ped1", "ped2"]
@@ -152,17 +152,3 @@ def _check_agree(m_labels: np.ndarray, mask_labels: np.ndarray, clip: Clip, m_fi
             f"({shown}; 1-based): the .m file marks {int(m_labels.sum())} anomalous frames, the masks "
             f"{int(mask_labels.sum())}; expected the same frames"
         )
-
-
-def load_mask_folder(folder: Path) -> np.ndarray:
-    """``(T, H, W)`` uint8 binary masks from a folder of mask images (UCSD ``_gt`` bmp files)."""
-    from vad.io.decode import read_image
-
-    paths = list_images(folder)
-    if not paths:
-        raise LabelError(f"{folder}: mask folder holds no images; expected 001.bmp ...")
-    masks = [(read_image(p, "L") > 127).astype(np.uint8) for p in paths]
-    for p, m in zip(paths, masks, strict=True):
-        if m.shape != masks[0].shape:
-            raise LabelError(f"{p}: mask size {m.shape} differs from {masks[0].shape} of {paths[0].name}")
-    return np.stack(masks)
