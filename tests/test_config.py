@@ -75,7 +75,13 @@ def test_bad_setting_in_a_yaml_file_names_the_file(section: str, tmp_path: Path,
     ("render.crf=60", "render.crf: got 60; expected a value >= 0 and <= 51"),
     ("render.layout=mosaic", "render.layout: got 'mosaic'; expected one of overlay, side_by_side"),
     ("model.method=padim", "model.method: got 'padim'; expected one of stpm, rstpm, mkd"),
+    ("model.fusion=mean", "model.fusion: got 'mean'; expected one of sum, max"),
+    ("model.motion_levels=coarse", "model.motion_levels: got 'coarse'; expected one of finest, all"),
+    ("model.motion_pool=2", "model.motion_pool: got 2; expected one of 1, 3, 5"),
+    ("model.motion_context=9", "model.motion_context: got 9; expected a value >= 1 and <= 8"),
     ("eval.fps=0", "eval.fps: got 0.0; expected a value > 0"),
+    ("postprocess.sigma=1001", "postprocess.sigma: got 1001.0; expected a value >= 0 and <= 1000"),
+    ("train.lr=.nan", "train.lr: got nan; expected a finite number > 0"),
     ("train.epochs=[1", "--set train.epochs=[1: the value '[1' is not valid YAML"),
 ])
 def test_ranges_and_choices(override: str, message: str) -> None:
@@ -107,9 +113,9 @@ def test_retired_key_says_what_replaced_it() -> None:
 
 
 def test_object_shift_default_follows_the_method() -> None:
-    assert RunConfig().object_shift == 0.5
-    assert from_dict(RunConfig, {"model": {"method": "mkd"}}).object_shift == 0
-    assert from_dict(RunConfig, {"model": {"method": "mkd"}, "train": {"object_shift": 0.3}}).object_shift == 0.3
+    assert RunConfig().object_shift_rate == 0.5
+    assert from_dict(RunConfig, {"model": {"method": "mkd"}}).object_shift_rate == 0
+    assert from_dict(RunConfig, {"model": {"method": "mkd"}, "train": {"object_shift": 0.3}}).object_shift_rate == 0.3
     with pytest.raises(ValueError, match="train.object_shift"):
         from_dict(RunConfig, {"train": {"object_shift": 2}})
 

@@ -6,16 +6,17 @@ Everything saved is a tensor, a number, a string or a dict/list of those, so loa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vad.atomic import atomic_path
-from vad.config import ModelConfig, from_dict
+from vad.config import ModelConfig, from_dict, to_dict
 from vad.errors import VadError
 from vad.models import AnomalyModel, build_model
-from vad.models.backbones import load_weights_only
+from vad.tensorfile import load_weights_only
 
 FORMAT = "vad-checkpoint/2"  # 2: per-position statistics renamed (pos_loc, pos_scale), processes and gen always saved
 
@@ -46,11 +47,20 @@ def model_state(model: AnomalyModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def restore_model(ckpt: dict) -> AnomalyModel:
-    """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher)."""
-    # what older checkpoints, written before these keys, did
-    older = {"motion": False, "motion_pool": 1, "motion_levels": "all"}
-    cfg = from_dict(ModelConfig, {**older, **ckpt["config"]["model"]}, "model")
+OLDER = {"motion": False, "motion_pool": 1, "motion_levels": "all"}  # what checkpoints written before these keys did
+
+
+def trained_model_config(ckpt: dict) -> ModelConfig:
+    """The model config a checkpoint was trained (and its hold-out statistics fitted) with."""
+    return from_dict(ModelConfig, {**OLDER, **ckpt["config"]["model"]}, "model")
+
+
+def restore_model(ckpt: dict, scoring: Mapping[str, Any] | None = None) -> AnomalyModel:
+    """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher), with the
+    scoring settings ``scoring`` (:data:`vad.config.SCORING`) in place of the trained ones when given. The hold-out
+    statistics it loads are the trained settings' (:mod:`vad.reference` fits others)."""
+    trained = to_dict(trained_model_config(ckpt))
+    cfg = from_dict(ModelConfig, {**trained, **dict(scoring or {})}, "model")
     model = build_model(cfg, teacher_weights="random")
     state = dict(ckpt["model"])
     loc, scale = state.pop("pos_loc"), state.pop("pos_scale")
@@ -63,10 +73,11 @@ def restore_model(ckpt: dict) -> AnomalyModel:
     return model.eval()
 
 
-def load_model(path: Path | str) -> tuple[AnomalyModel, dict]:
-    """``(model, checkpoint)`` from a model file; the model is on the CPU in eval mode."""
+def load_model(path: Path | str, scoring: Mapping[str, Any] | None = None) -> tuple[AnomalyModel, dict]:
+    """``(model, checkpoint)`` from a model file (``scoring``: see :func:`restore_model`); the model is on the CPU in
+    eval mode."""
     ckpt = read_checkpoint(path)
     try:
-        return restore_model(ckpt), ckpt
+        return restore_model(ckpt, scoring), ckpt
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(f"{path}: {err}") from err

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vad.errors import VadError
+from vad.errors import ConfigError, UsageError, VadError
+from vad.runs import RunFolderError
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -34,15 +35,40 @@ def _config(args: argparse.Namespace):
     return load_config(find_pipeline(args.config) if args.config else None, overrides)
 
 
-def _run_config(run: Path, overrides: list[str] | None, required: bool = True):
-    """The config saved by ``train`` in ``run`` (the defaults when absent and not ``required``) with ``--set``
-    overrides on top."""
-    from vad.config import load_config
+# What each command that works on a trained run applies (the other settings are fixed by then, or another's).
+APPLIES = {
+    "score": ("data", "score", "model.scoring"),
+    "export": ("data", "score", "model.scoring"),
+    "evaluate": ("postprocess", "eval"),
+    "render": ("postprocess", "eval", "render"),
+}
+STAGE_OF = {"train": "train", "model": "train", "data": "train or score", "score": "score",
+            "postprocess": "evaluate and render", "eval": "evaluate and render", "render": "render"}
 
-    saved = run / "config.yaml"
+
+def _run_config(run: Path, overrides: list[str] | None, command: str, required: bool = True):
+    """The config saved by ``train`` in ``run`` (the defaults when absent and not ``required``) with ``--set``
+    overrides on top; a setting ``command`` cannot apply is refused by name (:data:`APPLIES`)."""
+    from vad.config import SCORING, load_config
+    from vad.runs import RunFolder
+
+    saved = RunFolder(run).config
     if not saved.is_file() and required:
-        raise FileNotFoundError(f"{saved} not found: is {run} a run folder? (vad train ... --out RUN)")
-    return load_config(saved if saved.is_file() else None, list(overrides or []), saved=True)
+        raise RunFolderError(f"{saved} not found: is {run} a run folder? (vad train ... --out RUN)")
+    cfg = load_config(saved if saved.is_file() else None, list(overrides or []), saved=True)
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        section, _, name = key.partition(".")
+        applies = APPLIES[command]
+        if section in applies or (section == "model" and name in SCORING and "model.scoring" in applies):
+            continue
+        if section in ("train", "model"):
+            what = f"{key} applies when scoring (vad score --run {run} --set {item})" if name in SCORING else (
+                f"{key} is fixed by the trained model; train a new run to change it")
+        else:
+            what = f"{key} applies to {STAGE_OF[section]}, not to {command}"
+        raise ConfigError(f"--set {item}: {what}")
+    return cfg
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -58,32 +84,48 @@ def _score(args: argparse.Namespace) -> None:
     from vad.io import read_dataset
     from vad.pipeline import read_split, score_stage, with_data
 
-    cfg = _run_config(args.run, args.set)
+    cfg = _with_backend(_run_config(args.run, args.set, "score"), args.backend)
     if args.input is not None:
         if args.data is not None or args.dataset is not None or args.scenes:
-            raise ValueError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
-        clips = read_dataset("folder", args.input.resolve())
+            raise UsageError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
+        clips = read_dataset("folder", args.input)
     else:  # the test split of --data/--dataset, or of the labelled dataset the run was trained on
         data = with_data(cfg, args.data, args.dataset, args.scenes).data
         if data.dataset == "folder":
-            raise ValueError(f"say what to score: --input VIDEO_OR_FOLDER (this run was trained on the footage in "
+            raise UsageError(f"say what to score: --input VIDEO_OR_FOLDER (this run was trained on the footage in "
                              f"{data.root}; a 'folder' dataset has no test split of its own)")
         print(f"scoring the test split of {data.dataset} at {data.root}")
         clips = read_split(replace(cfg, data=data), "test")
-    score_stage(args.run, clips, cfg.score, device=args.device, overwrite=args.overwrite)
+    score_stage(args.run, clips, cfg, device=args.device, overwrite=args.overwrite)
+
+
+def _with_backend(cfg, backend: str | None):
+    """``cfg`` with ``--backend`` (when given) as its ``score.backend``."""
+    from dataclasses import replace
+
+    return cfg if backend is None else replace(cfg, score=replace(cfg.score, backend=backend))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from vad.pipeline import export_stage
+
+    cfg = _run_config(args.run, args.set, "score")
+    for folder in export_stage(args.run, cfg, tuple(args.format)):
+        print(f"exported: {folder} (model.onnx{', model.xml/.bin' if 'openvino' in args.format else ''}, "
+              "metadata.json, reference.npz)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from vad.evaluate import evaluate_run
 
-    cfg = _run_config(args.run, args.set, required=False)
+    cfg = _run_config(args.run, args.set, "evaluate", required=False)
     evaluate_run(args.run, cfg.postprocess, cfg.eval)
 
 
 def _render(args: argparse.Namespace) -> None:
     from vad.render import render_run
 
-    cfg = _run_config(args.run, args.set, required=False)
+    cfg = _run_config(args.run, args.set, "render", required=False)
     render_run(args.run, cfg.postprocess, cfg.eval, cfg.render, clips=args.clip)
 
 
@@ -118,9 +160,17 @@ def _command(sub, name: str, func, help: str, text: str, examples: list[str], wr
                            e if e.startswith("torchrun") else f"python run_pipeline.py {name} {e}".rstrip()
                            for e in examples))
     p.set_defaults(func=func, writes=writes)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of any error (report bugs with it)")
     if common:
         _common(p, device)
     return p
+
+
+def _backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="what runs the model: torch, or a copy exported for ONNX Runtime / OpenVINO (made on first "
+                        "use, kept in RUN/export/); default: score.backend (auto: the fastest installed on a CPU)")
 
 
 def _run_arg(p: argparse.ArgumentParser, written_by: str) -> None:
@@ -132,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="vad", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Video anomaly detection with student-teacher feature pyramids.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error (report bugs with it)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, "demo", _demo, "generate the synthetic demo scene and run every stage on it",
@@ -182,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, "scores its test split")
     p.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
     p.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
+    _backend_arg(p)
 
     _add_stage_commands(sub)
     return parser
@@ -207,6 +259,18 @@ def _add_stage_commands(sub) -> None:
     _run_arg(p, "score")
     p.add_argument("--clip", nargs="+", help="clip names to render (default: every scored clip)")
 
+    p = _command(sub, "export", _export, "export a trained model for ONNX Runtime / OpenVINO",
+                 "Write the model of RUN as an ONNX graph (and, with --format openvino, OpenVINO IR) with what scoring "
+                 "needs beside it: metadata.json (input size, normalisation, motion context, scoring settings) and "
+                 "reference.npz (the normal reference: hold-out scores, threshold, position statistics), into "
+                 "RUN/export/<reference>/. `score --backend onnxruntime|openvino` uses it. Needs the deploy extra: "
+                 'pip install -e ".[deploy]".',
+                 ["--run runs/campus --format onnx openvino", "--run runs/campus --set model.fusion=sum"],
+                 writes="run", device=False)
+    _run_arg(p, "train")
+    p.add_argument("--format", nargs="+", choices=["onnx", "openvino"], default=["onnx"],
+                   help="what to write (default: onnx; openvino adds IR beside the ONNX graph)")
+
     p = _command(sub, "run", _run, "every stage from a pipeline YAML: train, score, evaluate, render",
                  "Run a pipeline config end to end on a dataset: train on its training split, score its test split "
                  "(with maps), evaluate, render. The resolved config is saved as RUN/config.yaml. Re-running on the "
@@ -224,14 +288,18 @@ def _writing(args: argparse.Namespace) -> Iterator[None]:
     """Hold the lock of the run folder the command writes (``--out`` or ``--run``): one command at a time per folder.
     Under torchrun rank 0 holds it for all ranks. ``score``, ``evaluate`` and ``render`` need an existing folder."""
     from vad.distributed import world
-    from vad.runs import RunFolderError, locked
+    from vad.runs import RunFolder, locked
 
     folder = getattr(args, args.writes) if getattr(args, "writes", None) else None
     if folder is None or not world().main:
         yield
         return
-    if args.writes == "run" and not folder.is_dir():
-        raise RunFolderError(f"run folder not found: {folder}; train first (vad train ... --out {folder})")
+    if args.writes == "run":  # an existing run folder: checked before the lock is taken (and its file made)
+        if not folder.is_dir():
+            raise RunFolderError(f"run folder not found: {folder}; train first (vad train ... --out {folder})")
+        if not RunFolder(folder).is_run():
+            raise RunFolderError(f"{folder} is not a run folder (no config.yaml, model.pt or clips.json); give the "
+                                 "folder that 'vad train' or 'vad run' wrote")
     with locked(folder, args.command):
         yield
 
@@ -240,22 +308,28 @@ DISTRIBUTED = ("train", "score", "run")  # the commands that use every process o
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input (vad's own errors, files that cannot be read or written) ends with one
+    ``error:`` line and exit code 2. Anything else is a bug and keeps its traceback (``--debug``: every error)."""
     from vad import distributed
 
     args = build_parser().parse_args(argv)
     try:
         if distributed.launched():
             if args.command not in DISTRIBUTED:
-                raise ValueError(f"'{args.command}' runs in one process; under torchrun use one of {DISTRIBUTED}")
+                raise UsageError(f"'{args.command}' runs in one process; under torchrun use one of {DISTRIBUTED}")
             _, args.device = distributed.setup(args.device)
         with _writing(args):
             args.func(args)
-    except (VadError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+    except VadError as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # an unwritable or unreadable file or folder: name it
+        if args.debug:
+            raise
         name = err.filename2 or err.filename  # a rename names its target second
-        where = f"{name}: " if name else ""
+        where = f"{name}: " if name and str(name) not in str(err.strerror or err) else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

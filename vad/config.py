@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
+from vad.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Range:
@@ -21,10 +23,12 @@ class Range:
     lt: float | None = None
 
     def check(self, value: float, where: str) -> None:
+        if value != value or value in (float("inf"), float("-inf")):  # NaN, infinity: never a setting
+            raise ConfigError(f"{where}: got {value!r}; expected a finite number {self.describe()}".rstrip())
         ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
               and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
         if not ok:
-            raise ValueError(f"{where}: got {value!r}; expected a value {self.describe()}")
+            raise ConfigError(f"{where}: got {value!r}; expected a value {self.describe()}")
 
     def describe(self) -> str:
         parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
@@ -41,7 +45,7 @@ class Check:
 
     def check(self, value: Any, where: str) -> None:
         if not self.test(value):
-            raise ValueError(f"{where}: got {value!r}; expected {self.expected}")
+            raise ConfigError(f"{where}: got {value!r}; expected {self.expected}")
 
 
 def _is_colormap(name: str) -> bool:
@@ -61,7 +65,9 @@ X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "me
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What a checkpoint needs to rebuild its network."""
+    """What a checkpoint needs to rebuild its network, and how it turns its outputs into scores. The settings in
+    :data:`SCORING` only change scoring (never training): ``score`` applies them to a trained model; every other
+    field is fixed by the trained model."""
 
     method: Literal["stpm", "rstpm", "mkd"] = "stpm"
     backbone: Backbone = "efficientnet_lite0"  # efficientnet_lite0 (offline weights) | resnet18 | ... | vgg16 (mkd)
@@ -83,12 +89,21 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.motion and self.method != "stpm":
-            raise ValueError(f"model.motion: got true with model.method {self.method!r}; the motion branch is "
+            raise ConfigError(f"model.motion: got true with model.method {self.method!r}; the motion branch is "
                              "stpm's (set model.motion=false, or model.method=stpm)")
 
     @property
     def has_motion(self) -> bool:
         return self.method == "stpm" if self.motion is None else self.motion
+
+    def scoring(self) -> dict:
+        """The scoring settings (:data:`SCORING`) as a plain dict."""
+        return {k: getattr(self, k) for k in SCORING}
+
+
+# ModelConfig fields that change how a trained model scores, never how it trains: applied by `score`, recorded with
+# every scored clip (a changed one re-scores it), left out of training's resume check.
+SCORING = ("combine", "fusion", "motion_pool", "mkd_score")
 
 
 @dataclass(frozen=True)
@@ -124,11 +139,14 @@ class ScoreConfig:
     map_stride: Positive = 8  # saved maps keep one value per map_stride input pixels
     num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
     compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # what runs the model: torch, or an exported
+    # copy (vad.export); auto: the fastest installed on a CPU (ONNX Runtime, then OpenVINO), torch on a GPU
 
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    sigma: Annotated[float, Range(ge=0)] = 3.0  # temporal Gaussian smoothing, in frames (0 = off)
+    sigma: Annotated[float, Range(ge=0, le=1000)] = 3.0  # temporal Gaussian smoothing, in frames (0 = off; the
+    # widest in the literature is AED-MAE's 282)
     normalisation: ScoreNormalisation = "minmax"  # minmax (per clip, benchmark convention) | calibrated (0 at the
     # median normal hold-out score, 1 at the event threshold) | none
 
@@ -177,8 +195,8 @@ class RunConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
 
     @property
-    def object_shift(self) -> float:
-        """``train.object_shift`` resolved: measured for stpm (README, "Alarms"), off for the other methods."""
+    def object_shift_rate(self) -> float:
+        """``train.object_shift`` resolved (None: 0.5 for stpm, where it was measured, 0 for the other methods)."""
         p = self.train.object_shift
         return (0.5 if self.model.method == "stpm" else 0.0) if p is None else p
 
@@ -216,7 +234,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) and not any(isinstance(o, bool) for o in options):
             value = "on" if value else "off"  # YAML 1.1 reads off/on as booleans: amp: off means "off"
         if value not in options:
-            raise ValueError(f"{where}: got {value!r}; expected one of {', '.join(map(str, options))}")
+            raise ConfigError(f"{where}: got {value!r}; expected one of {', '.join(map(str, options))}")
         return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -230,22 +248,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return _coerce(value, opt, where)
             except (TypeError, ValueError) as err:
                 errors.append(str(err))
-        raise ValueError(errors[0] if errors else f"{where}: got {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: got {value!r}")
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         return tuple(_coerce(v, item, where) for v in value)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -254,13 +272,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, bool):  # YAML 1.1 reads off/on (and no/yes) as booleans: amp: off means "off"
             return "on" if value else "off"
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise TypeError(f"{where}: unsupported config type {hint!r}")
 
 
@@ -274,7 +292,7 @@ def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
     """Build ``cls`` from a (partial) dict; missing fields take defaults, unknown keys raise ``ValueError``."""
     data = data or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -282,8 +300,8 @@ def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
         prefix = f"{where}." if where else ""
         for key in unknown:
             if f"{prefix}{key}" in RETIRED:
-                raise ValueError(f"config key {prefix}{key} was removed: {RETIRED[prefix + key]}; delete it")
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; expected one of {sorted(names)}")
+                raise ConfigError(f"config key {prefix}{key} was removed: {RETIRED[prefix + key]}; delete it")
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; expected one of {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -297,20 +315,20 @@ def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=5)")
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=5)")
         node, parts = data, key.strip().split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise ValueError(f"unknown config key {key!r}; sections are {sorted(data)}")
+                raise ConfigError(f"unknown config key {key!r}; sections are {sorted(data)}")
             node = node[part]
         if parts[-1] not in node:
-            raise ValueError(f"unknown config key {key!r}; expected one of "
+            raise ConfigError(f"unknown config key {key!r}; expected one of "
                              f"{sorted('.'.join([*parts[:-1], k]) for k in node)}")
         try:
             node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or "not valid YAML"
-            raise ValueError(f"--set {item}: the value {raw!r} is not valid YAML ({problem}); e.g. "
+            raise ConfigError(f"--set {item}: the value {raw!r} is not valid YAML ({problem}); e.g. "
                              f"{key}=5, {key}=[1,2], {key}=text") from None
     return from_dict(type(cfg), data)
 
@@ -334,9 +352,9 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{p}: not valid YAML ({err})") from err
+            raise ConfigError(f"{p}: not valid YAML ({err})") from err
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping with sections {'/'.join(SECTIONS)}; got {type(data).__name__}")
+            raise ConfigError(f"{p}: expected a mapping with sections {'/'.join(SECTIONS)}; got {type(data).__name__}")
         for key in RETIRED if saved else ():
             section, name = key.split(".")
             if name in (data.get(section) or {}):
@@ -345,5 +363,5 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         try:
             cfg = from_dict(RunConfig, data)
         except ValueError as err:
-            raise ValueError(f"{p}: {err}") from err
+            raise ConfigError(f"{p}: {err}") from err
     return apply_overrides(cfg, list(overrides))

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import torch
 
+from vad.errors import UsageError
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+        raise UsageError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
     return device
 
 

@@ -19,6 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from vad.errors import UsageError
 from vad.io.records import Clip
 
 
@@ -52,12 +53,12 @@ def setup(device: str = "auto") -> tuple[World, str]:
     w = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     cuda = device != "cpu" and torch.cuda.is_available()
     if device == "cuda" and not cuda:
-        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+        raise UsageError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
     gpu = 0
     if cuda:
         count = torch.cuda.device_count()
         if w.local_rank >= count and count != 1:
-            raise ValueError(f"local rank {w.local_rank} has no GPU: this node has {count}; "
+            raise UsageError(f"local rank {w.local_rank} has no GPU: this node has {count}; "
                              "use --nproc_per_node <= the GPU count")
         gpu = w.local_rank if w.local_rank < count else 0  # one visible GPU per process (e.g. SLURM tasks): it
         torch.cuda.set_device(gpu)
@@ -67,11 +68,11 @@ def setup(device: str = "auto") -> tuple[World, str]:
         timeout = timedelta(minutes=float(os.environ.get("VAD_DIST_TIMEOUT_MIN", 360)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     if not w.main:  # the usual torchrun convention (DeiT, MAE): one rank talks; errors still reach stderr
-        quiet = builtins.print
+        unmuted_print = builtins.print
 
         def print_errors_only(*args, file=None, **kwargs) -> None:
             if file is sys.stderr:
-                quiet(f"[rank {w.rank}]", *args, file=file, **kwargs)
+                unmuted_print(f"[rank {w.rank}]", *args, file=file, **kwargs)
 
         builtins.print = print_errors_only
     return w, f"cuda:{gpu}" if cuda else "cpu"

@@ -17,3 +17,15 @@ class LabelError(VadError, ValueError):
 
 class DecodeError(VadError, RuntimeError):
     """A video or image that cannot be decoded (not a video, empty, truncated, corrupt)."""
+
+
+class ConfigError(VadError, ValueError):
+    """A setting that is unknown, malformed, out of range, or not one the command can apply."""
+
+
+class UsageError(VadError, ValueError):
+    """A command asked for something it cannot do (arguments that do not fit together, nothing to work on)."""
+
+
+class InputError(VadError, ValueError):
+    """Input data (scores, labels, footage) that cannot give the result asked for."""

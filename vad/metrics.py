@@ -13,14 +13,16 @@ from collections.abc import Mapping
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from vad.errors import InputError
+
 
 def _concat(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     missing = sorted(set(labels) - set(scores))
     if missing:
-        raise ValueError(f"no scores for labelled clip(s) {missing[:5]}")
+        raise InputError(f"no scores for labelled clip(s) {missing[:5]}")
     for name, y in labels.items():
         if len(scores[name]) != len(y):
-            raise ValueError(f"clip {name}: {len(scores[name])} scores for {len(y)} labelled frames")
+            raise InputError(f"clip {name}: {len(scores[name])} scores for {len(y)} labelled frames")
     names = sorted(labels)
     return np.concatenate([scores[n] for n in names]), np.concatenate([labels[n] for n in names]).astype(bool)
 
@@ -28,7 +30,7 @@ def _concat(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) 
 def micro_auc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> float:
     s, y = _concat(scores, labels)
     if y.all() or not y.any():
-        raise ValueError("micro AUC needs both normal and anomalous frames in the labels")
+        raise InputError("micro AUC needs both normal and anomalous frames in the labels")
     return float(roc_auc_score(y, s))
 
 
@@ -44,7 +46,7 @@ def macro_auc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
     per = clip_aucs(scores, labels)
     vals = [v for v in per.values() if v is not None]
     if not vals:
-        raise ValueError("macro AUC needs at least one clip with both normal and anomalous frames")
+        raise InputError("macro AUC needs at least one clip with both normal and anomalous frames")
     return float(np.mean(vals)), len(per) - len(vals)
 
 
@@ -117,14 +119,14 @@ def pixel_auroc(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
     for name, amap in maps.items():
         mask = np.asarray(masks[name]).astype(bool)
         if mask.shape[0] != amap.shape[0]:
-            raise ValueError(f"clip {name}: {amap.shape[0]} maps for {mask.shape[0]} masks")
+            raise InputError(f"clip {name}: {amap.shape[0]} maps for {mask.shape[0]} masks")
         cell = _reduce_mask(mask, amap.shape[1:])
         pick = rng.random(amap.shape) < keep
         ss.append(amap[pick].astype(np.float32))
         yy.append(cell[pick])
     s, y = np.concatenate(ss), np.concatenate(yy)
     if y.all() or not y.any():
-        raise ValueError("pixel AUROC needs both normal and anomalous pixels")
+        raise InputError("pixel AUROC needs both normal and anomalous pixels")
     return float(roc_auc_score(y, s))
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
 from torch import nn
 
 from vad.errors import VadError
+from vad.tensorfile import load_weights_only
 
 
 class WeightsUnavailableError(VadError, RuntimeError):
@@ -75,20 +75,11 @@ class Pyramid(nn.Module):
         self.channels = tuple(info[i]["num_chs"] for i in levels)
         self.strides = tuple(info[i]["reduction"] for i in levels)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.net.forward_intermediates(x, indices=list(self.levels), intermediates_only=True, stop_early=True)
-        return dict(zip(self.names, feats, strict=True))
-
-
-def load_weights_only(path: Path, error: type[Exception], what: str) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU: tensors, numbers, strings and containers of them
-    only, so a stranger's file cannot run code. A missing or unreadable file raises ``error`` naming ``what``."""
-    if not path.is_file():
-        raise error(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and unpickler errors alike: not a file we can read
-        raise error(f"{path}: not a readable {what} ({err})") from err
+    def forward(self, x: torch.Tensor, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """``{name: (B, C, h, w)}`` of every level, or of the levels ``names`` (the network stops at the deepest)."""
+        levels = list(self.levels) if names is None else [self.levels[self.names.index(k)] for k in names]
+        feats = self.net.forward_intermediates(x, indices=levels, intermediates_only=True, stop_early=True)
+        return dict(zip(self.names if names is None else names, feats, strict=True))
 
 
 def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -115,7 +106,7 @@ def _lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     obj = load_weights_only(path, WeightsUnavailableError, "teacher weights file")
     for key in ("state_dict", "model"):
@@ -126,7 +117,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _torchvision_state_dict(name: str, spec: BackboneSpec, allow_download: bool) -> dict[str, torch.Tensor]:
+def torchvision_state_dict(name: str, spec: BackboneSpec, allow_download: bool) -> dict[str, torch.Tensor]:
     import torchvision.models as tvm
 
     _, enum_path = spec.torchvision_weights.split(":")
@@ -139,7 +130,7 @@ def _torchvision_state_dict(name: str, spec: BackboneSpec, allow_download: bool)
         f"or use the offline default backbone efficientnet_lite0."
     )
     if cached.is_file():
-        return _read_state_dict(cached)
+        return read_state_dict(cached)
     if not allow_download:
         raise WeightsUnavailableError(
             f"no ImageNet weights for {name}: {cached} is missing and downloads are off. {how}"
@@ -158,10 +149,10 @@ def load_classifier(name: str, weights: str | Path = "pretrained", allow_downloa
         return model
     if str(weights) == "pretrained":
         state = _lite0_state_dict(model) if spec.torchvision_weights is None else (
-            _torchvision_state_dict(name, spec, allow_download)
+            torchvision_state_dict(name, spec, allow_download)
         )
     else:
-        state = _read_state_dict(Path(weights))
+        state = read_state_dict(Path(weights))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches

@@ -31,9 +31,9 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from vad.models.backbones import (
     Pyramid,
     WeightsUnavailableError,
-    _read_state_dict,
-    _torchvision_state_dict,
     backbone_spec,
+    read_state_dict,
+    torchvision_state_dict,
 )
 from vad.models.base import AnomalyModel
 
@@ -83,8 +83,8 @@ def build_vgg_expert(hints: tuple[int, ...] | None, weights: str, allow_download
     expert = VGGExpert(tuple(hints or VGG16_HINTS))
     if weights == "random":
         return expert
-    state = (_torchvision_state_dict("vgg16", backbone_spec("vgg16"), allow_download) if weights == "pretrained"
-             else _read_state_dict(weights))
+    state = (torchvision_state_dict("vgg16", backbone_spec("vgg16"), allow_download) if weights == "pretrained"
+             else read_state_dict(weights))
     own = expert.state_dict()
     state = {k: v for k, v in state.items() if k in own}
     missing = sorted(set(own) - set(state))
