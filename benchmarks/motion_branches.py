@@ -36,7 +36,7 @@ from vad.io.dataset import FrameStream, FrameTransform
 from vad.metrics import event_aucs, micro_auc
 from vad.models import MotionSTPM, frame_scores
 from vad.models.motion import pool_map
-from vad.train import holdout
+from vad.reference import holdout
 
 
 def motion_maps(model: MotionSTPM, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Event-threshold rules side by side on scored runs: what each does to the alarms a user sees.
 
-Every rule draws its threshold from the run's normal hold-out frame scores only (``normal_scores/``); the test
+Every rule draws its threshold from the run's normal hold-out frame scores only (the normal references); the test
 labels only count the outcome. Rules:
 
 - ``p99`` (the default, ``eval.threshold_percentile=99``), ``p99.9``, ``max``: percentiles of the hold-out scores;
@@ -50,7 +50,7 @@ RULES = {
 def rates(run: Path, rule: str) -> dict:
     ev = EvalConfig()
     s = load_scored(run, PostprocessConfig(), ev)
-    th = {ref: RULES[rule](v) for ref, v in s.normal.items()}
+    th = {ref: RULES[rule](r.scores) for ref, r in s.references.items()}
     found = {n: events(s.smoothed[n], th[s.manifest[n].reference], min_frames=ev.min_event_frames)
              for n in s.manifest}
     out = alarm_report(s, found, ev)

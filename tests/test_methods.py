@@ -18,8 +18,9 @@ from vad.io import read_dataset
 from vad.models import METHODS, MKD, RSTPM, STPM, WeightsUnavailableError, build_model, frame_scores
 from vad.models.mkd import VGGExpert, build_vgg_expert, mkd_losses
 from vad.models.pseudo import blob_mask, mask_to_grid, pseudo_anomalies
+from vad.reference import holdout
 from vad.score import Scorer, score_clips
-from vad.train import holdout, train
+from vad.train import train
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -255,19 +256,29 @@ def test_onecycle_too_short_names_the_stage_option(scene: Path, tmp_path: Path) 
     assert not (tmp_path / "checkpoints").exists()  # refused before any training
 
 
-def test_changing_mkd_score_refinalises_the_model(scene: Path, tmp_path: Path) -> None:
-    """``model.mkd_score`` is a scoring setting: a trained model is kept, but its file and normal reference are
-    redone with the new score, never mixed with the old one."""
+def test_mkd_score_is_applied_when_scoring(scene: Path, tmp_path: Path) -> None:
+    """``model.mkd_score`` is a scoring setting: training again with it keeps the trained model untouched; scoring
+    with it changes the scores, against a normal reference fitted for it on the hold-out, never the mean's."""
+    from vad.pipeline import save_config, score_stage, with_data
+    from vad.runs import RunFolder, read_manifest
+
     clips = read_dataset("shanghaitech", scene, "train")[:2]
-    base = replace(tiny("mkd"), model=replace(TINY.model, method="mkd", input_height=48),
-                   train=replace(TINY.train, epochs=1, schedule="constant"))
+    base = with_data(replace(tiny("mkd"), model=replace(TINY.model, method="mkd", input_height=48),
+                             train=replace(TINY.train, epochs=1, schedule="constant")), scene, "shanghaitech")
     train(clips, base, tmp_path, device="cpu", progress=False)
-    first = torch.load(tmp_path / "model.pt", weights_only=True)
+    save_config(base, tmp_path / "config.yaml")
+    first = (tmp_path / "model.pt").read_bytes()
     peak = replace(base, model=replace(base.model, mkd_score="max"))
     train(clips, peak, tmp_path, device="cpu", progress=False)
-    model, ckpt = load_model(tmp_path / "model.pt")
-    assert model.score_kind == "max" and ckpt["config"]["model"]["mkd_score"] == "max"
-    weights = [k for k in ckpt["model"] if not k.startswith("pos_")]  # position statistics follow the maps' scale
-    assert all(torch.equal(first["model"][k], ckpt["model"][k]) for k in weights)  # same trained weights
-    assert not torch.equal(first["val_scores"]["raw"], ckpt["val_scores"]["raw"])  # reference redone with max
-    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 1  # nothing retrained
+    assert (tmp_path / "model.pt").read_bytes() == first  # nothing retrained or rewritten
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 1
+    test = read_dataset("shanghaitech", scene, "test")[:1]
+    mean = score_stage(tmp_path, test, base, device="cpu")[test[0].name]
+    peaks = score_stage(tmp_path, test, peak, device="cpu")[test[0].name]
+    assert not np.allclose(mean, peaks)
+    run = RunFolder(tmp_path)
+    record = read_manifest(run)[test[0].name]
+    assert record.scored_with["scoring"]["mkd_score"] == "max"
+    fitted = np.load(run.normal_scores(record.reference))["scores"]
+    _, ckpt = load_model(tmp_path / "model.pt")
+    assert len(fitted) == len(ckpt["val_scores"]["raw"]) and not np.allclose(fitted, ckpt["val_scores"]["raw"])

@@ -16,7 +16,8 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import calibrate, event_frames, event_threshold, events, minmax, normalise, smooth
+from vad.postprocess import event_frames, events, minmax, normalise, smooth
+from vad.reference import calibrate, event_threshold
 from vad.runs import ClipRecord, RunFolder, write_manifest
 
 

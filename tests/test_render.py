@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
+from vad.errors import InputError
 from vad.io.records import frames_clip
-from vad.render import RenderError, StripPainter, heat_scale, render_run
+from vad.reference import heat_scale
+from vad.render import RenderError, StripPainter, render_run
 from vad.runs import ClipRecord, RunFolder, read_manifest, source_fingerprint, write_manifest
 
 H, W, N = 64, 96, 20
@@ -83,7 +85,7 @@ def test_render_errors_name_the_problem(run, tmp_path):
     frames = sorted((tmp_path / "frames" / "cam1").iterdir())
     for f in frames[-3:]:
         f.unlink()
-    with pytest.raises(RenderError, match="cam1: its source .*cam1 changed since it was scored; score it again"):
+    with pytest.raises(InputError, match="source of clip.s. cam1 changed since they were scored .*stale: score again"):
         render_run(run, POST, EV, RenderConfig(), progress=False)
     assert not (run / "videos" / "cam1.mp4").exists()
     # A manifest whose frame count disagrees with the source's frames: stopped, no partial video left behind.
@@ -115,6 +117,11 @@ def test_strip_cursor_moves_and_reveals_the_curve():
     painter = StripPainter(scores, 0.5, np.r_[np.zeros(10), np.ones(10)].astype(np.uint8), [], 200, 40)
     early, late = painter.strip(2, "a").astype(int), painter.strip(19, "b").astype(int)
     assert early.shape == (40, 200, 3)
-    assert np.abs(early - late)[15:].sum() > 0
     cursor = lambda s: int(np.flatnonzero((s[20:] == 255).all(axis=(0, 2)))[0])  # noqa: E731
     assert cursor(early) < cursor(late)
+    # The curve is drawn bright (the past) up to the cursor and dim after it: the late strip shows the second half's
+    # high scores bright, the early one dim.
+    bright = lambda s: (np.abs(s - np.array([120, 220, 255])).sum(-1) < 40)[10:39]  # noqa: E731
+    x_high = slice(150, 190)  # columns of frames 15..18, where the score is 1
+    assert bright(late)[:, x_high].sum() >= 40 and bright(early)[:, x_high].sum() == 0
+    assert bright(early)[:, : cursor(early)].sum() > 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vad.cli import main
-from vad.runs import RunFolder, locked, read_manifest
+from vad.runs import RunFolder, locked, path_tag, read_manifest
 
 TINY = ["model.input_height=32", "train.epochs=2", "train.batch_size=4"]
 
@@ -29,23 +29,31 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
-def test_a_different_source_with_the_same_name_is_scored_again(trained: Path, tmp_path: Path, capsys) -> None:
-    day1 = helpers.write_video(tmp_path / "day1" / "new_footage.avi", helpers.frames(3))
-    day2 = helpers.write_video(tmp_path / "day2" / "new_footage.avi", helpers.paste_anomaly(helpers.frames(4), 4, 12))
+def test_two_cameras_day_mp4_keep_their_own_scores(trained: Path, tmp_path: Path, capsys) -> None:
+    """cam1/day.avi then cam2/day.avi into one run: both kept, the second named by its path, and said so; scoring
+    either again keeps its name and its scores; a file rewritten in place is scored again under its name."""
+    day1 = helpers.write_video(tmp_path / "cam1" / "day.avi", helpers.frames(3))
+    day2 = helpers.write_video(tmp_path / "cam2" / "day.avi", helpers.paste_anomaly(helpers.frames(4), 4, 12))
+    run = RunFolder(trained)
     assert main(["score", "--run", str(trained), "--input", str(day1)]) == 0
-    first = np.load(RunFolder(trained).scores("new_footage"))
+    first = np.load(run.scores("day"))
     capsys.readouterr()
-    assert main(["score", "--run", str(trained), "--input", str(day1)]) == 0  # unchanged: kept
-    assert "scored" not in capsys.readouterr().out
     assert main(["score", "--run", str(trained), "--input", str(day2)]) == 0
     out = capsys.readouterr().out
-    assert f"clip new_footage: source now {day2.resolve()}; was {day1.resolve()}" in out and "scored 16 frames" in out
-    assert not np.allclose(np.load(RunFolder(trained).scores("new_footage")), first)
-    assert read_manifest(RunFolder(trained))["new_footage"].path == str(day2.resolve())
-    # The same file rewritten in place is a changed source too.
-    helpers.write_video(day2, helpers.frames(5))
+    second = f"day-{path_tag(day2)}"
+    assert f"clip {second}: {day2.resolve()} (the name day is taken by {day1.resolve()})" in out
+    assert "scored 16 frames" in out
+    records = read_manifest(run)
+    assert records["day"].path == str(day1.resolve()) and records[second].path == str(day2.resolve())
+    assert np.array_equal(np.load(run.scores("day")), first)  # cam1's scores untouched
+    assert not np.allclose(np.load(run.scores(second)), first)
+    for day in (day1, day2):  # unchanged sources: kept under their names, nothing scored
+        assert main(["score", "--run", str(trained), "--input", str(day)]) == 0
+        assert "scored" not in capsys.readouterr().out
+    helpers.write_video(day2, helpers.frames(5))  # the same file rewritten in place
     assert main(["score", "--run", str(trained), "--input", str(day2)]) == 0
-    assert "modified since it was scored" in capsys.readouterr().out
+    assert f"clip {second}: its source {day2.resolve()} was modified since it was scored" in capsys.readouterr().out
+    assert set(read_manifest(run)) >= {"day", second}
 
 
 def test_a_second_command_on_a_busy_run_folder_stops(trained: Path, tmp_path: Path, capsys) -> None:

@@ -14,8 +14,9 @@ from conftest import AMPS, SMALL, TINY, frame_auc
 from vad.checkpoint import CheckpointError, load_model
 from vad.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from vad.io import read_dataset
+from vad.reference import holdout
 from vad.score import Scorer, score_clips
-from vad.train import ResumeError, holdout, train, train_per_scene
+from vad.train import ResumeError, train, train_per_scene
 
 
 @pytest.mark.parametrize("amp", AMPS)
@@ -81,9 +82,8 @@ def test_scoring_writes_files_and_skips_done_clips(scene: Path, trained: Path, t
         maps = np.load(out / "maps" / f"{c.name}.npy")
         assert maps.shape == (c.num_frames, 12, 16) and maps.dtype == np.float16
         pooled_max = maps.astype(np.float32).max(axis=(1, 2))
-        # area-pooled: never above the full map's max
-        assert (pooled_max <= first[c.name] + 0.01 * np.abs(first[c.name]) + 1e-3).all()
-        assert np.corrcoef(pooled_max, first[c.name])[0, 1] > 0.9
+        # max-pooled to the saved grid: a saved map's maximum is its frame's score (to float16 rounding)
+        assert np.allclose(pooled_max, first[c.name], rtol=1e-3, atol=1e-3)
     mtime = (out / "scores" / f"{clips[0].name}.npy").stat().st_mtime_ns
     again = score_clips(scorer, clips, out, progress=False)
     assert (out / "scores" / f"{clips[0].name}.npy").stat().st_mtime_ns == mtime

@@ -1,15 +1,11 @@
-"""Training augmentation for a fixed camera: normal objects seen at other places.
+"""Training augmentation for a fixed camera: normal objects seen at other places and sizes.
 
-A student trained on a few minutes of footage learns the teacher's features of a walker *where walkers were*:
-on the path, not on the lawn beside it. New normal footage then alarms on a person a few metres off the
-training paths (issue 18: most false alarms of campus-public). :class:`ObjectShift` copies a moving object of a
-training sample (what differs from its clip's background) to another place of the same sample, with its own
-motion: every frame of a window is copied with the same offset and its own mask, so the motion branch sees a
-consistent walker too. The copy is also resized (up to :data:`SCALE` either way), every frame of a window alike:
-under a fixed camera's perspective a nearer walker is larger *and* moves more pixels per frame, so its motion
-scales with it, and the motion branch learns speed relative to an object's size, not pixels per frame (a walker
-entering near the camera moves as many pixels per frame as a runner far away). It uses normal training frames
-only and knows nothing of the anomalies.
+:class:`ObjectShift` copies a moving object of a training sample (what differs from its clip's background) to
+another place of the same sample: every frame of a motion window with the same offset and its own mask, so the
+window shows one consistently moving object. The copy is resized by one factor per window (up to :data:`SCALE`
+either way), so its motion scales with its size, as a nearer object's does under a fixed camera's perspective.
+The student thus sees normal objects away from where the training footage had them, and the motion predictor
+sees them move there. It reads normal training frames only. Why and what it measured: docs/alarms.md.
 
 The background of a clip is the per-pixel median of (up to :data:`BACKGROUND_FRAMES`) of its training frames,
 in the network's input space (:func:`clip_backgrounds`).

@@ -1,7 +1,8 @@
 """The evaluate stage: a scored run folder -> ``metrics.json``, ``events.csv``/``events.json`` and plots.
 
-Reads only the files the score stage wrote (``clips.json``, ``scores/``, ``labels/``, ``normal_scores/``,
-``maps/``); never a model. Every report states the smoothing sigma, the normalisation and the AUC kinds.
+Reads only the files the score stage wrote (the manifest, scores, labels, normal references, maps); never a
+model. Every report states the smoothing sigma, the normalisation and the AUC kinds. Scores whose source changed
+since they were made are refused (score again), as the renderer refuses them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 
 from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig
+from vad.errors import InputError, VadError
+from vad.io.decode import as_clip
 from vad.metrics import (
     alarm_rates,
     average_precision,
@@ -27,8 +30,9 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import event_frames, event_threshold, events, normalise, smooth
-from vad.runs import ClipRecord, RunFolder, read_manifest
+from vad.postprocess import event_frames, events, normalise, smooth
+from vad.reference import NormalReference
+from vad.runs import ClipRecord, RunFolder, RunFolderError, read_manifest, source_fingerprint
 
 AUC_NOTE = ("micro: one ROC over all test frames concatenated; macro: mean of per-clip AUCs, clips with a single "
             "class skipped (count in frame_auc_macro_skipped)")
@@ -41,17 +45,25 @@ def _r(x: float | None) -> float | None:
 @dataclass
 class ScoredRun:
     """What the score stage left in a run folder, post-processed: per clip raw, smoothed and final scores,
-    labels (labelled clips), and per model the normal hold-out scores and the event threshold drawn from them."""
+    labels (labelled clips), and per normal reference (a model under one scoring setting) the reference and the
+    event threshold drawn from it."""
 
-    run: Path
+    folder: RunFolder
     manifest: dict[str, ClipRecord]
     raw: dict[str, np.ndarray]  # clip -> (T,) scores as written by the score stage
     smoothed: dict[str, np.ndarray]  # clip -> temporally smoothed
     final: dict[str, np.ndarray]  # clip -> smoothed and normalised
     labels: dict[str, np.ndarray]  # labelled clip -> (T,) frame labels
-    normal: dict[str, np.ndarray]  # model reference -> normal hold-out frame scores
-    thresholds: dict[str, float]  # model reference -> event threshold
+    references: dict[str, NormalReference]  # reference name -> the normal reference
+    thresholds: dict[str, float]  # reference name -> event threshold
     normalisation: str = "none"  # how ``final`` was made (postprocess.normalisation)
+
+    @property
+    def run(self) -> Path:
+        return self.folder.root
+
+    def reference(self, clip: str) -> NormalReference:
+        return self.references[self.manifest[clip].reference]
 
     def threshold(self, clip: str) -> float:
         return self.thresholds[self.manifest[clip].reference]
@@ -67,36 +79,61 @@ class ScoredRun:
         return self.manifest[clip].fps or default
 
 
-def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig) -> ScoredRun:
-    """Read ``clips.json``, ``scores/``, ``labels/`` and ``normal_scores/`` of ``run`` and post-process."""
+def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> ScoredRun:
+    """Read the manifest, scores, labels and normal references of ``run`` and post-process. A clip whose source
+    changed since it was scored is an error (its scores are stale); one whose source is gone is a note."""
     folder = RunFolder(run)
     if not folder.manifest.is_file():
-        raise FileNotFoundError(f"{folder.manifest} not found: score the run first (vad score --run {run} ...)")
+        raise RunFolderError(f"{folder.manifest} not found: score the run first (vad score --run {run} ...)")
     manifest = read_manifest(folder, parts=False)
-    raw, normal, labels = {}, {}, {}
+    _check_sources(manifest, folder, progress)
+    raw, references, labels = {}, {}, {}
     for name, info in manifest.items():
         path = folder.scores(name)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: scoring of clip {name} did not finish; re-run vad score")
+            raise RunFolderError(f"{path} missing: scoring of clip {name} did not finish; re-run vad score")
         raw[name] = _finite(np.load(path).astype(np.float64), path)
-        if info.reference not in normal:
-            ref_path = folder.normal_scores(info.reference)
-            normal[info.reference] = _finite(np.load(ref_path).astype(np.float64), ref_path)
+        if info.reference not in references:
+            ref = NormalReference.load(folder.normal_scores(info.reference))
+            _finite(ref.scores, folder.normal_scores(info.reference))
+            references[info.reference] = ref
         if info.labelled:
             labels[name] = np.load(folder.labels(name))
     smoothed = {name: smooth(v, post.sigma) for name, v in raw.items()}
-    # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per model), applied to
+    # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per reference), applied to
     # the smoothed scores (smoothing only lowers peaks, so this errs towards fewer false alarms).
-    thresholds = {ref: event_threshold(v, ev.threshold_percentile) for ref, v in normal.items()}
-    final = {name: normalise(v, post.normalisation, normal[manifest[name].reference],
+    thresholds = {k: ref.threshold(ev.threshold_percentile) for k, ref in references.items()}
+    final = {name: normalise(v, post.normalisation, references[manifest[name].reference].scores,
                              thresholds[manifest[name].reference]) for name, v in smoothed.items()}
-    return ScoredRun(folder.root, manifest, raw, smoothed, final, labels, normal, thresholds, post.normalisation)
+    return ScoredRun(folder, manifest, raw, smoothed, final, labels, references, thresholds, post.normalisation)
+
+
+def _check_sources(manifest: dict[str, ClipRecord], folder: RunFolder, progress: bool) -> None:
+    changed, gone = [], []
+    for name, info in manifest.items():
+        try:
+            now = source_fingerprint(as_clip(Path(info.path)))
+        except (OSError, VadError):
+            gone.append(name)
+            continue
+        if now != info.source:
+            changed.append(name)
+    if changed:  # what was made from them no longer shows their footage either
+        gone_now = folder.invalidate(changed)
+        removed = f"; removed {len(gone_now)} output(s) made from them" if gone_now else ""
+        first = manifest[changed[0]]
+        raise InputError(f"the source of clip(s) {', '.join(changed[:5])} changed since they were scored (e.g. "
+                         f"{first.path}); their scores are stale{removed}: score again "
+                         f"(vad score --run {folder.root} ...)")
+    if gone and progress:
+        print(f"note: the source of clip(s) {', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''} is gone; "
+              "evaluating their scores as they were made")
 
 
 def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
     bad = ~np.isfinite(scores)
     if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} of {len(scores)} scores are NaN or infinite (first at frame "
+        raise InputError(f"{path}: {int(bad.sum())} of {len(scores)} scores are NaN or infinite (first at frame "
                          f"{int(np.flatnonzero(bad)[0])}): the model's output is broken (a diverged training?); "
                          "retrain, then score again")
     return scores
@@ -110,7 +147,7 @@ def clip_events(s: ScoredRun, name: str, ev: EvalConfig) -> list:
 
 def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
     """Post-process the scores of ``run``, compute metrics (labelled clips), events and plots; return metrics."""
-    s = load_scored(run, post, ev)
+    s = load_scored(run, post, ev, progress)
     run, manifest, thresholds = s.run, s.manifest, s.thresholds
     raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
     per_clip = {name: clip_events(s, name, ev) for name in manifest}
@@ -158,23 +195,23 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
             metrics["pixel_auroc"] = _r(pix)
             metrics["pixel_auroc_clips"] = {"with_pixel_ground_truth": covered, "labelled": len(lab)}
 
-    _write_events(found, run)
+    _write_events(found, s.folder)
     untimed = sorted({e.clip for e in found if e.start_s is None})
     if untimed and progress:
         print(f"note: events of frame-folder clips have no times in events.csv ({', '.join(untimed[:3])}"
               f"{', ...' if len(untimed) > 3 else ''}): give their frame rate with --set eval.fps=FPS")
     if ev.plots:
         _plots(s, per_clip, post, ev)
-    write_text(json.dumps(metrics, indent=2), run / "metrics.json")
+    write_text(json.dumps(metrics, indent=2), s.folder.metrics)
     if progress:
         if labels:
             a = metrics["alarms"]
             print(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
                   f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}; "
                   f"{len(found)} events: {_pct(a['normal_frames_in_events'])} of normal frames inside them, "
-                  f"{_pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {run / 'metrics.json'}")
+                  f"{_pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
         else:
-            print(f"{len(found)} events over {len(manifest)} clips (no labels) -> {run / 'events.csv'}")
+            print(f"{len(found)} events over {len(manifest)} clips (no labels) -> {s.folder.events_csv}")
     return metrics
 
 
@@ -206,25 +243,26 @@ def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> tu
     some clips only), and how many clips that is."""
     from vad.io.masks import read_pixel_mask
 
-    names = [n for n in labels if manifest[n].pixel_mask and (run / "maps" / f"{n}.npy").is_file()]
+    folder = RunFolder(run)
+    names = [n for n in labels if manifest[n].pixel_mask and folder.maps(n).is_file()]
     if not names:
         return None, 0
     maps, masks = {}, {}
     for n in names:
-        maps[n] = np.load(run / "maps" / f"{n}.npy")
+        maps[n] = np.load(folder.maps(n))
         masks[n] = read_pixel_mask(Path(manifest[n].pixel_mask), manifest[n].frames, n)
     return pixel_auroc(maps, masks, max_pixels=ev.pixel_max), len(names)
 
 
-def _write_events(found: list, run: Path) -> None:
+def _write_events(found: list, run: RunFolder) -> None:
     fields = ["clip", "start", "end", "peak", "peak_frame", "start_s", "end_s"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for e in found:
         writer.writerow(asdict(e))
-    write_text(buf.getvalue(), run / "events.csv")
-    write_text(json.dumps([asdict(e) for e in found], indent=2), run / "events.json")
+    write_text(buf.getvalue(), run.events_csv)
+    write_text(json.dumps([asdict(e) for e in found], indent=2), run.events_json)
 
 
 def _plots(s: ScoredRun, per_clip: dict[str, list], post: PostprocessConfig, ev: EvalConfig) -> None:
@@ -236,10 +274,10 @@ def _plots(s: ScoredRun, per_clip: dict[str, list], post: PostprocessConfig, ev:
         cat = lambda d: np.concatenate([d[n] for n in labels])  # noqa: E731
         plot_roc({"raw": (cat(s.raw), y), f"smoothed (sigma {post.sigma})": (cat(s.smoothed), y),
                   f"smoothed + {post.normalisation}": (cat(s.final), y)},
-                 s.run / "plots" / "roc.png", "frame-level ROC, micro (all test frames)")
+                 s.folder.roc_plot, "frame-level ROC, micro (all test frames)")
     for name, info in s.manifest.items():
         scores, threshold = s.shown(name)
         raw = s.raw[name] if s.normalisation != "calibrated" else None  # raw scores are in the model's units
-        plot_timeline(scores, s.run / "plots" / f"timeline_{name}.png", f"{name}: anomaly score",
+        plot_timeline(scores, s.folder.timeline(name), f"{name}: anomaly score",
                       labels=labels.get(name), threshold=threshold, raw=raw,
                       fps=info.fps or ev.fps, events=per_clip[name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -12,12 +13,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vad.atomic import save_npy, write_text
-from vad.config import RunConfig, ScoreConfig, to_dict
+from vad.atomic import write_text
+from vad.config import RunConfig, to_dict
 from vad.distributed import barrier, shard_clips, world
+from vad.errors import ConfigError, UsageError, VadError
+from vad.export import Runtime, choose_backend, export_model, exported
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
 from vad.io.published import split_summary
-from vad.runs import RunFolder, ScoreBook, file_digest, merge_manifest_parts
+from vad.reference import NormalReference, apply_state, reference_id, reference_state
+from vad.runs import RunFolder, RunFolderError, ScoreBook, file_digest, merge_manifest_parts
 from vad.train import train, train_per_scene
 
 
@@ -73,12 +77,12 @@ def with_data(cfg: RunConfig, root: Path | str | None = None, dataset: str | Non
     d = replace(d, root=str(Path(root).resolve()) if root is not None else d.root, dataset=dataset or d.dataset,
                 scenes=tuple(scenes) if scenes else d.scenes)
     if d.root is None:
-        raise ValueError("no data root: pass --data ROOT (or set data.root in the config)")
+        raise UsageError("no data root: pass --data ROOT (or set data.root in the config)")
     if d.dataset is None:
-        raise ValueError(f"no dataset kind: pass --dataset {{{','.join(DATASETS)}}} (or set data.dataset in the "
+        raise UsageError(f"no dataset kind: pass --dataset {{{','.join(DATASETS)}}} (or set data.dataset in the "
                          "config)")
     if d.dataset not in DATASETS:
-        raise ValueError(f"data.dataset: unknown dataset {d.dataset!r}; expected one of {DATASETS}")
+        raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; expected one of {DATASETS}")
     return replace(cfg, data=d)
 
 
@@ -90,10 +94,10 @@ def read_split(cfg: RunConfig, split: str) -> list[Clip]:
 def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
     """Train on the normal training split of ``cfg.data``; one model, or one per scene. Saves the config."""
     clips = read_split(cfg, "train")
-    out = Path(out)
+    run = RunFolder(out)
     main = world().main  # under torchrun, rank 0 writes the run's files
-    if main and not (out / "config.yaml").exists():  # rewritten once training succeeds (a resume may refuse it)
-        save_config(cfg, out / "config.yaml")
+    if main and not run.config.exists():  # rewritten once training succeeds (a resume may refuse it)
+        save_config(cfg, run.config)
     frames = sum(c.num_frames for c in clips)
     m = cfg.model
     role = "expert" if m.method == "mkd" else "teacher"
@@ -107,58 +111,81 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
     else:
         paths = [train(clips, cfg, out, device)]
     if main:
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, run.config)
     print(f"trained {len(paths)} model(s) in {time.perf_counter() - t0:.0f}s: {', '.join(map(str, paths))}")
     return paths
 
 
-def _models_for(run: Path, clips: Sequence[Clip]) -> dict[str, list[Clip]]:
-    """Map each model file of ``run`` to the clips it scores (per-scene runs pick the clip's scene model)."""
-    if (run / "model.pt").is_file():
-        return {str(run / "model.pt"): list(clips)}
-    scene_dir = run / "scenes"
-    if not scene_dir.is_dir():
-        raise FileNotFoundError(f"{run}: no model.pt (or scenes/<scene>/model.pt); train first with "
-                                f"'vad train ... --out {run}'")
-    groups: dict[str, list[Clip]] = {}
+def _models_for(run: RunFolder, clips: Sequence[Clip]) -> dict[str, tuple[Path, list[Clip]]]:
+    """``{reference scope: (model file, clips it scores)}``: the run's model, or per-scene runs' the clip's scene's."""
+    models = run.model_files()
+    if not models:
+        raise RunFolderError(f"{run.root}: no model.pt (or scenes/<scene>/model.pt); train first with "
+                             f"'vad train ... --out {run.root}'")
+    if "all" in models and not run.scenes.is_dir():
+        return {"all": (models["all"], list(clips))}
+    groups: dict[str, tuple[Path, list[Clip]]] = {}
     for c in clips:
-        path = scene_dir / (c.scene or "all") / "model.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"clip {c.name} is from scene {c.scene!r} but {path} does not exist; "
-                                    f"scenes trained: {sorted(p.name for p in scene_dir.iterdir())}")
-        groups.setdefault(str(path), []).append(c)
+        scene = c.scene or "all"
+        if scene not in models:
+            raise RunFolderError(f"clip {c.name} is from scene {scene!r} but {run.scene(scene).model} does not exist; "
+                                 f"scenes trained: {sorted(models)}")
+        groups.setdefault(scene, (models[scene], []))[1].append(c)
     return groups
 
 
-def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str = "auto",
+def _colour_notes(clips: Sequence[Clip], colour: bool | None) -> list[str]:
+    """A note for each clip whose footage is greyscale where the model was trained on colour, or the reverse."""
+    from vad.io.decode import first_frame, looks_grey
+
+    if colour is None:  # a model written before vad recorded it
+        return []
+    notes = []
+    for c in clips:
+        grey = looks_grey(first_frame(c))
+        if grey == colour:
+            trained = "colour" if colour else "greyscale"
+            notes.append(f"note: clip {c.name} is {'greyscale' if grey else 'colour'} footage and the model was "
+                         f"trained on {trained}: its scores are not comparable with the training footage's (grey "
+                         f"frames scored about 20x higher than the same frames in colour on campus); train on "
+                         f"footage like it")
+    return notes
+
+
+def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = "auto",
                 overwrite: bool = False) -> dict[str, np.ndarray]:
-    """Score ``clips`` with the model(s) of ``run``; per-frame scores (and maps) go to ``run/scores``. Under
-    ``torchrun`` every rank scores its share of whole clips and rank 0 returns everyone's merged results."""
+    """Score ``clips`` with the model(s) of ``run`` under ``cfg.score`` and the scoring settings of ``cfg.model``
+    (:data:`vad.config.SCORING`); per-frame scores (and maps) go to ``run/scores``. Clips are named so that no
+    source's results overwrite another's (:func:`vad.runs.assign_names`). Under ``torchrun`` every rank scores its
+    share of whole clips and rank 0 returns everyone's merged results."""
     from vad.checkpoint import load_model
     from vad.score import Scorer, score_clips
 
     folder = RunFolder(run)
     w = world()
-    if w.main and list(folder.root.glob("clips.rank*.json")):  # parts left by an interrupted distributed scoring
+    if w.main and folder.rank_parts() and not overwrite:  # parts left by an interrupted distributed scoring
         merge_manifest_parts(folder)
     barrier()
-    book, results = ScoreBook(folder, w.rank, w.world_size), {}
-    for line in book.changed_sources(list(clips)) if w.main else []:
+    book, results = ScoreBook(folder, w.rank, w.world_size, fresh=overwrite), {}
+    clips, renames = book.names(list(clips))
+    for line in [*renames, *book.changed_sources(clips)] if w.main else []:
         print(line)
-    for path, group in _models_for(folder.root, clips).items():
-        model, ckpt = load_model(path)
-        scorer = Scorer(model, ckpt, cfg, device)
-        ref = Path(path).parent.name if Path(path).parent != folder.root else "all"
-        # What the scores depend on besides the source: the model file, per-position standardising, the maps' grid.
-        key = {"model": file_digest(Path(path)), "per_position": scorer.per_position,
-               "map_stride": cfg.map_stride if cfg.save_maps else None}
-        if w.main:  # the model's normal reference (hold-out frame scores, same standardising) for thresholds
-            normal = ckpt["val_scores"]["per_position" if scorer.per_position else "raw"]
-            save_npy(normal.numpy().astype(np.float32), folder.normal_scores(ref))
+    for scope, (path, group) in _models_for(folder, clips).items():
+        model, ckpt = load_model(path, cfg.model.scoring())
+        scorer = Scorer(model, ckpt, cfg.score, device)
+        name, ref = normal_reference(folder, scope, path, scorer, ckpt, cfg)
+        key = _key(ref, scorer, cfg)
+        todo = group if overwrite else [c for c in group if not book.is_done(c, key, cfg.score.save_maps)]
+        have = exported(folder.export(name), ref.model)
+        backend = choose_backend(cfg.score.backend, model, scorer.device, sum(c.num_frames for c in todo), have)
+        if backend != "torch":
+            scorer.use(Runtime(backend, exported_model(folder, name, model, ckpt, ref)))
+        for line in _colour_notes(todo, ckpt.get("colour")) if w.main else []:
+            print(line)
         share = shard_clips(group, w.rank, w.world_size)
-        results.update(score_clips(scorer, share, folder.root, overwrite=overwrite,
-                                   is_done=partial(book.is_done, scored_with=key, maps=cfg.save_maps),
-                                   on_done=partial(book.record, reference=ref, scored_with=key)))
+        results.update(score_clips(scorer, share, folder, overwrite=overwrite,
+                                   is_done=partial(book.is_done, scored_with=key, maps=cfg.score.save_maps),
+                                   on_done=partial(book.record, reference=name, scored_with=key, backend=backend)))
     if w.world_size > 1:
         barrier()  # every rank's scores and manifest part are written
         if w.main:
@@ -166,6 +193,95 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: ScoreConfig, device: str 
             results.update({c.name: np.load(folder.scores(c.name)) for c in clips if c.name not in results})
         barrier()
     return results
+
+
+def _key(ref: NormalReference, scorer, cfg: RunConfig) -> dict:
+    """What a clip's scores depend on besides its source: the model file, its scoring settings, per-position
+    standardising, the maps' grid."""
+    return {"model": ref.model, "scoring": ref.settings, "per_position": scorer.per_position,
+            "map_stride": cfg.score.map_stride if cfg.score.save_maps else None}
+
+
+def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: str = "cpu") -> list[Path]:
+    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.export`); returns the
+    folders written (or already there for the same model and settings)."""
+    from vad.checkpoint import load_model
+    from vad.score import Scorer
+
+    folder, out = RunFolder(run), []
+    models = folder.model_files()
+    if not models:
+        raise RunFolderError(f"{folder.root}: no model.pt (or scenes/<scene>/model.pt); train first")
+    for scope, path in models.items():
+        model, ckpt = load_model(path, cfg.model.scoring())
+        scorer = Scorer(model, ckpt, cfg.score, device)
+        name, ref = normal_reference(folder, scope, path, scorer, ckpt, cfg)
+        out.append(exported_model(folder, name, model, ckpt, ref, formats))
+    return out
+
+
+def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalReference,
+                   formats: tuple[str, ...] = ("onnx",)) -> Path:
+    """The folder of the model exported under reference ``name``'s settings: made once (rank 0), then reused."""
+    folder = run.export(name)
+    have_ir = "openvino" not in formats or (folder / "model.xml").is_file()
+    if world().main and not (exported(folder, ref.model) and have_ir):
+        print(f"exporting the model ({name}) to {', '.join(formats)} -> {folder}")
+        export_model(copy.deepcopy(model), ckpt, ref, folder, formats)
+    barrier()
+    return folder
+
+
+def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict, cfg: RunConfig
+                     ) -> tuple[str, NormalReference]:
+    """``(name, reference)``: the normal reference of model ``path`` under the scorer's settings, with its
+    statistics applied to the scorer's model: the checkpoint's own for the trained settings, else one saved in the
+    run folder, else fitted on the hold-out of the model's training clips (read again from ``cfg.data``). Rank 0
+    saves it in the run folder."""
+    from vad.checkpoint import trained_model_config
+
+    model = scorer.model
+    settings = cfg.model.scoring()
+    digest = file_digest(path)
+    name = reference_id(scope, digest, settings, scorer.per_position)
+    kind = "per_position" if scorer.per_position else "raw"
+    saved = run.normal_scores(name)
+    if settings == trained_model_config(ckpt).scoring():
+        ref = NormalReference(ckpt["val_scores"][kind].numpy().astype(np.float64), settings, scorer.per_position,
+                              reference_state(model), digest)
+    elif saved.is_file() and saved.suffix == ".npz":
+        ref = NormalReference.load(saved)
+        apply_state(model, ref.state)
+    else:
+        ref = _fit_reference(scope, ckpt, scorer, cfg, settings, digest)
+    if world().main and not saved.is_file():
+        ref.save(run.normal_scores(name))
+    barrier()
+    return name, ref
+
+
+def _fit_reference(scope: str, ckpt: dict, scorer, cfg: RunConfig, settings: dict, digest: str) -> NormalReference:
+    from vad.checkpoint import trained_model_config
+    from vad.reference import fit_reference, holdout
+
+    trained = trained_model_config(ckpt).scoring()
+    changed = ", ".join(f"model.{k}={v}" for k, v in settings.items() if trained[k] != v)
+    try:
+        clips = [c for c in read_split(cfg, "train") if c.name in set(ckpt["train_clips"])]
+    except (VadError, OSError) as err:
+        raise UsageError(f"{changed} needs the model's normal reference for that setting, fitted on the hold-out of "
+                         f"its training footage ({cfg.data.root}), which cannot be read ({err}); score with the "
+                         "trained settings, or make that footage available") from None
+    if len(clips) != len(ckpt["train_clips"]):
+        raise UsageError(f"{changed} needs the hold-out of the model's {len(ckpt['train_clips'])} training clips; "
+                         f"{cfg.data.root} holds {len(clips)} of them")
+    print(f"fitting the normal reference for {changed} ({scope}) on the hold-out of {len(clips)} training clips")
+    val = holdout(clips, ckpt["config"]["train"]["val_fraction"])[1]
+    raw, per_position = fit_reference(partial(scorer.outputs, clips, val), scorer.model,
+                                      scorer.model.has_position_stats)
+    scores = per_position if scorer.per_position else raw
+    return NormalReference(np.asarray(scores, np.float64), settings, scorer.per_position,
+                           reference_state(scorer.model), digest)
 
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"  # the checkout's (editable installs)
@@ -199,12 +315,12 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     test = read_split(cfg, "test")
     missing = sorted(set(render_clips or ()) - {c.name for c in test})
     if missing:
-        raise ValueError(f"--clip {missing}: not in the test split of {cfg.data.root}; it has "
+        raise UsageError(f"--clip {missing}: not in the test split of {cfg.data.root}; it has "
                          f"{sorted(c.name for c in test)}")
     t0 = time.perf_counter()
     train_stage(cfg, out, device)
     t1 = time.perf_counter()
-    score_stage(out, test, cfg.score, device=device)
+    score_stage(out, test, cfg, device=device)
     t2 = time.perf_counter()
     if not world().main:  # rank 0 evaluates and renders
         return {}

@@ -3,11 +3,11 @@
 - :func:`smooth`: temporal Gaussian, sigma in frames (0 = off); ``mode="nearest"`` keeps the clip length and
   does not pull the first/last frames towards zero.
 - :func:`minmax`: per-clip min-max to [0, 1] (the benchmark convention; it uses the clip's own range).
-- :func:`event_threshold`: a high percentile of *normal* (held-out training) frame scores, unsmoothed (smoothing
-  would only lower their peaks); applied to smoothed scores.
-- :func:`calibrate`: 0 at the median normal frame score, 1.0 at the event threshold, so clips of unlabelled
-  footage are comparable without seeing their own range, and 1.0 means "at the threshold" everywhere.
-- :func:`events`: contiguous above-threshold frames as (start, stop) runs with peak score and times.
+- :func:`normalise`: min-max, or calibrated: 0 at the median normal frame score, 1.0 at the event threshold (both
+  from the model's normal reference, :mod:`vad.reference`), so clips of unlabelled footage are comparable
+  without seeing their own range, and 1.0 means "at the threshold" everywhere.
+- :func:`events`: runs of above-threshold frames as :class:`Event` records (first and last frame, both inclusive)
+  with their peak score and times.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from vad.config import ScoreNormalisation, choices
+from vad.errors import InputError
+from vad.reference import calibrate
 
 
 def smooth(scores: np.ndarray, sigma: float) -> np.ndarray:
@@ -37,25 +39,6 @@ def minmax(scores: np.ndarray) -> np.ndarray:
     return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
 
 
-def event_threshold(normal_scores: np.ndarray, percentile: float) -> float:
-    """The event threshold: the ``percentile``-th percentile of a model's normal hold-out frame scores (training
-    data only; ``eval.threshold_percentile``). The one reference for events, calibrated scores, plots and videos."""
-    normal = np.asarray(normal_scores, dtype=np.float64)
-    if not len(normal):
-        raise ValueError("no normal hold-out scores to draw the event threshold from")
-    return float(np.percentile(normal, percentile))
-
-
-def calibrate(scores: np.ndarray, normal_scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Scores on the threshold's scale: 0 at the median normal hold-out frame score, 1 at the event threshold
-    (any sign of scores: RSTPM's are log-odds)."""
-    low = float(np.median(np.asarray(normal_scores, dtype=np.float64)))
-    if not threshold > low:
-        raise ValueError(f"the event threshold {threshold:.6g} is not above the median normal score {low:.6g}: "
-                         "the hold-out scores are constant; calibrated normalisation needs a spread")
-    return (np.asarray(scores, dtype=np.float64) - low) / (threshold - low)
-
-
 def normalise(scores: np.ndarray, how: ScoreNormalisation, normal_scores: np.ndarray | None = None,
               threshold: float | None = None) -> np.ndarray:
     """``scores`` normalised by rule ``how`` (``postprocess.normalisation``, checked when the config loads);
@@ -64,7 +47,7 @@ def normalise(scores: np.ndarray, how: ScoreNormalisation, normal_scores: np.nda
         return minmax(scores)
     if how == "calibrated":
         if normal_scores is None or threshold is None:
-            raise ValueError("calibrated normalisation needs the normal validation scores saved with the model "
+            raise InputError("calibrated normalisation needs the normal validation scores saved with the model "
                              "and the event threshold")
         return calibrate(scores, normal_scores, threshold)
     if how == "none":
@@ -74,6 +57,8 @@ def normalise(scores: np.ndarray, how: ScoreNormalisation, normal_scores: np.nda
 
 @dataclass(frozen=True)
 class Event:
+    """A run of above-threshold frames of one clip: frames ``start`` to ``end``, both inclusive."""
+
     clip: str
     start: int  # first frame above threshold
     end: int  # last frame above threshold (inclusive)

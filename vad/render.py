@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
-from vad.errors import VadError
+from vad.errors import UsageError, VadError
 from vad.evaluate import ScoredRun, clip_events, load_scored
 from vad.io.decode import as_clip, iter_frames
 from vad.metrics import label_events
 from vad.postprocess import event_frames
-from vad.runs import source_fingerprint
+from vad.reference import heat_scale
 
 DEFAULT_FPS = 25.0
 RED = (230, 40, 40)
@@ -54,15 +54,6 @@ def colormap_lut(name: str) -> torch.Tensor:
     import matplotlib
 
     return torch.from_numpy(matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).float()
-
-
-def heat_scale(normal: np.ndarray, threshold: float, heat_range: float) -> tuple[float, float]:
-    """``(low, high)`` of the heatmap colour scale: low = median normal frame score, and the threshold sits at
-    ``1 / heat_range`` of the way to high (``heat_range > 1``: render.heat_range). From the model's normal hold-out
-    scores only."""
-    low = float(np.median(normal))
-    span = max(threshold - low, 1e-6 * max(abs(threshold), 1e-12))
-    return low, low + heat_range * span
 
 
 class StripPainter:
@@ -167,7 +158,16 @@ def _blend(frames: torch.Tensor, heat: torch.Tensor | None, lut: torch.Tensor, o
 def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path,
                 bar: tqdm | None = None) -> Path:
     """Render clip ``name`` of scored run ``s`` to ``out`` (written atomically); return ``out``. ``bar``: a
-    progress bar to advance by the frames written. ``cfg`` was checked when it loaded."""
+    progress bar to advance by the frames written. ``cfg`` was checked when it loaded. When rendering fails, a
+    video left at ``out`` by an earlier render is deleted: it no longer shows what was asked for."""
+    try:
+        return _render_clip(s, name, cfg, ev, out, bar)
+    except Exception:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path, bar: tqdm | None) -> Path:
     info = s.manifest[name]
     clip = as_clip(Path(info.path))
     n = info.frames
@@ -175,12 +175,10 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
     fps = cfg.fps or event_fps or DEFAULT_FPS
     found = clip_events(s, name, ev)
     in_event = event_frames(n, found)
-    low, high = heat_scale(s.normal[info.reference], s.threshold(name), cfg.heat_range)  # maps: the model's units
-    map_path = s.run / "maps" / f"{name}.npy"
+    low, high = heat_scale(s.reference(name).scores, s.threshold(name), cfg.heat_range)  # maps: the model's units
+    map_path = s.folder.maps(name)
     maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
     rescore = f"score it again (vad score --run {s.run} --input {info.path}), then render"
-    if source_fingerprint(clip) != info.source:
-        raise RenderError(f"clip {name}: its source {clip.path} changed since it was scored; {rescore}")
     if maps is None and cfg.layout == "side_by_side":
         raise RenderError(f"render.layout=side_by_side needs the anomaly maps, and {map_path} does not exist; "
                           f"score with --set score.save_maps=true")
@@ -191,7 +189,7 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
 
     writer = painter = None
     done, ok = 0, False
-    with atomic_path(out, ".mp4") as tmp, closing(iter_frames(clip, batch_size=16)) as batches:
+    with atomic_path(out, ".mp4") as tmp, closing(iter_frames(clip, batch_size=16, stop=n)) as batches:
         try:
             for first, frames in batches:
                 b, _, h, w = frames.shape
@@ -255,17 +253,17 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
     names = list(s.manifest) if not clips else list(clips)
     unknown = [c for c in names if c not in s.manifest]
     if unknown:
-        raise ValueError(f"clip(s) {unknown} not scored in {s.run}; scored clips: {sorted(s.manifest)}")
-    if not (s.run / "maps").is_dir() and progress:
-        print(f"note: {s.run / 'maps'} does not exist, so the videos show scores without heatmaps; "
+        raise UsageError(f"clip(s) {unknown} not scored in {s.run}; scored clips: {sorted(s.manifest)}")
+    if not s.folder.maps_dir.is_dir() and progress:
+        print(f"note: {s.folder.maps_dir} does not exist, so the videos show scores without heatmaps; "
               "score with --set score.save_maps=true for heatmaps")
     t0, paths = time.perf_counter(), []
     frames = sum(s.manifest[name].frames for name in names)
     with tqdm(total=frames, desc="rendering", unit="frame", disable=not progress) as bar:
         for name in names:
-            paths.append(render_clip(s, name, cfg, ev, s.run / "videos" / f"{name}.mp4", bar))
+            paths.append(render_clip(s, name, cfg, ev, s.folder.video(name), bar))
     if progress:
         secs = time.perf_counter() - t0
         print(f"rendered {len(paths)} video(s), {frames} frames in {secs:.1f}s ({frames / secs:.0f} frames/s) "
-              f"-> {s.run / 'videos'}")
+              f"-> {s.folder.videos}")
     return paths

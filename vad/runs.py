@@ -1,20 +1,32 @@
-"""The run folder: where each stage's files live, the manifest of scored clips, and the lock that lets one command
-at a time write it.
+"""The run folder: every path in it, the manifest of scored clips and their names, and the lock that lets one
+command at a time write it. No other module builds a path inside a run folder.
 
 Layout (``RUN``)::
 
     RUN/config.yaml                 the resolved config (train writes it; later stages read it)
     RUN/model.pt                    the trained model (RUN/scenes/<scene>/model.pt with train.per_scene)
-    RUN/checkpoints/, train_log.jsonl
+    RUN/models/<time>.pt            models replaced by `vad adapt` (the run's model.pt is the current one)
+    RUN/checkpoints/last.pt, best.pt, RUN/train_log.jsonl
     RUN/clips.json                  the manifest: one ClipRecord per scored clip (clips.rank<R>.json per rank
                                     while a torchrun scoring is under way)
     RUN/scores/<clip>.npy           (T,) float32 per-frame scores
     RUN/maps/<clip>.npy             (T, h, w) float16 anomaly maps (score.save_maps)
     RUN/labels/<clip>.npy           (T,) uint8 frame labels of labelled clips
-    RUN/normal_scores/<ref>.npy     the normal hold-out frame scores of model <ref> ("all" or a scene)
-    RUN/metrics.json, events.csv, events.json, plots/    (evaluate)
+    RUN/normal_scores/<ref>.npz     the normal reference that clips were scored against (vad.reference)
+    RUN/export/<ref>/               the model exported for ONNX Runtime / OpenVINO under that reference's settings
+    RUN/metrics.json, events.csv, events.json, plots/roc.png, plots/timeline_<clip>.png, review.html  (evaluate)
     RUN/videos/<clip>.mp4           (render)
+    RUN/feedback.jsonl              an operator's verdicts on events (vad review, vad feedback)
     RUN/.lock                       held by the command writing the folder
+
+Outputs derived from a clip's scores (its video and timeline, and the run's metrics, events, ROC and review page)
+are deleted when the clip is scored again (:meth:`RunFolder.invalidate`): nothing shown is older than its scores.
+
+A watch folder (``vad watch --out DIR``; :class:`WatchFolder`)::
+
+    DIR/events.jsonl                one line per event change, gap and status, as they happen
+    DIR/snapshots/<event>.jpg       the peak frame of each event with its heatmap
+    DIR/clips/<event>.mp4           each event with pre- and post-roll, annotated
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +47,7 @@ import numpy as np
 
 from vad.atomic import TEMP_PREFIX, save_npy, write_text
 from vad.errors import VadError
-from vad.io.records import Clip
+from vad.io.records import Clip, renamed
 
 
 class RunFolderError(VadError, ValueError):
@@ -51,11 +63,34 @@ class RunFolder:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    # train
     config = property(lambda self: self.root / "config.yaml")
     model = property(lambda self: self.root / "model.pt")
+    models = property(lambda self: self.root / "models")  # earlier models, kept when `adapt` replaces model.pt
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    last_checkpoint = property(lambda self: self.root / "checkpoints" / "last.pt")
+    best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.pt")
+    train_log = property(lambda self: self.root / "train_log.jsonl")
+    scenes = property(lambda self: self.root / "scenes")
+    # score
     manifest = property(lambda self: self.root / "clips.json")
+    scores_dir = property(lambda self: self.root / "scores")
+    # evaluate, render, review
     metrics = property(lambda self: self.root / "metrics.json")
+    events_csv = property(lambda self: self.root / "events.csv")
+    events_json = property(lambda self: self.root / "events.json")
     plots = property(lambda self: self.root / "plots")
+    roc_plot = property(lambda self: self.root / "plots" / "roc.png")
+    videos = property(lambda self: self.root / "videos")
+    maps_dir = property(lambda self: self.root / "maps")
+    review_page = property(lambda self: self.root / "review.html")
+    thumbnails = property(lambda self: self.root / "review")  # the review page's event thumbnails
+    feedback = property(lambda self: self.root / "feedback.jsonl")
+    lock = property(lambda self: self.root / ".lock")
+
+    def scene(self, scene: str) -> RunFolder:
+        """The training folder of one scene's model (``train.per_scene``)."""
+        return RunFolder(self.scenes / scene)
 
     def scores(self, clip: str) -> Path:
         return self.root / "scores" / f"{clip}.npy"
@@ -67,13 +102,81 @@ class RunFolder:
         return self.root / "labels" / f"{clip}.npy"
 
     def normal_scores(self, reference: str) -> Path:
-        return self.root / "normal_scores" / f"{reference}.npy"
+        """The normal reference ``reference`` (a :class:`vad.reference.NormalReference`); run folders of earlier
+        versions hold the hold-out scores alone, as ``<reference>.npy``."""
+        new = self.root / "normal_scores" / f"{reference}.npz"
+        old = new.with_suffix(".npy")
+        return old if not new.is_file() and old.is_file() else new
 
     def video(self, clip: str) -> Path:
-        return self.root / "videos" / f"{clip}.mp4"
+        return self.videos / f"{clip}.mp4"
+
+    def export(self, reference: str) -> Path:
+        """The folder of an exported copy of the model under one scoring setting (:mod:`vad.export`)."""
+        return self.root / "export" / reference
+
+    def timeline(self, clip: str) -> Path:
+        return self.plots / f"timeline_{clip}.png"
+
+    def thumbnail(self, event: str) -> Path:
+        return self.thumbnails / f"{event}.jpg"
 
     def rank_part(self, rank: int) -> Path:
         return self.root / f"clips.rank{rank}.json"
+
+    def rank_parts(self) -> list[Path]:
+        return sorted(self.root.glob("clips.rank*.json"))
+
+    def model_files(self) -> dict[str, Path]:
+        """``{reference: model file}``: ``{"all": model.pt}``, or one per scene folder with ``train.per_scene``."""
+        if self.model.is_file():
+            return {"all": self.model}
+        if self.scenes.is_dir():
+            return {d.name: d / "model.pt" for d in sorted(self.scenes.iterdir()) if (d / "model.pt").is_file()}
+        return {}
+
+    def is_run(self) -> bool:
+        """Whether the folder holds what a vad command wrote (a config, a model or a manifest)."""
+        return any(p.exists() for p in (self.config, self.model, self.manifest, self.scenes, self.checkpoints))
+
+    def run_outputs(self) -> list[Path]:
+        """The outputs that combine every scored clip (evaluate's and the review page)."""
+        return [self.metrics, self.events_csv, self.events_json, self.roc_plot, self.review_page]
+
+    def derived(self, clip: str) -> list[Path]:
+        """The outputs made from clip ``clip``'s scores alone."""
+        return [self.video(clip), self.timeline(clip)]
+
+    def invalidate(self, clips: Sequence[str]) -> list[Path]:
+        """Delete what was derived from the scores of ``clips`` (about to change, or changed): their videos and
+        timelines, and the run-wide outputs. Returns the paths deleted."""
+        gone = []
+        for path in [*self.run_outputs(), *(p for c in clips for p in self.derived(c))]:
+            if path.is_file():
+                path.unlink()
+                gone.append(path)
+        return gone
+
+
+@dataclass(frozen=True)
+class WatchFolder:
+    """The paths of a live watch's output folder (``vad watch --out DIR``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    events = property(lambda self: self.root / "events.jsonl")
+    snapshots = property(lambda self: self.root / "snapshots")
+    clips = property(lambda self: self.root / "clips")
+    lock = property(lambda self: self.root / ".lock")
+
+    def snapshot(self, event: str) -> Path:
+        return self.snapshots / f"{event}.jpg"
+
+    def clip(self, event: str) -> Path:
+        return self.clips / f"{event}.mp4"
 
 
 @dataclass(frozen=True)
@@ -90,26 +193,31 @@ class ClipRecord:
     pixel_mask: str | None
     source: dict  # source_fingerprint(path) when scored: a changed source is re-scored
     scored_with: dict  # the model's digest and the scoring settings the scores depend on
+    backend: str = "torch"  # what ran the model (vad.export): runtimes score as torch does, to float tolerance
 
     @classmethod
-    def of(cls, clip: Clip, reference: str, scored_with: dict, source: dict | None = None) -> ClipRecord:
+    def of(cls, clip: Clip, reference: str, scored_with: dict, source: dict | None = None,
+           backend: str = "torch") -> ClipRecord:
         """The record of ``clip``; ``source`` is its :func:`source_fingerprint` when the caller already has it."""
         return cls(str(Path(clip.path).resolve()), clip.kind, clip.scene, clip.num_frames, clip.fps,
                    clip.labels is not None, reference,
                    str(Path(clip.pixel_mask).resolve()) if clip.pixel_mask is not None else None,
-                   source if source is not None else source_fingerprint(clip), scored_with)
+                   source if source is not None else source_fingerprint(clip), scored_with, backend)
 
 
 def read_manifest(run: RunFolder, parts: bool = True) -> dict[str, ClipRecord]:
     """``clips.json`` with, when ``parts``, the per-rank parts of a distributed scoring on top (merged at its end;
     left behind when it was interrupted, and their clips are done)."""
-    paths = [run.manifest, *(sorted(run.root.glob("clips.rank*.json")) if parts else [])]
+    paths = [run.manifest, *(run.rank_parts() if parts else [])]
     records: dict[str, ClipRecord] = {}
     for path in paths:
         if not path.is_file():
             continue
         try:
-            records.update({name: ClipRecord(**entry) for name, entry in json.loads(path.read_text()).items()})
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object of clips")
+            records.update({name: ClipRecord(**entry) for name, entry in data.items()})
         except (ValueError, TypeError) as err:
             raise RunFolderError(f"{path}: not a manifest of this vad version ({err}); score the run again with "
                                  f"--overwrite, or into a new run folder") from None
@@ -123,8 +231,38 @@ def write_manifest(records: dict[str, ClipRecord], path: Path) -> None:
 def merge_manifest_parts(run: RunFolder) -> None:
     """Fold the per-rank manifest parts into ``clips.json`` and delete them."""
     write_manifest(read_manifest(run), run.manifest)
-    for part in run.root.glob("clips.rank*.json"):
+    for part in run.rank_parts():
         part.unlink()
+
+
+def path_tag(path: Path | str) -> str:
+    """Six hex digits of the SHA-1 of a source's absolute path: what tells two sources of one name apart."""
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:6]
+
+
+def assign_names(clips: Sequence[Clip], records: dict[str, ClipRecord]) -> tuple[list[Clip], list[str]]:
+    """Clip names that never make one source's results overwrite another's: a source scored before keeps the name
+    it got then; a new one takes its reader's name (a file stem, a folder name) when no other source has it, else
+    that name with :func:`path_tag` of its path (``day-3fa2c1``). Returns the clips, renamed where needed, and a
+    line for each renamed clip."""
+    by_path = {rec.path: name for name, rec in records.items()}
+    taken = {name: rec.path for name, rec in records.items()}
+    out, lines = [], []
+    for clip in clips:
+        path = str(Path(clip.path).resolve())
+        name = by_path.get(path)
+        if name is None:
+            name = clip.name
+            if taken.get(name, path) != path:
+                owner = taken[name]
+                name = f"{clip.name}-{path_tag(path)}"
+                lines.append(f"clip {name}: {path} (the name {clip.name} is taken by {owner})")
+            if taken.get(name, path) != path:
+                raise RunFolderError(f"clip names {name!r} of {path} and {taken[name]} collide; score one of them into "
+                                     "another run folder")
+        taken[name] = by_path[path] = path
+        out.append(renamed(clip, name))
+    return out, lines
 
 
 def source_fingerprint(clip: Clip) -> dict:
@@ -200,14 +338,19 @@ class ScoreBook:
     """The manifest while clips are scored: which clips are done, and with what. A clip is done when its scores
     (and maps, when asked for) exist and its record has the same model, settings and source as now, so a retrained
     model, other settings, or a changed source video re-scores it. With several ranks each writes its own part,
-    which rank 0 folds into ``clips.json`` (:meth:`finish`)."""
+    which rank 0 folds into ``clips.json`` (:func:`merge_manifest_parts`). ``fresh`` starts from an empty manifest
+    (``score --overwrite``: an unreadable one is replaced)."""
 
-    def __init__(self, run: RunFolder, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, run: RunFolder, rank: int = 0, world_size: int = 1, fresh: bool = False) -> None:
         self.run, self.world_size = run, world_size
-        self.records = read_manifest(run)
+        self.records = {} if fresh else read_manifest(run)
         self.mine: dict[str, ClipRecord] = {}  # this rank's new records
         self.part = run.rank_part(rank)
         self._sources: dict[str, dict] = {}  # clip -> source fingerprint, taken once (a stat per frame file)
+
+    def names(self, clips: Sequence[Clip]) -> tuple[list[Clip], list[str]]:
+        """:func:`assign_names` against this manifest."""
+        return assign_names(clips, self.records)
 
     def source(self, clip: Clip) -> dict:
         if clip.name not in self._sources:
@@ -220,20 +363,20 @@ class ScoreBook:
                 and self.run.scores(clip.name).is_file() and (not maps or self.run.maps(clip.name).is_file()))
 
     def changed_sources(self, clips: list[Clip]) -> list[str]:
-        """A line for each clip whose name was scored before from another (or a modified) source."""
+        """A line for each clip whose source was modified since it was scored."""
         out = []
         for c in clips:
             rec = self.records.get(c.name)
-            if rec is not None and rec.source != (now := self.source(c)):
-                what = "modified since" if rec.source["path"] == now["path"] else f"now {now['path']}; was {rec.path}"
-                out.append(f"clip {c.name}: source {what} it was scored; scoring it again")
+            if rec is not None and rec.source != self.source(c):
+                out.append(f"clip {c.name}: its source {rec.path} was modified since it was scored; scoring it again")
         return out
 
-    def record(self, clip: Clip, reference: str, scored_with: dict) -> None:
+    def record(self, clip: Clip, reference: str, scored_with: dict, backend: str = "torch") -> None:
         """Clip ``clip`` is scored: save its labels and its record (after each clip, so scoring is resumable)."""
         if clip.labels is not None:
             save_npy(np.asarray(clip.labels, dtype=np.uint8), self.run.labels(clip.name))
-        self.records[clip.name] = self.mine[clip.name] = ClipRecord.of(clip, reference, scored_with, self.source(clip))
+        self.records[clip.name] = self.mine[clip.name] = ClipRecord.of(clip, reference, scored_with, self.source(clip),
+                                                                       backend)
         if self.world_size > 1:
             write_manifest(self.mine, self.part)
         else:

@@ -1,11 +1,8 @@
-"""Training: optimiser and schedule, the validation hold-out, checkpoints, resume, calibration.
+"""Training: optimiser and schedule, the validation hold-out, checkpoints, resume, the normal reference.
 
-Layout of a training folder::
-
-    OUT/model.pt                the selected model (best validation loss) with its calibration
-    OUT/checkpoints/last.pt     everything needed to resume (model, optimiser, schedule, epoch, RNG)
-    OUT/checkpoints/best.pt     the best-validation-loss model so far
-    OUT/train_log.jsonl         one line per epoch
+A training folder (:class:`~vad.runs.RunFolder`) gets ``model.pt`` (the selected model, best validation loss,
+with its normal reference), ``checkpoints/last.pt`` (everything needed to resume: model, optimiser, schedule, epoch,
+RNG), ``checkpoints/best.pt`` and ``train_log.jsonl`` (one line per epoch).
 
 The hold-out is the last ``val_fraction`` of every training clip's frames: normal footage the student never
 trains on, used to select the checkpoint, to standardise a fused model's branches and to calibrate the anomaly
@@ -19,7 +16,8 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +27,17 @@ from tqdm import tqdm
 
 from vad.augment import ObjectShift, clip_backgrounds
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
-from vad.config import RunConfig, from_dict, to_dict
+from vad.config import SCORING, RunConfig, from_dict, to_dict
 from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.distributed import all_sum, barrier, frame_shares, world
-from vad.errors import VadError
+from vad.errors import ConfigError, InputError, UsageError, VadError
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
-from vad.io.decode import iter_frames
+from vad.io.decode import first_frame, looks_grey
 from vad.io.records import Clip
-from vad.models import AnomalyModel, backbone_spec, build_model, frame_scores
+from vad.models import AnomalyModel, backbone_spec, build_model
+from vad.reference import fit_reference, holdout
+from vad.runs import RunFolder
+from vad.score import Scorer
 
 
 class ResumeError(VadError, ValueError):
@@ -45,8 +46,8 @@ class ResumeError(VadError, ValueError):
 
 def frame_size(clip: Clip) -> tuple[int, int]:
     """``(height, width)`` of a clip's frames (decodes one frame)."""
-    _, frames = next(iter(iter_frames(clip, batch_size=1, stop=1)))
-    return int(frames.shape[-2]), int(frames.shape[-1])
+    frame = first_frame(clip)
+    return int(frame.shape[-2]), int(frame.shape[-1])
 
 
 def input_size(cfg: RunConfig, clips: Sequence[Clip]) -> tuple[int, int]:
@@ -56,20 +57,6 @@ def input_size(cfg: RunConfig, clips: Sequence[Clip]) -> tuple[int, int]:
         return h, cfg.model.input_width
     fh, fw = frame_size(clips[0])
     return h, max(16, int(round(h * fw / fh / 16)) * 16)
-
-
-def holdout(clips: Sequence[Clip], fraction: float) -> tuple[dict, dict]:
-    """``(train_ranges, val_ranges)``: per clip, frames ``[0, n - k)`` train and the last ``k`` validate."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"train.val_fraction must be in (0, 1); got {fraction}")
-    train, val = {}, {}
-    for c in clips:
-        n = c.num_frames
-        k = max(1, int(round(n * fraction)))
-        if n - k < 1:
-            raise ValueError(f"training clip {c.name} has {n} frame(s); too short to hold out {fraction:.0%}")
-        train[c.name], val[c.name] = (0, n - k), (n - k, n)
-    return train, val
 
 
 def _seed(seed: int) -> None:
@@ -86,7 +73,7 @@ def stage_epochs(model: AnomalyModel, cfg: RunConfig, steps_per_epoch: int) -> d
     epochs = {stage: t.disc_epochs if stage == "disc" else t.epochs for stage in model.stages}
     for stage, n in epochs.items():
         if t.schedule == "onecycle" and n * steps_per_epoch < 4:
-            raise ValueError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
+            raise ConfigError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
                              f"{n * steps_per_epoch} (raise {option[stage]}, lower train.batch_size, "
                              "or use 'constant')")
     return epochs
@@ -133,33 +120,14 @@ def _val_loss(model: AnomalyModel, loader, device: torch.device, dtype) -> float
     return total / max(n, 1)
 
 
-@torch.no_grad()
-def _val_outputs(model: AnomalyModel, loader, device: torch.device, dtype, forward) -> dict[str, torch.Tensor]:
-    """``forward(x) -> {name: (B, ...)}`` over the hold-out, concatenated per name, float32 on the CPU."""
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {}
-    for batch in loader:
-        x = to_device(batch["frames"], device)
-        with autocast(device, dtype):
-            for k, v in forward(x).items():
-                out.setdefault(k, []).append(v.float().cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def position_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position ``(loc, scale)`` of normal maps ``(N, h, w)``: the mean, and the standard deviation with the
-    map-wide standard deviation added as a floor, so a position that happened to see little variation in the
-    hold-out does not turn every small change into a huge score."""
-    loc = maps.mean(0)
-    scale = maps.std(0, unbiased=False) + maps.std(unbiased=False)
-    return loc, scale.clamp_min(1e-12)
-
-
 def _config_key(cfg: RunConfig) -> dict:
+    """What a resumed (or finished) training must share with the config asking for it: the settings that change
+    training; not scoring settings (:data:`~vad.config.SCORING`), where the data lives, nor later stages'."""
     d = to_dict(cfg)
     d["train"].pop("num_workers")  # resuming with more decode workers is fine
-    d["model"].pop("mkd_score")  # how MKD turns its losses into a frame score: a scoring choice, not a training one
-    for other in ("data", "score", "postprocess", "eval", "render"):  # where the data lives, and later stages
+    for key in SCORING:
+        d["model"].pop(key)
+    for other in ("data", "score", "postprocess", "eval", "render"):
         d.pop(other)
     return d
 
@@ -169,7 +137,7 @@ class _Session:
     """What one training run holds: its data streams, model, plan of epochs and where it writes."""
 
     cfg: RunConfig
-    out: Path
+    run: RunFolder
     device: torch.device
     dtype: torch.dtype | None
     model: AnomalyModel
@@ -178,14 +146,12 @@ class _Session:
     epochs: dict[str, int]
     steps_per_epoch: int
     train_stream: FrameStream
+    val_clips: list[Clip]
+    val_ranges: dict[str, tuple[int, int]]  # the hold-out: the last train.val_fraction of every training clip
     val_loader: Any
     gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage), object shifts
     progress: bool
     shift: ObjectShift | None = None  # training augmentation (train.object_shift), set up before training
-
-    @property
-    def ckdir(self) -> Path:
-        return self.out / "checkpoints"
 
     def loader(self):
         return make_loader(self.train_stream, self.cfg.train.num_workers, self.device.type == "cuda")
@@ -198,7 +164,7 @@ class _Optim:
     opt: torch.optim.Optimizer
     sched: Any
     scaler: torch.amp.GradScaler
-    step: Any
+    loss: Any  # the stage's loss function: model.loss, or through DistributedDataParallel
 
     @classmethod
     def for_stage(cls, s: _Session) -> _Optim:
@@ -217,15 +183,15 @@ def train(
 ) -> Path:
     """Train a model on normal ``clips``; return the path of ``out/model.pt``. Resumes from
     ``out/checkpoints/last.pt`` when it exists (same config required); stops at the first non-finite loss."""
-    s = _session(clips, cfg, Path(out), device, progress)
+    s = _session(clips, cfg, RunFolder(out), device, progress)
     start, best, ck = _resume(s)
     if start >= len(s.plan) and _is_final(s):
-        return s.out / "model.pt"
+        return s.run.model
     if ck is None:  # statistics a model needs before training (a resumed one has them in its checkpoint)
         s.model.fit_normal(_plain_batches(s))
-    if s.cfg.object_shift > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
+    if s.cfg.object_shift_rate > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
-        s.shift = ObjectShift(clip_backgrounds(_plain_stream(s)), s.cfg.object_shift, std, s.device)
+        s.shift = ObjectShift(clip_backgrounds(_plain_stream(s)), s.cfg.object_shift_rate, std, s.device)
     # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
     s.model.set_stage(s.plan[start - 1] if start else s.plan[0])
     o = _Optim.for_stage(s)
@@ -239,7 +205,7 @@ def train(
                initial=start, total=len(s.plan))
     for epoch in bar:
         if s.plan[epoch] != s.model.stage:  # a new stage starts from the previous stage's selected model
-            s.model.load_state_dict(read_checkpoint(s.ckdir / "best.pt")["model"], strict=False)
+            s.model.load_state_dict(read_checkpoint(s.run.best_checkpoint)["model"], strict=False)
             s.model.set_stage(s.plan[epoch])
             o, best = _Optim.for_stage(s), math.inf
         loss, seen, secs = _train_epoch(s, o, epoch)
@@ -251,13 +217,13 @@ def train(
     return _finalise(s)
 
 
-def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | torch.device,
+def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str | torch.device,
              progress: bool) -> _Session:
     """Data streams (this rank's share of the training frames, the hold-out), the model and its plan of epochs."""
     device = resolve_device(device)
     t = cfg.train
     if not clips:
-        raise ValueError("no training clips")
+        raise InputError("no training clips")
     size = input_size(cfg, clips)
     transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
     train_ranges, val_ranges = holdout(clips, t.val_fraction)
@@ -265,7 +231,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | tor
     if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
         train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
         if not train_ranges:
-            raise ValueError(f"{w.world_size} processes cannot share {len(clips)} training clips' frames")
+            raise UsageError(f"{w.world_size} processes cannot share {len(clips)} training clips' frames")
     n_train = sum(b - a for a, b in train_ranges.values())
     # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
     # batches (with several decode workers each worker's last batch may be partial, giving a few more).
@@ -280,11 +246,12 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, out: Path, device: str | tor
                              t.num_workers, device.type == "cuda")
     epochs = stage_epochs(model, cfg, steps_per_epoch)
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
-            "normalization": transform.normalization, "train_clips": [c.name for c in clips]}
-    return _Session(cfg, out, device, amp_dtype(t.amp, device), model, meta,
+            "normalization": transform.normalization, "train_clips": [c.name for c in clips],
+            "colour": not all(looks_grey(first_frame(c)) for c in clips)}
+    return _Session(cfg, run, device, amp_dtype(t.amp, device), model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
-                    train_stream, val_loader, torch.Generator().manual_seed(t.seed + 1000 * w.rank),
-                    progress and w.main)
+                    train_stream, list(clips), val_ranges, val_loader,
+                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main)
 
 
 def _plain_stream(s: _Session):
@@ -302,7 +269,7 @@ def _plain_batches(s: _Session):
 def _resume(s: _Session) -> tuple[int, float, dict | None]:
     """``(first epoch to run, best validation loss so far, last checkpoint or None)``; restores the model's weights
     and the random streams from ``checkpoints/last.pt`` after checking it belongs to this run."""
-    path = s.ckdir / "last.pt"
+    path = s.run.last_checkpoint
     if not path.exists():
         return 0, math.inf, None
     ck = read_checkpoint(path)
@@ -330,19 +297,19 @@ def _resume(s: _Session) -> tuple[int, float, dict | None]:
 
 def _is_final(s: _Session) -> bool:
     """After the last epoch: whether ``model.pt`` is already this run's final model (else it is (re)written)."""
-    final = s.out / "model.pt"
-    if final.is_file() and read_checkpoint(final)["config"]["model"] == s.meta["config"]["model"]:
+    final = s.run.model
+    if final.is_file() and _config_key(from_dict(RunConfig, read_checkpoint(final)["config"])) == _config_key(s.cfg):
         if s.progress:
             print(f"{final}: already trained ({len(s.plan)} epochs); delete it to retrain")
         return True
-    if s.progress:  # interrupted before model.pt was written, or only scoring settings (model.mkd_score) differ
-        print(f"{s.ckdir / 'last.pt'}: all {len(s.plan)} epochs trained; writing {final}")
+    if s.progress:  # interrupted before model.pt was written
+        print(f"{s.run.last_checkpoint}: all {len(s.plan)} epochs trained; writing {final}")
     return False
 
 
 def _trim_log(s: _Session, start: int) -> None:
     """Drop the log lines of epochs a resumed run will redo."""
-    log = s.out / "train_log.jsonl"
+    log = s.run.train_log
     if log.exists() and world().main:
         kept = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start]
         log.write_text("".join(ln + "\n" for ln in kept))
@@ -369,7 +336,7 @@ def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]
         if s.shift is not None:
             x = s.shift(x, batch["clip"], s.gen)
         with autocast(s.device, s.dtype):
-            loss = o.step(x, s.gen)
+            loss = o.loss(x, s.gen)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         if (s.device.type == "cpu" or (i + 1) % DIVERGENCE_CHECK_EVERY == 0) and int(first_bad) >= 0:
             _diverged(s, o, epoch, int(first_bad))
@@ -405,44 +372,36 @@ def _end_epoch(s: _Session, o: _Optim, epoch: int, loss_sum: float, seen: int, t
     improved = val_loss < best
     state = {**s.meta, "model": model_state(s.model), "epoch": epoch, "stage": s.model.stage}
     if improved:
-        atomic_save({**state, "val_loss": val_loss}, s.ckdir / "best.pt")
+        atomic_save({**state, "val_loss": val_loss}, s.run.best_checkpoint)
     record = {"epoch": epoch + 1, "stage": s.model.stage, "train_loss": loss_sum / max(seen, 1),
               "val_loss": val_loss, "lr": o.opt.param_groups[0]["lr"], "seconds": round(elapsed, 2),
               "frames_per_s": round(seen / train_secs, 1), "processes": world().world_size, "best": improved}
-    with (s.out / "train_log.jsonl").open("a") as fh:
+    with (s.run.train_log).open("a") as fh:
         fh.write(json.dumps(record) + "\n")
     atomic_save({**state, "best_val": min(best, val_loss), "optimizer": o.opt.state_dict(),
                  "scheduler": o.sched.state_dict(), "scaler": o.scaler.state_dict(), "rng": torch.get_rng_state(),
-                 "gen": s.gen.get_state(), "processes": world().world_size}, s.ckdir / "last.pt")
+                 "gen": s.gen.get_state(), "processes": world().world_size}, s.run.last_checkpoint)
     return record
 
 
 def _finalise(s: _Session) -> Path:
-    """Rank 0 writes ``model.pt``: the best-validation model with its normal reference. The hold-out's anomaly
-    maps give the per-position statistics and the per-frame scores that thresholds and calibrated normalisation
-    are drawn from (normal training data only)."""
-    final_path = s.out / "model.pt"
+    """Rank 0 writes ``model.pt``: the best-validation model with its normal reference, fitted on the hold-out as
+    the scorer scores it (:func:`vad.reference.fit_reference`; normal training data only)."""
+    final_path = s.run.model
     if not world().main:
         barrier()  # until rank 0 has written model.pt
         return final_path
-    best_ck = read_checkpoint(s.ckdir / "best.pt")
+    best_ck = read_checkpoint(s.run.best_checkpoint)
     # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
-    model = restore_model({**best_ck, "config": s.meta["config"]}).to(s.device, memory_format=torch.channels_last)
-    final = {**s.meta, "model": None, "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"]}
-    if model.branches:  # a fused model: each branch standardised by its own hold-out frame scores (one pass)
-        branch = _val_outputs(model, s.val_loader, s.device, s.dtype, model.branch_maps)
-        model.set_branch_stats({b: frame_scores(m) for b, m in branch.items()})
-        maps = model.fuse(branch)
-        scores = frame_scores(maps)
-    else:
-        out = _val_outputs(model, s.val_loader, s.device, s.dtype,
-                           lambda x: dict(zip(("scores", "maps"), model.score_and_map(x), strict=True)))
-        scores, maps = out["scores"], out["maps"]
-    final["val_scores"] = {"raw": scores}
-    if s.cfg.train.position_stats:
-        model.set_position_stats(*position_statistics(maps))
-        final["val_scores"]["per_position"] = frame_scores(model.standardise_map(maps.to(model.pos_loc.device)).cpu())
-    final["model"] = model_state(model)
+    model = restore_model({**best_ck, "config": s.meta["config"]})
+    scorer = Scorer(model, s.meta, replace(s.cfg.score, compile=False), s.device)
+    raw, per_position = fit_reference(partial(scorer.outputs, s.val_clips, s.val_ranges), model,
+                                      s.cfg.train.position_stats)
+    val_scores = {"raw": torch.from_numpy(raw)}
+    if per_position is not None:
+        val_scores["per_position"] = torch.from_numpy(per_position)
+    final = {**s.meta, "model": model_state(model), "epoch": best_ck["epoch"], "val_loss": best_ck["val_loss"],
+             "val_scores": val_scores, "scoring": s.cfg.model.scoring()}
     atomic_save(final, final_path)
     barrier()
     return final_path
@@ -476,5 +435,5 @@ def train_per_scene(clips: Sequence[Clip], cfg: RunConfig, out: Path | str, devi
     groups: dict[str, list[Clip]] = {}
     for c in clips:
         groups.setdefault(c.scene or "all", []).append(c)
-    return {scene: train(group, cfg, Path(out) / "scenes" / scene, device, progress)
+    return {scene: train(group, cfg, RunFolder(out).scene(scene).root, device, progress)
             for scene, group in sorted(groups.items())}

@@ -20,6 +20,8 @@ class AnomalyModel(nn.Module):
     method: str = ""
     stages: tuple[str, ...] = ()
     window: int = 1  # frames per input sample: (B, 3 * window, H, W), the scored frame last, its past before it
+    context: int = 0  # past frames a frame's score reads (window - 1); such a model also scores a stream of single
+    # frames, the teacher once per frame (past_features, step, step_branch_maps: vad.models.motion)
     branches: tuple[str, ...] = ()  # a fused model's branches (branch_maps, set_branch_stats); () = one map
 
     def __init__(self) -> None:
@@ -53,7 +55,8 @@ class AnomalyModel(nn.Module):
         return self
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The current stage's training loss for a normalised batch ``(B, 3, H, W)`` of normal frames.
+        """The current stage's training loss for a normalised batch ``(B, 3 * window, H, W)`` of normal frames (windows
+        of ``window`` frames, the scored one last, for a model with a past: :attr:`window`).
         ``generator`` drives any randomness (pseudo-anomalies), so a validation pass can be repeatable."""
         raise NotImplementedError
 
@@ -67,7 +70,8 @@ class AnomalyModel(nn.Module):
         return x.shape[-2] // self.stride, x.shape[-1] // self.stride
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised ``(B, 3, H, W)`` -> (raw per-frame scores ``(B,)``, raw anomaly maps ``(B, h, w)``), float32.
+        """Normalised ``(B, 3 * window, H, W)`` -> (raw per-frame scores ``(B,)``, raw anomaly maps ``(B, h, w)``),
+        float32.
         Called under ``torch.no_grad()`` (a method that needs input gradients enables them itself)."""
         raise NotImplementedError
 

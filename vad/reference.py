@@ -1,0 +1,171 @@
+"""The normal reference: what a model's scores are judged against, drawn from normal hold-out frames only.
+
+A model's reference depends on how it scores (:data:`vad.config.SCORING`): a fused model's branch statistics and
+its hold-out frame scores change with ``model.fusion`` or ``model.motion_pool``. One function makes it from the
+scorer's outputs on the hold-out frames (:func:`fit_reference`): training calls it for the trained settings (the
+result is saved in ``model.pt``), scoring for other settings (saved in the run folder). From the hold-out frame
+scores come the event threshold, calibrated scores and the heatmaps' colour scale (:class:`NormalReference`),
+for evaluate, render, review and watch alike. Test data never enters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vad.atomic import atomic_path
+from vad.errors import InputError
+
+STATE_KEYS = ("branch_loc", "branch_scale", "pos_loc", "pos_scale")  # model buffers fitted on the hold-out
+
+
+def event_threshold(normal_scores: np.ndarray, percentile: float) -> float:
+    """The event threshold: the ``percentile``-th percentile of a model's normal hold-out frame scores
+    (``eval.threshold_percentile``)."""
+    normal = np.asarray(normal_scores, dtype=np.float64)
+    if not len(normal):
+        raise InputError("no normal hold-out scores to draw the event threshold from")
+    return float(np.percentile(normal, percentile))
+
+
+def calibrate(scores: np.ndarray, normal_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Scores on the threshold's scale: 0 at the median normal hold-out frame score, 1 at the event threshold
+    (any sign of scores: RSTPM's are log-odds)."""
+    low = float(np.median(np.asarray(normal_scores, dtype=np.float64)))
+    if not threshold > low:
+        raise InputError(f"the event threshold {threshold:.6g} is not above the median normal score {low:.6g}: "
+                         "the hold-out scores are constant; calibrated normalisation needs a spread")
+    return (np.asarray(scores, dtype=np.float64) - low) / (threshold - low)
+
+
+def heat_scale(normal_scores: np.ndarray, threshold: float, heat_range: float) -> tuple[float, float]:
+    """``(low, high)`` of the heatmap colour scale: low = median normal frame score, and the threshold sits at
+    ``1 / heat_range`` of the way to high (``heat_range > 1``: render.heat_range)."""
+    low = float(np.median(np.asarray(normal_scores, dtype=np.float64)))
+    span = max(threshold - low, 1e-6 * max(abs(threshold), 1e-12))
+    return low, low + heat_range * span
+
+
+def reference_id(scope: str, model_digest: str, settings: Mapping, per_position: bool) -> str:
+    """The name of a reference: its scope (``all`` or a scene) and a digest of the model and the settings."""
+    key = json.dumps([model_digest, dict(sorted(settings.items())), bool(per_position)])
+    return f"{scope}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class NormalReference:
+    """A model's normal hold-out frame scores under one scoring setting, and the model statistics fitted with them.
+
+    ``scores`` are the frame scores as the clips scored against this reference have them (per-position
+    standardised when ``per_position``); ``state`` holds the statistics (:data:`STATE_KEYS`) the model scores
+    with under ``settings``."""
+
+    scores: np.ndarray  # (N,) hold-out frame scores
+    settings: dict = field(default_factory=dict)  # the model's scoring settings (vad.config.SCORING)
+    per_position: bool = False
+    state: dict = field(default_factory=dict)  # {name: array} of STATE_KEYS
+    model: str = ""  # the digest of the model file
+
+    def threshold(self, percentile: float) -> float:
+        return event_threshold(self.scores, percentile)
+
+    def calibrate(self, scores: np.ndarray, percentile: float) -> np.ndarray:
+        return calibrate(scores, self.scores, self.threshold(percentile))
+
+    def heat_scale(self, percentile: float, heat_range: float) -> tuple[float, float]:
+        return heat_scale(self.scores, self.threshold(percentile), heat_range)
+
+    def save(self, path: Path) -> None:
+        arrays = {f"state_{k}": np.asarray(v) for k, v in self.state.items()}
+        meta = json.dumps({"settings": self.settings, "per_position": self.per_position, "model": self.model})
+        with atomic_path(path, ".npz") as tmp:
+            np.savez(tmp, scores=np.asarray(self.scores, np.float32), meta=np.array(meta), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> NormalReference:
+        """A saved reference; a ``.npy`` file (run folders of earlier versions) holds the hold-out scores alone."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path} not found: the normal reference of scored clips is missing; score them again")
+        try:
+            if path.suffix == ".npy":
+                return cls(np.load(path).astype(np.float64))
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                state = {k.removeprefix("state_"): z[k] for k in z.files if k.startswith("state_")}
+                return cls(z["scores"].astype(np.float64), meta["settings"], meta["per_position"], state,
+                           meta["model"])
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"{path}: not a readable normal reference ({err}); score the clips again") from None
+
+
+def position_statistics(maps):
+    """Per-position ``(loc, scale)`` of normal maps ``(N, h, w)``: the mean, and the standard deviation with the
+    map-wide standard deviation added as a floor, so a position that happened to see little variation in the
+    hold-out does not turn every small change into a huge score."""
+    loc = maps.mean(0)
+    scale = maps.std(0, unbiased=False) + maps.std(unbiased=False)
+    return loc, scale.clamp_min(1e-12)
+
+
+def fit_reference(outputs: Callable[[bool], dict], model, position_stats: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fit ``model``'s hold-out statistics and return its hold-out frame scores ``(raw, per-position or None)``.
+
+    ``outputs(branches)`` scores the normal hold-out frames and returns ``{"scores": (N,), "maps": (N, h, w)}``, or
+    with ``branches`` a fused model's branch maps before fusion (:meth:`vad.score.Scorer.outputs`). A fused
+    model's branches are standardised by their own hold-out frame scores first; with ``position_stats`` the
+    per-position statistics of the (fused) hold-out maps are set too."""
+    from vad.models import frame_scores
+
+    if model.branches:
+        branch = outputs(True)
+        model.set_branch_stats({b: frame_scores(m) for b, m in branch.items()})
+        maps = model.fuse(branch)
+        scores = frame_scores(maps)
+    else:
+        out = outputs(False)
+        scores, maps = out["scores"], out["maps"]
+    per_position = None
+    if position_stats:
+        model.set_position_stats(*position_statistics(maps))
+        per_position = frame_scores(model.standardise_map(maps.to(model.pos_loc.device)).cpu()).numpy()
+    return scores.numpy(), per_position
+
+
+def reference_state(model) -> dict[str, np.ndarray]:
+    """The hold-out statistics ``model`` scores with (:data:`STATE_KEYS` it has)."""
+    buffers = dict(model.named_buffers())
+    return {k: buffers[k].detach().cpu().numpy() for k in STATE_KEYS if k in buffers and buffers[k].numel()}
+
+
+def apply_state(model, state: Mapping[str, np.ndarray]) -> None:
+    """Set ``model``'s hold-out statistics from a reference's ``state``."""
+    import torch
+
+    buffers = dict(model.named_buffers())
+    for k, v in state.items():
+        t = torch.as_tensor(np.asarray(v)).to(buffers[k].device) if k in buffers else None
+        if t is None:
+            raise InputError(f"a normal reference holds {k!r}, which a {model.method} model does not have")
+        setattr(model, k, t)
+
+
+def holdout(clips: Sequence, fraction: float) -> tuple[dict, dict]:
+    """``(train_ranges, holdout_ranges)``: per clip, frames ``[0, n - k)`` train and the last ``k`` (a ``fraction``
+    of them, ``train.val_fraction``) are held out: normal footage the model never trains on."""
+    if not 0 < fraction < 1:
+        raise InputError(f"train.val_fraction must be in (0, 1); got {fraction}")
+    train, val = {}, {}
+    for c in clips:
+        n = c.num_frames
+        k = max(1, int(round(n * fraction)))
+        if n - k < 1:
+            raise InputError(f"training clip {c.name} has {n} frame(s); too short to hold out {fraction:.0%}")
+        train[c.name], val[c.name] = (0, n - k), (n - k, n)
+    return train, val
