@@ -22,8 +22,9 @@ from vad.models import MotionSTPM, build_model, frame_scores
 from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.motion import motion_weighted_loss
 from vad.models.stpm import STPM
+from vad.reference import holdout
 from vad.score import Scorer, score_clips
-from vad.train import holdout, train
+from vad.train import train
 
 
 def _coded(clip: int, n: int, h: int = 16, w: int = 16) -> np.ndarray:
@@ -130,6 +131,53 @@ def test_scoring_is_causal(tmp_path: Path) -> None:
         scores.append(score_clips(scorer, [clip], tmp_path / f"out_{name}", progress=False)[clip.name])
     np.testing.assert_array_equal(scores[0][:8], scores[1][:8])
     assert not np.allclose(scores[0][8:], scores[1][8:])
+
+
+def _window_scores(model, clips, ckpt, ranges=None) -> dict[str, np.ndarray]:
+    """Every frame's score from its window (the teacher on each of its frames): the reference for streams."""
+    stream = FrameStream(clips, FrameTransform(tuple(ckpt["input_size"]), ckpt["normalization"]), batch_size=5,
+                         window=model.window, ranges=ranges)
+    out: dict[str, list] = {}
+    with torch.no_grad():
+        for batch in stream:
+            out.setdefault(batch["clip"][0], []).append(model.score_and_map(batch["frames"])[0])
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 6, 32])
+def test_a_stream_with_the_teacher_once_per_frame_scores_as_windows(tmp_path: Path, batch_size: int) -> None:
+    """The scorer keeps each clip's last teacher features and runs the teacher once per frame; every frame's score
+    equals its window's: clip starts (frame 0 stands in for the past), batch boundaries, two clips in turn."""
+    rng = np.random.default_rng(1)
+    clips = [_clip(write_frames(tmp_path / f"c{k}", rng.integers(0, 255, (n, 32, 48, 3), dtype=np.uint8), ext=".png"))
+             for k, n in ((0, 13), (1, 4))]
+    model = _random_motion_model()
+    ckpt = {"input_size": [32, 48], "normalization": "imagenet"}
+    scorer = Scorer(model, ckpt, ScoreConfig(batch_size=batch_size, amp="off", compile=False, save_maps=False), "cpu")
+    streamed = score_clips(scorer, clips, tmp_path / "out", progress=False)
+    reference = _window_scores(model, clips, ckpt)
+    for c in clips:
+        np.testing.assert_allclose(streamed[c.name], reference[c.name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_range_inside_a_clip_reads_its_real_past_in_a_stream(tmp_path: Path) -> None:
+    """A range that starts inside a clip (a hold-out, a shard) is scored after a context batch of its real past, and
+    equals its windows; frames that do not follow the last ones scored start afresh (a gap)."""
+    rng = np.random.default_rng(2)
+    clip = _clip(write_frames(tmp_path / "c", rng.integers(0, 255, (12, 32, 48, 3), dtype=np.uint8), ext=".png"))
+    model = _random_motion_model()
+    ckpt = {"input_size": [32, 48], "normalization": "imagenet"}
+    scorer = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False), "cpu")
+    for ranges in ({"c": (7, 12)}, {"c": (1, 12)}):
+        got = scorer.outputs([clip], ranges)["scores"].numpy()
+        np.testing.assert_allclose(got, _window_scores(model, [clip], ckpt, ranges)["c"], rtol=1e-5, atol=1e-5)
+    frames = FrameTransform((32, 48), "imagenet")(next(iter(FrameStream([clip], None, batch_size=12)))["frames"])
+    scorer.forget()
+    whole = scorer(frames[:6], "c", 0)[0]
+    after_gap = scorer(frames[8:10], "c", 8)[0]  # frames 6, 7 never came: frame 8 starts afresh
+    fresh = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False), "cpu")(frames[8:10], "x", 0)[0]
+    torch.testing.assert_close(after_gap, fresh)
+    assert whole.shape == (6,)
 
 
 def test_the_predictor_loss_weights_what_moves() -> None:

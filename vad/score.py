@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,81 +28,227 @@ from vad.atomic import save_npy
 from vad.config import ScoreConfig
 from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.distributed import world
+from vad.errors import ConfigError, DecodeError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import decode_jpeg_files
-from vad.io.records import Clip
+from vad.io.records import Clip, with_frames
 from vad.models import AnomalyModel, frame_scores
+from vad.runs import RunFolder
 
 COMPILE_MIN_FRAMES = 5000
+_LAYOUTS: dict[tuple, torch.memory_format] = {}  # the faster memory layout on this CPU per kind of model and input
+
+
+def _fused(model: AnomalyModel, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    amap = model.fuse(maps)
+    return frame_scores(amap), amap
 
 
 class Scorer:
-    """Wraps a trained model for inference: ``scorer(frames uint8 (B, 3, H, W)) -> (scores (B,), maps (B, h, w))``.
+    """Wraps a trained model for inference: ``scorer(x, clip, first) -> (scores (B,), maps (B, h, w))`` for
+    normalised frames ``x`` ``(B, 3, H, W)`` (:meth:`prepare` makes them from a :meth:`stream` batch).
+
+    A model with a past (``model.context``: the motion branch) scores a stream of single frames with the teacher
+    run once per frame: the scorer keeps, per clip, the teacher's features of its last ``context`` frames and
+    passes them to the model's :meth:`~vad.models.motion.MotionSTPM.step` with the next consecutive frames
+    (``first``: the index of ``x[0]`` in clip ``clip``). A clip's first frame, or a frame that does not follow
+    the last one scored (a gap), starts afresh: its past is itself, as a window's. A range that starts inside a
+    clip is preceded by a ``"context"`` batch of its real past frames (:meth:`stream`). The scores equal those
+    of the model's windows (``(B, 3 * window, H, W)``, :meth:`~vad.models.base.AnomalyModel.score_and_map`).
 
     The fast path (:meth:`batches`): a :class:`FrameStream` decodes in ``DataLoader`` workers while the model
     runs; on CUDA the workers send undecoded JPEG bytes or uint8 frames through pinned memory and the GPU
     decodes (nvJPEG), resizes and normalises them; the model runs channels-last under autocast (bf16 on CUDA and
     on CPUs with native bf16), optionally ``torch.compile``-d; results come back to the host one batch late, so
     the host's bookkeeping overlaps the device's next batch (a JPEG batch decoded on the GPU waits for the
-    previous batch to finish: see :meth:`prepare`).
+    previous batch to finish: see :meth:`prepare`). ``runtime`` (:mod:`vad.export`) runs an exported copy of the
+    model (ONNX Runtime, OpenVINO) in place of torch; the scorer's bookkeeping is the same.
     """
 
-    def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto") -> None:
+    def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto",
+                 runtime=None) -> None:
         self.device = resolve_device(device)
-        self.dtype = amp_dtype(cfg.amp, self.device, cpu_auto_bf16=True)
+        self.dtype = amp_dtype(cfg.amp, self.device, cpu_auto_bf16=True) if runtime is None else None
         self.cfg = cfg
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
         self.per_position = cfg.per_position and model.has_position_stats
         self.on_device = self.device.type == "cuda"  # decode JPEGs, resize and normalise on the GPU
         if cfg.compile and model.method == "mkd":
-            raise ValueError("score.compile does not support mkd (its maps take input gradients); "
-                             "set score.compile=false")
+            raise ConfigError("score.compile does not support mkd (its maps take input gradients); "
+                              "set score.compile=false")
+        self.runtime = runtime
         self.compiled = False
-        self._forward = model.score_and_map
-        if cfg.compile:
+        self._forward = runtime.forward if runtime is not None else model.score_and_map  # frame models
+        self._step = runtime.step if runtime is not None else getattr(model, "step", None)  # models with a past
+        self._past: dict[str, tuple[dict[str, torch.Tensor], int]] = {}  # clip -> (its last frames' features, next)
+        self._zeros: dict[str, torch.Tensor] | None = None
+        # The memory layout the model runs in: measured on the first full batch on a CPU (_tune_layout), as the
+        # faster of channels-last and contiguous differs between CPUs and backbones; channels-last on a GPU.
+        self.layout = torch.channels_last if self.device.type == "cuda" else None
+        if cfg.compile and runtime is None:
             self.compile()
+
+    def use(self, runtime) -> None:
+        """Run the model with ``runtime`` (an exported copy: :class:`vad.export.Runtime`) from now on."""
+        self.runtime, self.dtype, self.compiled = runtime, None, False
+        self._forward, self._step = runtime.forward, runtime.step
 
     def compile(self) -> None:
         """``torch.compile`` the model (one static batch shape: short batches are padded). The first batch of each
         input size compiles (about a minute on 2 CPU cores); after that STPM scored 1.5x faster end to end
         there (benchmarks/throughput.py). Needs a C/C++ compiler (inductor)."""
-        if not self.compiled:
-            self._forward = torch.compile(self.model.score_and_map, dynamic=False)
+        if not self.compiled and self.runtime is None:
+            self.layout = self.layout or torch.channels_last  # one graph: the layout is not tuned
+            if self.model.context:
+                self._step = torch.compile(self.model.step, dynamic=False)
+            else:
+                self._forward = torch.compile(self.model.score_and_map, dynamic=False)
             self.compiled = True
 
     def compiles(self, frames: int) -> bool:
         """Whether a job of ``frames`` frames is compiled: ``score.compile``, or by default (None) when it has at
         least ``COMPILE_MIN_FRAMES`` (compiling costs about what 2,000 frames gain on a 2-core CPU), the method
         supports it and a C++ compiler is installed (inductor needs one)."""
+        if self.runtime is not None:
+            return False
         if self.cfg.compile is not None:
             return self.cfg.compile
         return (frames >= COMPILE_MIN_FRAMES and self.model.method != "mkd"
                 and any(shutil.which(cc) for cc in ("c++", "g++", "clang++")))
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised input ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``), float32. With
-        calibration the map is standardised per position and the score is its maximum."""
+    def __call__(self, x: torch.Tensor, clip: str = "", first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised frames ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``), float32 (a model with a
+        past: frames ``first ..`` of clip ``clip``, see the class docstring; windows ``(B, 3 * window, H, W)`` are
+        scored as they are). With ``score.per_position`` the map is standardised per position and the score is its
+        maximum."""
         x = to_device(x, self.device)
         n = len(x)
-        if self.compiled and n < self.cfg.batch_size:  # one static shape: a clip's last batch is padded
-            x = torch.cat([x, x[-1:].expand(self.cfg.batch_size - n, *x.shape[1:])])
-            x = x.contiguous(memory_format=torch.channels_last)  # the full batches' strides: no recompilation
+        if self.model.context and x.shape[1] == 3:
+            past, start = self._past_of(clip, first, x)
+            call = partial(self._step, past=past, start=torch.tensor(start, device=self.device))
+        else:
+            call = self._forward
+        x = self._pad(x)
+        if self.layout is None and self.runtime is None and n == self.cfg.batch_size:
+            self._tune_layout(call, x)
         with autocast(self.device, self.dtype):
-            scores, amap = self._forward(x)
+            out = call(x.contiguous(memory_format=self.layout or torch.channels_last))
+        if len(out) == 3:
+            scores, amap, feats = out
+            self._remember(clip, first, n, past, start, feats)
+        else:
+            scores, amap = out
         scores, amap = scores[:n].float(), amap[:n].float()
         if self.per_position:
             amap = self.model.standardise_map(amap)
             scores = frame_scores(amap)
         return scores, amap
 
-    def stream(self, clips: Sequence[Clip]) -> FrameStream:
-        """Batches of ``clips`` as this scorer wants them: normalised on the CPU, or left for the GPU."""
-        window = self.model.window  # a motion model's samples are windows of frames (decoded once, on the CPU)
+    def _tune_layout(self, call: Callable, x: torch.Tensor) -> None:
+        """Time ``call(x)`` with the model and ``x`` channels-last and contiguous (after a warm-up each) and keep the
+        faster layout; measured once per process for a kind of model, input shape and thread count (so scorers in
+        one process agree to the bit)."""
+        teacher = getattr(self.model, "teacher", getattr(self.model, "expert", None))
+        key = (type(self.model).__name__, type(getattr(teacher, "net", teacher)).__name__, tuple(x.shape),
+               torch.get_num_threads(), self.dtype)
+        if key not in _LAYOUTS:
+            times = {}
+            for layout in (torch.channels_last, torch.contiguous_format):
+                self.model.to(memory_format=layout)
+                xs = x.contiguous(memory_format=layout)
+                with autocast(self.device, self.dtype):
+                    call(xs)
+                    t0 = time.perf_counter()
+                    call(xs)
+                    times[layout] = time.perf_counter() - t0
+            _LAYOUTS[key] = min(times, key=times.get)
+        self.layout = _LAYOUTS[key]
+        self.model.to(memory_format=self.layout)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """A compiled model sees one static batch shape: a clip's last, shorter batch is padded with its last frame."""
+        n = len(x)
+        if not self.compiled or n >= self.cfg.batch_size:
+            return x
+        x = torch.cat([x, x[-1:].expand(self.cfg.batch_size - n, *x.shape[1:])])
+        return x.contiguous(memory_format=torch.channels_last)  # the full batches' strides: no recompilation
+
+    def _past_of(self, clip: str, first: int, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
+        """``(past features, start)`` for frames ``first ..`` of ``clip``: the kept past when ``first`` follows the
+        last frames scored, else a fresh start (zeros the model replaces by ``x[0]``)."""
+        kept = self._past.get(clip)
+        if kept is not None and kept[1] == first:
+            return kept[0], False
+        if self._zeros is None:
+            with autocast(self.device, self.dtype):
+                one = self.model.past_features(x[:1])
+            self._zeros = {k: v.new_zeros((self.model.context, *v.shape[1:])) for k, v in one.items()}
+        return self._zeros, True
+
+    def _remember(self, clip: str, first: int, n: int, past: dict, start: bool, feats: dict) -> None:
+        """Keep the features of the last ``context`` frames of ``clip`` scored (``feats``: of frames ``first ..``)."""
+        k = self.model.context
+        self._past[clip] = ({name: torch.cat([v[:1].expand(k, *v.shape[1:]) if start else past[name], v[:n]])[-k:]
+                             for name, v in feats.items()}, first + n)
+
+    def prime(self, x: torch.Tensor, clip: str, first: int) -> None:
+        """Read frames ``x`` (normalised, ``first ..`` of ``clip``) as the past of the frames that follow them, without
+        scoring them (the real past of a range that starts inside a clip)."""
+        x = to_device(x, self.device)
+        past, start = self._past_of(clip, first, x)
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            feats = self.model.past_features(x)
+        self._remember(clip, first, len(x), past, start, feats)
+
+    def forget(self, clip: str | None = None) -> None:
+        """Drop the kept past of ``clip`` (every clip's with ``None``)."""
+        if clip is None:
+            self._past.clear()
+        else:
+            self._past.pop(clip, None)
+
+    def stream(self, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | None = None,
+               partial: bool = False) -> FrameStream:
+        """Batches of ``clips`` (``ranges``: frames ``[start, stop)`` of some) as this scorer wants them: single
+        frames, normalised on the CPU or left for the GPU; a range inside a clip is preceded by its real past for a
+        model that reads one. ``partial``: a video that decodes fewer frames than its container declares ends early
+        instead of failing (:func:`~vad.io.decode.iter_frames`)."""
+        common = {"batch_size": self.cfg.batch_size, "ranges": ranges, "partial": partial, "past": self.model.context}
         if self.on_device:
-            return FrameStream(clips, None, batch_size=self.cfg.batch_size, jpeg_bytes=window == 1, window=window)
-        return FrameStream(clips, self.transform, batch_size=self.cfg.batch_size, window=window)
+            return FrameStream(clips, None, jpeg_bytes=True, **common)
+        return FrameStream(clips, self.transform, **common)
+
+    @torch.no_grad()
+    def outputs(self, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | None,
+                branches: bool = False) -> dict[str, torch.Tensor]:
+        """Raw outputs over the frames of ``clips`` (``ranges`` of them), run as this scorer runs the model (device,
+        autocast, eager torch), concatenated: ``{"scores": (N,), "maps": (N, h, w)}``, or a fused model's branch maps
+        before fusion (``branches``), float32 on the CPU (for the normal reference: :mod:`vad.reference`)."""
+        loader = make_loader(self.stream(clips, ranges), self.num_workers, pin_memory=self.device.type == "cuda")
+        model, out = self.model, {}
+        self.forget()
+        for batch in loader:
+            x = to_device(self.prepare(batch), self.device)
+            clip, first = batch["clip"][0], int(batch["index"][0])
+            if batch.get("context"):
+                self.prime(x, clip, first)
+                continue
+            with autocast(self.device, self.dtype):
+                if model.context:
+                    past, start = self._past_of(clip, first, x)
+                    maps, feats = model.step_branch_maps(x, past, torch.tensor(start, device=self.device))
+                    self._remember(clip, first, len(x), past, start, feats)
+                    got = maps if branches else dict(zip(("scores", "maps"), _fused(model, maps), strict=True))
+                elif branches:
+                    got = model.branch_maps(x)
+                else:
+                    got = dict(zip(("scores", "maps"), model.score_and_map(x), strict=True))
+            for k, v in got.items():
+                out.setdefault(k, []).append(v.float().cpu())
+        self.forget()
+        return {k: torch.cat(v) for k, v in out.items()}
 
     def prepare(self, batch: dict) -> torch.Tensor:
         """A :meth:`stream` batch -> normalised frames (on the device when decoded or transformed there)."""
@@ -121,7 +269,11 @@ class Scorer:
         been queued on the device."""
         pending = None
         for batch in loader:
-            scores, amap = self(self.prepare(batch))
+            clip, first = batch["clip"][0], int(batch["index"][0])
+            if batch.get("context"):
+                self.prime(self.prepare(batch), clip, first)
+                continue
+            scores, amap = self(self.prepare(batch), clip, first)
             small = self.downsample(amap).half() if maps else None
             host = [t if t is None else t.to("cpu", non_blocking=True) for t in (scores, small)]
             out = (batch, *host)
@@ -158,28 +310,41 @@ class Scorer:
 
 
 def score_clips(
-    scorer: Scorer, clips: Sequence[Clip], out: Path | str, overwrite: bool = False, progress: bool = True,
-    is_done: Callable[[Clip], bool] | None = None, on_done: Callable[[Clip], None] | None = None,
+    scorer: Scorer, clips: Sequence[Clip], out: RunFolder | Path | str, overwrite: bool = False,
+    progress: bool = True, is_done: Callable[[Clip], bool] | None = None,
+    on_done: Callable[[Clip], None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Score every frame of ``clips``; write ``out/scores/<clip>.npy`` (and maps). Returns ``{clip: scores}``.
-    Clips for which ``is_done`` is true (default: a scores file exists) are skipped unless ``overwrite``;
-    ``on_done(clip)`` runs as each clip's files are written (the caller's bookkeeping for resuming)."""
-    out = Path(out)
+    """Score every frame of ``clips``; write each clip's scores (and maps) into run folder ``out``. Returns
+    ``{clip: scores}``. Clips for which ``is_done`` is true (default: a scores file exists) are skipped unless
+    ``overwrite``; ``on_done(clip)`` runs as each clip's files are written (the caller's bookkeeping for resuming).
+    What was derived from a clip's earlier scores (its video, the run's metrics...) is deleted as its new scores are
+    written (:meth:`RunFolder.invalidate`). An unlabelled video that decodes fewer frames than its container
+    declares (a partly recorded file) is scored as far as it decodes, and said so."""
+    run = out if isinstance(out, RunFolder) else RunFolder(out)
     names = [c.name for c in clips]
     if len(set(names)) != len(names):
         raise ValueError("clip names must be unique within one run; got duplicates")
-    done = is_done or (lambda c: (out / "scores" / f"{c.name}.npy").exists())
+    done = is_done or (lambda c: run.scores(c.name).exists())
     todo = [c for c in clips if overwrite or not done(c)]
-    results = {c.name: np.load(out / "scores" / f"{c.name}.npy") for c in clips if c not in todo}
+    results = {c.name: np.load(run.scores(c.name)) for c in clips if c not in todo}
     if not todo:
         return results
     if scorer.compiles(sum(c.num_frames for c in todo)):
         scorer.compile()
-    loader = make_loader(scorer.stream(todo), scorer.num_workers, pin_memory=scorer.device.type == "cuda")
+    loader = make_loader(scorer.stream(todo, partial=True), scorer.num_workers,
+                         pin_memory=scorer.device.type == "cuda")
     by_name = {c.name: c for c in todo}
     pending: dict[str, dict] = {}  # clip -> {"scores": (T,) array, "maps": (T, h, w) array | None, "done": int}
-    t0, n = time.perf_counter(), 0
+    t0, n, stale = time.perf_counter(), 0, []
     progress = progress and world().main  # under torchrun rank 0 reports
+
+    def finish(clip: Clip, entry: dict) -> None:
+        scorer.forget(clip.name)
+        stale.extend(run.invalidate([clip.name]))
+        results[clip.name] = _flush(clip, entry, run)
+        if on_done is not None:
+            on_done(clip)
+
     with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
         for batch, scores, small in scorer.batches(loader, maps=scorer.cfg.save_maps):
             name, index = batch["clip"][0], batch["index"].numpy()
@@ -194,22 +359,40 @@ def score_clips(
             n += len(index)
             bar.update(len(index))
             if entry["done"] == clip.num_frames:
-                results[name] = _flush(clip, pending.pop(name), out)
-                if on_done is not None:
-                    on_done(clip)
-    if pending:
-        short = {k: v["done"] for k, v in pending.items()}
-        raise RuntimeError(f"scoring ended with incomplete clips (frames scored): {short}")
+                finish(clip, pending.pop(name))
+    for name, entry in pending.items():  # videos that decoded fewer frames than their containers declare
+        finish(_partly_recorded(by_name[name], entry), entry)
     if progress:
         secs = time.perf_counter() - t0
-        print(f"scored {n} frames of {len(todo)} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {out / 'scores'}")
+        print(f"scored {n} frames of {len(todo)} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {run.scores_dir}")
+        if stale:
+            shown = ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else "")
+            print(f"note: removed {len(stale)} output(s) made from earlier scores ({shown}): evaluate and render "
+                  "again to remake them")
     return results
 
 
-def _flush(clip: Clip, entry: dict, out: Path) -> np.ndarray:
+def _partly_recorded(clip: Clip, entry: dict) -> Clip:
+    """The clip of a video that ended after ``entry["done"]`` frames, cut to them (the entry too), with a note; an
+    error when that cannot be (labelled clips, frame folders, frames missing in the middle)."""
+    k = entry["done"]
+    declared = clip.num_frames
+    if clip.kind != "video" or clip.labels is not None or k == 0:
+        what = "its labels count them all" if clip.labels is not None else "every frame must be scored"
+        raise DecodeError(f"{clip.path}: {k} of {declared} frames decoded and scored; {what} (a truncated or "
+                          "corrupt file?)")
+    print(f"note: {clip.path}: the container declares {declared} frames but {k} decode (a partly recorded "
+          f"file?); scored those {k}, {declared - k} missing", file=sys.stderr)
+    entry["scores"] = entry["scores"][:k]
     if entry["maps"] is not None:
-        save_npy(entry["maps"], out / "maps" / f"{clip.name}.npy")
+        entry["maps"] = entry["maps"][:k]
+    return with_frames(clip, k)
+
+
+def _flush(clip: Clip, entry: dict, run: RunFolder) -> np.ndarray:
+    if entry["maps"] is not None:
+        save_npy(entry["maps"], run.maps(clip.name))
     else:  # a map left by an earlier scoring would no longer match these scores
-        (out / "maps" / f"{clip.name}.npy").unlink(missing_ok=True)
-    save_npy(entry["scores"], out / "scores" / f"{clip.name}.npy")  # scores last: their presence marks the clip done
+        run.maps(clip.name).unlink(missing_ok=True)
+    save_npy(entry["scores"], run.scores(clip.name))  # scores last: their presence marks the clip done
     return entry["scores"]

@@ -1,31 +1,20 @@
 """Motion: STPM with a second, causal student that predicts the present from the past, fused with appearance.
 
-A frame-by-frame student sees *what* is in a frame, never *how it moves*: a person crossing at five times walking
-speed looks, frame by frame, like any pedestrian. :class:`MotionSTPM` adds a **future-feature predictor**: from the
-frozen teacher's pyramids of frames ``t - k .. t - 1`` it predicts the teacher's features of frame ``t``. Trained on
-normal footage it learns how things normally move at each place (walkers shift a fraction of a feature cell per
-frame); where something moves faster than anything it saw, the present lies where the past did not predict it
-and the prediction misses, on both the old and the new position. Because it works on teacher features, not pixels,
-it needs no appearance of its own: an object never seen but moving normally is copied forward and stays the
-appearance student's to find. Its loss weights the positions that move (:func:`motion_weighted_loss`): copying the
-past predicts the background, which is most of every frame, and an unweighted loss learns little more than that.
+:class:`MotionSTPM` is STPM (the appearance branch) plus a future-feature predictor (the motion branch) on the same
+frozen teacher:
 
-Inputs are windows ``(B, 3 * (k + 1), H, W)``: frames ``t - k .. t`` stacked on the channel axis, oldest first
-(:class:`~vad.io.dataset.FrameStream` with ``window = k + 1``; a clip's first frames repeat frame 0 as their past,
-so they have no motion). Only past frames are used: scoring is causal and suits a live stream.
+- The predictor maps the teacher's features of frames ``t - k .. t - 1`` to those of frame ``t``, at the pyramid's
+  finest level (``levels="finest"``) or every level (``"all"``, combined like STPM's maps). Its map is the
+  discrepancy between prediction and teacher, averaged over ``pool`` x ``pool`` cells.
+- Training: STPM's loss for the student plus :func:`motion_weighted_loss` for the predictor, summed.
+- Input: windows ``(B, 3 * (k + 1), H, W)``, frames ``t - k .. t`` stacked on the channel axis, oldest first
+  (:class:`~vad.io.dataset.FrameStream` with ``window = k + 1``; a clip's first frames repeat frame 0 as their
+  past). Only past frames are read: scores are causal.
+- Fusion: each branch's map is standardised by the mean and standard deviation of its frame scores on normal
+  hold-out frames (:meth:`MotionSTPM.set_branch_stats`, fitted by :mod:`vad.reference`), then the maximum
+  (``fusion="max"``) or the sum (``"sum"``) is taken. ``fusion`` and ``pool`` change scoring only.
 
-**Levels.** By default the predictor predicts the pyramid's finest level only (``levels="finest"``; ``"all"``:
-every level, combined like STPM's). A coarse cell's receptive field holds a whole person, so its change from frame
-to frame follows how large a mover is, near the camera or far, more than how fast it goes; the finest level sees
-displacement. Measured in the README ("Motion").
-
-**Fusion.** Each branch's map (appearance: STPM's; motion: the predictor's discrepancy, averaged over ``pool`` x
-``pool`` cells: a mover misses over its whole body, a lone cell is noise) is standardised by the mean and standard
-deviation of its *frame scores on normal hold-out frames* (:meth:`MotionSTPM.set_branch_stats`, from
-:func:`vad.train._finalise`; never test data), so neither branch dominates by scale, and the fused map is their
-maximum (``fusion="max"``, the default: either branch alone can raise an alarm, and one branch's errors on normal
-frames are not added to the other's) or their sum (``"sum"``). Both are measured in the README ("Motion");
-neither changes training.
+Why each piece is there, and what it measured: docs/motion.md.
 """
 
 from __future__ import annotations
@@ -140,6 +129,40 @@ class MotionSTPM(STPM):
     def branch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw maps ``{branch: (B, h, w)}`` (before standardisation)."""
         return self.maps_from(*self.teacher_features(x), x)
+
+    # --- scoring a stream: the teacher once per frame ------------------------------------------------------------
+    @property
+    def past_levels(self) -> tuple[str, ...]:
+        """The teacher levels the predictor reads of past frames (all that a stream keeps of them)."""
+        return self.predictor.names
+
+    def past_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frames ``(B, 3, H, W)`` -> the teacher's features the predictor reads ``{level: (B, C, h, w)}`` (the
+        teacher stops at the deepest of them)."""
+        with torch.no_grad():
+            return self.teacher(x, self.past_levels)
+
+    def step_branch_maps(self, x: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Branch maps of consecutive frames ``x`` ``(B, 3, H, W)`` of one clip, the teacher run once on each:
+        ``past`` holds the predictor's levels of the ``context`` frames before ``x[0]`` (oldest first,
+        ``(context, C, h, w)`` each); where ``start`` (a bool scalar tensor: ``x[0]`` is a clip's first frame, or the
+        first after a gap) ``x[0]`` stands in for its past instead, as in a window. Returns the maps and the
+        predictor's levels of ``x`` (for the next call's ``past``). Equal to :meth:`branch_maps` of the frames'
+        windows."""
+        with torch.no_grad():
+            t = self.teacher(x)
+        n = x.shape[0]
+        seq = {k: torch.cat([torch.where(start, t[k][:1].expand_as(past[k]), past[k]), t[k]]) for k in self.past_levels}
+        past_t = [{k: v[i : i + n] for k, v in seq.items()} for i in range(self.context)]
+        return self.maps_from(past_t, t, x), {k: t[k] for k in self.past_levels}
+
+    def step(self, x: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`step_branch_maps` fused: (scores ``(B,)``, map ``(B, h, w)``, the predictor's levels of ``x``)."""
+        maps, feats = self.step_branch_maps(x, past, start)
+        amap = self.fuse(maps)
+        return frame_scores(amap), amap, feats
 
     def maps_from(self, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`branch_maps` from the teacher's pyramids already computed for windows ``x``."""

@@ -1,0 +1,229 @@
+"""Exported models: a trained model as an ONNX graph (and OpenVINO IR), and the runtimes that score with it.
+
+What is exported is what one scoring call computes, with everything it needs inside or beside it:
+
+- a frame model (STPM without motion, RSTPM): ``frames (B, 3, H, W) -> scores (B,), map (B, h, w)``;
+- a model with a past (the motion branch): ``frames (B, 3, H, W), start (bool), past_<i> (context, C_i, h_i, w_i) ->
+  scores, map, feats_<i> (B, C_i, h_i, w_i)``: the streaming step of :meth:`vad.models.motion.MotionSTPM.step`
+  (the teacher once per frame; ``past_<i>``: the predictor's teacher levels of the ``context`` frames before
+  ``frames[0]``, ignored where ``start``).
+
+Frames are normalised as ``metadata.json`` says (``input_size``, ``normalization``); the branch statistics are
+constants of the graph; ``reference.npz`` is the model's normal reference for the exported scoring settings (its
+hold-out scores, from which the event threshold and calibration come, and the per-position statistics); all three
+files sit in one folder (:meth:`vad.runs.RunFolder.export`).
+
+Runtimes (:class:`Runtime`): ONNX Runtime (CPU), and OpenVINO with f32 kept throughout: the IR's weights are not
+halved (``save_model`` writes f16 weights by default) and the inference precision is pinned to f32 (the CPU plugin
+may pick bf16 on CPUs that have it). Either drift moved scores by percents (anomalib #2448 is the same mismatch).
+Both are optional (``pip install -e ".[deploy]"``). Their scores equal torch's to float tolerance
+(tests/test_export.py); the torch model stays the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vad.atomic import atomic_path, write_text
+from vad.errors import ConfigError, UsageError
+from vad.models import AnomalyModel
+from vad.reference import NormalReference
+
+FORMAT = "vad-export/1"
+FORMATS = ("onnx", "openvino")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
+# "auto" picks the first installed of these: ONNX Runtime scored the default campus model fastest on 2 CPU cores
+# (benchmarks/throughput.py, docs/speed.md), OpenVINO next; torch otherwise, and always on a GPU.
+PREFERENCE = ("onnxruntime", "openvino")
+# Exporting takes 30-80 s on 2 CPU cores, about what ONNX Runtime saves on 1,000 frames of the default campus model:
+# "auto" exports for jobs at least this long (and live streams), and uses an export that exists for any job.
+EXPORT_MIN_FRAMES = 1000
+INSTALL = 'pip install -e ".[deploy]" (ONNX Runtime and OpenVINO), or pip install onnxruntime / openvino'
+
+
+def installed(backend: str) -> bool:
+    """Whether ``backend``'s package is installed (torch always is)."""
+    return backend == "torch" or importlib.util.find_spec(MODULES[backend]) is not None
+
+
+def choose_backend(setting: str, model: AnomalyModel, device: torch.device, frames: int | None = None,
+                   have_export: bool = False) -> str:
+    """The backend ``score.backend`` names, checked. ``auto``: torch on a GPU and for MKD (its maps take input
+    gradients); on a CPU the fastest installed runtime (:data:`PREFERENCE`) when an export exists already, or the
+    job has at least :data:`EXPORT_MIN_FRAMES` ``frames`` (``None``: a live stream, unbounded); else torch. A runtime
+    asked for by name that is not installed is an error that says what to install."""
+    if setting not in BACKENDS:
+        raise ConfigError(f"score.backend: got {setting!r}; expected one of {', '.join(BACKENDS)}")
+    if setting == "auto":
+        worth = have_export or frames is None or frames >= EXPORT_MIN_FRAMES
+        if device.type != "cpu" or model.method == "mkd" or not worth:
+            return "torch"
+        return next((b for b in PREFERENCE if installed(b)), "torch")
+    if setting != "torch":
+        if model.method == "mkd":
+            raise UsageError(f"score.backend={setting}: mkd's anomaly maps take input gradients, which an exported "
+                             "graph does not compute; use score.backend=torch")
+        if device.type != "cpu":
+            raise UsageError(f"score.backend={setting} runs on the CPU; use --device cpu, or score.backend=torch")
+        if not installed(setting):
+            raise UsageError(f"score.backend={setting} needs the {MODULES[setting]} package, which is not installed: "
+                             f"{INSTALL}")
+    return setting
+
+
+class _Frames(nn.Module):
+    """A frame model's exported function."""
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.score_and_map(frames)
+
+
+class _Step(nn.Module):
+    """A model with a past: its streaming step, with one input and one output per past level (at most 4)."""
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+        self.levels = tuple(model.past_levels)
+
+    def forward(self, frames: torch.Tensor, start: torch.Tensor, past_0: torch.Tensor,
+                past_1: torch.Tensor | None = None, past_2: torch.Tensor | None = None,
+                past_3: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        past = dict(zip(self.levels, (past_0, past_1, past_2, past_3)[: len(self.levels)], strict=True))
+        scores, amap, feats = self.model.step(frames, past, start)
+        return (scores, amap, *(feats[k] for k in self.levels))
+
+
+def _names(model: AnomalyModel) -> tuple[list[str], list[str]]:
+    levels = range(len(getattr(model, "past_levels", ())))
+    if not model.context:
+        return ["frames"], ["scores", "map"]
+    return ["frames", "start", *(f"past_{i}" for i in levels)], ["scores", "map", *(f"feats_{i}" for i in levels)]
+
+
+def export_model(model: AnomalyModel, ckpt: dict, reference: NormalReference, folder: Path,
+                 formats: tuple[str, ...] = ("onnx",)) -> Path:
+    """Export ``model`` (on the CPU, in eval mode, its statistics those of ``reference``) into ``folder``:
+    ``model.onnx``, with ``"openvino"`` in ``formats`` also ``model.xml``/``model.bin``, and ``metadata.json``,
+    ``reference.npz``. Returns ``folder``."""
+    if model.method == "mkd":
+        raise UsageError("mkd's anomaly maps take input gradients, which an exported graph does not compute; mkd "
+                         "scores with torch only")
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ConfigError(f"--format: got {sorted(unknown)}; expected one of {', '.join(FORMATS)}")
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    h, w = ckpt["input_size"]
+    frames = torch.zeros(2, 3, h, w)
+    inputs: tuple[torch.Tensor, ...] = (frames,)
+    if model.context:
+        with torch.no_grad():
+            one = model.past_features(frames[:1])
+        inputs += (torch.tensor(True), *(v.new_zeros((model.context, *v.shape[1:])) for v in one.values()))
+    names_in, names_out = _names(model)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = {"frames": {0: batch}, **{n: None for n in names_in[1:]}}  # the batch varies; the past is one shape
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx = folder / "model.onnx"
+    with (atomic_path(onnx, ".onnx") as tmp, torch.no_grad(), warnings.catch_warnings(),
+          contextlib.redirect_stdout(io.StringIO())):  # the exporter's progress lines
+        warnings.simplefilter("ignore")
+        graph = _Step(model) if model.context else _Frames(model)
+        program = torch.onnx.export(graph.eval(), inputs, input_names=names_in, output_names=names_out,
+                                    dynamic_shapes=dynamic, dynamo=True, opset_version=18, verbose=False)
+        program.save(str(tmp))
+    if "openvino" in formats:
+        _openvino_ir(onnx, folder / "model.xml")
+    reference.save(folder / "reference.npz")
+    meta = {"format": FORMAT, "method": model.method, "input_size": [h, w], "normalization": ckpt["normalization"],
+            "context": model.context, "past_levels": list(getattr(model, "past_levels", ())),
+            "stride": model.stride, "scoring": reference.settings, "model": reference.model,
+            "inputs": names_in, "outputs": names_out,
+            "threshold_note": "events: smoothed scores above the 99th percentile of reference.npz's scores "
+                              "(eval.threshold_percentile); calibrated = (score - median) / (threshold - median)"}
+    write_text(json.dumps(meta, indent=2), folder / "metadata.json")
+    return folder
+
+
+def _openvino_ir(onnx: Path, xml: Path) -> None:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UsageError(f"--format openvino needs the openvino package, which is not installed: {INSTALL}") from None
+    with atomic_path(xml, ".xml") as tmp:  # weights kept in f32: save_model's default halves them (f16)
+        ov.save_model(ov.convert_model(str(onnx)), str(tmp), compress_to_fp16=False)
+        tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+
+
+def exported(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` holds an export of the model file with SHA-1 ``digest`` (this format)."""
+    meta = folder / "metadata.json"
+    if not (meta.is_file() and (folder / "model.onnx").is_file()):
+        return False
+    try:
+        data = json.loads(meta.read_text())
+    except ValueError:
+        return False
+    return data.get("format") == FORMAT and data.get("model") == digest
+
+
+class Runtime:
+    """An exported model run by ONNX Runtime or OpenVINO, called as the torch model is by the scorer:
+    :meth:`forward` (frame models) or :meth:`step` (models with a past), torch tensors in and out (CPU)."""
+
+    def __init__(self, backend: str, folder: Path, threads: int | None = None) -> None:
+        self.backend, self.folder = backend, Path(folder)
+        self.meta = json.loads((self.folder / "metadata.json").read_text())
+        self.levels = self.meta["past_levels"]
+        threads = threads or torch.get_num_threads()
+        if backend == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(self.folder / "model.onnx"), options,
+                                           providers=["CPUExecutionProvider"])
+            self._run = lambda feed: session.run(None, feed)
+        elif backend == "openvino":
+            import openvino as ov
+
+            source = self.folder / ("model.xml" if (self.folder / "model.xml").is_file() else "model.onnx")
+            compiled = ov.Core().compile_model(str(source), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                      "INFERENCE_NUM_THREADS": threads})
+            request = compiled.create_infer_request()
+            self._run = lambda feed: [request.infer(feed)[out] for out in compiled.outputs]
+        else:
+            raise ConfigError(f"unknown runtime {backend!r}; expected onnxruntime or openvino")
+
+    def _call(self, feed: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.asarray(v)) for v in self._run(feed)]
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, amap = self._call({"frames": _array(frames)})
+        return scores, amap
+
+    def step(self, frames: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        feed = {"frames": _array(frames), "start": np.asarray(bool(start)),
+                **{f"past_{i}": _array(past[k]) for i, k in enumerate(self.levels)}}
+        scores, amap, *feats = self._call(feed)
+        return scores, amap, dict(zip(self.levels, feats, strict=True))
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().contiguous().cpu().numpy()
