@@ -1,25 +1,27 @@
 #!/usr/bin/env python3
 """Throughput (frames/s) of vad's scoring and training paths against a naive baseline, side by side in one run.
 
-Cases, each timed for the fast path (the code ``vad score`` / ``vad train`` run) and for a baseline written
-the way reference implementations are (one frame at a time, Pillow decoding and resizing per frame, float32,
-NCHW, a host synchronisation per frame or step):
+By default the product's default model: STPM with its motion branch on the EfficientNet-Lite0 teacher (pretrained
+weights), at the campus input size (768x576 frames -> 256x336). Cases, each for the baseline, the torch fast path
+(the code ``vad score`` / ``vad train`` run) and every installed runtime (``vad export``: ONNX Runtime, OpenVINO):
 
-- model: scoring a batch already on the device, 256x256 input (``--size``);
-- e2e JPEG: a folder of 856x480 JPEG frames -> decode -> resize/normalise -> model -> per-frame score, the
-  scores written to disk (fast: :func:`vad.score.score_clips`, the product's path);
+- model only: normalised frames already in memory -> scores and maps;
+- e2e JPEG: a folder of JPEG frames -> decode -> resize/normalise -> model -> per-frame scores written to disk
+  (fast: :func:`vad.score.score_clips`, the product's path);
 - e2e video: the same frames as an H.264 MP4;
 - decode: decoding alone (JPEG folder, video), to show whether decoding limits the end-to-end rate;
-- train: training steps (decode, shuffle, forward, backward, optimiser) at the product's input size;
-- motion: STPM with its motion branch (``model.motion``, the default for stpm: windows of 3 frames, the teacher on
-  each, the predictor) against STPM alone, both on the fast path: model only, e2e JPEG and training.
+- train: training steps (decode, shuffle, forward, backward, optimiser) at the product's input size.
 
-Every case runs once to warm up (file cache, cuDNN autotuning, torch.compile), then ``--repeat`` times with the
-device synchronised before the clock stops; the median is reported. The frames are synthetic (a textured
-scene, moving blobs, sensor noise), made in a temporary folder. The teacher's weights are random unless they
-are available offline (efficientnet_lite0): speed does not depend on the values. The last line is one JSON object.
+The baseline is written the way reference implementations are: one frame at a time, Pillow decoding and
+resizing per frame, float32, NCHW, a host synchronisation per frame or step; a motion model gets each frame's
+window of frames, the teacher run on all of them. The fast path scores a stream: the teacher once per frame, the
+memory layout measured. Every case runs once to warm up (file cache, autotuning, torch.compile), then ``--repeat``
+times with the device synchronised before the clock stops; the median is reported. The frames are synthetic (a
+textured scene, moving blobs, sensor noise), made in a temporary folder. The last line is one JSON object with
+``e2e_fps``, ``baseline_e2e_fps``, ``speedup_e2e`` and ``e2e_fps_<backend>`` for each installed runtime.
 
-    python benchmarks/throughput.py --device cpu                     # about 3 minutes on 2 cores
+    python benchmarks/throughput.py                                  # the default model on the CPU, ~5 minutes
+    python benchmarks/throughput.py --backbone resnet18 --no-motion --size 256 --width 856 --height 480
     python benchmarks/throughput.py --device cuda --compile          # GPU defaults: large batches and counts
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import platform
@@ -112,7 +115,8 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = 25) -> Clip:
 # --- baseline: one frame at a time, as reference code does ----------------------------------------------------
 class Baseline:
     """Per frame: Pillow decode, Pillow bilinear resize, to tensor, normalise, a batch of one through a float32
-    NCHW copy of the model, ``float(score)`` (a host sync)."""
+    NCHW copy of the model, ``float(score)`` (a host sync). A motion model gets the frame's window (the last
+    ``window`` frames, the first frame standing in for a clip's missing past), the teacher run on each."""
 
     def __init__(self, model, size: tuple[int, int], normalization: str, device: torch.device) -> None:
         self.model = copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()
@@ -120,6 +124,7 @@ class Baseline:
         mean, std = NORMALIZATIONS[normalization]
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
+        self.recent: list[torch.Tensor] = []  # the last frames of the clip, for windows
 
     def tensor(self, img: Image.Image) -> torch.Tensor:
         img = img.convert("RGB").resize(self.size[::-1], Image.BILINEAR)
@@ -128,10 +133,15 @@ class Baseline:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> float:
+        w = self.model.window
+        if w > 1:
+            self.recent = (self.recent or [x] * (w - 1))[-(w - 1):] + [x]
+            x = torch.cat(self.recent)
         scores, _ = self.model.score_and_map(x.unsqueeze(0).to(self.device))
         return float(scores[0])
 
     def jpeg_folder(self, clip: Clip, out: Path) -> int:
+        self.recent = []
         scores = []
         for p in clip.frame_paths:
             with Image.open(p) as img:
@@ -142,6 +152,7 @@ class Baseline:
     def video(self, clip: Clip, out: Path) -> int:
         import av
 
+        self.recent = []
         scores = []
         with av.open(str(clip.path)) as c:
             for frame in c.decode(video=0):
@@ -176,12 +187,16 @@ def train_baseline(model, base: Baseline, clip: Clip, batch: int, frames: int) -
     import av
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    xs, seen = [], 0
+    xs, seen, recent, w = [], 0, [], model.window
     with av.open(str(clip.path)) as c:
         for i, frame in enumerate(c.decode(video=0)):
             if i >= frames:
                 break
-            xs.append(base.tensor(frame.to_image()))
+            x = base.tensor(frame.to_image())
+            if w > 1:  # a motion model trains on each frame's window
+                recent = (recent or [x] * (w - 1))[-(w - 1):] + [x]
+                x = torch.cat(recent)
+            xs.append(x)
             if len(xs) == batch:
                 loss = model.loss(torch.stack(xs).to(base.device))
                 opt.zero_grad()
@@ -193,52 +208,41 @@ def train_baseline(model, base: Baseline, clip: Clip, batch: int, frames: int) -
     return seen
 
 
-def motion_rows(args, appearance, res: dict, n: dict, device, e2e_size, normalization: str, jpeg: Clip,
-                train_video: Clip, tmp: Path) -> None:
-    """The motion model against the appearance-only one, fast path both: model only, e2e JPEG, training."""
+def runtimes(model, size: tuple[int, int], normalization: str, tmp: Path) -> dict[str, object]:
+    """``{backend: Runtime}`` for each installed runtime, over one export of ``model`` (``vad export``'s)."""
+    from vad.export import PREFERENCE, Runtime, export_model, installed
+    from vad.reference import NormalReference
+
+    have = [b for b in PREFERENCE if installed(b)]
+    if not have or importlib.util.find_spec("onnxscript") is None:
+        return {}
+    ckpt = {"input_size": list(size), "normalization": normalization}
+    folder = export_model(copy.deepcopy(model), ckpt, NormalReference(np.arange(10.0)), tmp / "export")
+    return {b: Runtime(b, folder) for b in have}
+
+
+def build(args) -> torch.nn.Module:
+    """The benchmarked model (random student and predictor; the teacher's weights where offline)."""
+    weights = "pretrained" if args.backbone == "efficientnet_lite0" else "random"
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=args.backbone, teacher_weights="random", motion=True)).eval()
-    model.load_state_dict(appearance.state_dict(), strict=False)  # the same teacher and student
-    model.set_branch_stats({"appearance": torch.tensor([0.0, 1.0]), "motion": torch.tensor([0.0, 1.0])})  # speed only
-    cfg = ScoreConfig(batch_size=n["batch_size"], amp=args.amp, num_workers=args.workers, compile=args.compile)
-    scorer = Scorer(model, {"input_size": list(e2e_size), "normalization": normalization}, cfg, device)
-    x = torch.randn(n["batch_size"], 3 * model.window, args.size, args.size, device=device)
-    small = Scorer(copy.deepcopy(model), {"input_size": [args.size] * 2, "normalization": normalization}, cfg, device)
-
-    def model_fast() -> int:
-        done = 0
-        while done < n["model_frames"]:
-            small(x)
-            done += len(x)
-        return done
-
-    def e2e() -> int:
-        return len(score_clips(scorer, [jpeg], tmp / "run" / "motion", overwrite=True, progress=False)[jpeg.name])
-
-    res["motion_model_fps"], _ = timed(model_fast, device, args.repeat)
-    res["motion_e2e_fps"], _ = timed(e2e, device, args.repeat)
-    print(f"motion model    {res['motion_model_fps']:9.1f} frames/s | appearance only {res['model_fps']:9.1f}")
-    print(f"motion e2e JPEG {res['motion_e2e_fps']:9.1f} frames/s | appearance only {res['e2e_fps']:9.1f}")
-    if not args.skip_train:
-        tdtype = amp_dtype(args.train_amp, device)
-        workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
-        train_model = model.to(device, memory_format=torch.channels_last).train()
-        res["motion_train_fps"], _ = timed(lambda: train_fast(train_model, train_video, e2e_size, normalization,
-                                                              n["train_batch"], device, tdtype, workers,
-                                                              n["train_frames"]), device, args.repeat)
-        print(f"motion train    {res['motion_train_fps']:9.1f} frames/s | appearance only {res['train_fps']:9.1f}")
+    model = build_model(ModelConfig(method=args.method, backbone=args.backbone, teacher_weights=weights,
+                                    motion=args.method == "stpm" and not args.no_motion)).eval()
+    if model.branches:  # speed only: any statistics will do
+        model.set_branch_stats({b: torch.tensor([0.0, 1.0]) for b in model.branches})
+    return model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
-    ap.add_argument("--backbone", default="resnet18", help="teacher backbone (default: resnet18, the paper's)")
+    ap.add_argument("--backbone", default="efficientnet_lite0", help="teacher backbone (default: the product's)")
     ap.add_argument("--method", default="stpm", choices=["stpm", "rstpm"])
-    ap.add_argument("--size", type=int, default=256, help="model-only input side (default 256)")
-    ap.add_argument("--height", type=int, default=480, help="frame height of the e2e clips (default 480)")
-    ap.add_argument("--width", type=int, default=856, help="frame width of the e2e clips (default 856)")
+    ap.add_argument("--no-motion", action="store_true", help="STPM without its motion branch (appearance only)")
+    ap.add_argument("--size", type=int, default=None, help="model-only input side (default: the e2e input size)")
+    ap.add_argument("--height", type=int, default=576, help="frame height of the e2e clips (default 576)")
+    ap.add_argument("--width", type=int, default=768, help="frame width of the e2e clips (default 768)")
     ap.add_argument("--input-height", type=int, default=256, help="network input height for e2e and training; "
-                    "the width follows the frames' aspect ratio as in vad (default 256 -> 256x464)")
+                    "the width follows the frames' aspect ratio as in vad (default 256 -> 256x336)")
     for k, v in CPU_DEFAULTS.items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=None,
                         help=f"default {v} on CPU, {GPU_DEFAULTS[k]} on CUDA")
@@ -251,123 +255,131 @@ def main() -> None:
     args = ap.parse_args()
 
     device = resolve_device(args.device)
-    d = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    n = {k: getattr(args, k) or v for k, v in d.items()}
+    n = {k: getattr(args, k) or v for k, v in (GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS).items()}
     torch.backends.cudnn.benchmark = True
     spec = backbone_spec(args.backbone)
-    weights = "pretrained" if args.backbone == "efficientnet_lite0" else "random"
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(method=args.method, backbone=args.backbone, teacher_weights=weights,
-                                    motion=False)).eval()
-    input_w = max(16, int(round(args.input_height * args.width / args.height / 16)) * 16)
-    e2e_size = (args.input_height, input_w)
+    model = build(args)
+    e2e_size = (args.input_height, max(16, int(round(args.input_height * args.width / args.height / 16)) * 16))
+    size = (args.size, args.size) if args.size else e2e_size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     print(f"device {device} ({name}); {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.method} with a {args.backbone} teacher ({weights} weights: "
-          f"speed only); model input {args.size}x{args.size}, e2e {args.width}x{args.height} frames -> "
+          f"{torch.get_num_threads()} threads; {args.method}{' + motion' if model.context else ''} with a "
+          f"{args.backbone} teacher; model input {size[1]}x{size[0]}, e2e {args.width}x{args.height} frames -> "
           f"{e2e_size[1]}x{e2e_size[0]}; median of {args.repeat} after a warm-up")
-
-    def scorer_for(size, batch) -> Scorer:
-        cfg = ScoreConfig(batch_size=batch, amp=args.amp, num_workers=args.workers, compile=args.compile)
-        return Scorer(copy.deepcopy(model), {"input_size": list(size), "normalization": spec.normalization}, cfg,
-                      device)
-
     res: dict[str, float | int | str | None] = {}
-
-    # model only ------------------------------------------------------------------------------------------------
-    scorer = scorer_for((args.size, args.size), n["batch_size"])
-    x = torch.randn(n["batch_size"], 3, args.size, args.size, device=device)
-
-    def model_fast() -> int:
-        done = 0
-        while done < n["model_frames"]:
-            scorer(x)
-            done += len(x)
-        return done
-
-    base = Baseline(model, (args.size, args.size), spec.normalization, device)
-    x1 = torch.randn(3, args.size, args.size)
-
-    def model_base() -> int:
-        for _ in range(n["model_frames"] // (64 if device.type == "cuda" else 4)):  # fewer: it is slow
-            base.score(x1)
-        return n["model_frames"] // (64 if device.type == "cuda" else 4)
-
-    res["model_fps"], _ = timed(model_fast, device, args.repeat)
-    res["baseline_model_fps"], _ = timed(model_base, device, args.repeat)
-    print(f"model only      fast {res['model_fps']:9.1f} frames/s (batch {n['batch_size']}, amp "
-          f"{scorer.dtype}, channels-last{', compiled' if args.compile else ''}) | baseline "
-          f"{res['baseline_model_fps']:8.1f} (batch 1, float32)")
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        frames = make_frames(n["frames"], args.height, args.width)
-        jpeg = write_jpegs(frames, tmp / "jpeg")
-        video = write_mp4(frames, tmp / "video.mp4")
-        train_video = write_mp4(make_frames(n["train_frames"], args.height, args.width, seed=1), tmp / "train.mp4")
-        del frames
-
-        # decoding alone --------------------------------------------------------------------------------------
-        def decode(clip: Clip, **kw) -> int:
-            return sum(len(f) for _, f in iter_frames(clip, batch_size=64, **kw))
-
-        res["decode_fps_jpeg"], _ = timed(lambda: decode(jpeg), device, args.repeat)
-        res["decode_fps_video"], _ = timed(lambda: decode(video), device, args.repeat)
-        if device.type == "cuda":
-            res["decode_fps_jpeg_gpu"], _ = timed(lambda: decode(jpeg, device=device), device, args.repeat)
-        gpu = f"; nvJPEG {res['decode_fps_jpeg_gpu']:.1f}" if "decode_fps_jpeg_gpu" in res else ""
-        print(f"decode only     JPEG {res['decode_fps_jpeg']:9.1f} frames/s, video {res['decode_fps_video']:8.1f} "
-              f"(one CPU process{gpu})")
-
-        # end to end --------------------------------------------------------------------------------------------
-        scorer = scorer_for(e2e_size, n["batch_size"])
-        base = Baseline(model, e2e_size, spec.normalization, device)
-        out = tmp / "run"
-        out.mkdir()
-        for kind, clip in (("jpeg", jpeg), ("video", video)):
-            def fast(clip=clip) -> int:
-                r = score_clips(scorer, [clip], out / "fast", overwrite=True, progress=False)
-                return len(r[clip.name])
-
-            slow = base.jpeg_folder if kind == "jpeg" else base.video
-            key = "" if kind == "jpeg" else "_video"
-            res[f"e2e{key}_fps"], _ = timed(fast, device, args.repeat)
-            res[f"baseline_e2e{key}_fps"], _ = timed(lambda clip=clip, slow=slow: slow(clip, out), device, args.repeat)
-            res[f"speedup_e2e{key}"] = res[f"e2e{key}_fps"] / res[f"baseline_e2e{key}_fps"]
-            a = np.load(out / "fast" / "scores" / f"{clip.name}.npy")
-            b = np.load(out / f"baseline_{kind}.npy")
-            from scipy.stats import spearmanr
-
-            res[f"rank_corr_{kind}"] = float(spearmanr(a, b).statistic)
-            print(f"e2e {kind:<5}       fast {res[f'e2e{key}_fps']:9.1f} frames/s ({scorer.num_workers} decode workers)"
-                  f" | baseline {res[f'baseline_e2e{key}_fps']:8.1f} | {res[f'speedup_e2e{key}']:.2f}x; "
-                  f"score rank correlation fast vs baseline {res[f'rank_corr_{kind}']:.4f}")
-
-        # training ----------------------------------------------------------------------------------------------
+        model_rows(args, model, size, spec.normalization, device, n, res, tmp)
+        e2e_rows(args, model, e2e_size, spec.normalization, device, n, res, tmp)
         if not args.skip_train:
-            tdtype = amp_dtype(args.train_amp, device)
-            workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
-            fast_model = copy.deepcopy(model).to(device, memory_format=torch.channels_last).train()
-            res["train_fps"], _ = timed(lambda: train_fast(fast_model, train_video, e2e_size, spec.normalization,
-                                                           n["train_batch"], device, tdtype, workers,
-                                                           n["train_frames"]), device, args.repeat)
-            slow_model = copy.deepcopy(model).to(device).train()
-            tb = Baseline(slow_model, e2e_size, spec.normalization, device)
-            res["baseline_train_fps"], _ = timed(lambda: train_baseline(slow_model, tb, train_video, n["train_batch"],
-                                                                        n["train_frames"]), device, args.repeat)
-            res["speedup_train"] = res["train_fps"] / res["baseline_train_fps"]
-            print(f"train           fast {res['train_fps']:9.1f} frames/s (batch {n['train_batch']}, amp {tdtype}, "
-                  f"{workers} workers) | baseline {res['baseline_train_fps']:8.1f} | {res['speedup_train']:.2f}x")
-
-        if args.method == "stpm":
-            motion_rows(args, model, res, n, device, e2e_size, spec.normalization, jpeg, train_video, tmp)
-
-    res["speedup_model"] = res["model_fps"] / res["baseline_model_fps"]
+            train_rows(args, model, e2e_size, spec.normalization, device, n, res, tmp)
     print(json.dumps({"device": str(device), "device_name": name, "cpu_cores": os.cpu_count(),
-                      "method": args.method, "backbone": args.backbone, "weights": weights,
-                      "model_size": args.size, "e2e_input": list(e2e_size), "frame_size": [args.height, args.width],
-                      "batch_size": n["batch_size"], "compile": args.compile,
+                      "torch_threads": torch.get_num_threads(), "method": args.method, "backbone": args.backbone,
+                      "motion": bool(model.context), "model_input": list(size), "e2e_input": list(e2e_size),
+                      "frame_size": [args.height, args.width], "batch_size": n["batch_size"], "compile": args.compile,
                       **{k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}))
+
+
+def _scorer(model, size, normalization, n, args, device, runtime=None) -> Scorer:
+    cfg = ScoreConfig(batch_size=n["batch_size"], amp=args.amp, num_workers=args.workers, compile=args.compile)
+    scorer = Scorer(copy.deepcopy(model), {"input_size": list(size), "normalization": normalization}, cfg, device)
+    if runtime is not None:
+        scorer.use(runtime)
+    return scorer
+
+
+def model_rows(args, model, size, normalization, device, n, res, tmp) -> None:
+    """Normalised frames in memory -> scores: baseline (one frame, its window), torch fast path, runtimes."""
+    x = torch.randn(n["batch_size"], 3, *size, device=device)
+    paths = {"torch": _scorer(model, size, normalization, n, args, device)}
+    if device.type == "cpu":
+        paths.update({b: _scorer(model, size, normalization, n, args, device, r)
+                      for b, r in runtimes(model, size, normalization, tmp / "model").items()})
+    for backend, scorer in paths.items():
+        def fast(scorer=scorer) -> int:
+            done = 0
+            while done < n["model_frames"]:
+                scorer(x, "bench", done)  # consecutive frames of one clip: a motion model's past is kept
+                done += len(x)
+            return done
+
+        key = "model_fps" if backend == "torch" else f"model_fps_{backend}"
+        res[key], _ = timed(fast, device, args.repeat)
+    base = Baseline(model, size, normalization, device)
+    x1 = torch.randn(3, *size)
+    count = max(4, n["model_frames"] // (64 if device.type == "cuda" else 4))  # fewer: it is slow
+
+    def model_base() -> int:
+        base.recent = []
+        for _ in range(count):
+            base.score(x1)
+        return count
+
+    res["baseline_model_fps"], _ = timed(model_base, device, args.repeat)
+    res["speedup_model"] = res["model_fps"] / res["baseline_model_fps"]
+    layout = "channels-last" if paths["torch"].layout == torch.channels_last else "contiguous"
+    others = "".join(f" | {b} {res[f'model_fps_{b}']:.1f}" for b in paths if b != "torch")
+    print(f"model only      baseline {res['baseline_model_fps']:7.1f} frames/s (batch 1, float32) | torch "
+          f"{res['model_fps']:.1f} (batch {n['batch_size']}, {paths['torch'].dtype or 'float32'}, {layout}"
+          f"{', compiled' if args.compile else ''}){others}")
+
+
+def e2e_rows(args, model, e2e_size, normalization, device, n, res, tmp) -> None:
+    """Files on disk -> scores on disk: decoding alone, then baseline, torch fast path and runtimes."""
+    from scipy.stats import spearmanr
+
+    frames = make_frames(n["frames"], args.height, args.width)
+    clips = {"jpeg": write_jpegs(frames, tmp / "jpeg"), "video": write_mp4(frames, tmp / "video.mp4")}
+    del frames
+    for kind, clip in clips.items():
+        res[f"decode_fps_{kind}"], _ = timed(lambda clip=clip: sum(len(f) for _, f in iter_frames(clip)), device,
+                                             args.repeat)
+    if device.type == "cuda":
+        res["decode_fps_jpeg_gpu"], _ = timed(lambda: sum(len(f) for _, f in iter_frames(clips["jpeg"], device=device)),
+                                              device, args.repeat)
+    print(f"decode only     JPEG {res['decode_fps_jpeg']:9.1f} frames/s, video {res['decode_fps_video']:8.1f} "
+          "(one CPU process)")
+    paths = {"torch": _scorer(model, e2e_size, normalization, n, args, device)}
+    if device.type == "cpu":
+        paths.update({b: _scorer(model, e2e_size, normalization, n, args, device, r)
+                      for b, r in runtimes(model, e2e_size, normalization, tmp / "e2e").items()})
+    base = Baseline(model, e2e_size, normalization, device)
+    out = tmp / "run"
+    out.mkdir()
+    for kind, clip in clips.items():
+        key = "" if kind == "jpeg" else "_video"
+        for backend, scorer in paths.items():
+            def fast(clip=clip, scorer=scorer, backend=backend) -> int:
+                return len(score_clips(scorer, [clip], out / backend, overwrite=True, progress=False)[clip.name])
+
+            name = f"e2e{key}_fps" if backend == "torch" else f"e2e{key}_fps_{backend}"
+            res[name], _ = timed(fast, device, args.repeat)
+        slow = base.jpeg_folder if kind == "jpeg" else base.video
+        res[f"baseline_e2e{key}_fps"], _ = timed(lambda clip=clip, slow=slow: slow(clip, out), device, args.repeat)
+        res[f"speedup_e2e{key}"] = res[f"e2e{key}_fps"] / res[f"baseline_e2e{key}_fps"]
+        fast_scores = np.load(out / "torch" / "scores" / f"{clip.name}.npy")
+        res[f"rank_corr_{kind}"] = float(spearmanr(fast_scores, np.load(out / f"baseline_{kind}.npy")).statistic)
+        others = "".join(f" | {b} {res[f'e2e{key}_fps_{b}']:.1f}" for b in paths if b != "torch")
+        print(f"e2e {kind:<5}       baseline {res[f'baseline_e2e{key}_fps']:7.1f} frames/s | torch "
+              f"{res[f'e2e{key}_fps']:.1f} ({res[f'speedup_e2e{key}']:.2f}x; {paths['torch'].num_workers} decode "
+              f"workers){others}; fast vs baseline score rank correlation {res[f'rank_corr_{kind}']:.4f}")
+
+
+def train_rows(args, model, e2e_size, normalization, device, n, res, tmp) -> None:
+    """Training steps: the fast loop against the baseline's."""
+    train_video = write_mp4(make_frames(n["train_frames"], args.height, args.width, seed=1), tmp / "train.mp4")
+    tdtype = amp_dtype(args.train_amp, device)
+    workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
+    fast_model = copy.deepcopy(model).to(device, memory_format=torch.channels_last).train()
+    res["train_fps"], _ = timed(lambda: train_fast(fast_model, train_video, e2e_size, normalization, n["train_batch"],
+                                                   device, tdtype, workers, n["train_frames"]), device, args.repeat)
+    slow_model = copy.deepcopy(model).to(device).train()
+    tb = Baseline(slow_model, e2e_size, normalization, device)
+    res["baseline_train_fps"], _ = timed(lambda: train_baseline(slow_model, tb, train_video, n["train_batch"],
+                                                                n["train_frames"]), device, args.repeat)
+    res["speedup_train"] = res["train_fps"] / res["baseline_train_fps"]
+    print(f"train           baseline {res['baseline_train_fps']:7.1f} frames/s | fast {res['train_fps']:.1f} "
+          f"(batch {n['train_batch']}, amp {tdtype}, {workers} workers) | {res['speedup_train']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -114,13 +114,14 @@ class MotionSTPM(STPM):
         return frames[:-1], frames[-1]
 
     def teacher_features(self, x: torch.Tensor) -> tuple[list[dict], dict]:
-        """Teacher pyramids of the past frames and of the present one (one batched pass)."""
+        """Teacher pyramids of the past frames (the predictor's levels only: the teacher stops at the deepest of
+        them) and of the present one (every level)."""
         past, now = self._split(x)
         with torch.no_grad():
-            feats = self.teacher(torch.cat([*past, now]))
-        chunks = {k: v.chunk(self.window) for k, v in feats.items()}
-        past_t = [{k: v[i] for k, v in chunks.items()} for i in range(self.context)]
-        return past_t, {k: v[-1] for k, v in chunks.items()}
+            t = self.teacher(now)
+            before = self.teacher(torch.cat(past), self.past_levels)
+        chunks = {k: v.chunk(self.context) for k, v in before.items()}
+        return [{k: v[i] for k, v in chunks.items()} for i in range(self.context)], t
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         past_t, t = self.teacher_features(x)
