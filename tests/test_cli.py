@@ -110,10 +110,18 @@ def test_evaluate_writes_metrics_events_and_plots(scored_run, capsys):
     assert m["frame_auc_micro_raw"] > 0.8  # the pasted checkerboard is found
     assert set(m["per_clip"]) == {"01_0001", "01_0002"} and m["clips"] == 3  # + the unlabelled cam3
     header = (scored_run / "events.csv").read_text().splitlines()[0]
-    assert header == "clip,start,end,peak,peak_frame,start_s,end_s"
+    assert header == "id,clip,start,end,peak,peak_frame,start_s,end_s,branch"
+    events = json.loads((scored_run / "events.json").read_text())
+    assert events and all(e["id"] == f"{e['clip']}-f{e['start']}" for e in events)
+    assert {e["branch"] for e in events} <= {"appearance", "motion"}
+    assert m["event_rule"] == "offline" and "alarms_causal" in m  # what the live rule would have raised, too
     assert (scored_run / "plots" / "roc.png").stat().st_size > 5000
     assert (scored_run / "plots" / "timeline_01_0001.png").is_file()
     assert "frame AUC micro" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(scored_run), "--set", "eval.rule=causal", "postprocess.sigma=1"]) == 0
+    causal = json.loads((scored_run / "metrics.json").read_text())
+    assert causal["event_rule"] == "causal" and causal["alarms"] == m["alarms_causal"]
+    assert causal["alarms_offline"] == m["alarms"]
     assert main(["evaluate", "--run", str(scored_run), "--set", "postprocess.normalisation=zscore"]) == 2
     assert "normalisation: got 'zscore'; expected one of minmax, calibrated, none" in capsys.readouterr().err
 

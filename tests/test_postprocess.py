@@ -16,7 +16,7 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import event_frames, events, minmax, normalise, smooth
+from vad.postprocess import CausalRule, causal_events, event_frames, events, minmax, normalise, smooth
 from vad.reference import calibrate, event_threshold
 from vad.runs import ClipRecord, RunFolder, write_manifest
 
@@ -212,3 +212,30 @@ def test_event_frames() -> None:
     found = events(np.array([0, 2, 2, 0, 0, 3]), threshold=1)
     assert event_frames(6, found).tolist() == [False, True, True, False, False, True]
     assert not event_frames(4, []).any()
+
+
+def test_the_causal_rule_on_a_hand_made_series() -> None:
+    """Open after 3 smoothed scores above the threshold (the event starts at the first), close after 2 below (it ends
+    at the last above); a short burst raises nothing; an event still open at the end closes there."""
+    s = np.array([0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 0, 2, 2, 0, 0, 0, 3, 3, 3, 3, 3], dtype=float)
+    found = causal_events(s, 1.0, "c", fps=10, window=1, open_frames=3, close_frames=2)
+    assert [(e.start, e.end, e.peak, e.id) for e in found] == [(2, 5, 2.0, "c-f2"), (16, 20, 3.0, "c-f16")]
+    assert found[0].start_s == 0.2 and found[0].end_s == 0.6
+    smoothed = causal_events(s, 1.0, "c", window=3, open_frames=2, close_frames=2)  # the mean of the last 3 scores
+    assert [(e.start, e.end) for e in smoothed] == [(3, 6), (12, 13), (17, 20)]
+    rule = CausalRule(1.0, window=1, open_frames=2, close_frames=1, clip="c")
+    pushed = [rule.push(t, x) for t, x in enumerate([0, 2, 2, 2])]
+    assert pushed[1] == [] and [k for k, _ in pushed[2]] == ["start"] and pushed[2][0][1].start == 1
+    assert [k for k, e in rule.reset()] == ["end"]  # a gap closes the open event at the last frame pushed
+    assert rule.push(4, 2.0) == []  # and the rule starts afresh
+
+
+def test_causal_events_never_read_the_future() -> None:
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 1, 200)
+    s[50:60] += 5
+    first = causal_events(s, 1.5, window=3, open_frames=3, close_frames=3)
+    later = s.copy()
+    later[120:] = rng.normal(0, 1, 80) + 4  # the future changes
+    again = causal_events(later, 1.5, window=3, open_frames=3, close_frames=3)
+    assert [e for e in first if e.end < 115] == [e for e in again if e.end < 115]

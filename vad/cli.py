@@ -37,6 +37,7 @@ def _config(args: argparse.Namespace):
 
 # What each command that works on a trained run applies (the other settings are fixed by then, or another's).
 APPLIES = {
+    "watch": ("score", "model.scoring", "postprocess", "eval", "render"),
     "score": ("data", "score", "model.scoring"),
     "export": ("data", "score", "model.scoring"),
     "evaluate": ("postprocess", "eval"),
@@ -113,6 +114,30 @@ def _export(args: argparse.Namespace) -> None:
     for folder in export_stage(args.run, cfg, tuple(args.format)):
         print(f"exported: {folder} (model.onnx{', model.xml/.bin' if 'openvino' in args.format else ''}, "
               "metadata.json, reference.npz)")
+
+
+def _watch(args: argparse.Namespace) -> None:
+    import signal
+
+    from vad.detector import Detector
+    from vad.sources import check_source
+    from vad.watch import Watch, WatchOptions
+
+    check_source(args.source)  # before the model loads
+    _run_config(args.run, args.set, "watch")  # settings it cannot apply are refused by name
+    det = Detector.load(args.run, device=args.device, backend=args.backend, overrides=list(args.set or []),
+                        scene=args.scene)
+    options = WatchOptions(out=args.out, realtime=args.realtime, fps=args.fps, transport=args.transport,
+                           listen=args.listen, stall_timeout=args.stall_timeout, open_timeout=args.open_timeout,
+                           max_retries=args.max_retries, queue_size=args.queue, pre_roll=args.pre_roll,
+                           post_roll=args.post_roll, status_every=args.status_every, stdout=args.stdout,
+                           webhook=args.webhook, max_frames=args.max_frames, max_seconds=args.max_seconds)
+    watch = Watch(det, args.source, options)
+    print(watch.banner(), file=sys.stderr)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # close the open event, finish its clip, exit 0
+        signal.signal(sig, lambda *_: watch.stop())
+    for _ in watch.run():
+        pass
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -271,6 +296,8 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--format", nargs="+", choices=["onnx", "openvino"], default=["onnx"],
                    help="what to write (default: onnx; openvino adds IR beside the ONNX graph)")
 
+    _add_watch_command(sub)
+
     p = _command(sub, "run", _run, "every stage from a pipeline YAML: train, score, evaluate, render",
                  "Run a pipeline config end to end on a dataset: train on its training split, score its test split "
                  "(with maps), evaluate, render. The resolved config is saved as RUN/config.yaml. Re-running on the "
@@ -281,6 +308,45 @@ def _add_stage_commands(sub) -> None:
     _data_args(p, "or data.root in the config")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
+
+
+def _add_watch_command(sub) -> None:
+    p = _command(sub, "watch", _watch, "score a live stream as it arrives; events as they happen",
+                 "Score a camera stream (rtsp://, http(s)://, udp://, srt://), a webcam (/dev/videoN, webcam:N), or a "
+                 "file or frame folder replayed, with the model of RUN, frame by frame as it arrives. Frames are "
+                 "sampled to the rate the model was trained at; when scoring falls behind, the stalest frames are "
+                 "dropped (counted). Events follow the live rule (postprocess.causal_window, eval.min_event_frames, "
+                 "eval.close_frames, at calibrated 1.0) and go to OUT/events.jsonl as they change (start, update, end; "
+                 "gap for an outage; status every few seconds), with a snapshot (OUT/snapshots/) and an annotated "
+                 "clip with pre- and post-roll (OUT/clips/). A lost source is reopened with backoff. Ctrl-C or SIGTERM "
+                 "close an open event, finish its clip and exit 0.",
+                 ["--run runs/campus --source rtsp://camera.local:554/stream1 --out watch/cam1",
+                  "--run runs/campus --source cam1/day.mp4 --realtime --out watch/replay --stdout",
+                  "--run runs/campus --source udp://127.0.0.1:5000 --out watch/udp --webhook http://localhost:8080/vad"],
+                 writes="out")
+    _run_arg(p, "train")
+    p.add_argument("--source", required=True, help="stream URL, webcam (/dev/video0, webcam:0), video file or frame "
+                                                   "folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder: events.jsonl, snapshots/, clips/")
+    p.add_argument("--realtime", action="store_true", help="read a file at its own frame rate (as a camera sends it)")
+    p.add_argument("--fps", type=float, help="score at this rate instead of the training footage's (cheaper; the "
+                                             "motion branch then sees other speeds: a warning says so)")
+    p.add_argument("--transport", choices=["tcp", "udp"], default="tcp", help="rtsp transport (default tcp)")
+    p.add_argument("--listen", action="store_true", help="rtsp://: wait for a publisher to push to the URL")
+    p.add_argument("--stall-timeout", type=float, default=5.0, help="seconds without a frame before the source is "
+                                                                    "reopened (default 5)")
+    p.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening (default 10)")
+    p.add_argument("--max-retries", type=int, help="reopen attempts before giving up (default: forever)")
+    p.add_argument("--queue", type=int, default=16, help="frames waiting at most; the stalest are dropped beyond")
+    p.add_argument("--pre-roll", type=float, default=3.0, help="seconds before an event in its clip (default 3)")
+    p.add_argument("--post-roll", type=float, default=3.0, help="seconds after it (default 3)")
+    p.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines (default 10)")
+    p.add_argument("--stdout", action="store_true", help="write every line to stdout too (JSON lines)")
+    p.add_argument("--webhook", help="POST every line (JSON) to this URL (retried; never stops scoring)")
+    p.add_argument("--max-frames", type=int, help="stop after scoring this many frames")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--scene", help="the scene's model, for a run trained per scene")
+    _backend_arg(p)
 
 
 @contextmanager

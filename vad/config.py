@@ -149,12 +149,18 @@ class PostprocessConfig:
     # widest in the literature is AED-MAE's 282)
     normalisation: ScoreNormalisation = "minmax"  # minmax (per clip, benchmark convention) | calibrated (0 at the
     # median normal hold-out score, 1 at the event threshold) | none
+    causal_window: Annotated[int, Range(ge=1, le=100)] = 3  # the live rule's smoothing: the mean of the last N scores
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     threshold_percentile: Percentile = 99.0  # event threshold: this percentile of normal hold-out frame scores
-    min_event_frames: Positive = 3  # shorter above-threshold runs are not reported as events
+    min_event_frames: Positive = 3  # shorter above-threshold runs are not reported as events; the live rule opens
+    # an event after this many frames above the threshold
+    close_frames: Positive = 3  # the live rule closes an event after this many frames below the threshold
+    rule: Literal["offline", "causal"] = "offline"  # the events evaluate writes: offline (the smoothed scores of the
+    # whole clip, sigma centred) | causal (the live rule: from the past alone; vad.postprocess.CausalRule). metrics.json
+    # reports the alarm rates of both
     pixel_max: Positive = 2_000_000  # pixel AUROC draws at most this many map cells
     plots: bool = True
     fps: Annotated[float, Range(gt=0)] | None = None  # frame rate for event times of frame-folder clips

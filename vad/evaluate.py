@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import event_frames, events, normalise, smooth
+from vad.postprocess import Event, causal_events, event_frames, events, normalise, smooth
 from vad.reference import NormalReference
 from vad.runs import ClipRecord, RunFolder, RunFolderError, read_manifest, source_fingerprint
 
@@ -57,6 +57,8 @@ class ScoredRun:
     references: dict[str, NormalReference]  # reference name -> the normal reference
     thresholds: dict[str, float]  # reference name -> event threshold
     normalisation: str = "none"  # how ``final`` was made (postprocess.normalisation)
+    causal_window: int = 3  # the live rule's smoothing (postprocess.causal_window)
+    branches: dict[str, np.ndarray] = field(default_factory=dict)  # clip -> (T, k) branch frame scores (fused models)
 
     @property
     def run(self) -> Path:
@@ -77,6 +79,11 @@ class ScoredRun:
 
     def fps(self, clip: str, default: float | None = None) -> float | None:
         return self.manifest[clip].fps or default
+
+    def branch_scores(self, clip: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """``(per-branch frame scores (T, k), branch names)`` of a fused model's clip, else ``None``."""
+        names = self.reference(clip).branches
+        return (self.branches[clip], names) if clip in self.branches and names else None
 
 
 def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> ScoredRun:
@@ -99,13 +106,15 @@ def load_scored(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progre
             references[info.reference] = ref
         if info.labelled:
             labels[name] = np.load(folder.labels(name))
+    branches = {n: np.load(folder.branches(n)) for n in manifest if folder.branches(n).is_file()}
     smoothed = {name: smooth(v, post.sigma) for name, v in raw.items()}
     # Threshold from normal data only: a percentile of the hold-out frames' raw scores (per reference), applied to
     # the smoothed scores (smoothing only lowers peaks, so this errs towards fewer false alarms).
     thresholds = {k: ref.threshold(ev.threshold_percentile) for k, ref in references.items()}
     final = {name: normalise(v, post.normalisation, references[manifest[name].reference].scores,
                              thresholds[manifest[name].reference]) for name, v in smoothed.items()}
-    return ScoredRun(folder, manifest, raw, smoothed, final, labels, references, thresholds, post.normalisation)
+    return ScoredRun(folder, manifest, raw, smoothed, final, labels, references, thresholds, post.normalisation,
+                     post.causal_window, branches)
 
 
 def _check_sources(manifest: dict[str, ClipRecord], folder: RunFolder, progress: bool) -> None:
@@ -139,10 +148,15 @@ def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
     return scores
 
 
-def clip_events(s: ScoredRun, name: str, ev: EvalConfig) -> list:
-    """Above-threshold events of clip ``name`` (smoothed scores, the model's normal-data threshold)."""
-    return events(s.smoothed[name], s.threshold(name), clip=name, fps=s.fps(name, ev.fps),
-                  min_frames=ev.min_event_frames)
+def clip_events(s: ScoredRun, name: str, ev: EvalConfig, rule: str | None = None) -> list[Event]:
+    """Events of clip ``name`` at the model's normal-data threshold by ``rule`` (default ``eval.rule``): offline,
+    runs of smoothed scores above it; causal, what the live rule raises (:class:`~vad.postprocess.CausalRule`)."""
+    fps, branches = s.fps(name, ev.fps), s.branch_scores(name)
+    if (rule or ev.rule) == "causal":
+        return causal_events(s.raw[name], s.threshold(name), name, fps, s.causal_window, ev.min_event_frames,
+                             ev.close_frames, branches)
+    return events(s.smoothed[name], s.threshold(name), clip=name, fps=fps, min_frames=ev.min_event_frames,
+                  branches=branches)
 
 
 def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
@@ -158,9 +172,11 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         "postprocess": asdict(post), "eval": asdict(ev), "clips": len(manifest), "labelled_clips": len(labels),
         "threshold": {"rule": f"{ev.threshold_percentile}th percentile of normal hold-out frame scores "
                               "(training data only)", "values": {k: _r(v) for k, v in thresholds.items()}},
-        "events": len(found),
+        "events": len(found), "event_rule": ev.rule,
         "alarms": alarm_report(s, per_clip, ev),
     }
+    other = "offline" if ev.rule == "causal" else "causal"
+    metrics[f"alarms_{other}"] = alarm_report(s, {n: clip_events(s, n, ev, other) for n in manifest}, ev, other)
     if labels:
         lab = labels
         pick = lambda d: {n: d[n] for n in lab}  # noqa: E731  (labelled clips only)
@@ -219,7 +235,7 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig) -> dict:
+def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig, rule: str | None = None) -> dict:
     """What the events ``per_clip`` (every clip of ``s``; the evaluate stage's: at the default threshold) mean to
     a user: events per hour of footage, and on labelled clips the fraction of normal frames inside events, of
     anomalous frames caught, and false alarm events (no anomalous frame) per hour of normal footage. Frame rates:
@@ -227,8 +243,10 @@ def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig) -> dic
     fps = {n: s.fps(n, ev.fps) for n in s.manifest}
     frames = {n: len(v) for n, v in s.smoothed.items()}
     hours = None if not all(fps.values()) else sum(frames[n] / fps[n] for n in frames) / 3600
-    out: dict = {"rule": "events at the default threshold (eval.threshold_percentile of normal hold-out scores) "
-                         "on smoothed scores; calibrated scores are 1.0 there",
+    how = ("the live rule: the mean of the last postprocess.causal_window scores, open after eval.min_event_frames "
+           "above, closed after eval.close_frames below" if (rule or ev.rule) == "causal" else "smoothed scores")
+    out: dict = {"rule": "events at the default threshold (eval.threshold_percentile of normal hold-out scores) on "
+                         f"{how}; calibrated scores are 1.0 there",
                  "events_per_hour": _r(sum(map(len, per_clip.values())) / hours) if hours else None}
     if s.labels:
         inside = {n: event_frames(frames[n], per_clip[n]) for n in s.labels}
@@ -255,7 +273,7 @@ def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> tu
 
 
 def _write_events(found: list, run: RunFolder) -> None:
-    fields = ["clip", "start", "end", "peak", "peak_frame", "start_s", "end_s"]
+    fields = ["id", "clip", "start", "end", "peak", "peak_frame", "start_s", "end_s", "branch"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()

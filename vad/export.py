@@ -4,7 +4,8 @@ What is exported is what one scoring call computes, with everything it needs ins
 
 - a frame model (STPM without motion, RSTPM): ``frames (B, 3, H, W) -> scores (B,), map (B, h, w)``;
 - a model with a past (the motion branch): ``frames (B, 3, H, W), start (bool), past_<i> (context, C_i, h_i, w_i) ->
-  scores, map, feats_<i> (B, C_i, h_i, w_i)``: the streaming step of :meth:`vad.models.motion.MotionSTPM.step`
+  scores, map, branches (B, 2), feats_<i> (B, C_i, h_i, w_i)``: the streaming step of
+  :meth:`vad.models.motion.MotionSTPM.step` (``branches``: each branch's standardised frame score)
   (the teacher once per frame; ``past_<i>``: the predictor's teacher levels of the ``context`` frames before
   ``frames[0]``, ignored where ``start``).
 
@@ -38,7 +39,7 @@ from vad.errors import ConfigError, UsageError
 from vad.models import AnomalyModel
 from vad.reference import NormalReference
 
-FORMAT = "vad-export/1"
+FORMAT = "vad-export/2"  # 2: the step also returns each branch's frame score
 FORMATS = ("onnx", "openvino")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
@@ -104,15 +105,16 @@ class _Step(nn.Module):
                 past_1: torch.Tensor | None = None, past_2: torch.Tensor | None = None,
                 past_3: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         past = dict(zip(self.levels, (past_0, past_1, past_2, past_3)[: len(self.levels)], strict=True))
-        scores, amap, feats = self.model.step(frames, past, start)
-        return (scores, amap, *(feats[k] for k in self.levels))
+        scores, amap, branches, feats = self.model.step(frames, past, start)
+        return (scores, amap, branches, *(feats[k] for k in self.levels))
 
 
 def _names(model: AnomalyModel) -> tuple[list[str], list[str]]:
     levels = range(len(getattr(model, "past_levels", ())))
     if not model.context:
         return ["frames"], ["scores", "map"]
-    return ["frames", "start", *(f"past_{i}" for i in levels)], ["scores", "map", *(f"feats_{i}" for i in levels)]
+    return (["frames", "start", *(f"past_{i}" for i in levels)],
+            ["scores", "map", "branches", *(f"feats_{i}" for i in levels)])
 
 
 def export_model(model: AnomalyModel, ckpt: dict, reference: NormalReference, folder: Path,
@@ -218,11 +220,11 @@ class Runtime:
         return scores, amap
 
     def step(self, frames: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         feed = {"frames": _array(frames), "start": np.asarray(bool(start)),
                 **{f"past_{i}": _array(past[k]) for i, k in enumerate(self.levels)}}
-        scores, amap, *feats = self._call(feed)
-        return scores, amap, dict(zip(self.levels, feats, strict=True))
+        scores, amap, branches, *feats = self._call(feed)
+        return scores, amap, branches, dict(zip(self.levels, feats, strict=True))
 
 
 def _array(x: torch.Tensor) -> np.ndarray:

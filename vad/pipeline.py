@@ -248,7 +248,7 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict,
     saved = run.normal_scores(name)
     if settings == trained_model_config(ckpt).scoring():
         ref = NormalReference(ckpt["val_scores"][kind].numpy().astype(np.float64), settings, scorer.per_position,
-                              reference_state(model), digest)
+                              reference_state(model), digest, model.branches)
     elif saved.is_file() and saved.suffix == ".npz":
         ref = NormalReference.load(saved)
         apply_state(model, ref.state)
@@ -281,7 +281,7 @@ def _fit_reference(scope: str, ckpt: dict, scorer, cfg: RunConfig, settings: dic
                                       scorer.model.has_position_stats)
     scores = per_position if scorer.per_position else raw
     return NormalReference(np.asarray(scores, np.float64), settings, scorer.per_position,
-                           reference_state(scorer.model), digest)
+                           reference_state(scorer.model), digest, scorer.model.branches)
 
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"  # the checkout's (editable installs)

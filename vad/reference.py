@@ -70,6 +70,7 @@ class NormalReference:
     per_position: bool = False
     state: dict = field(default_factory=dict)  # {name: array} of STATE_KEYS
     model: str = ""  # the digest of the model file
+    branches: tuple = ()  # a fused model's branches (their frame scores: RunFolder.branches)
 
     def threshold(self, percentile: float) -> float:
         return event_threshold(self.scores, percentile)
@@ -82,7 +83,8 @@ class NormalReference:
 
     def save(self, path: Path) -> None:
         arrays = {f"state_{k}": np.asarray(v) for k, v in self.state.items()}
-        meta = json.dumps({"settings": self.settings, "per_position": self.per_position, "model": self.model})
+        meta = json.dumps({"settings": self.settings, "per_position": self.per_position, "model": self.model,
+                           "branches": list(self.branches)})
         with atomic_path(path, ".npz") as tmp:
             np.savez(tmp, scores=np.asarray(self.scores, np.float32), meta=np.array(meta), **arrays)
 
@@ -99,7 +101,7 @@ class NormalReference:
                 meta = json.loads(str(z["meta"]))
                 state = {k.removeprefix("state_"): z[k] for k in z.files if k.startswith("state_")}
                 return cls(z["scores"].astype(np.float64), meta["settings"], meta["per_position"], state,
-                           meta["model"])
+                           meta["model"], tuple(meta.get("branches", ())))
         except (OSError, ValueError, KeyError) as err:
             raise InputError(f"{path}: not a readable normal reference ({err}); score the clips again") from None
 

@@ -11,6 +11,7 @@ Layout (``RUN``)::
                                     while a torchrun scoring is under way)
     RUN/scores/<clip>.npy           (T,) float32 per-frame scores
     RUN/maps/<clip>.npy             (T, h, w) float16 anomaly maps (score.save_maps)
+    RUN/branches/<clip>.npy         (T, k) float32 standardised frame score per branch of a fused model
     RUN/labels/<clip>.npy           (T,) uint8 frame labels of labelled clips
     RUN/normal_scores/<ref>.npz     the normal reference that clips were scored against (vad.reference)
     RUN/export/<ref>/               the model exported for ONNX Runtime / OpenVINO under that reference's settings
@@ -100,6 +101,10 @@ class RunFolder:
 
     def labels(self, clip: str) -> Path:
         return self.root / "labels" / f"{clip}.npy"
+
+    def branches(self, clip: str) -> Path:
+        """``(T, k)`` float32: a fused model's standardised frame score per branch (which branch raised an event)."""
+        return self.root / "branches" / f"{clip}.npy"
 
     def normal_scores(self, reference: str) -> Path:
         """The normal reference ``reference`` (a :class:`vad.reference.NormalReference`); run folders of earlier

@@ -45,8 +45,9 @@ def _fused(model: AnomalyModel, maps: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 class Scorer:
-    """Wraps a trained model for inference: ``scorer(x, clip, first) -> (scores (B,), maps (B, h, w))`` for
-    normalised frames ``x`` ``(B, 3, H, W)`` (:meth:`prepare` makes them from a :meth:`stream` batch).
+    """Wraps a trained model for inference: ``scorer(x, clip, first) -> (scores (B,), maps (B, h, w), branches)`` for
+    normalised frames ``x`` ``(B, 3, H, W)`` (:meth:`prepare` makes them from a :meth:`stream` batch); ``branches``:
+    a fused model's standardised frame score per branch ``(B, len(model.branches))``, else ``None``.
 
     A model with a past (``model.context``: the motion branch) scores a stream of single frames with the teacher
     run once per frame: the scorer keeps, per clip, the teacher's features of its last ``context`` frames and
@@ -118,11 +119,12 @@ class Scorer:
                 and any(shutil.which(cc) for cc in ("c++", "g++", "clang++")))
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
-    def __call__(self, x: torch.Tensor, clip: str = "", first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised frames ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``), float32 (a model with a
-        past: frames ``first ..`` of clip ``clip``, see the class docstring; windows ``(B, 3 * window, H, W)`` are
-        scored as they are). With ``score.per_position`` the map is standardised per position and the score is its
-        maximum."""
+    def __call__(self, x: torch.Tensor, clip: str = "", first: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Normalised frames ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``, branch scores or
+        ``None``), float32 (a model with a past: frames ``first ..`` of clip ``clip``, see the class docstring;
+        windows ``(B, 3 * window, H, W)`` are scored as they are). With ``score.per_position`` the map is
+        standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
         n = len(x)
         if self.model.context and x.shape[1] == 3:
@@ -135,16 +137,18 @@ class Scorer:
             self._tune_layout(call, x)
         with autocast(self.device, self.dtype):
             out = call(x.contiguous(memory_format=self.layout or torch.channels_last))
-        if len(out) == 3:
-            scores, amap, feats = out
+        branches = None
+        if len(out) == 4:
+            scores, amap, branches, feats = out
             self._remember(clip, first, n, past, start, feats)
+            branches = branches[:n].float()
         else:
             scores, amap = out
         scores, amap = scores[:n].float(), amap[:n].float()
         if self.per_position:
             amap = self.model.standardise_map(amap)
             scores = frame_scores(amap)
-        return scores, amap
+        return scores, amap, branches
 
     def _tune_layout(self, call: Callable, x: torch.Tensor) -> None:
         """Time ``call(x)`` with the model and ``x`` channels-last and contiguous (after a warm-up each) and keep the
@@ -263,19 +267,20 @@ class Scorer:
             frames = batch["frames"].to(self.device, non_blocking=True)
         return self.transform(frames) if frames.dtype == torch.uint8 else frames  # __call__ makes it channels-last
 
-    def batches(self, loader, maps: bool = False) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
-        """``(batch, scores (B,), maps (B, h, w) float16 at map_stride or None)`` for every batch of ``loader``,
-        on the host. Each batch's results are copied back asynchronously and handed out after the next batch has
-        been queued on the device."""
+    def batches(self, loader, maps: bool = False
+                ) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        """``(batch, scores (B,), maps (B, h, w) float16 at map_stride or None, branch scores (B, k) or None)`` for
+        every batch of ``loader``, on the host. Each batch's results are copied back asynchronously and handed out
+        after the next batch has been queued on the device."""
         pending = None
         for batch in loader:
             clip, first = batch["clip"][0], int(batch["index"][0])
             if batch.get("context"):
                 self.prime(self.prepare(batch), clip, first)
                 continue
-            scores, amap = self(self.prepare(batch), clip, first)
+            scores, amap, branches = self(self.prepare(batch), clip, first)
             small = self.downsample(amap).half() if maps else None
-            host = [t if t is None else t.to("cpu", non_blocking=True) for t in (scores, small)]
+            host = [t if t is None else t.to("cpu", non_blocking=True) for t in (scores, small, branches)]
             out = (batch, *host)
             event = torch.cuda.Event() if self.device.type == "cuda" else None
             if event is not None:
@@ -287,11 +292,11 @@ class Scorer:
             yield self._host(*pending)
 
     @staticmethod
-    def _host(out: tuple, event) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    def _host(out: tuple, event) -> tuple[dict, np.ndarray, np.ndarray | None, np.ndarray | None]:
         if event is not None:
             event.synchronize()
-        batch, scores, small = out
-        return batch, scores.numpy(), None if small is None else small.numpy()
+        batch, *arrays = out
+        return batch, *(None if a is None else a.numpy() for a in arrays)
 
     def downsample(self, amap: torch.Tensor) -> torch.Tensor:
         """Anomaly map at the finest-level stride -> one value per ``map_stride`` input pixels (the maximum, so
@@ -346,11 +351,16 @@ def score_clips(
             on_done(clip)
 
     with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
-        for batch, scores, small in scorer.batches(loader, maps=scorer.cfg.save_maps):
+        for batch, scores, small, branches in scorer.batches(loader, maps=scorer.cfg.save_maps):
             name, index = batch["clip"][0], batch["index"].numpy()
             clip = by_name[name]
-            entry = pending.setdefault(name, {"scores": np.empty(clip.num_frames, np.float32), "maps": None, "done": 0})
+            entry = pending.setdefault(name, {"scores": np.empty(clip.num_frames, np.float32), "maps": None, "done": 0,
+                                              "branches": None})
             entry["scores"][index] = scores
+            if branches is not None:
+                if entry["branches"] is None:
+                    entry["branches"] = np.empty((clip.num_frames, branches.shape[1]), np.float32)
+                entry["branches"][index] = branches
             if small is not None:
                 if entry["maps"] is None:
                     entry["maps"] = np.empty((clip.num_frames, *small.shape[1:]), np.float16)
@@ -383,16 +393,17 @@ def _partly_recorded(clip: Clip, entry: dict) -> Clip:
                           "corrupt file?)")
     print(f"note: {clip.path}: the container declares {declared} frames but {k} decode (a partly recorded "
           f"file?); scored those {k}, {declared - k} missing", file=sys.stderr)
-    entry["scores"] = entry["scores"][:k]
-    if entry["maps"] is not None:
-        entry["maps"] = entry["maps"][:k]
+    for key in ("scores", "maps", "branches"):
+        if entry[key] is not None:
+            entry[key] = entry[key][:k]
     return with_frames(clip, k)
 
 
 def _flush(clip: Clip, entry: dict, run: RunFolder) -> np.ndarray:
-    if entry["maps"] is not None:
-        save_npy(entry["maps"], run.maps(clip.name))
-    else:  # a map left by an earlier scoring would no longer match these scores
-        run.maps(clip.name).unlink(missing_ok=True)
+    for key, path in (("maps", run.maps(clip.name)), ("branches", run.branches(clip.name))):
+        if entry[key] is not None:
+            save_npy(entry[key], path)
+        else:  # one left by an earlier scoring would no longer match these scores
+            path.unlink(missing_ok=True)
     save_npy(entry["scores"], run.scores(clip.name))  # scores last: their presence marks the clip done
     return entry["scores"]

@@ -50,6 +50,13 @@ def frame_size(clip: Clip) -> tuple[int, int]:
     return int(frame.shape[-2]), int(frame.shape[-1])
 
 
+def training_fps(clips: Sequence[Clip], cfg: RunConfig) -> float | None:
+    """The frame rate of the training footage (the videos' median; frame folders: ``eval.fps``): the rate at which the
+    motion branch learned how things move (a live stream is sampled to it: :mod:`vad.live`)."""
+    rates = sorted(c.fps for c in clips if c.kind == "video" and c.fps)
+    return float(rates[len(rates) // 2]) if rates else cfg.eval.fps
+
+
 def input_size(cfg: RunConfig, clips: Sequence[Clip]) -> tuple[int, int]:
     """The network's input ``(height, width)``: explicit, or the footage's aspect ratio at ``input_height``."""
     h = cfg.model.input_height
@@ -247,7 +254,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     epochs = stage_epochs(model, cfg, steps_per_epoch)
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips],
-            "colour": not all(looks_grey(first_frame(c)) for c in clips)}
+            "colour": not all(looks_grey(first_frame(c)) for c in clips), "fps": training_fps(clips, cfg)}
     return _Session(cfg, run, device, amp_dtype(t.amp, device), model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, list(clips), val_ranges, val_loader,

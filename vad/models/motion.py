@@ -159,11 +159,13 @@ class MotionSTPM(STPM):
         return self.maps_from(past_t, t, x), {k: t[k] for k in self.past_levels}
 
     def step(self, x: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """:meth:`step_branch_maps` fused: (scores ``(B,)``, map ``(B, h, w)``, the predictor's levels of ``x``)."""
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`step_branch_maps` fused: (scores ``(B,)``, map ``(B, h, w)``, each branch's standardised frame score
+        ``(B, len(branches))``, the predictor's levels of ``x``)."""
         maps, feats = self.step_branch_maps(x, past, start)
-        amap = self.fuse(maps)
-        return frame_scores(amap), amap, feats
+        z = self.standardised(maps)
+        amap = self.combine_branches(z)
+        return frame_scores(amap), amap, z.flatten(2).amax(2).T, feats
 
     def maps_from(self, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`branch_maps` from the teacher's pyramids already computed for windows ``x``."""
@@ -187,13 +189,20 @@ class MotionSTPM(STPM):
         self.branch_loc = loc.to(self.branch_loc.device)
         self.branch_scale = scale.to(self.branch_scale.device)
 
-    def fuse(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Branch maps -> one map: each standardised by its hold-out statistics, then summed (or the maximum)."""
+    def standardised(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Branch maps -> ``(len(branches), B, h, w)``: each standardised by its hold-out statistics."""
         if not torch.compiler.is_compiling() and not self.has_branch_stats:  # a host read: not inside a graph
             raise RuntimeError("this motion model has no branch statistics (set at the end of training)")
         loc, scale = (v.to(maps[self.branches[0]].device) for v in (self.branch_loc, self.branch_scale))
-        z = torch.stack([(maps[b] - loc[i]) / scale[i] for i, b in enumerate(self.branches)])
+        return torch.stack([(maps[b] - loc[i]) / scale[i] for i, b in enumerate(self.branches)])
+
+    def combine_branches(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised branch maps ``(len(branches), B, h, w)`` -> the fused map: their sum or their maximum."""
         return z.sum(0) if self.fusion == "sum" else z.amax(0)
+
+    def fuse(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Branch maps -> one map: each standardised by its hold-out statistics, then summed (or the maximum)."""
+        return self.combine_branches(self.standardised(maps))
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.fuse(self.branch_maps(x))

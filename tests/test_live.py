@@ -1,0 +1,252 @@
+"""Live monitoring over loopback only: a replayed clip scores as `vad score` does; a stream that dies and comes back
+is a gap, never an anomaly; a slow consumer drops frames instead of lagging; SIGTERM mid-event leaves an end line and
+a playable clip; a webhook gets what the file gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import av
+import helpers
+import numpy as np
+import pytest
+from conftest import TINY
+
+from vad.cli import main
+from vad.detector import Detector
+from vad.pipeline import save_config, with_data
+from vad.runs import RunFolder
+from vad.sources import End, Frame, Gap, Source
+from vad.watch import Watch, WatchOptions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(trained: Path, scene: Path, tmp_path_factory) -> Path:
+    """The tiny trained motion model in a run folder of its own (config saved), scored with torch."""
+    folder = tmp_path_factory.mktemp("live") / "run"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes((trained / "model.pt").read_bytes())
+    cfg = with_data(TINY, scene, "shanghaitech")
+    save_config(replace(cfg, score=replace(cfg.score, backend="torch")), folder / "config.yaml")
+    return folder
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _anomaly_video(path: Path, fps: int = 10) -> Path:
+    """A test clip of the scene (its anomaly in frames 6..13) as a video, lossless enough to score alike."""
+    data = helpers.paste_anomaly(helpers.frames(50), 6, 14)
+    return helpers.write_video(path, data, fps=fps)
+
+
+def test_a_replayed_clip_scores_as_vad_score(run: Path, tmp_path: Path) -> None:
+    video = _anomaly_video(tmp_path / "in" / "cam.avi")
+    assert main(["score", "--run", str(run), "--input", str(video)]) == 0
+    offline = np.load(RunFolder(run).scores("cam"))
+    det = Detector.load(run, device="cpu")
+    got: dict[int, float] = {}
+    real_score = det.score
+
+    def recording(frames, stream="default", first=None):
+        out = real_score(frames, stream, first)
+        got.update({first + i: float(s) for i, s in enumerate(out.scores)})
+        return out
+
+    det.score = recording
+    watch = Watch(det, str(video), WatchOptions(out=tmp_path / "w", batch=3, progress=False))
+    list(watch.run())
+    assert sorted(got) == list(range(len(offline)))  # every frame, each once, in order
+    np.testing.assert_allclose([got[i] for i in range(len(offline))], offline, rtol=1e-4, atol=1e-4)
+    # The same frames through the API in batches of other sizes: the same scores again.
+    frames = [f.to_ndarray(format="rgb24") for f in av.open(str(video)).decode(video=0)]
+    det.score = real_score
+    parts = [det.score(frames[a:b], stream="api").scores for a, b in ((0, 1), (1, 6), (6, 16))]
+    np.testing.assert_allclose(np.concatenate(parts), offline, rtol=1e-4, atol=1e-4)
+
+
+def _publish_udp(url: str, chunks: list[tuple[np.ndarray, float]], fps: int = 10) -> None:
+    """MPEG-TS over UDP at ``fps``: each chunk of frames, then its pause in seconds (the writer reopens after one)."""
+    for frames, pause in chunks:
+        with av.open(url, "w", format="mpegts") as c:
+            s = c.add_stream("mpeg2video", rate=fps)
+            s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            s.codec_context.max_b_frames = 0
+            s.bit_rate = 4_000_000
+            for f in frames:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+                time.sleep(1 / fps)
+            c.mux(s.encode())
+        time.sleep(pause)
+
+
+def test_a_stream_that_dies_and_comes_back_is_a_gap_not_an_anomaly(run: Path, tmp_path: Path) -> None:
+    """The same 24 frames are sent, the sender dies for 4 s, then sends them again: one gap line; the frames after
+    it score exactly as the first ones did (the motion context restarted, as at a clip's start), so the outage
+    raised nothing of its own; nothing was scored for the outage."""
+    port = _port()
+    frames = [f.to_ndarray(format="rgb24") for f in av.open(str(helpers.write_video(tmp_path / "v.avi",
+                                                                                    helpers.frames(0, 24))))
+              .decode(video=0)]
+    segment = np.stack(frames)
+    sender = threading.Thread(target=_publish_udp, args=(f"udp://127.0.0.1:{port}?pkt_size=1316",
+                                                         [(segment, 4.0), (segment, 0.0)]), daemon=True)
+    det = Detector.load(run, device="cpu")
+    scored: list[float] = []
+    real_score = det.score
+
+    def recording(batch, stream="default", first=None):
+        out = real_score(batch, stream, first)
+        scored.extend(out.calibrated.tolist())
+        return out
+
+    det.score = recording
+    opts = WatchOptions(out=tmp_path / "w", stall_timeout=1.0, open_timeout=8, progress=False)
+    watch = Watch(det, f"udp://127.0.0.1:{port}", opts)
+    watch.src.backoff = (0.2, 0.5)  # reopen quickly: the outage is 4 s
+    sender.start()
+    lines, t0 = [], time.monotonic()
+    for line in watch.run():
+        lines.append(line)
+        done = any(x["type"] == "gap" for x in lines) and len(scored) >= 2 * len(segment) - 2
+        if done or time.monotonic() - t0 > 60:
+            watch.stop()
+    sender.join(timeout=20)
+    gaps = [x for x in lines if x["type"] == "gap"]
+    assert len(gaps) == 1 and gaps[0]["seconds"] >= 2.0 and gaps[0]["start"] < gaps[0]["end"]
+    n = len(scored) // 2  # each segment as it arrived (MPEG-TS over UDP may lose a segment's last frame)
+    assert len(scored) == 2 * n and n >= len(segment) - 1  # both segments, nothing for the outage
+    np.testing.assert_allclose(scored[n:], scored[:n], rtol=1e-4, atol=1e-4)
+    starts = [x["frame"] for x in lines if x["type"] == "start"]
+    assert [f - n for f in starts if f >= n] == [f for f in starts if f < n]  # no event of the outage's own
+    written = [json.loads(x) for x in (tmp_path / "w" / "events.jsonl").read_text().splitlines()]
+    assert [x["type"] for x in written] == [x["type"] for x in lines]
+
+
+def test_a_slow_consumer_drops_frames_instead_of_lagging(run: Path, tmp_path: Path) -> None:
+    video = helpers.write_video(tmp_path / "fast.avi", np.concatenate([helpers.frames(i, 16) for i in range(4)]),
+                                fps=40)
+    det = Detector.load(run, device="cpu")
+    real_score = det.score
+
+    def slow(frames, stream="default", first=None):
+        time.sleep(0.25)  # a consumer slower than the 40 fps the source sends
+        return real_score(frames, stream, first)
+
+    det.score = slow
+    watch = Watch(det, str(video), WatchOptions(realtime=True, queue_size=4, batch=2, progress=False, fps=40))
+    lines = list(watch.run())
+    status = lines[-1]
+    assert status["type"] == "status" and status["dropped"] > 10  # the stalest frames gave way
+    assert status["frames_scored"] + status["dropped"] == status["frames_decoded"] == 64
+    assert status["latency_ms_p95"] < 4 * 250 + 500  # bounded by the queue (4 frames), never a growing backlog
+
+
+def test_sigterm_mid_event_leaves_an_end_line_and_a_playable_clip(run: Path, tmp_path: Path) -> None:
+    video = _anomaly_video(tmp_path / "anomaly.avi", fps=10)
+    out = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), "watch", "--run", str(run), "--source",
+                             str(video), "--out", str(out), "--realtime", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    events = out / "events.jsonl"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        if events.is_file() and '"type": "start"' in events.read_text():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"no event started: {proc.communicate()[1][-2000:]}")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    kinds = [x["type"] for x in lines]
+    assert "start" in kinds and "end" in kinds and kinds.index("end") > kinds.index("start")
+    end = next(x for x in lines if x["type"] == "end")
+    clip = Path(end["clip"])
+    with av.open(str(clip)) as c:  # playable: it decodes whole
+        n = sum(1 for _ in c.decode(video=0))
+    assert n >= 2
+    assert Path(end["snapshot"]).is_file() and set(end) >= {"event", "source", "frame", "pts", "wall_time", "score",
+                                                          "peak", "branch", "box", "snapshot", "clip"}
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_webhook_gets_what_the_file_gets(run: Path, tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received = []
+    video = _anomaly_video(tmp_path / "anomaly.avi")
+    det = Detector.load(run, device="cpu")
+    opts = WatchOptions(out=tmp_path / "w", webhook=f"http://127.0.0.1:{server.server_port}/vad", progress=False)
+    lines = list(Watch(det, str(video), opts).run())
+    server.shutdown()
+    written = [json.loads(x) for x in (tmp_path / "w" / "events.jsonl").read_text().splitlines()]
+    assert written == lines == _Hook.received
+    assert {x["type"] for x in written} >= {"start", "end", "status"}  # the scene's anomaly raised an event
+
+
+def test_a_failing_webhook_never_stops_scoring(run: Path, tmp_path: Path) -> None:
+    video = _anomaly_video(tmp_path / "anomaly.avi")
+    det = Detector.load(run, device="cpu")
+    opts = WatchOptions(webhook=f"http://127.0.0.1:{_port()}/nobody", progress=False)
+    watch = Watch(det, str(video), opts)
+    lines = list(watch.run())
+    assert lines[-1]["frames_scored"] == 16  # every frame scored while nobody listened
+    assert watch.sinks.failed == len(lines)  # each line tried (with retries), then counted
+
+
+def test_source_reads_frames_by_timestamp_to_the_model_rate(tmp_path: Path) -> None:
+    """A 30 fps source watched by a model trained at 10 fps: every third frame is scored; indices count all."""
+    video = helpers.write_video(tmp_path / "v30.avi", np.concatenate([helpers.frames(i, 16) for i in range(2)]),
+                                fps=30)
+    src = Source(str(video), fps=10).start()
+    got = [i for i in src.items() if isinstance(i, Frame)]
+    assert [f.index for f in got] == list(range(0, 32, 3))
+    assert [f.seq for f in got] == list(range(len(got)))
+    assert np.allclose([f.pts for f in got], [i / 30 for i in range(0, 32, 3)], atol=1e-3)
+
+
+def test_watch_refuses_what_it_cannot_watch(run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["watch", "--run", str(run), "--source", str(tmp_path / "nothing.mp4"), "--out", str(tmp_path)]) == 2
+    assert "--source" in capsys.readouterr().err
+    assert main(["watch", "--run", str(run), "--source", "rtsp://x", "--out", str(tmp_path / "o"), "--set",
+                 "train.epochs=3"]) == 2
+    assert "fixed by the trained model" in capsys.readouterr().err
+
+
+def test_a_gap_item_and_the_end_come_in_order(tmp_path: Path) -> None:
+    src = Source(str(helpers.write_video(tmp_path / "v.avi", helpers.frames(0))), fps=10)
+    src._put(Gap(1.0, 2.0, 0.5, None, "test"))
+    src.start()
+    items = list(src.items())
+    assert isinstance(items[0], Gap) and isinstance(items[-1], End)
+    assert sum(isinstance(i, Frame) for i in items) == 16

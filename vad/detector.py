@@ -1,0 +1,153 @@
+"""The Python API beside the CLI: a trained run's model, loaded once, scoring frames as they come.
+
+    from vad.detector import Detector
+
+    det = Detector.load("runs/campus")                 # the run's model, settings and normal reference
+    out = det.score(frames)                            # consecutive uint8 (H, W, 3) frames of one stream
+    out.calibrated                                     # 0 at the median normal score, 1.0 at the event threshold
+    for line in det.watch("rtsp://camera/stream", out="watch/"):   # events as they happen (vad.watch)
+        print(line)
+
+Frames of one ``stream`` are consecutive: a motion model reads each frame's past from the frames scored before it
+(the teacher once per frame); :meth:`Detector.reset` (a gap in the stream) starts its past afresh, as a clip's first
+frame. Scores equal ``vad score``'s for the same frames (tests/test_live.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vad.config import RunConfig, load_config
+from vad.errors import UsageError
+from vad.reference import NormalReference
+from vad.runs import RunFolder, RunFolderError, locked
+
+
+@dataclass
+class Scored:
+    """What :meth:`Detector.score` gives per frame, as numpy arrays on the host."""
+
+    scores: np.ndarray  # (B,) raw frame scores (the model's units)
+    calibrated: np.ndarray  # (B,) 0 at the median normal hold-out score, 1.0 at the event threshold
+    maps: np.ndarray  # (B, h, w) raw anomaly maps, one value per `stride` input pixels
+    branches: np.ndarray | None  # (B, k) standardised frame score per branch of a fused model, else None
+
+
+class Detector:
+    """A trained run's model with its scoring settings, normal reference and event threshold (:meth:`load`)."""
+
+    def __init__(self, run: RunFolder, cfg: RunConfig, scorer, ckpt: dict, reference: NormalReference,
+                 reference_name: str, backend: str) -> None:
+        self.run, self.cfg, self.scorer, self.ckpt = run, cfg, scorer, ckpt
+        self.reference, self.reference_name, self.backend = reference, reference_name, backend
+        self.threshold = reference.threshold(cfg.eval.threshold_percentile)
+        self.median = float(np.median(reference.scores))
+        self._next: dict[str, int] = {}
+
+    @classmethod
+    def load(cls, run: Path | str, *, device: str = "auto", backend: str | None = None,
+             overrides: Sequence[str] = (), scene: str | None = None) -> Detector:
+        """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
+        config with ``overrides`` (scoring settings and later stages' only), run by ``backend`` (default
+        ``score.backend``; ``auto`` exports for ONNX Runtime when it is installed: a live stream is long)."""
+        from vad.checkpoint import load_model
+        from vad.export import Runtime, choose_backend, exported
+        from vad.pipeline import exported_model, normal_reference
+        from vad.score import Scorer
+
+        folder = RunFolder(run)
+        if not folder.config.is_file():
+            raise RunFolderError(f"{folder.config} not found: is {run} a run folder? (vad train ... --out RUN)")
+        cfg = load_config(folder.config, list(overrides), saved=True)
+        if backend is not None:
+            cfg = replace(cfg, score=replace(cfg.score, backend=backend))
+        models = folder.model_files()
+        if not models:
+            raise RunFolderError(f"{folder.root}: no model.pt; train first")
+        if scene is None and len(models) > 1:
+            raise UsageError(f"{folder.root} holds one model per scene ({', '.join(models)}); say which with --scene")
+        scope = scene or next(iter(models))
+        if scope not in models:
+            raise UsageError(f"--scene {scene}: {folder.root} has models for {', '.join(models)}")
+        model, ckpt = load_model(models[scope], cfg.model.scoring())
+        scorer = Scorer(model, ckpt, cfg.score, device)
+        with locked(folder.root, "watch (loading the model)"):
+            name, ref = normal_reference(folder, scope, models[scope], scorer, ckpt, cfg)
+            chosen = choose_backend(cfg.score.backend, model, scorer.device, None, exported(folder.export(name),
+                                                                                          ref.model))
+            if chosen != "torch":
+                scorer.use(Runtime(chosen, exported_model(folder, name, model, ckpt, ref)))
+        return cls(folder, cfg, scorer, ckpt, ref, name, chosen)
+
+    # --- what the model is --------------------------------------------------------------------------------------
+    @property
+    def fps(self) -> float | None:
+        """The frame rate of the training footage: the rate the motion branch learned how things move at."""
+        return self.ckpt.get("fps")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.ckpt["input_size"])
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per cell of the maps :meth:`score` returns."""
+        return self.scorer.model.stride
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        return self.scorer.model.branches
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        """Raw scores -> 0 at the median normal hold-out score, 1.0 at the event threshold."""
+        return (np.asarray(scores, dtype=np.float64) - self.median) / (self.threshold - self.median)
+
+    # --- scoring ----------------------------------------------------------------------------------------------
+    def score(self, frames: Sequence[np.ndarray] | np.ndarray, stream: str = "default", first: int | None = None
+              ) -> Scored:
+        """Score consecutive frames of ``stream``: uint8 RGB ``(H, W, 3)`` each (sizes may change between frames).
+        ``first``: the stream index of ``frames[0]`` (default: right after the last frame scored); a frame that does
+        not follow the last one scored starts the stream's past afresh (a gap, dropped frames)."""
+        if len(frames) == 0:
+            raise UsageError("no frames to score")
+        first = self._next.get(stream, 0) if first is None else first
+        x = self._prepare(frames)
+        scores, maps, branches = self.scorer(x, stream, first)
+        self._next[stream] = first + len(frames)
+        scores = scores.numpy()
+        return Scored(scores, self.calibrate(scores), maps.numpy(), None if branches is None else branches.numpy())
+
+    def reset(self, stream: str = "default") -> None:
+        """Forget ``stream``'s past (after a gap its next frame starts afresh, as a clip's first frame)."""
+        self.scorer.forget(stream)
+        self._next.pop(stream, None)
+
+    def _prepare(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """uint8 frames -> normalised ``(B, 3, h, w)`` at the model's input size; frames of several sizes are resized
+        in groups of one size (as a stream that changes resolution sends them)."""
+        parts, group = [], []
+        for f in frames:
+            f = np.asarray(f)
+            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+                raise UsageError(f"frames must be uint8 RGB (H, W, 3); got {f.dtype} {f.shape}")
+            if group and f.shape != group[0].shape:
+                parts.append(self._transform(group))
+                group = []
+            group.append(f)
+        parts.append(self._transform(group))
+        return torch.cat(parts)
+
+    def _transform(self, group: list[np.ndarray]) -> torch.Tensor:
+        return self.scorer.transform(torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2))
+
+    def watch(self, source: str, out: Path | str | None = None, **options) -> Iterator[dict]:
+        """Watch ``source`` (:mod:`vad.sources`) and yield every event, gap and status line as it is written to
+        ``out/events.jsonl`` (:class:`vad.watch.Watch`; ``options``: :class:`vad.watch.WatchOptions` fields)."""
+        from vad.watch import Watch, WatchOptions
+
+        yield from Watch(self, source, WatchOptions(out=Path(out) if out else None, **options)).run()
