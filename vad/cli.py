@@ -161,6 +161,20 @@ def _run(args: argparse.Namespace) -> None:
     run_all(cfg, args.out, device=args.device, render_clips=args.clip)
 
 
+def _review(args: argparse.Namespace) -> None:
+    from vad.review import serve
+
+    serve(args.run, port=args.port, open_browser=args.open)
+
+
+def _feedback(args: argparse.Namespace) -> None:
+    from vad.review import record_verdict
+    from vad.runs import RunFolder
+
+    line = record_verdict(args.run, args.event, args.verdict, via="cli")
+    print(f"{line['event']}: {line['verdict']} -> {RunFolder(args.run).feedback}")
+
+
 def _data_args(p: argparse.ArgumentParser, what: str) -> None:
     from vad.io import DATASETS
 
@@ -297,6 +311,7 @@ def _add_stage_commands(sub) -> None:
                    help="what to write (default: onnx; openvino adds IR beside the ONNX graph)")
 
     _add_watch_command(sub)
+    _add_review_commands(sub)
 
     p = _command(sub, "run", _run, "every stage from a pipeline YAML: train, score, evaluate, render",
                  "Run a pipeline config end to end on a dataset: train on its training split, score its test split "
@@ -347,6 +362,31 @@ def _add_watch_command(sub) -> None:
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--scene", help="the scene's model, for a run trained per scene")
     _backend_arg(p)
+
+
+def _add_review_commands(sub) -> None:
+    """``review`` and ``feedback``. Neither takes the run's lock: ``review`` serves for hours (evaluate and render
+    must still run), and a verdict is one line appended under the feedback file's own lock, which nothing else in
+    the run writes."""
+    p = _command(sub, "review", _review, "serve a run's review page; mark its events normal or anomalous",
+                 "Serve RUN/review.html (written by evaluate) on 127.0.0.1 only, with the run's videos and the sources "
+                 "of its clips. The page shows the run's summary, a timeline per clip and the events as cards; a "
+                 "click plays the event (2 s before it). Verdicts (keys n / a, or a card's buttons) go to "
+                 "RUN/feedback.jsonl, one line each. Opened as a file, the page is read-only. Ctrl-C stops.",
+                 ["--run runs/campus --open", "--run runs/campus --port 8800"], common=False)
+    _run_arg(p, "evaluate")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+
+    p = _command(sub, "feedback", _feedback, "record a verdict on an event from a script",
+                 "Append an operator's verdict on one event (its id as in events.csv) to RUN/feedback.jsonl, as "
+                 "the review page does: one JSON line with the event, its clip and frames, the verdict, the time "
+                 "(UTC) and via=cli. The last verdict on an event wins.",
+                 ["--run runs/campus --event 01_0014-f212 --verdict normal",
+                  "--run runs/campus --event cam3-f1520 --verdict anomaly"], common=False)
+    _run_arg(p, "evaluate")
+    p.add_argument("--event", required=True, help="event id (the id column of events.csv)")
+    p.add_argument("--verdict", required=True, choices=["normal", "anomaly"], help="what the event was")
 
 
 @contextmanager

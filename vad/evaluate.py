@@ -1,4 +1,5 @@
-"""The evaluate stage: a scored run folder -> ``metrics.json``, ``events.csv``/``events.json`` and plots.
+"""The evaluate stage: a scored run folder -> ``metrics.json``, ``events.csv``/``events.json``, plots and the review
+page (``review.html``, :mod:`vad.review`).
 
 Reads only the files the score stage wrote (the manifest, scores, labels, normal references, maps); never a
 model. Every report states the smoothing sigma, the normalisation and the AUC kinds. Scores whose source changed
@@ -160,7 +161,10 @@ def clip_events(s: ScoredRun, name: str, ev: EvalConfig, rule: str | None = None
 
 
 def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
-    """Post-process the scores of ``run``, compute metrics (labelled clips), events and plots; return metrics."""
+    """Post-process the scores of ``run``, compute metrics (labelled clips), events, plots and the review page
+    (:mod:`vad.review`); return metrics."""
+    from vad.review import write_review
+
     s = load_scored(run, post, ev, progress)
     run, manifest, thresholds = s.run, s.manifest, s.thresholds
     raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
@@ -218,6 +222,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
               f"{', ...' if len(untimed) > 3 else ''}): give their frame rate with --set eval.fps=FPS")
     if ev.plots:
         _plots(s, per_clip, post, ev)
+    page = write_review(s, per_clip, metrics, post, ev)
     write_text(json.dumps(metrics, indent=2), s.folder.metrics)
     if progress:
         if labels:
@@ -228,6 +233,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
                   f"{_pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
         else:
             print(f"{len(found)} events over {len(manifest)} clips (no labels) -> {s.folder.events_csv}")
+        print(f"review page: {page}")
     return metrics
 
 

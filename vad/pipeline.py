@@ -352,5 +352,6 @@ def run_demo(out: Path, seed: int = 0, device: str = "auto", overrides: Sequence
               f"in {time.perf_counter() - t0:.1f}s -> {data}")
     metrics = run_all(with_data(cfg, root=data, dataset="shanghaitech"), out, device)
     print(f"demo finished in {time.perf_counter() - t0:.0f}s: frame AUC micro {metrics['frame_auc_micro']:.3f}, "
-          f"macro {metrics['frame_auc_macro']:.3f}; watch {out / 'videos'}/*.mp4")
+          f"macro {metrics['frame_auc_macro']:.3f}; watch {out / 'videos'}/*.mp4\n"
+          f"  review: {RunFolder(out).review_page} (vad review --run {out} to mark events)")
     return metrics

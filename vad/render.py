@@ -29,6 +29,7 @@ from vad.atomic import atomic_path
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import UsageError, VadError
 from vad.evaluate import ScoredRun, clip_events, load_scored
+from vad.heatmap import blend, colormap_lut
 from vad.io.decode import as_clip, iter_frames
 from vad.metrics import label_events
 from vad.postprocess import event_frames
@@ -47,13 +48,6 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: a fixed bitmap font
         return ImageFont.load_default()
-
-
-def colormap_lut(name: str) -> torch.Tensor:
-    """``(256, 3)`` float table of matplotlib colormap ``name`` (0..255)."""
-    import matplotlib
-
-    return torch.from_numpy(matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).float()
 
 
 class StripPainter:
@@ -138,23 +132,6 @@ class VideoWriter:
             self.container.close()
 
 
-def _blend(frames: torch.Tensor, heat: torch.Tensor | None, lut: torch.Tensor, opacity: float,
-           layout: str, at_threshold: float = 0.5) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` frames and heat in [0, 1] ``(B, H, W)`` -> float ``(B, H, W', 3)`` picture.
-    Overlay opacity rises with the square of the heat and is full from the threshold (``at_threshold``) up,
-    so quiet regions keep the frame and anything near or above threshold shows plainly."""
-    x = frames.float().permute(0, 2, 3, 1)
-    if heat is None:
-        return x
-    colour = lut[(heat * 255).round().long()]  # (B, H, W, 3)
-    if layout == "overlay":
-        a = (opacity * (heat / at_threshold).clamp(max=1) ** 2).unsqueeze(-1)
-        return x * (1 - a) + colour * a
-    grey = x.mean(dim=-1, keepdim=True) * 0.35  # heatmap panel: colour over a dimmed grey frame
-    a = heat.clamp_min(0.15).unsqueeze(-1)
-    return torch.cat([x, grey * (1 - a) + colour * a], dim=2)
-
-
 def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path,
                 bar: tqdm | None = None) -> Path:
     """Render clip ``name`` of scored run ``s`` to ``out`` (written atomically); return ``out``. ``bar``: a
@@ -200,7 +177,7 @@ def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out
                     m = torch.from_numpy(np.asarray(maps[first : first + b], dtype=np.float32)).unsqueeze(1)
                     m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
                     heat = ((m - low) / (high - low)).clamp(0, 1)
-                pic = _blend(frames, heat, lut, cfg.opacity, cfg.layout, 1 / cfg.heat_range)
+                pic = blend(frames, heat, lut, cfg.opacity, cfg.layout, 1 / cfg.heat_range)
                 if writer is None:
                     width = pic.shape[2] + pic.shape[2] % 2
                     height = h + cfg.strip_height + (h + cfg.strip_height) % 2

@@ -465,20 +465,11 @@ class _Evidence:
                       file=sys.stderr)
 
     def _picture(self, rgb: np.ndarray, amap: np.ndarray, calibrated: float, inside: bool, text: str) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        from vad.render import _blend, _font, _mark, colormap_lut
+        from vad.heatmap import heat_picture
+        from vad.render import _font, _mark
 
         h, w = rgb.shape[:2]
-        frames = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
-        m = F.interpolate(torch.from_numpy(np.asarray(amap, np.float32))[None, None], size=(h, w), mode="bilinear",
-                          align_corners=False)[:, 0]
-        low, high = self.heat
-        heat = ((m - low) / (high - low)).clamp(0, 1)
-        pic = _blend(frames, heat, colormap_lut(self.render.colormap), self.render.opacity, "overlay",
-                     1 / self.render.heat_range)[0].round().clamp(0, 255).to(torch.uint8).numpy()
-        pic = pic[: h - h % 2, : w - w % 2].copy()
+        pic = heat_picture(rgb, amap, self.heat, self.render)[: h - h % 2, : w - w % 2].copy()
         if inside:
             _mark(pic, pic.shape[0], _font(max(12, h // 24)))
         from PIL import Image, ImageDraw
