@@ -140,6 +140,14 @@ def _watch(args: argparse.Namespace) -> None:
         pass
 
 
+def _adapt(args: argparse.Namespace) -> None:
+    from vad.adapt import adapt
+
+    if args.epochs < 1 or not args.lr > 0:
+        raise ConfigError(f"--epochs {args.epochs} --lr {args.lr}: expected at least 1 epoch and a positive rate")
+    adapt(args.run, epochs=args.epochs, lr=args.lr, device=args.device)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from vad.evaluate import evaluate_run
 
@@ -387,6 +395,18 @@ def _add_review_commands(sub) -> None:
     _run_arg(p, "evaluate")
     p.add_argument("--event", required=True, help="event id (the id column of events.csv)")
     p.add_argument("--verdict", required=True, choices=["normal", "anomaly"], help="what the event was")
+
+    p = _command(sub, "adapt", _adapt, "fine-tune a run's model with the events marked normal",
+                 "Fine-tune the run's students, starting from its model, with the frames of the events marked normal "
+                 "(RUN/feedback.jsonl) added to its normal training footage (events marked anomaly never train); the "
+                 "hold-out statistics and the threshold are fitted again on normal data only. The new model becomes "
+                 "RUN/model.pt; the previous one is kept in RUN/models/. The next vad score scores the run's clips "
+                 "again. Minutes, not a retraining: a few epochs at a low learning rate.",
+                 ["--run runs/campus", "--run runs/campus --epochs 6 --lr 1e-4"], writes="run", common=False)
+    _run_arg(p, "evaluate")
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule (default 3e-4)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
 
 
 @contextmanager

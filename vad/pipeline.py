@@ -260,6 +260,24 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict,
     return name, ref
 
 
+def training_clips(cfg: RunConfig, ckpt: dict) -> tuple[list[Clip], dict[str, tuple[int, int]]]:
+    """The clips a model was trained on and the frames ``[a, b)`` of those it trained on in part: its training
+    split's clips (read again from ``cfg.data``) and the footage an operator marked normal (:mod:`vad.adapt`)."""
+    from vad.io.decode import as_clip
+    from vad.io.records import renamed
+
+    names = set(ckpt["train_clips"])
+    extra = ckpt.get("extra_clips", {})
+    clips = [c for c in read_split(cfg, "train") if c.name in names]
+    clips += [renamed(as_clip(Path(e["path"])), n) for n, e in extra.items()]
+    ranges = {n: tuple(r) for n, r in ckpt.get("train_ranges", {}).items()}
+    ranges.update({n: tuple(e["range"]) for n, e in extra.items()})
+    if len(clips) != len(names):
+        raise UsageError(f"the model was trained on {len(names)} clips; {cfg.data.root} and the footage marked normal "
+                         f"hold {len(clips)} of them")
+    return clips, ranges
+
+
 def _fit_reference(scope: str, ckpt: dict, scorer, cfg: RunConfig, settings: dict, digest: str) -> NormalReference:
     from vad.checkpoint import trained_model_config
     from vad.reference import fit_reference, holdout
@@ -267,16 +285,13 @@ def _fit_reference(scope: str, ckpt: dict, scorer, cfg: RunConfig, settings: dic
     trained = trained_model_config(ckpt).scoring()
     changed = ", ".join(f"model.{k}={v}" for k, v in settings.items() if trained[k] != v)
     try:
-        clips = [c for c in read_split(cfg, "train") if c.name in set(ckpt["train_clips"])]
+        clips, ranges = training_clips(cfg, ckpt)
     except (VadError, OSError) as err:
         raise UsageError(f"{changed} needs the model's normal reference for that setting, fitted on the hold-out of "
                          f"its training footage ({cfg.data.root}), which cannot be read ({err}); score with the "
                          "trained settings, or make that footage available") from None
-    if len(clips) != len(ckpt["train_clips"]):
-        raise UsageError(f"{changed} needs the hold-out of the model's {len(ckpt['train_clips'])} training clips; "
-                         f"{cfg.data.root} holds {len(clips)} of them")
     print(f"fitting the normal reference for {changed} ({scope}) on the hold-out of {len(clips)} training clips")
-    val = holdout(clips, ckpt["config"]["train"]["val_fraction"])[1]
+    val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)[1]
     raw, per_position = fit_reference(partial(scorer.outputs, clips, val), scorer.model,
                                       scorer.model.has_position_stats)
     scores = per_position if scorer.per_position else raw

@@ -158,16 +158,18 @@ def apply_state(model, state: Mapping[str, np.ndarray]) -> None:
         setattr(model, k, t)
 
 
-def holdout(clips: Sequence, fraction: float) -> tuple[dict, dict]:
-    """``(train_ranges, holdout_ranges)``: per clip, frames ``[0, n - k)`` train and the last ``k`` (a ``fraction``
-    of them, ``train.val_fraction``) are held out: normal footage the model never trains on."""
+def holdout(clips: Sequence, fraction: float, ranges: dict[str, tuple[int, int]] | None = None
+            ) -> tuple[dict, dict]:
+    """``(train_ranges, holdout_ranges)``: per clip (its frames ``ranges[name]`` when given, else all ``n``), the
+    first frames train and the last ``k`` (a ``fraction`` of them, ``train.val_fraction``) are held out: normal
+    footage the model never trains on."""
     if not 0 < fraction < 1:
         raise InputError(f"train.val_fraction must be in (0, 1); got {fraction}")
     train, val = {}, {}
     for c in clips:
-        n = c.num_frames
-        k = max(1, int(round(n * fraction)))
-        if n - k < 1:
-            raise InputError(f"training clip {c.name} has {n} frame(s); too short to hold out {fraction:.0%}")
-        train[c.name], val[c.name] = (0, n - k), (n - k, n)
+        a, b = (ranges or {}).get(c.name, (0, c.num_frames))
+        k = max(1, int(round((b - a) * fraction)))
+        if b - a - k < 1:
+            raise InputError(f"training clip {c.name} has {b - a} frame(s); too short to hold out {fraction:.0%}")
+        train[c.name], val[c.name] = (a, b - k), (b - k, b)
     return train, val

@@ -15,9 +15,11 @@ Layout (``RUN``)::
     RUN/labels/<clip>.npy           (T,) uint8 frame labels of labelled clips
     RUN/normal_scores/<ref>.npz     the normal reference that clips were scored against (vad.reference)
     RUN/export/<ref>/               the model exported for ONNX Runtime / OpenVINO under that reference's settings
-    RUN/metrics.json, events.csv, events.json, plots/roc.png, plots/timeline_<clip>.png, review.html  (evaluate)
+    RUN/metrics.json, events.csv, events.json, plots/roc.png, plots/timeline_<clip>.png  (evaluate)
+    RUN/review.html, RUN/review/<event>.jpg   the review page and its event thumbnails (evaluate; vad review serves it)
     RUN/videos/<clip>.mp4           (render)
     RUN/feedback.jsonl              an operator's verdicts on events (vad review, vad feedback)
+    RUN/adapt/<time>/               a fine-tuning with those verdicts (vad adapt: a training folder)
     RUN/.lock                       held by the command writing the folder
 
 Outputs derived from a clip's scores (its video and timeline, and the run's metrics, events, ROC and review page)
@@ -73,6 +75,7 @@ class RunFolder:
     best_checkpoint = property(lambda self: self.root / "checkpoints" / "best.pt")
     train_log = property(lambda self: self.root / "train_log.jsonl")
     scenes = property(lambda self: self.root / "scenes")
+    adaptations = property(lambda self: self.root / "adapt")  # vad adapt's training folders, one per run of it
     # score
     manifest = property(lambda self: self.root / "clips.json")
     scores_dir = property(lambda self: self.root / "scores")

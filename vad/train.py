@@ -186,15 +186,20 @@ class TrainingDiverged(VadError, FloatingPointError):
 
 def train(
     clips: Sequence[Clip], cfg: RunConfig, out: Path | str, device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool = True, ranges: dict[str, tuple[int, int]] | None = None, init: dict | None = None,
 ) -> Path:
-    """Train a model on normal ``clips``; return the path of ``out/model.pt``. Resumes from
-    ``out/checkpoints/last.pt`` when it exists (same config required); stops at the first non-finite loss."""
-    s = _session(clips, cfg, RunFolder(out), device, progress)
+    """Train a model on normal ``clips`` (``ranges``: only frames ``[a, b)`` of some); return the path of
+    ``out/model.pt``. Resumes from ``out/checkpoints/last.pt`` when it exists (same config required); stops at the
+    first non-finite loss. ``init``: a checkpoint to start from (fine-tuning: :mod:`vad.adapt`) instead of a random
+    student."""
+    s = _session(clips, cfg, RunFolder(out), device, progress, ranges)
     start, best, ck = _resume(s)
     if start >= len(s.plan) and _is_final(s):
         return s.run.model
-    if ck is None:  # statistics a model needs before training (a resumed one has them in its checkpoint)
+    if ck is None and init is not None:  # its weights and the statistics it was trained with
+        s.model.load_state_dict({k: v for k, v in init["model"].items() if k not in ("pos_loc", "pos_scale")},
+                                strict=False)
+    elif ck is None:  # statistics a model needs before training (a resumed one has them in its checkpoint)
         s.model.fit_normal(_plain_batches(s))
     if s.cfg.object_shift_rate > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
@@ -225,7 +230,7 @@ def train(
 
 
 def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str | torch.device,
-             progress: bool) -> _Session:
+             progress: bool, ranges: dict[str, tuple[int, int]] | None = None) -> _Session:
     """Data streams (this rank's share of the training frames, the hold-out), the model and its plan of epochs."""
     device = resolve_device(device)
     t = cfg.train
@@ -233,7 +238,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
         raise InputError("no training clips")
     size = input_size(cfg, clips)
     transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
-    train_ranges, val_ranges = holdout(clips, t.val_fraction)
+    train_ranges, val_ranges = holdout(clips, t.val_fraction, ranges)
     w = world()
     if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
         train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
@@ -254,7 +259,8 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     epochs = stage_epochs(model, cfg, steps_per_epoch)
     meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
             "normalization": transform.normalization, "train_clips": [c.name for c in clips],
-            "colour": not all(looks_grey(first_frame(c)) for c in clips), "fps": training_fps(clips, cfg)}
+            "colour": not all(looks_grey(first_frame(c)) for c in clips), "fps": training_fps(clips, cfg),
+            "train_ranges": {n: list(r) for n, r in (ranges or {}).items()}}
     return _Session(cfg, run, device, amp_dtype(t.amp, device), model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, list(clips), val_ranges, val_loader,

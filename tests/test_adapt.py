@@ -1,0 +1,74 @@
+"""Learning from verdicts: an event marked normal is learned as normal footage (its score falls), without the test
+labels; the previous model is kept and the clips it scored are scored again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+from vad.cli import main
+from vad.reference import NormalReference
+from vad.runs import RunFolder, read_manifest
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("adapt")
+    data = helpers.make_anomaly_scene(base / "data", n_train=4)
+    run = base / "run"
+    tiny = ["model.input_height=96", "train.epochs=5", "train.batch_size=8", "train.lr=3e-3", "train.object_shift=0"]
+    assert main(["train", "--data", str(data), "--dataset", "shanghaitech", "--out", str(run), "--set", *tiny]) == 0
+    assert main(["score", "--run", str(run)]) == 0
+    assert main(["evaluate", "--run", str(run), "--set", "eval.threshold_percentile=90"]) == 0
+    return data, run
+
+
+def _calibrated(folder: RunFolder, clip: str) -> np.ndarray:
+    """A clip's scores on its model's threshold scale (1.0 at the event threshold), comparable across models."""
+    reference = NormalReference.load(folder.normal_scores(read_manifest(folder)[clip].reference))
+    return reference.calibrate(np.load(folder.scores(clip)), 99)
+
+
+def test_an_event_marked_normal_is_learned_as_normal(evaluated, capsys) -> None:
+    data, run = evaluated
+    folder = RunFolder(run)
+    events = json.loads(folder.events_json.read_text())
+    assert events, "the tiny scene's anomaly raised no event"
+    event = max(events, key=lambda e: e["peak"])
+    frames = slice(event["start"], event["end"] + 1)
+    before = _calibrated(folder, event["clip"])[frames].mean()
+    digest = folder.model.read_bytes()
+    assert main(["feedback", "--run", str(run), "--event", event["id"], "--verdict", "normal"]) == 0
+    # The test labels are gone while the model adapts: it never reads them.
+    hidden = data.parent / "hidden_labels"
+    shutil.move(data / "testing" / "test_frame_mask", hidden)
+    shutil.move(folder.root / "labels", data.parent / "hidden_run_labels")
+    try:
+        assert main(["adapt", "--run", str(run), "--epochs", "3", "--lr", "1e-3"]) == 0
+    finally:
+        shutil.move(hidden, data / "testing" / "test_frame_mask")
+        shutil.move(data.parent / "hidden_run_labels", folder.root / "labels")
+    out = capsys.readouterr().out
+    assert "1 event(s) marked normal" in out and "the previous model" in out
+    kept = list(folder.models.glob("*.pt"))
+    assert len(kept) == 1 and kept[0].read_bytes() == digest  # the previous model, kept
+    assert folder.model.read_bytes() != digest
+    assert main(["score", "--run", str(run)]) == 0
+    assert "scored 32 frames of 2 clips" in capsys.readouterr().out  # scored by the old model: scored again
+    after = _calibrated(folder, event["clip"])[frames].mean()
+    assert after < before  # the event's frames now look more normal to the model, on its threshold's scale
+    assert all(r.scored_with["model"] != "" for r in read_manifest(folder).values())
+
+
+def test_adapt_without_verdicts_says_what_to_do(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "model.pt").write_bytes(b"x")
+    assert main(["adapt", "--run", str(run)]) == 2
+    assert "is marked normal" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""Learning from an operator's verdicts: the run's model fine-tuned with the frames of events marked normal.
+
+``vad adapt --run RUN``:
+
+1. reads the verdicts (``RUN/feedback.jsonl``: the last verdict per event wins) and the events they name
+   (``RUN/events.json``: clip and frames) and the clips' sources (the manifest). Events marked *normal* become
+   normal training footage: each event's frames, from its source. Events marked *anomaly* never train (they stay
+   labels for the review page); test labels are never read.
+2. fine-tunes the run's students from its model (``train.epochs`` := ``epochs``, one cycle peaking at ``lr``) on the
+   model's training clips plus those frames, in ``RUN/adapt/<time>/`` (a training folder: checkpoints, log). The
+   hold-out, the last ``train.val_fraction`` of every clip and of every fed-back event, selects the checkpoint and
+   gives the normal reference (branch and position statistics, hold-out scores, threshold): normal data only.
+3. keeps the current ``model.pt`` as ``RUN/models/<time>.pt`` and puts the new model in its place; clips scored by
+   the old model are scored again by the next ``vad score`` (their records name the old model's digest).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from vad.checkpoint import atomic_save, read_checkpoint
+from vad.config import load_config
+from vad.errors import UsageError
+from vad.io.decode import as_clip
+from vad.io.records import Clip, renamed
+from vad.runs import RunFolder, RunFolderError, read_manifest
+
+
+def verdicts(run: RunFolder) -> dict[str, dict]:
+    """``{event id: its last verdict line}`` from ``feedback.jsonl`` (empty when there is none)."""
+    if not run.feedback.is_file():
+        return {}
+    out = {}
+    for number, line in enumerate(run.feedback.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            out[entry["event"]] = entry
+        except (ValueError, KeyError, TypeError):
+            raise RunFolderError(f"{run.feedback} line {number}: not a verdict ({line[:80]!r})") from None
+    return out
+
+
+def normal_footage(run: RunFolder) -> tuple[list[Clip], dict[str, tuple[int, int]], list[str]]:
+    """The frames of the events marked normal: ``(clips, {clip: (start, stop)}, event ids)``; each event is a clip of
+    its own (named ``<clip>@<start>``) over its source."""
+    marked = {e: v for e, v in verdicts(run).items() if v.get("verdict") == "normal"}
+    if not marked:
+        raise UsageError(f"no event of {run.root} is marked normal (vad review --run {run.root}, or vad feedback --run "
+                         f"{run.root} --event ID --verdict normal); nothing to learn from")
+    if not run.events_json.is_file():
+        raise RunFolderError(f"{run.events_json} not found: evaluate the run first (vad evaluate --run {run.root})")
+    events = {e["id"]: e for e in json.loads(run.events_json.read_text())}
+    manifest = read_manifest(run, parts=False)
+    clips, ranges = [], {}
+    for eid, v in sorted(marked.items()):
+        e = events.get(eid) or v  # an event of an earlier evaluation: its verdict line says where it was
+        record = manifest.get(e["clip"])
+        if record is None:
+            raise RunFolderError(f"event {eid}: clip {e['clip']} is not scored in {run.root}")
+        name = f"{e['clip']}@{e['start']}"
+        clips.append(renamed(as_clip(Path(record.path)), name))
+        ranges[name] = (int(e["start"]), int(e["end"]) + 1)
+    return clips, ranges, sorted(marked)
+
+
+def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str = "auto",
+          progress: bool = True) -> Path:
+    """Fine-tune the run's model with the frames of events marked normal (see the module docstring); returns the new
+    ``model.pt``."""
+    from vad.pipeline import training_clips
+    from vad.train import train
+
+    run = RunFolder(run_path)
+    if not run.model.is_file():
+        raise RunFolderError(f"{run.model} not found: adapt fine-tunes a run's one model (a run trained per scene: "
+                             "not yet)")
+    cfg = load_config(run.config, saved=True)
+    extra, extra_ranges, marked = normal_footage(run)
+    old = read_checkpoint(run.model)
+    base, base_ranges = training_clips(cfg, old)
+    clips = [*base, *(c for c in extra if c.name not in {b.name for b in base})]
+    ranges = {**base_ranges, **extra_ranges}
+    h, w = old["input_size"]
+    tuned = replace(cfg, model=replace(cfg.model, input_height=h, input_width=w),
+                    train=replace(cfg.train, epochs=epochs, disc_epochs=epochs, lr=lr, schedule="onecycle"))
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    folder = run.adaptations / stamp
+    frames = sum(b - a for a, b in extra_ranges.values())
+    if progress:
+        print(f"adapting {run.model} with {len(marked)} event(s) marked normal ({frames} frames) and its "
+              f"{len(base)} training clips: {epochs} epochs at lr {lr:g} -> {folder}")
+    t0 = time.perf_counter()
+    path = train(clips, tuned, folder, device, progress, ranges=ranges, init=old)
+    new = read_checkpoint(path)
+    new.update(adapted_from=old.get("adapted_from", []) + [{"time": stamp, "events": marked}],
+               extra_clips={c.name: {"path": str(Path(c.path).resolve()), "range": list(ranges[c.name])}
+                            for c in clips if c.name in ranges and c.name not in {b.name for b in base}})
+    run.models.mkdir(parents=True, exist_ok=True)
+    kept = run.models / f"{stamp}.pt"
+    shutil.copy2(run.model, kept)
+    atomic_save(new, run.model)
+    if progress:
+        print(f"adapted in {time.perf_counter() - t0:.0f}s: {run.model} (the previous model: {kept}); clips it scored "
+              "are scored again by the next vad score")
+    return run.model
