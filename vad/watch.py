@@ -255,7 +255,8 @@ class Watch:
                 self.open.box, self.open.branch = self._box(amap, g.rgb.shape[:2]), self._branch(branches)
                 self.evidence.snapshot(self.open, g, amap)
         self.evidence.begin(self.open, list(self.ring), event.start)
-        line = self._event_line("start", event, f, self.ring[-1][1] if self.ring else None)
+        # trigger_frame: the frame that satisfied the rule (the event starts at its first frame above)
+        line = self._event_line("start", event, f, self.ring[-1][1] if self.ring else None, trigger_frame=f.index)
         self.stats.emit_latency.append(time.monotonic() - f.received)
         yield line
 
@@ -286,7 +287,7 @@ class Watch:
 
     # --- lines --------------------------------------------------------------------------------------------------
     def _event_line(self, kind: str, event: Event, f: Frame | None, score: float | None,
-                    state: _Open | None = None) -> dict:
+                    state: _Open | None = None, **extra) -> dict:
         o = state or self.open
         frame = {"start": event.start, "end": event.end}.get(kind, f.index if f else event.end)
         pts = self._pts(frame) if f is None or kind != "update" else f.pts
@@ -296,6 +297,7 @@ class Watch:
                 "snapshot": o.snapshot, "start_frame": event.start}
         if kind == "end":
             line.update(clip=o.clip, end_frame=event.end)
+        line.update(extra)
         o.lines += 1
         return self._line(line)
 
