@@ -255,7 +255,7 @@ class Source:
         if self.source.startswith("udp://"):
             options.update(fifo_size="1000000", overrun_nonfatal="1")
         if self.is_network:  # start on the first frames instead of probing seconds of stream
-            options.update(probesize="500000", analyzeduration="1000000")
+            options.update(probesize="200000", analyzeduration="500000")
         return self.source, None, options
 
 

@@ -21,6 +21,7 @@ No sink blocks the loop: evidence and webhook work queue up to a bound and are d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -144,6 +145,7 @@ class Watch:
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
         """Watch until the source ends, ``stop()``, or ``max_frames`` / ``max_seconds``; yield every line written."""
+        self._warm_up()
         t0 = time.monotonic()
         self.evidence.start()
         self.src.start()
@@ -180,6 +182,14 @@ class Watch:
             self.src.join(timeout=5)
             if self.o.progress and sys.stderr.isatty():
                 print(file=sys.stderr)
+
+    def _warm_up(self) -> None:
+        """Score a few blank frames before the source opens: a runtime's first calls allocate and are slow, and the
+        first frames of the stream should not wait for that."""
+        h, w = self.det.input_size
+        for n in (self.o.batch, 1):
+            self.det.score([np.zeros((h, w, 3), np.uint8)] * n, stream="warm-up", first=0)
+        self.det.reset("warm-up")
 
     def _take(self) -> list:
         """Whatever the source has waiting (at least one item, or none after a short wait), up to ``batch`` frames."""
@@ -354,6 +364,13 @@ class Watch:
         return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
 
 
+def _yield_to_scoring() -> None:
+    """Lower this thread's priority (Linux: nice applies per thread): evidence and webhooks wait for the cores while
+    frames are scored, and catch up between them."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the loop's priority then
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -387,6 +404,7 @@ class _Sinks:
                 self.failed += 1
 
     def _post_all(self) -> None:
+        _yield_to_scoring()
         while True:
             text = self.hook.get()
             if text is None:
@@ -454,6 +472,7 @@ class _Evidence:
         self.thread.join(timeout=60)
 
     def _work(self) -> None:
+        _yield_to_scoring()
         while True:
             task = self.tasks.get()
             try:
@@ -522,7 +541,8 @@ class _ClipWriter:
         from vad.render import VideoWriter
 
         if self.writer is None:
-            self.writer = VideoWriter(self.tmp, pic.shape[1], pic.shape[0], self.fps)
+            # ultrafast: the clip is encoded beside the scoring loop on the same cores
+            self.writer = VideoWriter(self.tmp, pic.shape[1], pic.shape[0], self.fps, preset="ultrafast")
             self.size = pic.shape[:2]
         if pic.shape[:2] != self.size:  # the stream changed resolution mid-event: keep the clip's size
             from PIL import Image
