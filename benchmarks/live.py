@@ -14,7 +14,8 @@ Reported, as text and as one JSON line at the end:
   ``start`` line, and from sending the frame that satisfied the live rule to that line (the rule's own delay is
   ``eval.min_event_frames`` frames);
 - events over normal stretches (no labelled frame inside);
-- the peak resident memory of the process.
+- the resident memory of the process at every status line (every 30 s), and its peak (the benchmark holds the
+  frames it sends in memory too).
 
     python benchmarks/live.py --run runs/campus --data /tmp/campus-motion --transport rtsp
     python benchmarks/live.py --run runs/campus --video ../shared/bench/vtest.avi --repeat 6 --transport udp
@@ -158,7 +159,8 @@ def report(args, det, frames, labels, fps, sent, scored, lines, watch) -> None:
            "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
            "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
            "decoded_to_scored_ms_p50": status["latency_ms_p50"], "decoded_to_scored_ms_p95": status["latency_ms_p95"],
-           "events": len(starts), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+           "events": len(starts), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "rss_mb_over_time": [x["rss_mb"] for x in lines if x["type"] == "status"]}
     if labels is not None:
         labels = labels[: len(sent)]
         from vad.metrics import label_events

@@ -250,3 +250,13 @@ def test_a_gap_item_and_the_end_come_in_order(tmp_path: Path) -> None:
     items = list(src.items())
     assert isinstance(items[0], Gap) and isinstance(items[-1], End)
     assert sum(isinstance(i, Frame) for i in items) == 16
+
+
+def test_a_source_that_changes_resolution_is_scored_on(run: Path) -> None:
+    """Frames of another size mid-stream are resized to the model's input like any other: one call, no error."""
+    det = Detector.load(run, device="cpu")
+    small, large = helpers.frames(0, 4), np.repeat(np.repeat(helpers.frames(1, 4), 2, 1), 2, 2)
+    out = det.score([*small, *large], stream="s")
+    assert out.scores.shape == (8,) and np.isfinite(out.scores).all()
+    again = det.score(list(large), stream="t")  # the large frames alone, a fresh stream: resized alike
+    assert np.isfinite(again.scores).all()

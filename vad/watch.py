@@ -349,7 +349,7 @@ class Watch:
                 "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
                 "open_event": self.open.id if self.open else None, "gaps": s.gaps,
                 "evidence_dropped": self.evidence.dropped, "webhook_failed": self.sinks.failed,
-                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                "rss_mb": _rss_mb(), "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
     def _status_text(self) -> str:
         s = self.stats
@@ -362,6 +362,17 @@ class Watch:
     def _rate(times: deque) -> float:
         recent = [t for t in times if t >= time.monotonic() - 5]
         return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+
+def _rss_mb() -> float | None:
+    """The process's resident memory now (Linux), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _yield_to_scoring() -> None:
