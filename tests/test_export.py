@@ -19,7 +19,7 @@ from vad.checkpoint import load_model
 from vad.cli import main
 from vad.config import ModelConfig
 from vad.errors import UsageError
-from vad.export import EXPORT_MIN_FRAMES, Runtime, choose_backend, export_model
+from vad.export import EXPORT_MIN_FRAMES, SPEED_FILE, Runtime, choose_backend, export_model, machine
 from vad.io import read_dataset
 from vad.models import build_model
 from vad.pipeline import save_config, with_data
@@ -102,6 +102,36 @@ def test_export_writes_what_scoring_needs_and_score_uses_it(trained: Path, scene
     assert {r.backend for r in read_manifest(RunFolder(run)).values()} == {"onnxruntime"}
     assert main(["evaluate", "--run", str(run)]) == 0
     assert round(json.loads(RunFolder(run).metrics.read_text())["frame_auc_micro_raw"], 3) == round(auc_torch, 3)
+
+
+def test_auto_runs_the_backend_measured_fastest_on_this_machine(trained: Path, scene: Path, tmp_path: Path,
+                                                               monkeypatch, capsys) -> None:
+    """`auto` measures torch and each installed runtime once per machine on one batch (kept in the export's
+    speed.json) and scores with the fastest; measured before, it is not measured again and the recorded fastest is
+    the one used, torch included."""
+    have = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b)]
+    if not have:
+        pytest.skip("no runtime installed (pip install -e '.[deploy]')")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes((trained / "model.pt").read_bytes())
+    save_config(with_data(TINY, scene, "shanghaitech"), run / "config.yaml")
+    assert main(["export", "--run", str(run)]) == 0
+    (folder,) = list((run / "export").iterdir())
+    capsys.readouterr()
+    assert main(["score", "--run", str(run), "--backend", "auto"]) == 0
+    (key, speeds), = json.loads((folder / SPEED_FILE).read_text()).items()
+    assert key.startswith(machine()) and f"batch {TINY.score.batch_size}" in key
+    assert set(speeds) == {*have, "torch"} and all(v > 0 for v in speeds.values())
+    fastest = max(speeds, key=speeds.get)
+    assert f"scoring with {fastest}" in capsys.readouterr().out
+    assert {r.backend for r in read_manifest(RunFolder(run)).values()} == {fastest}
+    monkeypatch.setattr("vad.score.Scorer.frames_per_second", lambda *a: pytest.fail("measured again"))
+    for recorded in (*have, "torch"):  # each recorded as the fastest in turn: used, nothing measured
+        (folder / SPEED_FILE).write_text(json.dumps({key: {**speeds, recorded: 2 * max(speeds.values())}}))
+        assert main(["score", "--run", str(run), "--backend", "auto", "--overwrite"]) == 0
+        assert {r.backend for r in read_manifest(RunFolder(run)).values()} == {recorded}
+        assert "measured on this machine" not in capsys.readouterr().out
 
 
 def test_without_the_runtimes_a_clear_error_says_what_to_install(monkeypatch) -> None:

@@ -54,10 +54,10 @@ class Detector:
              overrides: Sequence[str] = (), scene: str | None = None) -> Detector:
         """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
         config with ``overrides`` (scoring settings and later stages' only), run by ``backend`` (default
-        ``score.backend``; ``auto`` exports for ONNX Runtime when it is installed: a live stream is long)."""
+        ``score.backend``; ``auto``: the runtime measured fastest here, when one is installed; a stream is long)."""
         from vad.checkpoint import load_model
-        from vad.export import Runtime, choose_backend, exported
-        from vad.pipeline import exported_model, normal_reference
+        from vad.export import choose_backend, exported
+        from vad.pipeline import normal_reference, use_runtime
         from vad.score import Scorer
 
         folder = RunFolder(run)
@@ -81,7 +81,7 @@ class Detector:
             chosen = choose_backend(cfg.score.backend, model, scorer.device, None, exported(folder.export(name),
                                                                                           ref.model))
             if chosen != "torch":
-                scorer.use(Runtime(chosen, exported_model(folder, name, model, ckpt, ref)))
+                chosen = use_runtime(scorer, folder, name, ckpt, ref, chosen, cfg.score.backend == "auto")
         return cls(folder, cfg, scorer, ckpt, ref, name, chosen)
 
     # --- what the model is --------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ files sit in one folder (:meth:`vad.runs.RunFolder.export`).
 Runtimes (:class:`Runtime`): ONNX Runtime (CPU), and OpenVINO with f32 kept throughout: the IR's weights are not
 halved (``save_model`` writes f16 weights by default) and the inference precision is pinned to f32 (the CPU plugin
 may pick bf16 on CPUs that have it). Either drift moved scores by percents (anomalib #2448 is the same mismatch).
-Both are optional (``pip install -e ".[deploy]"``). Their scores equal torch's to float tolerance
+Both are optional (``pip install -e ".[deploy]"``); ``auto`` runs the one measured fastest on the machine
+(:func:`fastest_backend`). Their scores equal torch's to float tolerance
 (tests/test_export.py); the torch model stays the reference.
 """
 
@@ -27,7 +28,9 @@ import contextlib
 import importlib.util
 import io
 import json
+import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +46,11 @@ FORMAT = "vad-export/2"  # 2: the step also returns each branch's frame score
 FORMATS = ("onnx", "openvino")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
-# "auto" picks the first installed of these: ONNX Runtime scored the default campus model fastest on 2 CPU cores
-# (benchmarks/throughput.py, docs/speed.md), OpenVINO next; torch otherwise, and always on a GPU.
+# The runtimes "auto" chooses from on a CPU, with torch: the one that ran the model fastest on this machine, measured
+# once per machine (ONNX Runtime led for the default model on an AVX2 CPU, OpenVINO on an AMX one, torch in bf16 for
+# a ResNet-18 teacher there: docs/speed.md); ties go to the first.
 PREFERENCE = ("onnxruntime", "openvino")
+SPEED_FILE = "speed.json"  # in an export's folder: {machine: {runtime: frames/s}}
 # Exporting takes 30-80 s on 2 CPU cores, about what ONNX Runtime saves on 1,000 frames of the default campus model:
 # "auto" exports for jobs at least this long (and live streams), and uses an export that exists for any job.
 EXPORT_MIN_FRAMES = 1000
@@ -60,9 +65,11 @@ def installed(backend: str) -> bool:
 def choose_backend(setting: str, model: AnomalyModel, device: torch.device, frames: int | None = None,
                    have_export: bool = False) -> str:
     """The backend ``score.backend`` names, checked. ``auto``: torch on a GPU and for MKD (its maps take input
-    gradients); on a CPU the fastest installed runtime (:data:`PREFERENCE`) when an export exists already, or the
-    job has at least :data:`EXPORT_MIN_FRAMES` ``frames`` (``None``: a live stream, unbounded); else torch. A runtime
-    asked for by name that is not installed is an error that says what to install."""
+    gradients); on a CPU an installed runtime when an export exists already, or the job has at least
+    :data:`EXPORT_MIN_FRAMES` ``frames`` (``None``: a live stream, unbounded); else torch. Which runtime: the first
+    of :data:`PREFERENCE` installed here; :func:`fastest_backend` then picks by measurement once the export exists
+    (torch too, where it is the fastest).
+    A runtime asked for by name that is not installed is an error that says what to install."""
     if setting not in BACKENDS:
         raise ConfigError(f"score.backend: got {setting!r}; expected one of {', '.join(BACKENDS)}")
     if setting == "auto":
@@ -109,6 +116,50 @@ class _Step(nn.Module):
         return (scores, amap, branches, *(feats[k] for k in self.levels))
 
 
+def example_inputs(model: AnomalyModel, ckpt: dict, batch: int) -> tuple[torch.Tensor, ...]:
+    """Zeros shaped as the exported graph's inputs (:func:`_names`) for a batch of ``batch`` frames: the frames, and
+    for a model with a past the start flag and one full past per level. ``model`` on the CPU."""
+    h, w = ckpt["input_size"]
+    frames = torch.zeros(batch, 3, h, w)
+    if not model.context:
+        return (frames,)
+    with torch.no_grad():
+        one = model.past_features(frames[:1])
+    return (frames, torch.tensor(True), *(v.new_zeros((model.context, *v.shape[1:])) for v in one.values()))
+
+
+def machine() -> str:
+    """This machine's CPU and the threads a runtime gets: what a measured speed holds for."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name")), name)
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str = "") -> tuple[str, dict, bool]:
+    """``(backend, speeds, measured)``: of torch and the installed runtimes, the one that runs the export in
+    ``folder`` fastest on this machine; each one's frames/s; whether this call measured any. ``measure(backend)``
+    returns a backend's frames/s; each is measured once per machine and ``setting`` (what else changes the speed:
+    the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to the runtimes, in
+    :data:`PREFERENCE`'s order."""
+    path, key = folder / SPEED_FILE, f"{machine()}; {setting}".rstrip("; ")
+    try:
+        book = json.loads(path.read_text())
+    except (OSError, ValueError):
+        book = {}
+    speeds = book.get(key) if isinstance(book.get(key), dict) else {}
+    wanted = [b for b in PREFERENCE if installed(b)] + ["torch"]
+    missing = [b for b in wanted if not isinstance(speeds.get(b), (int, float))]
+    for backend in missing:
+        speeds[backend] = round(measure(backend), 2)
+    if missing:
+        book[key] = speeds
+        write_text(json.dumps(book, indent=2), path)
+    best = max(wanted, key=lambda b: (speeds[b], -wanted.index(b)))
+    return best, {b: speeds[b] for b in wanted}, bool(missing)
+
+
 def _names(model: AnomalyModel) -> tuple[list[str], list[str]]:
     levels = range(len(getattr(model, "past_levels", ())))
     if not model.context:
@@ -129,17 +180,12 @@ def export_model(model: AnomalyModel, ckpt: dict, reference: NormalReference, fo
     if unknown:
         raise ConfigError(f"--format: got {sorted(unknown)}; expected one of {', '.join(FORMATS)}")
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    h, w = ckpt["input_size"]
-    frames = torch.zeros(2, 3, h, w)
-    inputs: tuple[torch.Tensor, ...] = (frames,)
-    if model.context:
-        with torch.no_grad():
-            one = model.past_features(frames[:1])
-        inputs += (torch.tensor(True), *(v.new_zeros((model.context, *v.shape[1:])) for v in one.values()))
+    inputs = example_inputs(model, ckpt, 2)
     names_in, names_out = _names(model)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = {"frames": {0: batch}, **{n: None for n in names_in[1:]}}  # the batch varies; the past is one shape
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEED_FILE).unlink(missing_ok=True)  # measured on the export it replaces
     onnx = folder / "model.onnx"
     with (atomic_path(onnx, ".onnx") as tmp, torch.no_grad(), warnings.catch_warnings(),
           contextlib.redirect_stdout(io.StringIO())):  # the exporter's progress lines
@@ -151,7 +197,8 @@ def export_model(model: AnomalyModel, ckpt: dict, reference: NormalReference, fo
     if "openvino" in formats:
         _openvino_ir(onnx, folder / "model.xml")
     reference.save(folder / "reference.npz")
-    meta = {"format": FORMAT, "method": model.method, "input_size": [h, w], "normalization": ckpt["normalization"],
+    meta = {"format": FORMAT, "method": model.method, "input_size": list(ckpt["input_size"]),
+            "normalization": ckpt["normalization"],
             "context": model.context, "past_levels": list(getattr(model, "past_levels", ())),
             "stride": model.stride, "scoring": reference.settings, "model": reference.model,
             "inputs": names_in, "outputs": names_out,

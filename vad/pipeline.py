@@ -11,13 +11,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from vad.atomic import write_text
 from vad.config import RunConfig, to_dict
 from vad.distributed import barrier, shard_clips, world
 from vad.errors import ConfigError, UsageError, VadError
-from vad.export import Runtime, choose_backend, export_model, exported
+from vad.export import Runtime, choose_backend, export_model, exported, fastest_backend
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
 from vad.io.published import split_summary
 from vad.reference import NormalReference, apply_state, reference_id, reference_state
@@ -179,7 +180,7 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
         have = exported(folder.export(name), ref.model)
         backend = choose_backend(cfg.score.backend, model, scorer.device, sum(c.num_frames for c in todo), have)
         if backend != "torch":
-            scorer.use(Runtime(backend, exported_model(folder, name, model, ckpt, ref)))
+            backend = use_runtime(scorer, folder, name, ckpt, ref, backend, cfg.score.backend == "auto")
         for line in _colour_notes(todo, ckpt.get("colour")) if w.main else []:
             print(line)
         share = shard_clips(group, w.rank, w.world_size)
@@ -230,6 +231,29 @@ def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalRefe
         export_model(copy.deepcopy(model), ckpt, ref, folder, formats)
     barrier()
     return folder
+
+
+def use_runtime(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
+                choose: bool) -> str:
+    """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend``, or with ``choose``
+    by the backend measured fastest on this machine (torch or a runtime: :func:`vad.export.fastest_backend`, one
+    batch of the scorer's size through the scorer); returns the backend used."""
+    folder = exported_model(run, name, scorer.model, ckpt, ref)
+    made: dict[str, Runtime | None] = {"torch": None}
+    if choose:
+        x = torch.zeros(scorer.cfg.batch_size, 3, *ckpt["input_size"])
+
+        def measure(b: str) -> float:
+            scorer.use(made.setdefault(b, None if b == "torch" else Runtime(b, folder)))
+            return scorer.frames_per_second(x)
+
+        precision = str(scorer.dtype or torch.float32).removeprefix("torch.")
+        backend, speeds, measured = fastest_backend(folder, measure, f"batch {len(x)}, torch {precision}")
+        if world().main and measured:
+            print(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s; "
+                  f"scoring with {backend}")
+    scorer.use(made[backend] if backend in made else Runtime(backend, folder))
+    return backend
 
 
 def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict, cfg: RunConfig

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -91,9 +92,27 @@ class Scorer:
             self.compile()
 
     def use(self, runtime) -> None:
-        """Run the model with ``runtime`` (an exported copy: :class:`vad.export.Runtime`) from now on."""
-        self.runtime, self.dtype, self.compiled = runtime, None, False
-        self._forward, self._step = runtime.forward, runtime.step
+        """Run the model with ``runtime`` (an exported copy: :class:`vad.export.Runtime`) from now on; ``None``:
+        with torch again."""
+        self.runtime, self.compiled, self._past, self._zeros = runtime, False, {}, None
+        if runtime is not None:
+            self.dtype, self._forward, self._step = None, runtime.forward, runtime.step
+            return
+        self.dtype = amp_dtype(self.cfg.amp, self.device, cpu_auto_bf16=True)
+        self._forward, self._step = self.model.score_and_map, getattr(self.model, "step", None)
+        if self.cfg.compile:
+            self.compile()
+
+    def frames_per_second(self, x: torch.Tensor, repeat: int = 3) -> float:
+        """Frames/s of this scorer on the batch ``x`` of normalised frames, as a clip's first batch: a warm-up call
+        (which also tunes the memory layout), then the median of ``repeat`` timed calls."""
+        times = []
+        for _ in range(repeat + 1):
+            t0 = time.perf_counter()
+            self(x, "\0speed", 0)
+            times.append(time.perf_counter() - t0)
+        self._past.pop("\0speed", None)
+        return len(x) / statistics.median(times[1:])
 
     def compile(self) -> None:
         """``torch.compile`` the model (one static batch shape: short batches are padded). The first batch of each
