@@ -140,7 +140,8 @@ class ScoreConfig:
     num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
     compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # what runs the model: torch, or an exported
-    # copy (vad.export); auto: the installed runtime measured fastest on this CPU (export/*/speed.json), torch on a GPU
+    # copy (vad.export); auto: on a CPU whichever of torch and the installed runtimes ran fastest there (measured
+    # once: RUN/export/*/speed.json), torch on a GPU
 
 
 @dataclass(frozen=True)

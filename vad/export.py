@@ -50,7 +50,7 @@ MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> t
 # once per machine (ONNX Runtime led for the default model on an AVX2 CPU, OpenVINO on an AMX one, torch in bf16 for
 # a ResNet-18 teacher there: docs/speed.md); ties go to the first.
 PREFERENCE = ("onnxruntime", "openvino")
-SPEED_FILE = "speed.json"  # in an export's folder: {machine: {runtime: frames/s}}
+SPEED_FILE = "speed.json"  # in an export's folder: {"<cpu>, <threads>; <setting>": {backend: frames/s}}
 # Exporting takes 30-80 s on 2 CPU cores, about what ONNX Runtime saves on 1,000 frames of the default campus model:
 # "auto" exports for jobs at least this long (and live streams), and uses an export that exists for any job.
 EXPORT_MIN_FRAMES = 1000
