@@ -57,7 +57,7 @@ class Detector:
         ``score.backend``; ``auto``: the runtime measured fastest here, when one is installed; a stream is long)."""
         from vad.checkpoint import load_model
         from vad.export import choose_backend, exported
-        from vad.pipeline import normal_reference, use_runtime
+        from vad.pipeline import normal_reference, use_backend
         from vad.score import Scorer
 
         folder = RunFolder(run)
@@ -81,7 +81,7 @@ class Detector:
             chosen = choose_backend(cfg.score.backend, model, scorer.device, None, exported(folder.export(name),
                                                                                           ref.model))
             if chosen != "torch":
-                chosen = use_runtime(scorer, folder, name, ckpt, ref, chosen, cfg.score.backend == "auto")
+                chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, cfg.score.backend == "auto")
         return cls(folder, cfg, scorer, ckpt, ref, name, chosen)
 
     # --- what the model is --------------------------------------------------------------------------------------

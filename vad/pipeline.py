@@ -180,7 +180,7 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
         have = exported(folder.export(name), ref.model)
         backend = choose_backend(cfg.score.backend, model, scorer.device, sum(c.num_frames for c in todo), have)
         if backend != "torch":
-            backend = use_runtime(scorer, folder, name, ckpt, ref, backend, cfg.score.backend == "auto")
+            backend = use_backend(scorer, folder, name, ckpt, ref, backend, cfg.score.backend == "auto")
         for line in _colour_notes(todo, ckpt.get("colour")) if w.main else []:
             print(line)
         share = shard_clips(group, w.rank, w.world_size)
@@ -233,7 +233,7 @@ def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalRefe
     return folder
 
 
-def use_runtime(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
+def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
                 choose: bool) -> str:
     """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend``, or with ``choose``
     by the backend measured fastest on this machine (torch or a runtime: :func:`vad.export.fastest_backend`, one
