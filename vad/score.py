@@ -38,6 +38,7 @@ from vad.runs import RunFolder
 
 COMPILE_MIN_FRAMES = 5000
 _LAYOUTS: dict[tuple, torch.memory_format] = {}  # the faster memory layout on this CPU per kind of model and input
+_TIMING_CLIP = "\0speed"  # the clip name frames_per_second scores under (no real clip has a NUL in its name)
 
 
 def _fused(model: AnomalyModel, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,6 @@ class Scorer:
     def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto",
                  runtime=None) -> None:
         self.device = resolve_device(device)
-        self.dtype = amp_dtype(cfg.amp, self.device, cpu_auto_bf16=True) if runtime is None else None
         self.cfg = cfg
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
@@ -79,17 +79,16 @@ class Scorer:
         if cfg.compile and model.method == "mkd":
             raise ConfigError("score.compile does not support mkd (its maps take input gradients); "
                               "set score.compile=false")
-        self.runtime = runtime
-        self.compiled = False
-        self._forward = runtime.forward if runtime is not None else model.score_and_map  # frame models
-        self._step = runtime.step if runtime is not None else getattr(model, "step", None)  # models with a past
-        self._past: dict[str, tuple[dict[str, torch.Tensor], int]] = {}  # clip -> (its last frames' features, next)
-        self._zeros: dict[str, torch.Tensor] | None = None
         # The memory layout the model runs in: measured on the first full batch on a CPU (_tune_layout), as the
         # faster of channels-last and contiguous differs between CPUs and backbones; channels-last on a GPU.
         self.layout = torch.channels_last if self.device.type == "cuda" else None
-        if cfg.compile and runtime is None:
-            self.compile()
+        # What runs the model (torch, or ``runtime``), its precision, and each clip's kept past: set by use().
+        self.runtime, self.dtype, self.compiled = None, None, False
+        self._forward: Callable = model.score_and_map  # frame models
+        self._step: Callable | None = None  # models with a past
+        self._past: dict[str, tuple[dict[str, torch.Tensor], int]] = {}  # clip -> (its last frames' features, next)
+        self._zeros: dict[str, torch.Tensor] | None = None
+        self.use(runtime)
 
     def use(self, runtime) -> None:
         """Run the model with ``runtime`` (an exported copy: :class:`vad.export.Runtime`) from now on; ``None``:
@@ -109,9 +108,9 @@ class Scorer:
         times = []
         for _ in range(repeat + 1):
             t0 = time.perf_counter()
-            self(x, "\0speed", 0)
+            self(x, _TIMING_CLIP, 0)
             times.append(time.perf_counter() - t0)
-        self._past.pop("\0speed", None)
+        self._past.pop(_TIMING_CLIP, None)
         return len(x) / statistics.median(times[1:])
 
     def compile(self) -> None:
