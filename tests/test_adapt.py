@@ -11,6 +11,7 @@ import helpers
 import numpy as np
 import pytest
 
+from vad.checkpoint import read_checkpoint
 from vad.cli import main
 from vad.reference import NormalReference
 from vad.runs import RunFolder, read_manifest
@@ -63,6 +64,12 @@ def test_an_event_marked_normal_is_learned_as_normal(evaluated, capsys) -> None:
     after = _calibrated(folder, event["clip"])[frames].mean()
     assert after < before  # the event's frames now look more normal to the model, on its threshold's scale
     assert all(r.scored_with["model"] != "" for r in read_manifest(folder).values())
+    # Adapted again: the footage learned the first time stays part of what the model was trained on.
+    assert main(["evaluate", "--run", str(run), "--set", "eval.threshold_percentile=90"]) == 0
+    assert main(["adapt", "--run", str(run), "--epochs", "1", "--lr", "1e-3"]) == 0
+    ckpt = read_checkpoint(folder.model)
+    assert set(ckpt["extra_clips"]) == {f"{event['clip']}@{event['start']}"} <= set(ckpt["train_clips"])
+    assert len(ckpt["adapted_from"]) == 2
 
 
 def test_adapt_without_verdicts_says_what_to_do(tmp_path: Path, capsys) -> None:

@@ -83,8 +83,9 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
     cfg = load_config(run.config, saved=True)
     extra, extra_ranges, marked = normal_footage(run)
     old = read_checkpoint(run.model)
-    base, base_ranges = training_clips(cfg, old)
-    clips = [*base, *(c for c in extra if c.name not in {b.name for b in base})]
+    base, base_ranges = training_clips(cfg, old)  # with the footage of earlier adaptations
+    new_extra = [c for c in extra if c.name not in {b.name for b in base}]
+    clips = [*base, *new_extra]
     ranges = {**base_ranges, **extra_ranges}
     h, w = old["input_size"]
     tuned = replace(cfg, model=replace(cfg.model, input_height=h, input_width=w),
@@ -98,9 +99,11 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
     t0 = time.perf_counter()
     path = train(clips, tuned, folder, device, progress, ranges=ranges, init=old)
     new = read_checkpoint(path)
+    # All footage outside the training split the model has learned from: earlier adaptations' and this one's.
+    extra_clips = {**old.get("extra_clips", {}),
+                   **{c.name: {"path": str(Path(c.path).resolve()), "range": list(ranges[c.name])} for c in new_extra}}
     new.update(adapted_from=old.get("adapted_from", []) + [{"time": stamp, "events": marked}],
-               extra_clips={c.name: {"path": str(Path(c.path).resolve()), "range": list(ranges[c.name])}
-                            for c in clips if c.name in ranges and c.name not in {b.name for b in base}})
+               extra_clips=extra_clips)
     run.models.mkdir(parents=True, exist_ok=True)
     kept = run.models / f"{stamp}.pt"
     shutil.copy2(run.model, kept)
