@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="plays of --video (a long replay: memory over time)")
     ap.add_argument("--fps", type=float, default=10.0, help="the rate frames are sent at (default 10)")
     ap.add_argument("--transport", choices=["rtsp", "udp"], default="rtsp")
-    ap.add_argument("--backend", default=None, help="score.backend (default: the run's; auto: the backend measured fastest here)")
+    ap.add_argument("--backend", default=None,
+                    help="score.backend (default: the run's; auto: the backend measured fastest here)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if bool(args.data) == bool(args.video):

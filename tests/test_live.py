@@ -24,7 +24,10 @@ from conftest import TINY
 
 from vad.cli import main
 from vad.detector import Detector
+from vad.live.events import EventTracker, Scored
+from vad.live.sinks import StdoutSink, WebhookSink
 from vad.pipeline import save_config, with_data
+from vad.postprocess import CausalRule
 from vad.runs import RunFolder
 from vad.sources import End, Frame, Gap, Source
 from vad.watch import Watch, WatchOptions
@@ -212,11 +215,13 @@ def test_the_webhook_gets_what_the_file_gets(run: Path, tmp_path: Path) -> None:
     _Hook.received = []
     video = _anomaly_video(tmp_path / "anomaly.avi")
     det = Detector.load(run, device="cpu")
-    opts = WatchOptions(out=tmp_path / "w", webhook=f"http://127.0.0.1:{server.server_port}/vad", progress=False)
+    extra: list[dict] = []  # a sink of the caller's: any callable taking the line
+    opts = WatchOptions(out=tmp_path / "w", webhook=f"http://127.0.0.1:{server.server_port}/vad", progress=False,
+                        sinks=[extra.append])
     lines = list(Watch(det, str(video), opts).run())
     server.shutdown()
     written = [json.loads(x) for x in (tmp_path / "w" / "events.jsonl").read_text().splitlines()]
-    assert written == lines == _Hook.received
+    assert written == lines == _Hook.received == extra
     assert {x["type"] for x in written} >= {"start", "end", "status"}  # the scene's anomaly raised an event
 
 
@@ -227,7 +232,8 @@ def test_a_failing_webhook_never_stops_scoring(run: Path, tmp_path: Path) -> Non
     watch = Watch(det, str(video), opts)
     lines = list(watch.run())
     assert lines[-1]["frames_scored"] == 16  # every frame scored while nobody listened
-    assert watch.sinks.failed == len(lines)  # each line tried (with retries), then counted
+    (hook,) = [s for s in watch.sinks if isinstance(s, WebhookSink)]
+    assert hook.failed == len(lines)  # each line tried (with retries), then counted
 
 
 def test_source_reads_frames_by_timestamp_to_the_model_rate(tmp_path: Path) -> None:
@@ -266,3 +272,40 @@ def test_a_source_that_changes_resolution_is_scored_on(run: Path) -> None:
     assert out.scores.shape == (8,) and np.isfinite(out.scores).all()
     again = det.score(list(large), stream="t")  # the large frames alone, a fresh stream: resized alike
     assert np.isfinite(again.scores).all()
+
+
+def test_the_tracker_turns_rule_changes_into_lines() -> None:
+    """An event starts at its first frame above (its peak, box and branch from the frames that opened it), updates
+    while it lasts, ends at its last frame above; a reset ends an open event without a frame."""
+    rule = CausalRule(1.0, window=1, open_frames=2, close_frames=2, clip="cam", fps=10)
+    tracker = EventTracker(rule, "S", branches=("appearance", "motion"), update_every=0.0, recent=8,
+                           paths=lambda e: (f"{e}.jpg", f"{e}.mp4"))
+    amap = np.zeros((4, 8), np.float32)
+    amap[1:3, 2:4] = 1.0  # in a 40x80 frame: x 20..40, y 10..30
+
+    def push(i: int, calibrated: float) -> list:
+        f = Frame(i, i, i / 10, 0.0, np.zeros((40, 80, 3), np.uint8))
+        return tracker.push(Scored(f, calibrated, amap, np.array([0.0, 1.0])))
+
+    changes = [push(i, c) for i, c in enumerate([0.5, 2.0, 3.0, 2.5, 0.2, 0.1, 0.3])]
+    assert [[c.kind for c in cs] for cs in changes] == [[], [], ["peak", "peak", "start"], ["update"], ["update"],
+                                                          ["end"], []]
+    start, end = changes[2][-1].line, changes[5][0].line
+    assert list(start) == ["type", "event", "source", "frame", "pts", "wall_time", "score", "peak", "peak_frame",
+                           "branch", "box", "snapshot", "start_frame", "trigger_frame"]
+    assert {k: start[k] for k in ("event", "source", "frame", "pts", "score", "peak", "peak_frame", "branch", "box",
+                                  "snapshot", "trigger_frame")} == {
+        "event": "S-f1", "source": "cam", "frame": 1, "pts": 0.1, "score": 3.0, "peak": 3.0, "peak_frame": 2,
+        "branch": "motion", "box": [20, 10, 40, 30], "snapshot": "S-f1.jpg", "trigger_frame": 2}
+    assert [c.line["frame"] for c in (*changes[3], *changes[4])] == [3, 4]
+    assert (end["frame"], end["pts"], end["score"], end["clip"], end["end_frame"]) == (3, 0.3, None, "S-f1.mp4", 3)
+    assert tracker.open is None and tracker.reset() == []
+    push(7, 5.0)
+    push(8, 5.0)
+    (ended,) = tracker.reset()
+    assert ended.kind == "end" and ended.line["frame"] == 8 and tracker.open is None
+
+
+def test_the_stdout_sink_writes_json_lines(capsys) -> None:
+    StdoutSink()({"type": "status", "frames_scored": 3})
+    assert capsys.readouterr().out == '{"type": "status", "frames_scored": 3}\n'

@@ -1,8 +1,9 @@
-"""The anomaly heatmap over a frame, drawn one way for the rendered videos (:mod:`vad.render`), the live watch's
-evidence (:mod:`vad.watch`) and the review page's thumbnails (:mod:`vad.review`).
+"""The anomaly heatmap over a frame, and the ANOMALY marker, drawn one way for the rendered videos
+(:mod:`vad.render`), the live watch's evidence (:mod:`vad.live.evidence`) and the review page's thumbnails
+(:mod:`vad.review`).
 
 Its own module because the review page is written by the evaluate stage, which the renderer imports: the review
-module cannot import the renderer back.
+module cannot import the renderer back, and the live watch needs none of the renderer's stage.
 """
 
 from __future__ import annotations
@@ -10,8 +11,36 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from vad.config import RenderConfig
+
+RED = (230, 40, 40)
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at ``size`` pixels (a fixed bitmap font on Pillow < 10.1)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def mark_anomaly(canvas: np.ndarray, h: int, tag_font: ImageFont.ImageFont) -> None:
+    """Red border round the top ``h`` rows of ``canvas`` ``(H, W, 3)`` uint8 (the picture) and an ANOMALY tag, in
+    place."""
+    k = max(3, h // 90)
+    canvas[:k, :] = RED
+    canvas[h - k : h, :] = RED
+    canvas[:h, :k] = RED
+    canvas[:h, -k:] = RED
+    img = Image.fromarray(canvas[:h])
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((0, 0), "ANOMALY", font=tag_font)
+    pad = 4
+    draw.rectangle([k + 4, k + 4, k + 4 + box[2] + 2 * pad, k + 4 + box[3] + 2 * pad], fill=RED)
+    draw.text((k + 4 + pad, k + 4 + pad), "ANOMALY", fill=(255, 255, 255), font=tag_font)
+    canvas[:h] = np.asarray(img)
 
 
 def colormap_lut(name: str) -> torch.Tensor:

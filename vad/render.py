@@ -13,41 +13,36 @@ heatmap's colour scale is fixed per model from normal data only: transparent at 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import closing
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import UsageError, VadError
 from vad.evaluate import ScoredRun, clip_events, load_scored
-from vad.heatmap import blend, colormap_lut
+from vad.heatmap import RED, blend, colormap_lut, font, mark_anomaly
 from vad.io.decode import as_clip, iter_frames
+from vad.io.encode import VideoWriter
 from vad.metrics import label_events
 from vad.postprocess import event_frames
 from vad.reference import heat_scale
 
+log = logging.getLogger(__name__)
+
 DEFAULT_FPS = 25.0
-RED = (230, 40, 40)
 
 
 class RenderError(VadError):
     """A clip cannot be rendered (source changed since scoring, bad settings)."""
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed bitmap font
-        return ImageFont.load_default()
 
 
 class StripPainter:
@@ -83,7 +78,7 @@ class StripPainter:
 
         self.past = paint((120, 220, 255), 70)
         self.future = paint((90, 90, 100), 40)
-        self.font = _font(11)
+        self.font = font(11)
         self.legend = "score (smoothed)   -- threshold" + ("   ground truth" if labels is not None else "")
 
     def strip(self, t: int, text: str) -> np.ndarray:
@@ -97,39 +92,6 @@ class StripPainter:
         if draw.textlength(text, font=self.font) + draw.textlength(self.legend, font=self.font) + 24 < self.w:
             draw.text((self.w - 6, 1), self.legend, fill=(170, 170, 170), font=self.font, anchor="ra")
         return np.asarray(img)
-
-
-class VideoWriter:
-    """H.264 MP4 writer (PyAV / libx264, yuv420p) that takes RGB frames one at a time."""
-
-    def __init__(self, path: Path, width: int, height: int, fps: float, crf: int = 23, preset: str = "veryfast"):
-        import av
-
-        if width % 2 or height % 2:
-            raise ValueError(f"H.264 (yuv420p) needs even frame sizes; got {width}x{height}")
-        self.container = av.open(str(path), mode="w", format="mp4")
-        try:
-            self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-            self.stream.options = {"crf": str(crf), "preset": preset}
-        except Exception:
-            self.container.close()
-            raise
-
-    def write(self, rgb: np.ndarray) -> None:
-        import av
-
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-            self.container.mux(packet)
-
-    def close(self, flush: bool = True) -> None:
-        """Flush the encoder (unless ``flush`` is false: after an error) and close the file."""
-        try:
-            if flush:
-                for packet in self.stream.encode():
-                    self.container.mux(packet)
-        finally:
-            self.container.close()
 
 
 def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path,
@@ -183,7 +145,7 @@ def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out
                     height = h + cfg.strip_height + (h + cfg.strip_height) % 2
                     writer = VideoWriter(tmp, width, height, fps, cfg.crf, cfg.preset)
                     painter = StripPainter(scores, threshold, s.labels.get(name), found, width, cfg.strip_height)
-                    font = _font(max(12, h // 24))
+                    tag_font = font(max(12, h // 24))
                 pic = pic.round().clamp(0, 255).to(torch.uint8).numpy()
                 for i in range(b):
                     t = first + i
@@ -193,7 +155,7 @@ def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out
                     label = f"{name}  {t + 1}/{n}{when}  score {scores[t]:.3f}"
                     canvas[h : h + cfg.strip_height] = painter.strip(t, label)
                     if in_event[t]:
-                        _mark(canvas, h, font)
+                        mark_anomaly(canvas, h, tag_font)
                     writer.write(canvas)
                     done += 1
                 if bar is not None:
@@ -207,22 +169,6 @@ def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out
     return out
 
 
-def _mark(canvas: np.ndarray, h: int, font) -> None:
-    """Red border round the picture and an ANOMALY tag, in place."""
-    k = max(3, h // 90)
-    canvas[:k, :] = RED
-    canvas[h - k : h, :] = RED
-    canvas[:h, :k] = RED
-    canvas[:h, -k:] = RED
-    img = Image.fromarray(canvas[:h])
-    draw = ImageDraw.Draw(img)
-    box = draw.textbbox((0, 0), "ANOMALY", font=font)
-    pad = 4
-    draw.rectangle([k + 4, k + 4, k + 4 + box[2] + 2 * pad, k + 4 + box[3] + 2 * pad], fill=RED)
-    draw.text((k + 4 + pad, k + 4 + pad), "ANOMALY", fill=(255, 255, 255), font=font)
-    canvas[:h] = np.asarray(img)
-
-
 def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: RenderConfig,
                clips: Sequence[str] | None = None, progress: bool = True) -> list[Path]:
     """Render the scored clips of ``run`` (all, or the named ones) to ``run/videos/<clip>.mp4``."""
@@ -232,7 +178,7 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
     if unknown:
         raise UsageError(f"clip(s) {unknown} not scored in {s.run}; scored clips: {sorted(s.manifest)}")
     if not s.folder.maps_dir.is_dir() and progress:
-        print(f"note: {s.folder.maps_dir} does not exist, so the videos show scores without heatmaps; "
+        log.info(f"note: {s.folder.maps_dir} does not exist, so the videos show scores without heatmaps; "
               "score with --set score.save_maps=true for heatmaps")
     t0, paths = time.perf_counter(), []
     frames = sum(s.manifest[name].frames for name in names)
@@ -241,6 +187,6 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
             paths.append(render_clip(s, name, cfg, ev, s.folder.video(name), bar))
     if progress:
         secs = time.perf_counter() - t0
-        print(f"rendered {len(paths)} video(s), {frames} frames in {secs:.1f}s ({frames / secs:.0f} frames/s) "
+        log.info(f"rendered {len(paths)} video(s), {frames} frames in {secs:.1f}s ({frames / secs:.0f} frames/s) "
               f"-> {s.folder.videos}")
     return paths

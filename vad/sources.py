@@ -59,7 +59,7 @@ class End:
     reason: str
 
 
-def describe(source: str) -> str:
+def describe_source(source: str) -> str:
     """What kind of source ``source`` is, in words (for the banner)."""
     if source.startswith(NETWORK):
         return source.split("://")[0] + " stream"
@@ -74,10 +74,10 @@ class Source:
 
     def __init__(self, source: str, fps: float | None = None, *, queue_size: int = 8, realtime: bool = False,
                  transport: str = "tcp", listen: bool = False, open_timeout: float = 10.0,
-                 stall_timeout: float = 5.0, max_retries: int | None = None, backoff: tuple[float, float] = (1.0, 30.0),
-                 loop: bool = False) -> None:
+                 stall_timeout: float = 5.0, max_retries: int | None = None,
+                 backoff: tuple[float, float] = (1.0, 30.0)) -> None:
         self.source, self.fps = str(source), fps
-        self.realtime, self.transport, self.listen, self.loop = realtime, transport, listen, loop
+        self.realtime, self.transport, self.listen = realtime, transport, listen
         self.open_timeout, self.stall_timeout = open_timeout, stall_timeout
         self.max_retries, self.backoff = max_retries, backoff
         self.is_network = self.source.startswith(NETWORK)
@@ -109,7 +109,7 @@ class Source:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def get(self, timeout: float | None = None):
+    def get(self, timeout: float | None = None) -> Frame | Gap | End | None:
         """The next item (:class:`Frame`, :class:`Gap` or :class:`End`), or ``None`` after ``timeout`` seconds."""
         with self._ready:
             if not self._items:
@@ -117,10 +117,6 @@ class Source:
             item = self._items.popleft() if self._items else None
             self._ready.notify_all()  # a reader waiting for room
             return item
-
-    def waiting(self) -> int:
-        """Items queued now."""
-        return len(self._items)
 
     def items(self, poll: float = 0.2) -> Iterator:
         while True:
@@ -166,7 +162,7 @@ class Source:
                     self._emit(rgb, pts)
                     if self._stop.is_set():
                         break
-                if self.is_file and not self.loop:
+                if self.is_file:
                     self._put(End("end of the file"))
                     return
                 reason = "the stream ended"
@@ -174,7 +170,7 @@ class Source:
                 reason = f"{type(err).__name__}: {err}"
             if self._stop.is_set():
                 break
-            if self.is_file and not self.loop:
+            if self.is_file:
                 self._put(End(f"cannot read {self.source}: {reason}"))
                 return
             if lost_at is None:
