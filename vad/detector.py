@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vad.config import RunConfig, load_config
+from vad.config import RunConfig
 from vad.errors import UsageError
+from vad.policy import run_config
 from vad.reference import NormalReference
-from vad.runs import RunFolder, RunFolderError, locked
+from vad.runs import RunFolder, locked
 
 
 @dataclass
@@ -51,38 +52,21 @@ class Detector:
 
     @classmethod
     def load(cls, run: Path | str, *, device: str = "auto", backend: str | None = None,
-             overrides: Sequence[str] = (), scene: str | None = None) -> Detector:
+             overrides: Sequence[str] = (), scene: str | None = None, cfg: RunConfig | None = None) -> Detector:
         """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
-        config with ``overrides`` (scoring settings and later stages' only), run by ``backend`` (default
-        ``score.backend``; ``auto``: the runtime measured fastest here, when one is installed; a stream is long)."""
-        from vad.checkpoint import load_model
-        from vad.export import choose_backend, exported
-        from vad.pipeline import normal_reference, use_backend
-        from vad.score import Scorer
+        config with ``overrides`` (scoring settings and later stages' only; ``cfg``: that config already loaded, as
+        the CLI does), run by ``backend`` (default ``score.backend``; ``auto``: the runtime measured fastest here,
+        when one is installed; a stream is long). Opening the model: :func:`vad.session.open_model`."""
+        from vad.session import open_model
 
         folder = RunFolder(run)
-        if not folder.config.is_file():
-            raise RunFolderError(f"{folder.config} not found: is {run} a run folder? (vad train ... --out RUN)")
-        cfg = load_config(folder.config, list(overrides), saved=True)
+        if cfg is None:
+            cfg = run_config(folder.root, overrides, "watch")
         if backend is not None:
             cfg = replace(cfg, score=replace(cfg.score, backend=backend))
-        models = folder.model_files()
-        if not models:
-            raise RunFolderError(f"{folder.root}: no model.pt; train first")
-        if scene is None and len(models) > 1:
-            raise UsageError(f"{folder.root} holds one model per scene ({', '.join(models)}); say which with --scene")
-        scope = scene or next(iter(models))
-        if scope not in models:
-            raise UsageError(f"--scene {scene}: {folder.root} has models for {', '.join(models)}")
-        model, ckpt = load_model(models[scope], cfg.model.scoring())
-        scorer = Scorer(model, ckpt, cfg.score, device)
         with locked(folder.root, "watch (loading the model)"):
-            name, ref = normal_reference(folder, scope, models[scope], scorer, ckpt, cfg)
-            chosen = choose_backend(cfg.score.backend, model, scorer.device, None, exported(folder.export(name),
-                                                                                          ref.model))
-            if chosen != "torch":
-                chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, cfg.score.backend == "auto")
-        return cls(folder, cfg, scorer, ckpt, ref, name, chosen)
+            opened = open_model(folder, cfg, device, scope=scene, backend=backend)
+        return cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
 
     # --- what the model is --------------------------------------------------------------------------------------
     @property

@@ -3,11 +3,11 @@
 What is exported is what one scoring call computes, with everything it needs inside or beside it:
 
 - a frame model (STPM without motion, RSTPM): ``frames (B, 3, H, W) -> scores (B,), map (B, h, w)``;
-- a model with a past (the motion branch): ``frames (B, 3, H, W), start (bool), past_<i> (context, C_i, h_i, w_i) ->
-  scores, map, branches (B, 2), feats_<i> (B, C_i, h_i, w_i)``: the streaming step of
-  :meth:`vad.models.motion.MotionSTPM.step` (``branches``: each branch's standardised frame score)
-  (the teacher once per frame; ``past_<i>``: the predictor's teacher levels of the ``context`` frames before
-  ``frames[0]``, ignored where ``start``).
+- a model with a past (the motion branch): ``frames (B, 3, H, W), index (B, context) int64, past_<i> (P, C_i, h_i,
+  w_i) -> scores, map, branches (B, 2), feats_<i> (B, C_i, h_i, w_i)``: the streaming step of
+  :meth:`vad.models.motion.MotionSTPM.step` (``branches``: each branch's standardised frame score) (the teacher
+  once per frame; ``past_<i>``: kept teacher levels of past frames, of one stream or of several cameras; ``index``:
+  each frame's past frames as rows of ``past_<i>`` followed by the batch's own features).
 
 Frames are normalised as ``metadata.json`` says (``input_size``, ``normalization``); the branch statistics are
 constants of the graph; ``reference.npz`` is the model's normal reference for the exported scoring settings (its
@@ -42,7 +42,7 @@ from vad.errors import ConfigError, UsageError
 from vad.models import AnomalyModel
 from vad.reference import NormalReference
 
-FORMAT = "vad-export/2"  # 2: the step also returns each branch's frame score
+FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
 FORMATS = ("onnx", "openvino")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
@@ -108,24 +108,26 @@ class _Step(nn.Module):
         self.model = model
         self.levels = tuple(model.past_levels)
 
-    def forward(self, frames: torch.Tensor, start: torch.Tensor, past_0: torch.Tensor,
+    def forward(self, frames: torch.Tensor, index: torch.Tensor, past_0: torch.Tensor,
                 past_1: torch.Tensor | None = None, past_2: torch.Tensor | None = None,
                 past_3: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        past = dict(zip(self.levels, (past_0, past_1, past_2, past_3)[: len(self.levels)], strict=True))
-        scores, amap, branches, feats = self.model.step(frames, past, start)
+        pool = dict(zip(self.levels, (past_0, past_1, past_2, past_3)[: len(self.levels)], strict=True))
+        scores, amap, branches, feats = self.model.step(frames, pool, index)
         return (scores, amap, branches, *(feats[k] for k in self.levels))
 
 
 def example_inputs(model: AnomalyModel, ckpt: dict, batch: int) -> tuple[torch.Tensor, ...]:
-    """Zeros shaped as the exported graph's inputs (:func:`_names`) for a batch of ``batch`` frames: the frames, and
-    for a model with a past the start flag and one full past per level. ``model`` on the CPU."""
+    """Inputs shaped as the exported graph's (:func:`_names`) for a batch of ``batch`` frames: zero frames, and for a
+    model with a past each frame's past rows and a pool of one more row than a stream keeps. ``model`` on the CPU."""
     h, w = ckpt["input_size"]
     frames = torch.zeros(batch, 3, h, w)
     if not model.context:
         return (frames,)
     with torch.no_grad():
         one = model.past_features(frames[:1])
-    return (frames, torch.tensor(True), *(v.new_zeros((model.context, *v.shape[1:])) for v in one.values()))
+    pool = model.context + 1  # a size of its own: the exporter keeps the pool's and the batch's sizes apart
+    index = torch.arange(batch * model.context).reshape(batch, model.context) % (pool + batch)
+    return (frames, index, *(v.new_zeros((pool, *v.shape[1:])) for v in one.values()))
 
 
 def machine() -> str:
@@ -164,7 +166,7 @@ def _names(model: AnomalyModel) -> tuple[list[str], list[str]]:
     levels = range(len(getattr(model, "past_levels", ())))
     if not model.context:
         return ["frames"], ["scores", "map"]
-    return (["frames", "start", *(f"past_{i}" for i in levels)],
+    return (["frames", "index", *(f"past_{i}" for i in levels)],
             ["scores", "map", "branches", *(f"feats_{i}" for i in levels)])
 
 
@@ -183,7 +185,10 @@ def export_model(model: AnomalyModel, ckpt: dict, reference: NormalReference, fo
     inputs = example_inputs(model, ckpt, 2)
     names_in, names_out = _names(model)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = {"frames": {0: batch}, **{n: None for n in names_in[1:]}}  # the batch varies; the past is one shape
+    pool = torch.export.Dim("pool", min=1, max=65536)
+    # the batch varies, and the pool of kept pasts with the streams in it
+    dynamic = {"frames": {0: batch}, **({"index": {0: batch}} if model.context else {}),
+               **{n: {0: pool} for n in names_in[2:]}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SPEED_FILE).unlink(missing_ok=True)  # measured on the export it replaces
     onnx = folder / "model.onnx"
@@ -256,15 +261,16 @@ class Runtime:
             config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
 
             def run(feed: dict) -> list:
-                # One static shape per batch size: OpenVINO's CPU plugin ran the dynamic batch 4x slower (measured).
-                b = len(feed["frames"])
-                if b not in compiled:
+                # One static shape per batch (and pool) size: OpenVINO's CPU plugin ran the dynamic batch 4x
+                # slower (measured).
+                shapes = {name: list(v.shape) for name, v in feed.items()}
+                key = tuple(tuple(s) for s in shapes.values())
+                if key not in compiled:
                     graph = core.read_model(str(source))
-                    graph.reshape({**{i.get_any_name(): i.get_partial_shape() for i in graph.inputs},
-                                   "frames": [b, *feed["frames"].shape[1:]]})
+                    graph.reshape(shapes)
                     model = core.compile_model(graph, "CPU", config)
-                    compiled[b] = (model, model.create_infer_request())
-                model, request = compiled[b]
+                    compiled[key] = (model, model.create_infer_request())
+                model, request = compiled[key]
                 result = request.infer(feed)
                 return [result[out] for out in model.outputs]
 
@@ -279,10 +285,10 @@ class Runtime:
         scores, amap = self._call({"frames": _array(frames)})
         return scores, amap
 
-    def step(self, frames: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
+    def step(self, frames: torch.Tensor, pool: dict[str, torch.Tensor], index: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        feed = {"frames": _array(frames), "start": np.asarray(bool(start)),
-                **{f"past_{i}": _array(past[k]) for i, k in enumerate(self.levels)}}
+        feed = {"frames": _array(frames), "index": index.detach().cpu().numpy().astype(np.int64),
+                **{f"past_{i}": _array(pool[k]) for i, k in enumerate(self.levels)}}
         scores, amap, branches, *feats = self._call(feed)
         return scores, amap, branches, dict(zip(self.levels, feats, strict=True))
 

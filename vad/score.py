@@ -11,19 +11,19 @@ an interrupted run picks up where it stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from vad.atomic import save_npy
 from vad.config import ScoreConfig
@@ -34,7 +34,10 @@ from vad.io.dataset import FrameStream, FrameTransform, make_loader
 from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip, with_frames
 from vad.models import AnomalyModel, frame_scores
+from vad.progress import progress_bar
 from vad.runs import RunFolder
+
+log = logging.getLogger(__name__)
 
 COMPILE_MIN_FRAMES = 5000
 _LAYOUTS: dict[tuple, torch.memory_format] = {}  # the faster memory layout on this CPU per kind of model and input
@@ -44,6 +47,17 @@ _TIMING_CLIP = "\0speed"  # the clip name frames_per_second scores under (no rea
 def _fused(model: AnomalyModel, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     amap = model.fuse(maps)
     return frame_scores(amap), amap
+
+
+@dataclass
+class PastPlan:
+    """Where the frames of one batch find their past (:meth:`Scorer.plan`): ``pool`` the kept features read
+    ``{level: (P, C, h, w)}``, ``index`` ``(B, context)`` rows of ``cat(pool, the batch's features)``, ``keep`` per
+    stream the rows that are its last ``context`` frames after the batch and the index of its next frame."""
+
+    pool: dict[str, torch.Tensor]
+    index: torch.Tensor
+    keep: dict[str, tuple[list[int], int]]
 
 
 class Scorer:
@@ -137,20 +151,25 @@ class Scorer:
                 and any(shutil.which(cc) for cc in ("c++", "g++", "clang++")))
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
-    def __call__(self, x: torch.Tensor, clip: str = "", first: int = 0
+    def __call__(self, x: torch.Tensor, clip: str | Sequence[str] = "", first: int | Sequence[int] = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Normalised frames ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``, branch scores or
-        ``None``), float32 (a model with a past: frames ``first ..`` of clip ``clip``, see the class docstring;
-        windows ``(B, 3 * window, H, W)`` are scored as they are). With ``score.per_position`` the map is
-        standardised per position and the score is its maximum."""
+        ``None``), float32 (a model with a past: frames ``first ..`` of clip ``clip``, see the class docstring; or
+        frames of several streams in one batch, ``clip`` and ``first`` then one stream name and frame index per
+        frame (:meth:`plan`); windows ``(B, 3 * window, H, W)`` are scored as they are). With
+        ``score.per_position`` the map is standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
         n = len(x)
+        plan = None
         if self.model.context and x.shape[1] == 3:
-            past, start = self._past_of(clip, first, x)
-            call = partial(self._step, past=past, start=torch.tensor(start, device=self.device))
+            plan = self.plan(clip, first, x)
+            call = partial(self._step, pool=plan.pool, index=plan.index)
         else:
             call = self._forward
         x = self._pad(x)
+        if plan is not None and len(x) > n:  # padded rows read the last frame's past
+            plan.index = torch.cat([plan.index, plan.index[-1:].expand(len(x) - n, -1)])
+            call = partial(self._step, pool=plan.pool, index=plan.index)
         if self.layout is None and self.runtime is None and n == self.cfg.batch_size:
             self._tune_layout(call, x)
         with autocast(self.device, self.dtype):
@@ -158,7 +177,7 @@ class Scorer:
         branches = None
         if len(out) == 4:
             scores, amap, branches, feats = out
-            self._remember(clip, first, n, past, start, feats)
+            self._remember(plan, feats)
             branches = branches[:n].float()
         else:
             scores, amap = out
@@ -197,32 +216,75 @@ class Scorer:
         x = torch.cat([x, x[-1:].expand(self.cfg.batch_size - n, *x.shape[1:])])
         return x.contiguous(memory_format=torch.channels_last)  # the full batches' strides: no recompilation
 
-    def _past_of(self, clip: str, first: int, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], bool]:
-        """``(past features, start)`` for frames ``first ..`` of ``clip``: the kept past when ``first`` follows the
-        last frames scored, else a fresh start (zeros the model replaces by ``x[0]``)."""
-        kept = self._past.get(clip)
-        if kept is not None and kept[1] == first:
-            return kept[0], False
+    def plan(self, clip: str | Sequence[str], first: int | Sequence[int], x: torch.Tensor) -> PastPlan:
+        """Where each frame of ``x`` finds its past (:meth:`vad.models.motion.MotionSTPM.step`): frames
+        ``first ..`` of one stream ``clip``, or per frame its stream and frame index (frames of several cameras
+        in one batch). A stream's consecutive frames form a run; a run that follows the last frames kept of its
+        stream reads their features (the pool), any other starts afresh, as a clip's first frame."""
+        n, k = len(x), self.model.context
+        streams = [clip] * n if isinstance(clip, str) else list(clip)
+        firsts = list(range(first, first + n)) if isinstance(first, int) else [int(f) for f in first]
+        if len(streams) != n or len(firsts) != n:
+            raise ValueError(f"{n} frames with {len(streams)} stream names and {len(firsts)} frame indices")
+        runs: list[dict] = []
+        last: dict[str, dict] = {}
+        pool: list[dict[str, torch.Tensor]] = []
+        for j, (s, f) in enumerate(zip(streams, firsts, strict=True)):
+            run = last.get(s)
+            if run is not None and run["next"] == f:
+                run["rows"].append(j)
+                run["next"] += 1
+                continue
+            kept = self._past.get(s) if run is None else None  # a jump inside the batch starts afresh
+            offset = None
+            if kept is not None and kept[1] == f:
+                offset = k * len(pool)
+                pool.append(kept[0])
+            run = {"stream": s, "rows": [j], "next": f + 1, "offset": offset}
+            last[s] = run
+            runs.append(run)
+        if not pool:  # one block of zeros: the graph always has a pool to read from
+            pool.append(self._zero_past(x))
+        size = k * len(pool)
+
+        def row(run: dict, p: int) -> int:  # the p-th element of the run's sequence: its past, then its frames
+            if p < k:
+                return run["offset"] + p if run["offset"] is not None else size + run["rows"][0]
+            return size + run["rows"][p - k]
+
+        index = [[0] * k for _ in range(n)]
+        for run in runs:
+            for m, j in enumerate(run["rows"]):
+                index[j] = [row(run, m + i) for i in range(k)]
+        keep = {s: ([row(r, len(r["rows"]) + i) for i in range(k)], r["next"]) for s, r in last.items()}
+        merged = {name: torch.cat([p[name] for p in pool]) for name in pool[0]}
+        return PastPlan(merged, torch.tensor(index, dtype=torch.long, device=self.device), keep)
+
+    def _zero_past(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._zeros is None:
             with autocast(self.device, self.dtype):
                 one = self.model.past_features(x[:1])
             self._zeros = {k: v.new_zeros((self.model.context, *v.shape[1:])) for k, v in one.items()}
-        return self._zeros, True
+        return self._zeros
 
-    def _remember(self, clip: str, first: int, n: int, past: dict, start: bool, feats: dict) -> None:
-        """Keep the features of the last ``context`` frames of ``clip`` scored (``feats``: of frames ``first ..``)."""
-        k = self.model.context
-        self._past[clip] = ({name: torch.cat([v[:1].expand(k, *v.shape[1:]) if start else past[name], v[:n]])[-k:]
-                             for name, v in feats.items()}, first + n)
+    def _remember(self, plan: PastPlan, feats: dict[str, torch.Tensor]) -> None:
+        """Keep, per stream of ``plan``, the features of its last ``context`` frames (``feats``: of the batch's)."""
+        for stream, (rows, nxt) in plan.keep.items():
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
+            kept = {}
+            for name, v in feats.items():
+                seq = torch.cat([plan.pool[name].to(v.dtype), v[: len(plan.index)]])
+                kept[name] = seq.index_select(0, index)
+            self._past[stream] = (kept, nxt)
 
     def prime(self, x: torch.Tensor, clip: str, first: int) -> None:
         """Read frames ``x`` (normalised, ``first ..`` of ``clip``) as the past of the frames that follow them, without
         scoring them (the real past of a range that starts inside a clip)."""
         x = to_device(x, self.device)
-        past, start = self._past_of(clip, first, x)
+        plan = self.plan(clip, first, x)
         with torch.no_grad(), autocast(self.device, self.dtype):
             feats = self.model.past_features(x)
-        self._remember(clip, first, len(x), past, start, feats)
+        self._remember(plan, feats)
 
     def forget(self, clip: str | None = None) -> None:
         """Drop the kept past of ``clip`` (every clip's with ``None``)."""
@@ -259,9 +321,9 @@ class Scorer:
                 continue
             with autocast(self.device, self.dtype):
                 if model.context:
-                    past, start = self._past_of(clip, first, x)
-                    maps, feats = model.step_branch_maps(x, past, torch.tensor(start, device=self.device))
-                    self._remember(clip, first, len(x), past, start, feats)
+                    plan = self.plan(clip, first, x)
+                    maps, feats = model.step_branch_maps(x, plan.pool, plan.index)
+                    self._remember(plan, feats)
                     got = maps if branches else dict(zip(("scores", "maps"), _fused(model, maps), strict=True))
                 elif branches:
                     got = model.branch_maps(x)
@@ -368,7 +430,7 @@ def score_clips(
         if on_done is not None:
             on_done(clip)
 
-    with tqdm(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=sum(c.num_frames for c in todo), desc="scoring", unit="frame", progress=progress) as bar:
         for batch, scores, small, branches in scorer.batches(loader, maps=scorer.cfg.save_maps):
             name, index = batch["clip"][0], batch["index"].numpy()
             clip = by_name[name]
@@ -392,10 +454,10 @@ def score_clips(
         finish(_partly_recorded(by_name[name], entry), entry)
     if progress:
         secs = time.perf_counter() - t0
-        print(f"scored {n} frames of {len(todo)} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {run.scores_dir}")
+        log.info(f"scored {n} frames of {len(todo)} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {run.scores_dir}")
         if stale:
             shown = ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else "")
-            print(f"note: removed {len(stale)} output(s) made from earlier scores ({shown}): evaluate and render "
+            log.info(f"note: removed {len(stale)} output(s) made from earlier scores ({shown}): evaluate and render "
                   "again to remake them")
     return results
 
@@ -409,8 +471,8 @@ def _partly_recorded(clip: Clip, entry: dict) -> Clip:
         what = "its labels count them all" if clip.labels is not None else "every frame must be scored"
         raise DecodeError(f"{clip.path}: {k} of {declared} frames decoded and scored; {what} (a truncated or "
                           "corrupt file?)")
-    print(f"note: {clip.path}: the container declares {declared} frames but {k} decode (a partly recorded "
-          f"file?); scored those {k}, {declared - k} missing", file=sys.stderr)
+    log.warning(f"note: {clip.path}: the container declares {declared} frames but {k} decode (a partly recorded "
+          f"file?); scored those {k}, {declared - k} missing")
     for key in ("scores", "maps", "branches"):
         if entry[key] is not None:
             entry[key] = entry[key][:k]

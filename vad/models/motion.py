@@ -143,26 +143,26 @@ class MotionSTPM(STPM):
         with torch.no_grad():
             return self.teacher(x, self.past_levels)
 
-    def step_branch_maps(self, x: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
+    def step_branch_maps(self, x: torch.Tensor, pool: dict[str, torch.Tensor], index: torch.Tensor
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Branch maps of consecutive frames ``x`` ``(B, 3, H, W)`` of one clip, the teacher run once on each:
-        ``past`` holds the predictor's levels of the ``context`` frames before ``x[0]`` (oldest first,
-        ``(context, C, h, w)`` each); where ``start`` (a bool scalar tensor: ``x[0]`` is a clip's first frame, or the
-        first after a gap) ``x[0]`` stands in for its past instead, as in a window. Returns the maps and the
-        predictor's levels of ``x`` (for the next call's ``past``). Equal to :meth:`branch_maps` of the frames'
-        windows."""
+        """Branch maps of frames ``x`` ``(B, 3, H, W)``, of one stream or of several (cameras), the teacher run once
+        on each. Each frame's past comes from ``seq = cat(pool, teacher(x))`` per level: ``pool`` holds kept
+        features of past frames (the predictor's levels, ``(P, C, h, w)`` each), ``index`` ``(B, context)`` (int64)
+        the rows of ``seq`` that are frame ``j``'s ``context`` past frames, oldest first. A stream's first frame
+        (or the first after a gap) is its own past, as in a window: its rows point at itself. Built by
+        :meth:`vad.score.Scorer.plan`. Returns the maps and the predictor's levels of ``x`` (what a stream keeps
+        for the frames after). Equal to :meth:`branch_maps` of the frames' windows."""
         with torch.no_grad():
             t = self.teacher(x)
-        n = x.shape[0]
-        seq = {k: torch.cat([torch.where(start, t[k][:1].expand_as(past[k]), past[k]), t[k]]) for k in self.past_levels}
-        past_t = [{k: v[i : i + n] for k, v in seq.items()} for i in range(self.context)]
+        seq = {k: torch.cat([pool[k], t[k]]) for k in self.past_levels}
+        past_t = [{k: v.index_select(0, index[:, i]) for k, v in seq.items()} for i in range(self.context)]
         return self.maps_from(past_t, t, x), {k: t[k] for k in self.past_levels}
 
-    def step(self, x: torch.Tensor, past: dict[str, torch.Tensor], start: torch.Tensor
+    def step(self, x: torch.Tensor, pool: dict[str, torch.Tensor], index: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`step_branch_maps` fused: (scores ``(B,)``, map ``(B, h, w)``, each branch's standardised frame score
         ``(B, len(branches))``, the predictor's levels of ``x``)."""
-        maps, feats = self.step_branch_maps(x, past, start)
+        maps, feats = self.step_branch_maps(x, pool, index)
         z = self.standardised(maps)
         amap = self.combine_branches(z)
         return frame_scores(amap), amap, z.flatten(2).amax(2).T, feats
