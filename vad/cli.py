@@ -1,15 +1,17 @@
-"""Command-line interface (``vad`` / ``python run_pipeline.py``): argument parsing only, no logic."""
+"""Command-line interface (``vad`` / ``python run_pipeline.py``): argument parsing, the console's log handler, one
+call down per command. Which settings a command takes is :mod:`vad.policy`'s; opening a model :mod:`vad.session`'s."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from vad.errors import ConfigError, UsageError, VadError
-from vad.runs import RunFolderError
+from vad.policy import run_config
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -35,43 +37,6 @@ def _config(args: argparse.Namespace):
     return load_config(find_pipeline(args.config) if args.config else None, overrides)
 
 
-# What each command that works on a trained run applies (the other settings are fixed by then, or another's).
-APPLIES = {
-    "watch": ("score", "model.scoring", "postprocess", "eval", "render"),
-    "score": ("data", "score", "model.scoring"),
-    "export": ("data", "score", "model.scoring"),
-    "evaluate": ("postprocess", "eval"),
-    "render": ("postprocess", "eval", "render"),
-}
-STAGE_OF = {"train": "train", "model": "train", "data": "train or score", "score": "score",
-            "postprocess": "evaluate and render", "eval": "evaluate and render", "render": "render"}
-
-
-def _run_config(run: Path, overrides: list[str] | None, command: str, required: bool = True):
-    """The config saved by ``train`` in ``run`` (the defaults when absent and not ``required``) with ``--set``
-    overrides on top; a setting ``command`` cannot apply is refused by name (:data:`APPLIES`)."""
-    from vad.config import SCORING, load_config
-    from vad.runs import RunFolder
-
-    saved = RunFolder(run).config
-    if not saved.is_file() and required:
-        raise RunFolderError(f"{saved} not found: is {run} a run folder? (vad train ... --out RUN)")
-    cfg = load_config(saved if saved.is_file() else None, list(overrides or []), saved=True)
-    for item in overrides or []:
-        key = item.partition("=")[0].strip()
-        section, _, name = key.partition(".")
-        applies = APPLIES[command]
-        if section in applies or (section == "model" and name in SCORING and "model.scoring" in applies):
-            continue
-        if section in ("train", "model"):
-            what = f"{key} applies when scoring (vad score --run {run} --set {item})" if name in SCORING else (
-                f"{key} is fixed by the trained model; train a new run to change it")
-        else:
-            what = f"{key} applies to {STAGE_OF[section]}, not to {command}"
-        raise ConfigError(f"--set {item}: {what}")
-    return cfg
-
-
 def _train(args: argparse.Namespace) -> None:
     from vad.pipeline import train_stage, with_data
 
@@ -85,7 +50,7 @@ def _score(args: argparse.Namespace) -> None:
     from vad.io import read_dataset
     from vad.pipeline import read_split, score_stage, with_data
 
-    cfg = _with_backend(_run_config(args.run, args.set, "score"), args.backend)
+    cfg = _with_backend(run_config(args.run, args.set, "score"), args.backend)
     if args.input is not None:
         if args.data is not None or args.dataset is not None or args.scenes:
             raise UsageError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
@@ -110,7 +75,7 @@ def _with_backend(cfg, backend: str | None):
 def _export(args: argparse.Namespace) -> None:
     from vad.pipeline import export_stage
 
-    cfg = _run_config(args.run, args.set, "score")
+    cfg = run_config(args.run, args.set, "export")
     for folder in export_stage(args.run, cfg, tuple(args.format)):
         print(f"exported: {folder} (model.onnx{', model.xml/.bin' if 'openvino' in args.format else ''}, "
               "metadata.json, reference.npz)")
@@ -124,14 +89,9 @@ def _watch(args: argparse.Namespace) -> None:
     from vad.watch import Watch, WatchOptions
 
     check_source(args.source)  # before the model loads
-    _run_config(args.run, args.set, "watch")  # settings it cannot apply are refused by name
-    det = Detector.load(args.run, device=args.device, backend=args.backend, overrides=list(args.set or []),
-                        scene=args.scene)
-    options = WatchOptions(out=args.out, realtime=args.realtime, fps=args.fps, transport=args.transport,
-                           listen=args.listen, stall_timeout=args.stall_timeout, open_timeout=args.open_timeout,
-                           max_retries=args.max_retries, queue_size=args.queue, pre_roll=args.pre_roll,
-                           post_roll=args.post_roll, status_every=args.status_every, stdout=args.stdout,
-                           webhook=args.webhook, max_frames=args.max_frames, max_seconds=args.max_seconds)
+    cfg = run_config(args.run, args.set, "watch")  # settings it cannot apply are refused by name
+    det = Detector.load(args.run, device=args.device, backend=args.backend, scene=args.scene, cfg=cfg)
+    options = WatchOptions(out=args.out, **{f.name: getattr(args, f.name) for f in _option_fields(WatchOptions)})
     watch = Watch(det, args.source, options)
     print(watch.banner(), file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM):  # close the open event, finish its clip, exit 0
@@ -151,14 +111,14 @@ def _adapt(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from vad.evaluate import evaluate_run
 
-    cfg = _run_config(args.run, args.set, "evaluate", required=False)
+    cfg = run_config(args.run, args.set, "evaluate", required=False)
     evaluate_run(args.run, cfg.postprocess, cfg.eval)
 
 
 def _render(args: argparse.Namespace) -> None:
     from vad.render import render_run
 
-    cfg = _run_config(args.run, args.set, "render", required=False)
+    cfg = run_config(args.run, args.set, "render", required=False)
     render_run(args.run, cfg.postprocess, cfg.eval, cfg.render, clips=args.clip)
 
 
@@ -176,8 +136,8 @@ def _review(args: argparse.Namespace) -> None:
 
 
 def _feedback(args: argparse.Namespace) -> None:
-    from vad.review import record_verdict
     from vad.runs import RunFolder
+    from vad.verdicts import record_verdict
 
     line = record_verdict(args.run, args.event, args.verdict, via="cli")
     print(f"{line['event']}: {line['verdict']} -> {RunFolder(args.run).feedback}")
@@ -230,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vad", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Video anomaly detection with student-teacher feature pyramids.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error (report bugs with it)")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="count", default=0, help="say only notes, warnings and errors")
+    talk.add_argument("-v", "--verbose", action="count", default=0, help="say more (debug records, by module)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, "demo", _demo, "generate the synthetic demo scene and run every stage on it",
@@ -333,7 +296,34 @@ def _add_stage_commands(sub) -> None:
     p.add_argument("--clip", nargs="+", help="render only these clips (default: all)")
 
 
+def _option_fields(options: type) -> list:
+    """The fields of options dataclass ``options`` that are command-line flags (``metadata["cli"]``, default
+    true; ``out`` and other fields given as their own arguments say false)."""
+    from dataclasses import fields
+
+    return [f for f in fields(options) if f.metadata.get("cli", True)]
+
+
+def _option_args(p: argparse.ArgumentParser, options: type) -> None:
+    """A flag per field of options dataclass ``options`` (:func:`_option_fields`): ``--field-name`` (or
+    ``metadata["flag"]``), its type and default from the field, its help from ``metadata["help"]``; a bool that
+    defaults to false is a switch."""
+    import dataclasses
+
+    for f in _option_fields(options):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kind = str(f.type).replace(" | None", "").replace("Optional[", "").rstrip("]")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind == "bool":
+            p.add_argument(flag, dest=f.name, action="store_true", default=default, help=f.metadata.get("help"))
+            continue
+        p.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[kind], default=default,
+                       choices=f.metadata.get("choices"), help=f.metadata.get("help"))
+
+
 def _add_watch_command(sub) -> None:
+    from vad.watch import WatchOptions
+
     p = _command(sub, "watch", _watch, "score a live stream as it arrives; events as they happen",
                  "Score a camera stream (rtsp://, http(s)://, udp://, srt://), a webcam (/dev/videoN, webcam:N), or a "
                  "file or frame folder replayed, with the model of RUN, frame by frame as it arrives. Frames are "
@@ -351,23 +341,7 @@ def _add_watch_command(sub) -> None:
     p.add_argument("--source", required=True, help="stream URL, webcam (/dev/video0, webcam:0), video file or frame "
                                                    "folder")
     p.add_argument("--out", type=Path, required=True, help="output folder: events.jsonl, snapshots/, clips/")
-    p.add_argument("--realtime", action="store_true", help="read a file at its own frame rate (as a camera sends it)")
-    p.add_argument("--fps", type=float, help="score at this rate instead of the training footage's (cheaper; the "
-                                             "motion branch then sees other speeds: a warning says so)")
-    p.add_argument("--transport", choices=["tcp", "udp"], default="tcp", help="rtsp transport (default tcp)")
-    p.add_argument("--listen", action="store_true", help="rtsp://: wait for a publisher to push to the URL")
-    p.add_argument("--stall-timeout", type=float, default=5.0, help="seconds without a frame before the source is "
-                                                                    "reopened (default 5)")
-    p.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait when opening (default 10)")
-    p.add_argument("--max-retries", type=int, help="reopen attempts before giving up (default: forever)")
-    p.add_argument("--queue", type=int, default=16, help="frames waiting at most; the stalest are dropped beyond")
-    p.add_argument("--pre-roll", type=float, default=3.0, help="seconds before an event in its clip (default 3)")
-    p.add_argument("--post-roll", type=float, default=3.0, help="seconds after it (default 3)")
-    p.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines (default 10)")
-    p.add_argument("--stdout", action="store_true", help="write every line to stdout too (JSON lines)")
-    p.add_argument("--webhook", help="POST every line (JSON) to this URL (retried; never stops scoring)")
-    p.add_argument("--max-frames", type=int, help="stop after scoring this many frames")
-    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    _option_args(p, WatchOptions)
     p.add_argument("--scene", help="the scene's model, for a run trained per scene")
     _backend_arg(p)
 
@@ -411,23 +385,43 @@ def _add_review_commands(sub) -> None:
 
 @contextmanager
 def _writing(args: argparse.Namespace) -> Iterator[None]:
-    """Hold the lock of the run folder the command writes (``--out`` or ``--run``): one command at a time per folder.
-    Under torchrun rank 0 holds it for all ranks. ``score``, ``evaluate`` and ``render`` need an existing folder."""
+    """Hold the lock of the run folder the command writes (``--out`` or ``--run``: :func:`vad.runs.writing`). Under
+    torchrun rank 0 holds it for all ranks."""
     from vad.distributed import world
-    from vad.runs import RunFolder, locked
+    from vad.runs import writing
 
     folder = getattr(args, args.writes) if getattr(args, "writes", None) else None
     if folder is None or not world().main:
         yield
         return
-    if args.writes == "run":  # an existing run folder: checked before the lock is taken (and its file made)
-        if not folder.is_dir():
-            raise RunFolderError(f"run folder not found: {folder}; train first (vad train ... --out {folder})")
-        if not RunFolder(folder).is_run():
-            raise RunFolderError(f"{folder} is not a run folder (no config.yaml, model.pt or clips.json); give the "
-                                 "folder that 'vad train' or 'vad run' wrote")
-    with locked(folder, args.command):
+    with writing(folder, args.command, existing=args.writes == "run"):
         yield
+
+
+class ConsoleHandler(logging.Handler):
+    """vad's log records as the CLI shows them: the message alone, information on standard output, notes and
+    warnings on standard error (the streams looked up at each record, so a redirected stream is honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()  # line by line, also off a terminal (a service's log, a pipe)
+        except Exception:
+            self.handleError(record)
+
+
+def console_logging(verbosity: int = 0) -> None:
+    """Show vad's log on the console: ``verbosity`` -1 (``-q``) warnings only, 0 what a user is told, 1 (``-v``) with
+    debug records named by their module. Idempotent: one console handler whatever the calls."""
+    logger = logging.getLogger("vad")
+    handler = next((h for h in logger.handlers if isinstance(h, ConsoleHandler)), None)
+    if handler is None:
+        handler = ConsoleHandler()
+        logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbosity > 0 else "%(message)s"))
+    logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    logger.propagate = False
 
 
 DISTRIBUTED = ("train", "score", "run")  # the commands that use every process of a torchrun launch
@@ -439,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     from vad import distributed
 
     args = build_parser().parse_args(argv)
+    console_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:
         if distributed.launched():
             if args.command not in DISTRIBUTED:

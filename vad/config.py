@@ -4,6 +4,7 @@ back, with unknown keys and wrong types rejected by name."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
 from vad.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,6 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     ``eval``, ``render``; any may be left out) with ``KEY=VALUE`` overrides on top. No file: the defaults.
     ``saved``: the file is a run folder's ``config.yaml``, written by an older version maybe: its retired keys
     are dropped with a note (a config a person wrote is refused instead, naming what replaced them)."""
-    import sys
     from pathlib import Path
 
     import yaml
@@ -366,7 +368,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             section, name = key.split(".")
             if name in (data.get(section) or {}):
                 del data[section][name]
-                print(f"note: {p}: {key} is no longer used ({RETIRED[key]}); ignored", file=sys.stderr)
+                log.warning(f"note: {p}: {key} is no longer used ({RETIRED[key]}); ignored")
         try:
             cfg = from_dict(RunConfig, data)
         except ValueError as err:

@@ -9,9 +9,8 @@ the data and the run folder, so on several nodes both must be on a shared filesy
 
 from __future__ import annotations
 
-import builtins
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -67,15 +66,24 @@ def setup(device: str = "auto") -> tuple[World, str]:
         # NCCL's 10-minute default can be. VAD_DIST_TIMEOUT_MIN sets it (default 6 hours).
         timeout = timedelta(minutes=float(os.environ.get("VAD_DIST_TIMEOUT_MIN", 360)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
-    if not w.main:  # the usual torchrun convention (DeiT, MAE): one rank talks; errors still reach stderr
-        unmuted_print = builtins.print
-
-        def print_errors_only(*args, file=None, **kwargs) -> None:
-            if file is sys.stderr:
-                unmuted_print(f"[rank {w.rank}]", *args, file=file, **kwargs)
-
-        builtins.print = print_errors_only
+    if not w.main:  # the usual torchrun convention (DeiT, MAE): one rank talks; its notes and errors still show
+        logger = logging.getLogger("vad")
+        logger.setLevel(logging.WARNING)
+        for handler in logger.handlers:  # (a logger's own filters never see its children's records)
+            handler.addFilter(_RankPrefix(w.rank))
     return w, f"cuda:{gpu}" if cuda else "cpu"
+
+
+class _RankPrefix(logging.Filter):
+    """Names the rank in front of what a rank other than 0 logs."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.prefix = f"[rank {rank}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"{self.prefix}{record.msg}"
+        return True
 
 
 def teardown() -> None:

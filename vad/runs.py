@@ -333,6 +333,21 @@ def locked(root: Path, command: str) -> Iterator[None]:
         fh.close()  # releases the lock
 
 
+@contextmanager
+def writing(folder: Path, command: str, existing: bool) -> Iterator[None]:
+    """Hold the lock of run folder ``folder`` while ``command`` writes it (:func:`locked`); ``existing``: the command
+    works on a run already there (``score``, ``evaluate``, ...), checked before the lock is taken (and its file
+    made)."""
+    if existing:
+        if not folder.is_dir():
+            raise RunFolderError(f"run folder not found: {folder}; train first (vad train ... --out {folder})")
+        if not RunFolder(folder).is_run():
+            raise RunFolderError(f"{folder} is not a run folder (no config.yaml, model.pt or clips.json); give the "
+                                 "folder that 'vad train' or 'vad run' wrote")
+    with locked(folder, command):
+        yield
+
+
 def sweep_temporaries(root: Path) -> list[Path]:
     """Delete the temporary files (``atomic_path``'s) an interrupted command left anywhere under ``root``; call
     only while holding the folder's lock. Returns what was deleted."""

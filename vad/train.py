@@ -13,6 +13,7 @@ the same streams (:class:`~vad.io.dataset.FrameStream` ``window``); a hold-out w
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -23,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vad.augment import ObjectShift, clip_backgrounds
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
@@ -35,9 +35,12 @@ from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loa
 from vad.io.decode import first_frame, looks_grey
 from vad.io.records import Clip
 from vad.models import AnomalyModel, backbone_spec, build_model
+from vad.progress import progress_bar
 from vad.reference import fit_reference, holdout
 from vad.runs import RunFolder
 from vad.score import Scorer
+
+log = logging.getLogger(__name__)
 
 
 class ResumeError(VadError, ValueError):
@@ -213,7 +216,7 @@ def train(
         o.scaler.load_state_dict(ck["scaler"])
     _trim_log(s, start)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, len(s.plan)), desc="training", unit="epoch", disable=not s.progress,
+    bar = progress_bar(range(start, len(s.plan)), desc="training", unit="epoch", progress=s.progress,
                initial=start, total=len(s.plan))
     for epoch in bar:
         if s.plan[epoch] != s.model.stage:  # a new stage starts from the previous stage's selected model
@@ -304,7 +307,7 @@ def _resume(s: _Session) -> tuple[int, float, dict | None]:
         s.gen.manual_seed(s.cfg.train.seed + 1000 * w.rank + 7919 * (ck["epoch"] + 1))
     start = ck["epoch"] + 1
     if s.progress and start < len(s.plan):
-        print(f"resuming from {path} at epoch {start + 1}/{len(s.plan)}")
+        log.info(f"resuming from {path} at epoch {start + 1}/{len(s.plan)}")
     return start, ck["best_val"], ck
 
 
@@ -313,10 +316,10 @@ def _is_final(s: _Session) -> bool:
     final = s.run.model
     if final.is_file() and _config_key(from_dict(RunConfig, read_checkpoint(final)["config"])) == _config_key(s.cfg):
         if s.progress:
-            print(f"{final}: already trained ({len(s.plan)} epochs); delete it to retrain")
+            log.info(f"{final}: already trained ({len(s.plan)} epochs); delete it to retrain")
         return True
     if s.progress:  # interrupted before model.pt was written
-        print(f"{s.run.last_checkpoint}: all {len(s.plan)} epochs trained; writing {final}")
+        log.info(f"{s.run.last_checkpoint}: all {len(s.plan)} epochs trained; writing {final}")
     return False
 
 

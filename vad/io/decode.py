@@ -12,7 +12,7 @@ hour-long video is never held in memory at once. Backends:
 
 from __future__ import annotations
 
-import sys
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +23,8 @@ import torch
 from vad.errors import DecodeError
 from vad.io.probe import frame_rotation, open_video, probe
 from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Clip, frames_clip
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "pyav", "decord", "pil", "torchvision")
 VIDEO_BACKENDS = ("pyav", "decord")
@@ -124,9 +126,9 @@ class _Upright:
             self.size = size
         elif size != self.size:
             if not self.noted:
-                print(f"note: {self.path}: frame {index} is {size[0]}x{size[1]} while the video began at "
+                log.warning(f"note: {self.path}: frame {index} is {size[0]}x{size[1]} while the video began at "
                       f"{self.size[0]}x{self.size[1]}; frames of another size are resized to "
-                      f"{self.size[0]}x{self.size[1]}", file=sys.stderr)
+                      f"{self.size[0]}x{self.size[1]}")
                 self.noted = True
             rgb = frame.to_ndarray(format="rgb24", width=self.size[0], height=self.size[1])
             return np.rot90(rgb, frame_rotation(frame) // 90)
