@@ -1,19 +1,25 @@
 """Learning from verdicts: an event marked normal is learned as normal footage (its score falls), without the test
-labels; the previous model is kept and the clips it scored are scored again."""
+labels; the previous model is kept and the clips it scored are scored again. A verdict line torn by a crash is skipped
+by every reader of the verdicts (the page's server, `vad feedback`, `vad adapt`)."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import shutil
+import threading
 from pathlib import Path
 
 import helpers
 import numpy as np
 import pytest
 
+from vad.adapt import normal_footage
 from vad.checkpoint import read_checkpoint
 from vad.cli import main
 from vad.reference import NormalReference
+from vad.review import ReviewServer
 from vad.runs import RunFolder, read_manifest
 
 
@@ -27,6 +33,55 @@ def evaluated(tmp_path_factory) -> tuple[Path, Path]:
     assert main(["score", "--run", str(run)]) == 0
     assert main(["evaluate", "--run", str(run), "--set", "eval.threshold_percentile=90"]) == 0
     return data, run
+
+
+def test_a_torn_verdict_line_is_skipped_by_every_reader(evaluated, tmp_path: Path, caplog) -> None:
+    """A line half-written by a crash: the page's server reports it and serves the other verdicts, `vad feedback`
+    writes after it, `vad adapt` skips it with a note; none stops. (First in this file: the run is as evaluated.)"""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[1], run)
+    folder = RunFolder(run)
+    folder.feedback.unlink(missing_ok=True)
+    event = json.loads(folder.events_json.read_text())[0]
+    old = {"event": "earlier-e9", "clip": event["clip"], "start": 0, "end": 3, "verdict": "anomaly",
+           "time": "2024-01-01T00:00:00Z", "via": "cli"}  # an event of an earlier evaluation
+    folder.feedback.write_text(json.dumps(old) + '\n{"event": "x", "verd')  # torn: no newline
+    server = ReviewServer(run, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _feedback_page(server) == {"verdicts": {"earlier-e9": old}, "unreadable_lines": [2]}
+        assert main(["feedback", "--run", str(run), "--event", event["id"], "--verdict", "normal"]) == 0
+        lines = folder.feedback.read_text().splitlines()
+        assert len(lines) == 3 and lines[:2] == [json.dumps(old), '{"event": "x", "verd']
+        given = _feedback_page(server)
+        assert given["unreadable_lines"] == [2] and set(given["verdicts"]) == {"earlier-e9", event["id"]}
+        assert given["verdicts"][event["id"]] == json.loads(lines[2])
+    finally:
+        server.shutdown()
+        server.server_close()
+    log = logging.getLogger("vad.adapt")
+    log.addHandler(caplog.handler)  # the CLI's console logging keeps vad's records from the root logger
+    try:
+        with caplog.at_level(logging.WARNING, logger="vad.adapt"):
+            clips, ranges, marked = normal_footage(folder)
+    finally:
+        log.removeHandler(caplog.handler)
+    name = f"{event['clip']}@{event['start']}"
+    assert marked == [event["id"]] and [c.name for c in clips] == [name]
+    assert ranges == {name: (event["start"], event["end"] + 1)}
+    assert f"{folder.feedback} line 2: not verdicts" in caplog.text
+
+
+def _feedback_page(server: ReviewServer) -> dict:
+    """What the review page reads: GET /api/feedback."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/api/feedback")
+        r = conn.getresponse()
+        assert r.status == 200
+        return json.loads(r.read())
+    finally:
+        conn.close()
 
 
 def _calibrated(folder: RunFolder, clip: str) -> np.ndarray:

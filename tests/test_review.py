@@ -118,13 +118,14 @@ def server(review_run: Path) -> Iterator[ReviewServer]:
     srv.server_close()
 
 
-def _ask(srv: ReviewServer, method: str, path: str, body: dict | None = None,
-         headers: dict | None = None) -> tuple[int, bytes, dict]:
+def _ask(srv: ReviewServer, method: str, path: str, body: dict | list | None = None,
+         headers: dict | None = None) -> tuple[int, bytes, http.client.HTTPMessage]:
+    """``(status, body, headers)`` of one request (the headers' names case-insensitive, as HTTP's are)."""
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     try:
         conn.request(method, path, None if body is None else json.dumps(body), headers or {})
         r = conn.getresponse()
-        return r.status, r.read(), dict(r.getheaders())
+        return r.status, r.read(), r.headers
     finally:
         conn.close()
 
@@ -136,7 +137,9 @@ def test_server_serves_loopback_and_takes_same_origin_verdicts(server: ReviewSer
     status, video, headers = _ask(server, "GET", "/videos/cam.mp4", headers={"Range": "bytes=0-99"})
     assert status == 206 and len(video) == 100 and headers["Content-Range"].startswith("bytes 0-99/")
     assert _ask(server, "GET", "/source/cam")[0] == 200
-    for hidden in ("/.lock", "/../cam.mp4", "/source/01_0001", "/nothing.html"):
+    for hidden in ("/.lock", "/../cam.mp4", "/source/01_0001", "/nothing.html", "/%2e%2e/cam.mp4", "/%2E%2E/cam.mp4",
+                   "/videos/../../cam.mp4", "/videos/%2e%2e/%2e%2e/cam.mp4", "/videos/..%2f..%2fcam.mp4",
+                   "/videos/%2e%2e%2f%2e%2e%2fcam.mp4", "/review/%2e/%2e%2e/%2e%2e/cam.mp4"):
         assert _ask(server, "GET", hidden)[0] == 404, hidden
     event = _events(review_run)[-1]["id"]
     ok = {"Origin": server.url.rstrip("/"), "Content-Type": "application/json"}
@@ -154,6 +157,46 @@ def test_server_serves_loopback_and_takes_same_origin_verdicts(server: ReviewSer
     assert _ask(server, "POST", "/api/feedback", {"event": "nope", "verdict": "normal"}, ok)[0] == 404
     assert _ask(server, "POST", "/api/feedback", {"event": event, "verdict": "maybe"}, ok)[0] == 400
     assert len(_lines(review_run)) == before + 1
+
+
+def test_server_says_why_a_verdict_was_not_taken(review_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(review_run, run)
+    srv = ReviewServer(run, 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        event = _events(run)[0]["id"]
+        ok = {"Origin": srv.url.rstrip("/"), "Content-Type": "application/json"}
+        status, _, headers = _ask(srv, "HEAD", "/videos/cam.mp4")
+        assert status == 200 and int(headers["content-length"]) == (run / "videos" / "cam.mp4").stat().st_size
+        status, body, _ = _ask(srv, "POST", "/api/feedback", {"event": event, "verdict": "normal"},
+                               {**ok, "Content-Type": "text/plain"})
+        assert status == 415 and "application/json" in json.loads(body)["error"]
+        for bad in ([event, "normal"], {"event": event}, {"event": 3, "verdict": "normal"}):
+            status, body, _ = _ask(srv, "POST", "/api/feedback", bad, ok)
+            assert status == 400 and "expected" in json.loads(body)["error"], bad
+        assert _ask(srv, "POST", "/api/feedback", {"event": "x" * 20000, "verdict": "normal"}, ok)[0] == 413
+        assert _ask(srv, "PUT", "/api/feedback", {"event": event, "verdict": "normal"}, ok)[0] == 405
+        RunFolder(run).feedback.unlink(missing_ok=True)
+        RunFolder(run).feedback.mkdir()  # the verdict cannot be written
+        status, body, _ = _ask(srv, "POST", "/api/feedback", {"event": event, "verdict": "normal"}, ok)
+        assert status == 500 and "feedback.jsonl" in json.loads(body)["error"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_page_is_its_template_with_style_and_script_inlined(review_run: Path) -> None:
+    from importlib.resources import files
+
+    page = RunFolder(review_run).review_page.read_text()
+    package = files("vad.review")
+    assert (package / "templates" / "review.html").is_file()
+    for name, tag in (("review.css", "<style>"), ("review.js", "<script>")):
+        text = (package / "static" / name).read_text()
+        assert f"{tag}\n{text}</" in page, name
+    assert "{{" not in page and "{%" not in page
+    assert page.count('<script type="application/json" id="review-data">') == 1
 
 
 # In a real browser ----------------------------------------------------------------------------------------------

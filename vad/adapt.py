@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 import time
 from dataclasses import replace
@@ -28,34 +28,23 @@ from vad.errors import UsageError
 from vad.io.decode import as_clip
 from vad.io.records import Clip, renamed
 from vad.runs import RunFolder, RunFolderError, read_manifest
+from vad.verdicts import known_events, read_verdicts
 
-
-def verdicts(run: RunFolder) -> dict[str, dict]:
-    """``{event id: its last verdict line}`` from ``feedback.jsonl`` (empty when there is none)."""
-    if not run.feedback.is_file():
-        return {}
-    out = {}
-    for number, line in enumerate(run.feedback.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            out[entry["event"]] = entry
-        except (ValueError, KeyError, TypeError):
-            raise RunFolderError(f"{run.feedback} line {number}: not a verdict ({line[:80]!r})") from None
-    return out
+log = logging.getLogger(__name__)
 
 
 def normal_footage(run: RunFolder) -> tuple[list[Clip], dict[str, tuple[int, int]], list[str]]:
     """The frames of the events marked normal: ``(clips, {clip: (start, stop)}, event ids)``; each event is a clip of
     its own (named ``<clip>@<start>``) over its source."""
-    marked = {e: v for e, v in verdicts(run).items() if v.get("verdict") == "normal"}
+    given, skipped = read_verdicts(run)
+    if skipped:
+        log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "
+                    "not verdicts (a torn or edited line); skipped")
+    marked = {e: v for e, v in given.items() if v["verdict"] == "normal"}
     if not marked:
         raise UsageError(f"no event of {run.root} is marked normal (vad review --run {run.root}, or vad feedback --run "
                          f"{run.root} --event ID --verdict normal); nothing to learn from")
-    if not run.events_json.is_file():
-        raise RunFolderError(f"{run.events_json} not found: evaluate the run first (vad evaluate --run {run.root})")
-    events = {e["id"]: e for e in json.loads(run.events_json.read_text())}
+    events = known_events(run)
     manifest = read_manifest(run, parts=False)
     clips, ranges = [], {}
     for eid, v in sorted(marked.items()):
@@ -73,7 +62,7 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
           progress: bool = True) -> Path:
     """Fine-tune the run's model with the frames of events marked normal (see the module docstring); returns the new
     ``model.pt``."""
-    from vad.pipeline import training_clips
+    from vad.session import training_clips
     from vad.train import train
 
     run = RunFolder(run_path)
@@ -94,8 +83,8 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
     folder = run.adaptations / stamp
     frames = sum(b - a for a, b in extra_ranges.values())
     if progress:
-        print(f"adapting {run.model} with {len(marked)} event(s) marked normal ({frames} frames) and its "
-              f"{len(base)} training clips: {epochs} epochs at lr {lr:g} -> {folder}")
+        log.info(f"adapting {run.model} with {len(marked)} event(s) marked normal ({frames} frames) and its "
+                 f"{len(base)} training clips: {epochs} epochs at lr {lr:g} -> {folder}")
     t0 = time.perf_counter()
     path = train(clips, tuned, folder, device, progress, ranges=ranges, init=old)
     new = read_checkpoint(path)
@@ -109,6 +98,6 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
     shutil.copy2(run.model, kept)
     atomic_save(new, run.model)
     if progress:
-        print(f"adapted in {time.perf_counter() - t0:.0f}s: {run.model} (the previous model: {kept}); clips it scored "
-              "are scored again by the next vad score")
+        log.info(f"adapted in {time.perf_counter() - t0:.0f}s: {run.model} (the previous model: {kept}); clips it "
+                 "scored are scored again by the next vad score")
     return run.model

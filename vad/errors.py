@@ -29,3 +29,7 @@ class UsageError(VadError, ValueError):
 
 class InputError(VadError, ValueError):
     """Input data (scores, labels, footage) that cannot give the result asked for."""
+
+
+class UnknownEventError(UsageError):
+    """An event id that is not among the run's events (``RUN/events.json``)."""

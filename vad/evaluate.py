@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from vad.metrics import (
 from vad.postprocess import Event, causal_events, event_frames, events, normalise, smooth
 from vad.reference import NormalReference
 from vad.runs import ClipRecord, RunFolder, RunFolderError, read_manifest, source_fingerprint
+from vad.text import pct
+
+log = logging.getLogger(__name__)
 
 AUC_NOTE = ("micro: one ROC over all test frames concatenated; macro: mean of per-clip AUCs, clips with a single "
             "class skipped (count in frame_auc_macro_skipped)")
@@ -136,8 +140,8 @@ def _check_sources(manifest: dict[str, ClipRecord], folder: RunFolder, progress:
                          f"{first.path}); their scores are stale{removed}: score again "
                          f"(vad score --run {folder.root} ...)")
     if gone and progress:
-        print(f"note: the source of clip(s) {', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''} is gone; "
-              "evaluating their scores as they were made")
+        log.info(f"note: the source of clip(s) {', '.join(gone[:5])}{', ...' if len(gone) > 5 else ''} is gone; "
+                 "evaluating their scores as they were made")
 
 
 def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
@@ -218,8 +222,8 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     _write_events(found, s.folder)
     untimed = sorted({e.clip for e in found if e.start_s is None})
     if untimed and progress:
-        print(f"note: events of frame-folder clips have no times in events.csv ({', '.join(untimed[:3])}"
-              f"{', ...' if len(untimed) > 3 else ''}): give their frame rate with --set eval.fps=FPS")
+        log.info(f"note: events of frame-folder clips have no times in events.csv ({', '.join(untimed[:3])}"
+                 f"{', ...' if len(untimed) > 3 else ''}): give their frame rate with --set eval.fps=FPS")
     if ev.plots:
         _plots(s, per_clip, post, ev)
     page = write_review(s, per_clip, metrics, post, ev)
@@ -227,18 +231,14 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     if progress:
         if labels:
             a = metrics["alarms"]
-            print(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
-                  f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}; "
-                  f"{len(found)} events: {_pct(a['normal_frames_in_events'])} of normal frames inside them, "
-                  f"{_pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
+            log.info(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
+                     f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}; "
+                     f"{len(found)} events: {pct(a['normal_frames_in_events'])} of normal frames inside them, "
+                     f"{pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
         else:
-            print(f"{len(found)} events over {len(manifest)} clips (no labels) -> {s.folder.events_csv}")
-        print(f"review page: {page}")
+            log.info(f"{len(found)} events over {len(manifest)} clips (no labels) -> {s.folder.events_csv}")
+        log.info(f"review page: {page}")
     return metrics
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig, rule: str | None = None) -> dict:

@@ -1,0 +1,217 @@
+"""``vad review``: a run's review page served on 127.0.0.1 (Starlette on uvicorn), where it can record verdicts.
+
+Routes (:func:`review_app`):
+
+- ``/``: ``RUN/review.html``; ``/<path>``: the run's own files (rendered videos, thumbnails), never a hidden name
+  (``.lock``, ``.tmp``) nor one outside the run folder; byte ranges (video seeking) as Starlette's ``FileResponse``
+  serves them.
+- ``/source/<clip>``: the source video of a scored clip (from the manifest; a frame folder has none).
+- ``/api/feedback``: GET the verdicts so far (``{"verdicts": {event: line}, "unreadable_lines": [numbers]}``);
+  POST ``{"event": ID, "verdict": "normal"|"anomaly"}`` records one (:func:`vad.verdicts.record_verdict`) and answers
+  the line written. 400: a bad body or verdict; 404: an unknown event; 413: a body over 16 KiB; 415: not JSON; 500:
+  the run's files cannot be read or written (the verdict is not on disk).
+
+Only this server's own pages may ask it (:class:`SameOrigin`): a request must name it as its Host
+(``127.0.0.1:PORT`` or ``localhost:PORT``: no DNS rebinding), and a request that changes something must come with
+its Origin, else 403. Another site open in the browser can neither read the run nor give verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from pathlib import Path, PurePosixPath
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vad.errors import UnknownEventError, UsageError, VadError
+from vad.runs import RunFolder, RunFolderError, read_manifest
+from vad.verdicts import read_verdicts, record_verdict
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 14  # bytes of a verdict's POST body
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class ReviewServer:
+    """``RUN/review.html`` served on 127.0.0.1 (never another address) at ``port`` (0: any free port), listening
+    once constructed. ``serve_forever`` blocks (runnable in a thread) until ``shutdown``; ``server_close`` frees
+    the port."""
+
+    def __init__(self, run: Path | str, port: int = 0) -> None:
+        self.folder = RunFolder(run)
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(("127.0.0.1", port))
+            self.socket.listen(128)
+        except OSError:
+            self.socket.close()
+            raise
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self.port = self.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.app = review_app(self.folder, self.port)
+        config = uvicorn.Config(self.app, log_level="warning", log_config=None, access_log=False, lifespan="off",
+                                proxy_headers=False, server_header=False, timeout_graceful_shutdown=3)
+        self._server = uvicorn.Server(config)
+        self._running = threading.Lock()  # held while serve_forever runs
+
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`shutdown` (or, in the main thread, Ctrl-C: then ``KeyboardInterrupt``)."""
+        with self._running:
+            self._server.run(sockets=[self.socket])
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait for it to return (answers under way get a few seconds)."""
+        self._server.should_exit = True
+        with self._running:
+            pass
+
+    def server_close(self) -> None:
+        """Close the listening socket."""
+        self.socket.close()
+
+
+class SameOrigin:
+    """ASGI middleware: 403 unless the request's Host is this server (``127.0.0.1:PORT`` or ``localhost:PORT``)
+    and, for a method other than GET and HEAD, its Origin is this server too."""
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app = app
+        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+        self.origins = {f"http://{h}" for h in self.hosts}
+        self.url = f"http://127.0.0.1:{port}/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            safe = scope["method"] in ("GET", "HEAD")
+            if headers.get("host") not in self.hosts or not (origin in self.origins or (origin is None and safe)):
+                refused = _json(403, {"error": f"refused: only pages of {self.url} may ask this server"})
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def review_app(run: RunFolder | Path | str, port: int) -> Starlette:
+    """The review server's ASGI app for ``run``, answering only requests addressed to 127.0.0.1:``port``."""
+    app = Starlette(routes=[Route("/", _page), Route("/api/feedback", _feedback, methods=["GET", "POST"]),
+                            Route("/source/{clip:path}", _source), Route("/{path:path}", _run_file)],
+                    middleware=[Middleware(SameOrigin, port=port)],
+                    exception_handlers={HTTPException: _http_error})
+    app.state.folder = run if isinstance(run, RunFolder) else RunFolder(run)
+    return app
+
+
+def _json(status: int, body: dict) -> JSONResponse:
+    return JSONResponse(body, status, headers=NO_STORE)
+
+
+def _file(path: Path | None, request: Request) -> Response:
+    if path is None or not path.is_file():
+        return _json(404, {"error": f"not found: {request.url.path}"})
+    return FileResponse(path, headers=NO_STORE)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return _json(exc.status_code, {"error": f"{exc.detail}: {request.method} {request.url.path}"})
+
+
+def _page(request: Request) -> Response:
+    return _file(request.app.state.folder.review_page, request)
+
+
+def _source(request: Request) -> Response:
+    """The source video of a scored clip (none for a frame folder, or a clip not scored)."""
+    try:
+        record = read_manifest(request.app.state.folder, parts=False).get(request.path_params["clip"])
+    except VadError as err:  # a manifest of another version
+        return _json(500, {"error": str(err)})
+    return _file(Path(record.path) if record is not None and record.kind == "video" else None, request)
+
+
+def _run_file(request: Request) -> Response:
+    return _file(_inside(request.app.state.folder.root, request.path_params["path"]), request)
+
+
+def _inside(root: Path, path: str) -> Path | None:
+    """The file under ``root`` that the (decoded) URL path ``path`` names; ``None`` for a hidden name (``.lock``,
+    ``..``) or one outside ``root``."""
+    parts = PurePosixPath("/", path).parts[1:]
+    if not parts or any(p.startswith(".") for p in parts):
+        return None
+    target = root.joinpath(*parts).resolve()
+    return target if target.is_relative_to(root.resolve()) else None
+
+
+async def _feedback(request: Request) -> Response:
+    folder: RunFolder = request.app.state.folder
+    if request.method == "GET":
+        verdicts, bad = await run_in_threadpool(read_verdicts, folder)
+        return _json(200, {"verdicts": verdicts, "unreadable_lines": bad})
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return _json(415, {"error": f"expected a JSON body (Content-Type: application/json); got Content-Type "
+                                    f"{request.headers.get('content-type')!r}"})
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return _json(413, {"error": f"a verdict's body is over {MAX_BODY} bytes; expected a small JSON object"})
+    try:
+        asked = json.loads(body)
+        event, verdict = asked["event"], asked["verdict"]
+        if not (isinstance(event, str) and isinstance(verdict, str)):
+            raise TypeError("event and verdict must be strings")
+    except (ValueError, TypeError, KeyError) as err:
+        return _json(400, {"error": f'expected {{"event": ID, "verdict": "normal"|"anomaly"}}; got '
+                                    f"{body[:200].decode(errors='replace')!r} ({err!r})"})
+    try:
+        line = await run_in_threadpool(record_verdict, folder, event, verdict, "review")
+    except UnknownEventError as err:
+        return _json(404, {"error": str(err)})
+    except UsageError as err:  # an unknown verdict
+        return _json(400, {"error": str(err)})
+    except VadError as err:  # the run's events file is missing or unreadable
+        return _json(500, {"error": str(err)})
+    except OSError as err:  # the verdict is not on disk: say so
+        return _json(500, {"error": f"{err.filename or folder.feedback}: {err.strerror or err}"})
+    log.info(f"verdict: {line['event']} {line['verdict']}")
+    return _json(200, line)
+
+
+def serve(run: Path | str, port: int = 8765, open_browser: bool = False) -> None:
+    """Serve the review page of ``run`` on 127.0.0.1:``port`` (0: any free port) until interrupted."""
+    folder = RunFolder(run)
+    if not folder.review_page.is_file():
+        raise RunFolderError(f"{folder.review_page} not found: evaluate the run first (vad evaluate --run {run})")
+    try:
+        server = ReviewServer(run, port)
+    except OSError as err:
+        raise UsageError(f"cannot listen on 127.0.0.1:{port} ({err.strerror or err}); choose another --port (0: any "
+                         "free port)") from None
+    log.info(f"review page of {folder.root}: {server.url} (127.0.0.1 only); verdicts go to {folder.feedback}. "
+             "Ctrl-C stops.")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
