@@ -6,7 +6,7 @@
     out = det.score(frames)                            # consecutive uint8 (H, W, 3) frames of one stream
     out.calibrated                                     # 0 at the median normal score, 1.0 at the event threshold
     for line in det.watch("rtsp://camera/stream", out="watch/"):   # events as they happen (vad.watch)
-        print(line)
+        handle(line)                                    # your alarm, log or queue
 
 Frames of one ``stream`` are consecutive: a motion model reads each frame's past from the frames scored before it
 (the teacher once per frame); :meth:`Detector.reset` (a gap in the stream) starts its past afresh, as a clip's first

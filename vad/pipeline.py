@@ -106,7 +106,7 @@ def train_stage(cfg: RunConfig, out: Path, device: str = "auto") -> list[Path]:
     note = " (offline stand-in for the paper's VGG-16)" if m.method == "mkd" and m.backbone != "vgg16" else ""
     epochs = f"{cfg.train.epochs}" + (f" + {cfg.train.disc_epochs} (discriminative)" if m.method == "rstpm" else "")
     log.info(f"training {m.method} ({role} {m.backbone}, {m.teacher_weights} weights{note}) on {len(clips)} clips / "
-          f"{frames} frames of {cfg.data.dataset}; {epochs} epochs -> {out}")
+             f"{frames} frames of {cfg.data.dataset}; {epochs} epochs -> {out}")
     t0 = time.perf_counter()
     if cfg.train.per_scene:
         paths = list(train_per_scene(clips, cfg, out, device).values())
@@ -251,8 +251,8 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     videos = render_run(out, cfg.postprocess, cfg.eval, cfg.render, clips=render_clips)
     t4 = time.perf_counter()
     log.info(f"pipeline done in {t4 - t0:.0f}s (train {t1 - t0:.0f}s, score {t2 - t1:.0f}s, evaluate {t3 - t2:.0f}s, "
-          f"render {t4 - t3:.0f}s)\n  metrics: {out / 'metrics.json'}\n  events:  {out / 'events.csv'}\n"
-          f"  plots:   {out / 'plots'}\n  videos:  {out / 'videos'} ({len(videos)} MP4s)")
+             f"render {t4 - t3:.0f}s)\n  metrics: {out / 'metrics.json'}\n  events:  {out / 'events.csv'}\n"
+             f"  plots:   {out / 'plots'}\n  videos:  {out / 'videos'} ({len(videos)} MP4s)")
     return metrics
 
 
@@ -271,9 +271,9 @@ def run_demo(out: Path, seed: int = 0, device: str = "auto", overrides: Sequence
     else:
         summary = generate_scene(data, SceneConfig(seed=seed))
         log.info(f"demo scene: generated {summary['train_frames']} training and {summary['test_frames']} test frames "
-              f"in {time.perf_counter() - t0:.1f}s -> {data}")
+                 f"in {time.perf_counter() - t0:.1f}s -> {data}")
     metrics = run_all(with_data(cfg, root=data, dataset="shanghaitech"), out, device)
     log.info(f"demo finished in {time.perf_counter() - t0:.0f}s: frame AUC micro {metrics['frame_auc_micro']:.3f}, "
-          f"macro {metrics['frame_auc_macro']:.3f}; watch {out / 'videos'}/*.mp4\n"
-          f"  review: {RunFolder(out).review_page} (vad review --run {out} to mark events)")
+             f"macro {metrics['frame_auc_macro']:.3f}; watch {out / 'videos'}/*.mp4\n"
+             f"  review: {RunFolder(out).review_page} (vad review --run {out} to mark events)")
     return metrics

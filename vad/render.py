@@ -179,7 +179,7 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
         raise UsageError(f"clip(s) {unknown} not scored in {s.run}; scored clips: {sorted(s.manifest)}")
     if not s.folder.maps_dir.is_dir() and progress:
         log.info(f"note: {s.folder.maps_dir} does not exist, so the videos show scores without heatmaps; "
-              "score with --set score.save_maps=true for heatmaps")
+                 "score with --set score.save_maps=true for heatmaps")
     t0, paths = time.perf_counter(), []
     frames = sum(s.manifest[name].frames for name in names)
     with tqdm(total=frames, desc="rendering", unit="frame", disable=not progress) as bar:
@@ -188,5 +188,5 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
     if progress:
         secs = time.perf_counter() - t0
         log.info(f"rendered {len(paths)} video(s), {frames} frames in {secs:.1f}s ({frames / secs:.0f} frames/s) "
-              f"-> {s.folder.videos}")
+                 f"-> {s.folder.videos}")
     return paths

@@ -458,7 +458,7 @@ def score_clips(
         if stale:
             shown = ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else "")
             log.info(f"note: removed {len(stale)} output(s) made from earlier scores ({shown}): evaluate and render "
-                  "again to remake them")
+                     "again to remake them")
     return results
 
 
@@ -472,7 +472,7 @@ def _partly_recorded(clip: Clip, entry: dict) -> Clip:
         raise DecodeError(f"{clip.path}: {k} of {declared} frames decoded and scored; {what} (a truncated or "
                           "corrupt file?)")
     log.warning(f"note: {clip.path}: the container declares {declared} frames but {k} decode (a partly recorded "
-          f"file?); scored those {k}, {declared - k} missing")
+                f"file?); scored those {k}, {declared - k} missing")
     for key in ("scores", "maps", "branches"):
         if entry[key] is not None:
             entry[key] = entry[key][:k]

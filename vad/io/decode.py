@@ -127,8 +127,8 @@ class _Upright:
         elif size != self.size:
             if not self.noted:
                 log.warning(f"note: {self.path}: frame {index} is {size[0]}x{size[1]} while the video began at "
-                      f"{self.size[0]}x{self.size[1]}; frames of another size are resized to "
-                      f"{self.size[0]}x{self.size[1]}")
+                            f"{self.size[0]}x{self.size[1]}; frames of another size are resized to "
+                            f"{self.size[0]}x{self.size[1]}")
                 self.noted = True
             rgb = frame.to_ndarray(format="rgb24", width=self.size[0], height=self.size[1])
             return np.rot90(rgb, frame_rotation(frame) // 90)
