@@ -11,10 +11,10 @@ import shutil
 import threading
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 
+from tests import helpers
 from vad.adapt import normal_footage
 from vad.checkpoint import read_checkpoint
 from vad.cli import main

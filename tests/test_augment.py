@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import helpers
 import pytest
 import torch
-from conftest import TINY, frame_auc
 
+from tests import helpers
+from tests.helpers import TINY, frame_auc
 from vad.augment import ObjectShift, clip_backgrounds
 from vad.checkpoint import load_model
 from vad.io import read_dataset

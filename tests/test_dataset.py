@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import T
 
+from tests.helpers import T
 from vad.io import read_dataset
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import T, frames, write_frames, write_video
 
+from tests.helpers import T, frames, write_frames, write_video
 from vad.errors import DecodeError
 from vad.io import iter_frames, probe
 from vad.io.decode import as_clip

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
 
+from tests.helpers import TINY
 from vad.cli import main as cli_main
 from vad.distributed import frame_shares, shard_clips
 from vad.io import read_dataset

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, frame_auc
 
+from tests.helpers import TINY, frame_auc
 from vad.checkpoint import load_model
 from vad.cli import main
 from vad.config import ModelConfig

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, TINY
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 import vad.device
+from tests.helpers import SMALL, TINY
 from vad.checkpoint import load_model
 from vad.config import ModelConfig, ScoreConfig
 from vad.device import amp_dtype, cpu_has_native_bf16

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import AVENUE_SPANS, H, T, W, labels_for, make_avenue, make_ped1, make_ped2, make_shanghaitech
 
+from tests.helpers import AVENUE_SPANS, H, T, W, labels_for, make_avenue, make_ped1, make_ped2, make_shanghaitech
 from vad.errors import DatasetLayoutError, LabelError
 from vad.io import load_pixel_mask, read_dataset
 from vad.io.published import PUBLISHED, compare_published

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import av
-import helpers
 import numpy as np
 import pytest
-from conftest import TINY
 
+from tests import helpers
+from tests.helpers import TINY
 from vad.cli import main
 from vad.detector import Detector
 from vad.live.events import EventTracker, Scored

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 import torch
-from conftest import AMPS, TINY, frame_auc, tiny
 
+from tests import helpers
+from tests.helpers import AMPS, TINY, frame_auc, tiny
 from vad.checkpoint import load_model
 from vad.config import ModelConfig, RunConfig, from_dict, to_dict
 from vad.io import read_dataset

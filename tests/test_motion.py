@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
-from helpers import write_frames, write_video
 
 import vad.io.dataset as ds
+from tests.helpers import TINY, write_frames, write_video
 from vad.checkpoint import load_model
 from vad.config import ModelConfig, ScoreConfig, load_config, to_dict
 from vad.io import read_dataset

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import T, frames, labels_for, make_ped2, write_frames, write_video
 
+from tests.helpers import T, frames, labels_for, make_ped2, write_frames, write_video
 from vad.errors import DatasetLayoutError, DecodeError, LabelError
 from vad.io import load_pixel_mask, read_dataset
 

@@ -6,10 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import av
-import helpers
 import numpy as np
 import pytest
 
+from tests import helpers
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import InputError
 from vad.io.records import frames_clip

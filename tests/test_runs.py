@@ -7,10 +7,10 @@ import json
 import os
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 
+from tests import helpers
 from vad.cli import main
 from vad.runs import RunFolder, locked, path_tag, read_manifest
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 import torch
-from conftest import AMPS, SMALL, TINY, frame_auc
 
+from tests import helpers
+from tests.helpers import AMPS, SMALL, TINY, frame_auc
 from vad.checkpoint import CheckpointError, load_model
 from vad.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from vad.io import read_dataset

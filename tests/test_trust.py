@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 import av
-import helpers
 import numpy as np
 import pytest
 import torch
 
+from tests import helpers
 from vad.cli import main
 from vad.io.decode import iter_frames
 from vad.io.probe import probe
@@ -334,3 +334,25 @@ def test_only_the_run_folder_module_names_run_files() -> None:
     found = [f"{p.name}: {n}" for p in root.rglob("*.py")
              if p.name not in skip and p.parent.name not in ("io", "models") for n in paths if n in p.read_text()]
     assert not found, found
+
+
+def _calls(name: str) -> list[str]:
+    """``file:line`` of every call of the bare name ``name`` in vad/."""
+    root = Path(__file__).resolve().parents[1] / "vad"
+    return [f"{p.relative_to(root)}:{n.lineno}" for p in sorted(root.rglob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
+
+
+def test_only_the_cli_prints() -> None:
+    """The library logs (logging.getLogger(__name__)); the CLI alone prints, so that a program embedding vad can
+    quiet or route what it says."""
+    assert [c for c in _calls("print") if not c.startswith("cli.py:")] == []
+
+
+def test_a_model_is_opened_for_scoring_in_one_place() -> None:
+    """Checkpoint -> Scorer -> normal reference -> backend: vad/session.py's open_model, called by the stages, the
+    Python API and the site; training builds its own scorer for the hold-out pass."""
+    assert [c.split(":")[0] for c in _calls("load_model")] == ["session.py"]
+    assert sorted({c.split(":")[0] for c in _calls("Scorer")}) == ["session.py", "train.py"]
+    assert sorted({c.split(":")[0] for c in _calls("normal_reference")}) == ["session.py"]

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import PED1_SPANS, PED2_SPANS, T, labels_from_spans, make_ped1, make_ped2, ucsd_m, write_mask_folder
 
+from tests.helpers import PED1_SPANS, PED2_SPANS, T, labels_from_spans, make_ped1, make_ped2, ucsd_m, write_mask_folder
 from vad.errors import DatasetLayoutError, LabelError
 from vad.io import load_pixel_mask, read_dataset
 from vad.io.ucsd import parse_ucsd_m

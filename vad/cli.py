@@ -169,6 +169,10 @@ def _command(sub, name: str, func, help: str, text: str, examples: list[str], wr
     p.set_defaults(func=func, writes=writes)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback of any error (report bugs with it)")
+    p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                   help="say only notes, warnings and errors")
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="say more (debug records, by module)")
     if common:
         _common(p, device)
     return p
@@ -184,12 +188,22 @@ def _run_arg(p: argparse.ArgumentParser, written_by: str) -> None:
     p.add_argument("--run", type=Path, required=True, help=f"run folder written by '{written_by}'")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{version('vad-pyramid')} (vad-pyramid)"
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vad.io import DATASETS
 
     parser = argparse.ArgumentParser(prog="vad", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Video anomaly detection with student-teacher feature pyramids.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error (report bugs with it)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="count", default=0, help="say only notes, warnings and errors")
     talk.add_argument("-v", "--verbose", action="count", default=0, help="say more (debug records, by module)")
@@ -433,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     from vad import distributed
 
     args = build_parser().parse_args(argv)
-    console_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+    console_logging(max(-1, min(1, args.verbose - args.quiet)))
     try:
         if distributed.launched():
             if args.command not in DISTRIBUTED:

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,9 +39,6 @@ from vad.live.stats import WatchStats
 from vad.postprocess import CausalRule
 from vad.runs import WatchFolder
 from vad.sources import End, Frame, Gap, Source, describe_source
-
-if TYPE_CHECKING:
-    from vad.detector import Detector
 
 __all__ = ["LINE_FIELDS", "Watch", "WatchOptions"]
 
@@ -90,7 +86,7 @@ class WatchOptions:
 class Watch:
     """One source watched with one detector (several sources share a detector by stream name: not yet in the CLI)."""
 
-    def __init__(self, detector: Detector, source: str, options: WatchOptions) -> None:
+    def __init__(self, detector, source: str, options: WatchOptions) -> None:  # a vad.detector.Detector
         self.det, self.source, self.o = detector, str(source), options
         self.name = options.source_name or self.source
         self.folder = WatchFolder(options.out) if options.out else None

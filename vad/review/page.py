@@ -18,7 +18,6 @@ import os
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -29,29 +28,12 @@ from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.metrics import label_events
 from vad.postprocess import Event
-from vad.reference import NormalReference
-from vad.runs import ClipRecord, RunFolder
+from vad.review.view import ScoredRunView
+from vad.runs import RunFolder
 from vad.text import num, pct, seconds
 
 PRE_ROLL = 2.0  # seconds of video before an event when it plays
 POINTS = 600  # a timeline's score curve: at most this many points (the maximum of each span of frames)
-
-
-class ScoredRunView(Protocol):
-    """What the page reads of a scored run: a :class:`vad.evaluate.ScoredRun` (not imported here: the evaluate
-    stage imports this package)."""
-
-    folder: RunFolder
-    manifest: dict[str, ClipRecord]
-    labels: dict[str, np.ndarray]
-    thresholds: dict[str, float]
-    normalisation: str
-
-    def shown(self, clip: str) -> tuple[np.ndarray, float]: ...
-
-    def fps(self, clip: str, default: float | None = None) -> float | None: ...
-
-    def reference(self, clip: str) -> NormalReference: ...
 
 
 def write_review(s: ScoredRunView, per_clip: dict[str, list[Event]], metrics: dict, post: PostprocessConfig,

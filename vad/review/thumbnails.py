@@ -14,7 +14,7 @@ from vad.postprocess import Event
 from vad.runs import ClipRecord
 
 if TYPE_CHECKING:
-    from vad.review.page import ScoredRunView
+    from vad.review.view import ScoredRunView
 
 THUMB_WIDTH = 320
 
