@@ -57,7 +57,7 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def scored_run(tmp_path_factory):
-    import helpers
+    from tests import helpers
 
     base = tmp_path_factory.mktemp("e2e")
     # 4 training clips: with 2, the AUC swung between 0.33 and 0.86 across training seeds (a coin toss, whatever
@@ -72,7 +72,7 @@ def scored_run(tmp_path_factory):
 
 
 def test_train_then_score_end_to_end(scored_run, capsys):
-    import helpers
+    from tests import helpers
     import numpy as np
 
     run = scored_run
@@ -161,7 +161,7 @@ eval:
 def test_run_pipeline_end_to_end(tmp_path, capsys):
     import json
 
-    import helpers
+    from tests import helpers
 
     data = helpers.make_anomaly_scene(tmp_path / "data", n_train=2)
     config = tmp_path / "tiny.yaml"
@@ -200,7 +200,7 @@ def test_run_pipeline_end_to_end(tmp_path, capsys):
 
 
 def test_run_errors(tmp_path, capsys):
-    import helpers
+    from tests import helpers
 
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_PIPELINE)

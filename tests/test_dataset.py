@@ -61,7 +61,7 @@ def test_shuffle_mixes_clips_covers_all_and_reshuffles_per_epoch(shanghaitech_ro
 def test_frames_match_between_video_and_jpeg_paths(tmp_path):
     """The same frames stored as a video and as a JPEG folder reach the model as (nearly) the same tensors: both
     codecs are lossy, so closeness is measured against how far a different clip is."""
-    import helpers
+    from tests import helpers
 
     from vad.io.decode import as_clip
 

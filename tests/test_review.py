@@ -29,7 +29,7 @@ CARD = re.compile(r'<article class="card" data-event="([^"]+)"')
 def review_run(tmp_path_factory) -> Path:
     """A tiny scored, evaluated and rendered run: the anomaly scene's two labelled frame folders (8 fps given) and an
     unlabelled 10 fps H.264 video with the anomaly 4 s in (so a pre-roll is not clipped at 0)."""
-    import helpers
+    from tests import helpers
 
     base = tmp_path_factory.mktemp("review")
     data = helpers.make_anomaly_scene(base / "data", n_train=4)

@@ -13,6 +13,8 @@ from pathlib import Path
 from vad.errors import ConfigError, UsageError, VadError
 from vad.policy import run_config
 
+log = logging.getLogger("vad.cli")
+
 
 def _inspect(args: argparse.Namespace) -> None:
     from vad.pipeline import inspect_dataset
@@ -90,7 +92,9 @@ def _watch(args: argparse.Namespace) -> None:
 
     check_source(args.source)  # before the model loads
     cfg = run_config(args.run, args.set, "watch")  # settings it cannot apply are refused by name
-    det = Detector.load(args.run, device=args.device, backend=args.backend, scene=args.scene, cfg=cfg)
+    log.info(f"loading the model of {args.run}")
+    det = Detector.load(args.run, device=args.device, backend=args.backend, scene=args.scene, cfg=cfg,
+                        background=True)  # the source opens at once; a runtime takes over when it is ready
     options = WatchOptions(out=args.out, **{f.name: getattr(args, f.name) for f in _option_fields(WatchOptions)})
     watch = Watch(det, args.source, options)
     print(watch.banner(), file=sys.stderr)

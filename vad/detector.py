@@ -15,6 +15,8 @@ frame. Scores equal ``vad score``'s for the same frames (tests/test_live.py).
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +29,8 @@ from vad.errors import UsageError
 from vad.policy import run_config
 from vad.reference import NormalReference
 from vad.runs import RunFolder, locked
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,14 +53,21 @@ class Detector:
         self.threshold = reference.threshold(cfg.eval.threshold_percentile)
         self.median = float(np.median(reference.scores))
         self._next: dict[str, int] = {}
+        self._using = threading.Lock()  # held while scoring and while switching what runs the model
+        self.preparing: threading.Thread | None = None  # the backend made ready in the background (load's background)
 
     @classmethod
     def load(cls, run: Path | str, *, device: str = "auto", backend: str | None = None,
-             overrides: Sequence[str] = (), scene: str | None = None, cfg: RunConfig | None = None) -> Detector:
+             overrides: Sequence[str] = (), scene: str | None = None, cfg: RunConfig | None = None,
+             background: bool = False) -> Detector:
         """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
         config with ``overrides`` (scoring settings and later stages' only; ``cfg``: that config already loaded, as
         the CLI does), run by ``backend`` (default ``score.backend``; ``auto``: the runtime measured fastest here,
-        when one is installed; a stream is long). Opening the model: :func:`vad.session.open_model`."""
+        when one is installed; a stream is long). Opening the model: :func:`vad.session.open_model`.
+
+        ``background``: what takes long before a runtime can score (exporting the model, measuring the backends:
+        tens of seconds on 2 cores) is done in a thread while torch scores; the detector switches to the runtime
+        when it is ready, the streams' pasts kept. A live source then opens within seconds of the start."""
         from vad.session import open_model
 
         folder = RunFolder(run)
@@ -65,8 +76,37 @@ class Detector:
         if backend is not None:
             cfg = replace(cfg, score=replace(cfg.score, backend=backend))
         with locked(folder.root, "watch (loading the model)"):
-            opened = open_model(folder, cfg, device, scope=scene, backend=backend)
-        return cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
+            opened = open_model(folder, cfg, device, scope=scene, backend=backend, defer=background)
+        det = cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
+        if opened.pending:
+            det.preparing = threading.Thread(target=det._prepare, args=(opened, device), name="vad-backend",
+                                             daemon=True)
+            det.preparing.start()
+        return det
+
+    def _prepare(self, opened, device: str) -> None:
+        """Export and measure (:func:`vad.session.prepare_backend`) on a copy of the model, then switch to the
+        backend chosen between two batches."""
+        from vad.session import prepare_backend
+
+        try:
+            backend, runtime = prepare_backend(opened, self.cfg, device)
+        except Exception as err:  # scoring goes on with torch; say why
+            log.warning(f"note: {self.run.root}: preparing {opened.pending} failed ({type(err).__name__}: {err}); "
+                        "scoring with torch")
+            return
+        if backend != "torch":
+            with self._using:
+                self.scorer.switch(runtime)
+                self.backend = backend
+        log.info(f"{self.run.root}: scoring with {backend} from now on")
+
+    @property
+    def info(self):
+        """What a camera needs to know of this model (:class:`vad.live.camera.ModelInfo`)."""
+        from vad.live.camera import ModelInfo
+
+        return ModelInfo(self.cfg, self.reference, self.fps, tuple(self.branches or ()))
 
     # --- what the model is --------------------------------------------------------------------------------------
     @property
@@ -92,17 +132,27 @@ class Detector:
         return (np.asarray(scores, dtype=np.float64) - self.median) / (self.threshold - self.median)
 
     # --- scoring ----------------------------------------------------------------------------------------------
-    def score(self, frames: Sequence[np.ndarray] | np.ndarray, stream: str = "default", first: int | None = None
-              ) -> Scored:
+    def score(self, frames: Sequence[np.ndarray] | np.ndarray, stream: str | Sequence[str] = "default",
+              first: int | Sequence[int] | None = None) -> Scored:
         """Score consecutive frames of ``stream``: uint8 RGB ``(H, W, 3)`` each (sizes may change between frames).
         ``first``: the stream index of ``frames[0]`` (default: right after the last frame scored); a frame that does
-        not follow the last one scored starts the stream's past afresh (a gap, dropped frames)."""
+        not follow the last one scored starts the stream's past afresh (a gap, dropped frames). Frames of several
+        streams (cameras) in one batch: ``stream`` and ``first`` name each frame's stream and index; each frame is
+        scored with its own stream's past, as if its stream were scored alone."""
         if len(frames) == 0:
             raise UsageError("no frames to score")
-        first = self._next.get(stream, 0) if first is None else first
+        if isinstance(stream, str):
+            first = self._next.get(stream, 0) if first is None else first
+            streams, firsts = [stream] * len(frames), list(range(first, first + len(frames)))
+        else:
+            streams, firsts = list(stream), list(first)
+            if len(streams) != len(frames) or len(firsts) != len(frames):
+                raise UsageError(f"{len(frames)} frames with {len(streams)} stream names and {len(firsts)} indices")
         x = self._prepare(frames)
-        scores, maps, branches = self.scorer(x, stream, first)
-        self._next[stream] = first + len(frames)
+        with self._using:
+            scores, maps, branches = self.scorer(x, streams, firsts)
+        for s, f in zip(streams, firsts, strict=True):
+            self._next[s] = f + 1
         scores = scores.numpy()
         return Scored(scores, self.calibrate(scores), maps.numpy(), None if branches is None else branches.numpy())
 

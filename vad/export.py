@@ -139,6 +139,17 @@ def machine() -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
+def measured(folder: Path, setting: str = "") -> dict | None:
+    """The speeds measured on this machine for ``setting`` in ``folder``'s :data:`SPEED_FILE` (None: not yet)."""
+    try:
+        book = json.loads((folder / SPEED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    speeds = book.get(f"{machine()}; {setting}".rstrip("; "))
+    wanted = [b for b in PREFERENCE if installed(b)] + ["torch"]
+    return speeds if isinstance(speeds, dict) and all(isinstance(speeds.get(b), (int, float)) for b in wanted) else None
+
+
 def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str = "") -> tuple[str, dict, bool]:
     """``(backend, speeds, measured)``: of torch and the installed runtimes, the one that runs the export in
     ``folder`` fastest on this machine; each one's frames/s; whether this call measured any. ``measure(backend)``

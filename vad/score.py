@@ -116,6 +116,13 @@ class Scorer:
         if self.cfg.compile:
             self.compile()
 
+    def switch(self, runtime) -> None:
+        """:meth:`use` ``runtime`` from the next call on, keeping each stream's past (in float32: a runtime's
+        precision)."""
+        past = {s: ({k: v.float() for k, v in feats.items()}, nxt) for s, (feats, nxt) in self._past.items()}
+        self.use(runtime)
+        self._past = past
+
     def frames_per_second(self, x: torch.Tensor, repeat: int = 3) -> float:
         """Frames/s of this scorer on the batch ``x`` of normalised frames, as a clip's first batch: a warm-up call
         (which also tunes the memory layout), then the median of ``repeat`` timed calls."""

@@ -30,7 +30,7 @@ import torch
 from vad.config import RunConfig
 from vad.distributed import barrier, world
 from vad.errors import UsageError, VadError
-from vad.export import Runtime, choose_backend, export_model, exported, fastest_backend
+from vad.export import Runtime, choose_backend, export_model, exported, fastest_backend, measured
 from vad.io import Clip, read_dataset
 from vad.reference import NormalReference, apply_state, reference_id, reference_state
 from vad.runs import RunFolder, RunFolderError, file_digest
@@ -51,6 +51,8 @@ class OpenModel:
     reference: NormalReference
     backend: str  # torch, or the runtime the scorer runs
     key: dict  # what a clip's scores depend on besides its source (:func:`scoring_key`)
+    pending: str | None = None  # with ``defer``: the backend to prepare (:func:`prepare_backend`) while torch scores
+    setting: str = "torch"  # the backend asked for (score.backend, or the caller's)
 
     @property
     def model(self):
@@ -58,12 +60,14 @@ class OpenModel:
 
 
 def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto", *, scope: str | None = None,
-               backend: str | None = None, frames: int | Callable[[dict], int] | None = None) -> OpenModel:
+               backend: str | None = None, frames: int | Callable[[dict], int] | None = None,
+               defer: bool = False) -> OpenModel:
     """The model of ``run`` (``scope``: one scene's, for a run trained per scene; default the run's only model)
     opened for scoring under ``cfg``: scorer, normal reference, backend (see the module docstring). ``backend``
     overrides ``cfg.score.backend``. ``frames``: how many frames the caller will score (or a function of the
     scoring key giving it: the clips not scored yet), which decides whether ``auto`` exports; ``None`` is a live
-    stream (unbounded)."""
+    stream (unbounded). ``defer``: when the backend needs an export not made yet, or ``auto`` has not measured the
+    backends on this machine, the model opens with torch and ``pending`` names the backend to prepare."""
     from vad.checkpoint import load_model
     from vad.score import Scorer
 
@@ -86,9 +90,41 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
     todo = frames(key) if callable(frames) else frames
     setting = backend or cfg.score.backend
     chosen = choose_backend(setting, model, scorer.device, todo, exported(folder.export(name), ref.model))
+    if chosen != "torch" and defer and not backend_ready(folder.export(name), ref, scorer, chosen, setting):
+        log.info(f"scoring with torch while the model is exported for {chosen}"
+                 + (" and the backends are measured" if setting == "auto" else "") + " (in the background)")
+        return OpenModel(folder, scope, path, ckpt, scorer, name, ref, "torch", key, pending=chosen, setting=setting)
     if chosen != "torch":
         chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto")
-    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key)
+    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting)
+
+
+def backend_ready(folder: Path, ref: NormalReference, scorer, backend: str, setting: str) -> bool:
+    """Whether ``backend`` can score at once: its export in ``folder`` exists and, for ``auto``, the backends'
+    speeds on this machine are measured."""
+    if not exported(folder, ref.model):
+        return False
+    return setting != "auto" or measured(folder, speed_setting(scorer)) is not None
+
+
+def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto") -> tuple[str, object]:
+    """Export and measure for ``opened.pending`` (:func:`use_backend`) on a copy of its model, as the live scorer
+    goes on with torch; returns ``(backend, runtime)`` for :meth:`vad.score.Scorer.switch` (runtime ``None``:
+    torch was measured the fastest)."""
+    from vad.live import lower_priority
+    from vad.score import Scorer
+
+    lower_priority()
+    scorer = Scorer(copy.deepcopy(opened.model), opened.ckpt, cfg.score, device)
+    backend = use_backend(scorer, opened.run, opened.reference_name, opened.ckpt, opened.reference, opened.pending,
+                          opened.setting == "auto")
+    return backend, scorer.runtime
+
+
+def speed_setting(scorer) -> str:
+    """What besides the machine changes a measured speed: the batch size and torch's precision."""
+    precision = str(scorer.dtype or torch.float32).removeprefix("torch.")
+    return f"batch {scorer.cfg.batch_size}, torch {precision}"
 
 
 def scoring_key(ref: NormalReference, scorer, cfg: RunConfig) -> dict:
@@ -124,9 +160,8 @@ def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalRefere
             scorer.use(made.setdefault(b, None if b == "torch" else Runtime(b, folder)))
             return scorer.frames_per_second(x)
 
-        precision = str(scorer.dtype or torch.float32).removeprefix("torch.")
-        backend, speeds, measured = fastest_backend(folder, measure, f"batch {len(x)}, torch {precision}")
-        if world().main and measured:
+        backend, speeds, fresh = fastest_backend(folder, measure, speed_setting(scorer))
+        if world().main and fresh:
             log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s; "
                      f"scoring with {backend}")
     scorer.use(made[backend] if backend in made else Runtime(backend, folder))

@@ -75,7 +75,7 @@ class Source:
     def __init__(self, source: str, fps: float | None = None, *, queue_size: int = 8, realtime: bool = False,
                  transport: str = "tcp", listen: bool = False, open_timeout: float = 10.0,
                  stall_timeout: float = 5.0, max_retries: int | None = None,
-                 backoff: tuple[float, float] = (1.0, 30.0)) -> None:
+                 backoff: tuple[float, float] = (1.0, 30.0), wake: threading.Event | None = None) -> None:
         self.source, self.fps = str(source), fps
         self.realtime, self.transport, self.listen = realtime, transport, listen
         self.open_timeout, self.stall_timeout = open_timeout, stall_timeout
@@ -87,6 +87,8 @@ class Source:
         self.queue_size = max(1, queue_size)
         self._items: deque = deque()  # frames (at most queue_size), gaps and the end, oldest first
         self._ready = threading.Condition()
+        self._wake = wake  # set whenever an item is queued (a consumer of several sources waits on one event)
+        self.last_frame: float | None = None  # time.monotonic() of the last frame queued
         self.dropped = 0  # frames dropped because the consumer fell behind
         self.decoded = 0  # frames decoded (the next frame's index)
         self.sampled = 0  # frames sampled for scoring (the next one's seq)
@@ -118,6 +120,11 @@ class Source:
             self._ready.notify_all()  # a reader waiting for room
             return item
 
+    def stalled(self) -> bool:
+        """Whether a live source has sent no frame for ``stall_timeout`` seconds (it is being reopened)."""
+        return (not self.is_file and self.last_frame is not None
+                and time.monotonic() - self.last_frame > self.stall_timeout)
+
     def items(self, poll: float = 0.2) -> Iterator:
         while True:
             item = self.get(poll)
@@ -144,6 +151,10 @@ class Source:
                 self.dropped += 1
             self._items.append(item)
             self._ready.notify_all()
+        if isinstance(item, Frame):
+            self.last_frame = item.received
+        if self._wake is not None:
+            self._wake.set()
 
     def _run(self) -> None:
         retries, wait = 0, self.backoff[0]

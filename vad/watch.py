@@ -27,18 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from vad.live.events import LINE_FIELDS, Change, EventTracker, Scored, gap_line
-from vad.live.evidence import Evidence
-from vad.live.sinks import standard_sinks
-from vad.live.stats import WatchStats
-from vad.postprocess import CausalRule
-from vad.runs import WatchFolder
-from vad.sources import End, Frame, Gap, Source, describe_source
+from vad.live.camera import Camera
+from vad.live.events import LINE_FIELDS
+from vad.sources import Frame, Gap, describe_source
 
 __all__ = ["LINE_FIELDS", "Watch", "WatchOptions"]
 
@@ -84,92 +79,80 @@ class WatchOptions:
 
 
 class Watch:
-    """One source watched with one detector (several sources share a detector by stream name: not yet in the CLI)."""
+    """One source watched with one detector: a :class:`~vad.live.camera.Camera` whose frames the loop scores
+    alone (many cameras through shared models: :class:`vad.site.Site`)."""
 
     def __init__(self, detector, source: str, options: WatchOptions) -> None:  # a vad.detector.Detector
         self.det, self.source, self.o = detector, str(source), options
         self.name = options.source_name or self.source
-        self.folder = WatchFolder(options.out) if options.out else None
-        self.fps = fps = options.fps or detector.fps
-        self.src = Source(self.source, fps, queue_size=options.queue_size, realtime=options.realtime,
-                          transport=options.transport, listen=options.listen, open_timeout=options.open_timeout,
-                          stall_timeout=options.stall_timeout, max_retries=options.max_retries)
-        cfg = detector.cfg
-        self.session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        heat = detector.reference.heat_scale(cfg.eval.threshold_percentile, cfg.render.heat_range)
-        rate = fps or 10.0
-        self.evidence = Evidence(self.folder, heat, cfg.render, rate, int(round(options.post_roll * rate)),
-                                 bound=4 * max(1, int(rate)), snapshots=options.snapshots, clips=options.clips)
-        rule = CausalRule(1.0, cfg.postprocess.causal_window, cfg.eval.min_event_frames, cfg.eval.close_frames,
-                          self.name, fps)
-        self.tracker = EventTracker(rule, self.session, branches=detector.branches, update_every=options.update_every,
-                                    recent=int(round(options.pre_roll * rate)), paths=self.evidence.paths)
-        self.stats = WatchStats(self.name, options.status_every)
-        self.sinks = [*standard_sinks(self.folder.events if self.folder else None, options.stdout, options.webhook),
-                      *options.sinks]
+        self.camera = Camera(self.name, self.source, detector.info, options)
+        self.folder, self.fps = self.camera.folder, self.camera.fps
         self._stop = threading.Event()
+
+    @property
+    def src(self):
+        """The camera's :class:`~vad.sources.Source`."""
+        return self.camera.src
+
+    @property
+    def sinks(self) -> list:
+        """Where the lines go (:mod:`vad.live.sinks`)."""
+        return self.camera.sinks
 
     # --- control ------------------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop after the frames being scored (an open event is closed and its clip finished): SIGINT, SIGTERM."""
         self._stop.set()
-        self.src.stop()
+        self.camera.stop_source()
 
     def banner(self) -> str:
-        det = self.det
+        det, cam = self.det, self.camera
         rate = (f"the training footage's {det.fps:g} fps" if det.fps and not self.o.fps else
                 f"{self.o.fps:g} fps (--fps; the model learned motion at {det.fps or 'an unknown rate'} fps: speeds "
                 "look different to its motion branch)" if self.o.fps else "the source's own rate (the model's "
                 "training rate is unknown)")
         h, w = det.input_size
-        ring = self.tracker.recent.maxlen
-        ring_mb = ring * 3 * 1920 * 1080 / 2**20
+        ring = cam.tracker.recent.maxlen
         return (f"watching {self.name} ({describe_source(self.source)}) with {det.run.root} ({det.backend}, input "
                 f"{w}x{h}); frames sampled to {rate}; events at calibrated 1.0 (the "
                 f"{det.cfg.eval.threshold_percentile:g}th percentile of normal hold-out scores); pre-roll ring buffer "
-                f"{ring} frames (at most {ring_mb:.0f} MB at 1080p); queue {self.o.queue_size} frames"
-                + (f" -> {self.folder.events}" if self.folder else ""))
+                f"{ring} frames (at most {ring * 3 * 1920 * 1080 / 2**20:.0f} MB at 1080p); queue {self.o.queue_size} "
+                "frames" + (f" -> {self.folder.events}" if self.folder else ""))
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
         """Watch until the source ends, ``stop()``, or ``max_frames`` / ``max_seconds``; yield every line written."""
         self._warm_up()
+        cam = self.camera
         t0 = time.monotonic()
         terminal = self.o.progress and sys.stderr.isatty()
-        self.evidence.start()
-        self.src.start()
+        cam.start()
         next_status = t0 + self.o.status_every
         try:
             while not self._stop.is_set():
-                items = self._take()
-                for item in items:
-                    if isinstance(item, Gap):
-                        yield from self._gap(item)
-                    elif isinstance(item, End):
-                        self._stop.set()
-                frames = [i for i in items if isinstance(i, Frame)]
+                frames, stops = cam.take(self.o.batch, timeout=0.2)
                 if frames:
                     yield from self._score(frames)
+                for item in stops:
+                    if isinstance(item, Gap):
+                        self.det.reset(self.name)
+                        yield from cam.gap(item)
+                    else:
+                        yield from cam.ended(item)
+                        self._stop.set()
                 now = time.monotonic()
                 if now >= next_status:
-                    yield self._write(self._status(now - t0))
+                    yield from cam.status()
                     next_status = now + self.o.status_every
                 if terminal:
-                    sys.stderr.write(f"\r{self._status_text()}")
+                    sys.stderr.write(f"\r{cam.status_text()}")
                     sys.stderr.flush()
-                if (self.o.max_frames and self.stats.scored >= self.o.max_frames) or (
+                if (self.o.max_frames and cam.stats.scored >= self.o.max_frames) or (
                         self.o.max_seconds and now - t0 >= self.o.max_seconds):
                     self._stop.set()
         finally:
-            self.src.stop()
-            yield from self._apply(self.tracker.reset(), None)
-            self.evidence.close()
-            yield self._write(self._status(time.monotonic() - t0))
-            for sink in self.sinks:
-                close = getattr(sink, "close", None)
-                if close is not None:
-                    close()
-            self.src.join(timeout=5)
+            cam.stopping = True
+            yield from cam.close()
             if terminal:
                 sys.stderr.write("\n")
                 sys.stderr.flush()
@@ -182,68 +165,12 @@ class Watch:
             self.det.score([np.zeros((h, w, 3), np.uint8)] * n, stream="warm-up", first=0)
         self.det.reset("warm-up")
 
-    def _take(self) -> list[Frame | Gap | End]:
-        """Whatever the source has waiting (at least one item, or none after a short wait), up to ``batch`` frames."""
-        first = self.src.get(timeout=0.2)
-        if first is None:
-            return []
-        items = [first]
-        while sum(isinstance(i, Frame) for i in items) < self.o.batch and not isinstance(items[-1], (Gap, End)):
-            more = self.src.get(timeout=0)
-            if more is None:
-                break
-            items.append(more)
-        return items
-
     def _score(self, frames: list[Frame]) -> Iterator[dict]:
-        """Score ``frames`` (runs of consecutive ones together: after a drop, the scorer sees the jump in seq) and
-        feed them to the tracker and the evidence; yield the lines written."""
+        """Score ``frames`` (runs of consecutive ones together: after a drop, the scorer sees the jump in seq and
+        starts the stream's past afresh) and hand them back to the camera; yield the lines written."""
         for run in _consecutive(frames):
             out = self.det.score([f.rgb for f in run], stream=self.name, first=run[0].seq)
-            self.stats.add(run, time.monotonic())
-            for i, f in enumerate(run):
-                s = Scored(f, float(out.calibrated[i]), out.maps[i], None if out.branches is None else out.branches[i])
-                self.evidence.post_roll(s)
-                was_open = self.tracker.open
-                yield from self._apply(self.tracker.push(s), s)
-                now_open = self.tracker.open
-                if now_open is not None and now_open is was_open:  # (a new event's clip began with this frame)
-                    self.evidence.frame(now_open, s, inside=True)
-
-    def _apply(self, changes: list[Change], s: Scored | None) -> Iterator[dict]:
-        """Schedule the evidence of the tracker's ``changes`` at frame ``s`` (None: no frame, the tracker was reset)
-        and write their lines."""
-        for c in changes:
-            if c.kind == "peak":
-                self.evidence.snapshot(c.event, c.at)
-            elif c.kind == "start":
-                self.evidence.begin(c.event, list(self.tracker.recent))
-            elif c.kind == "end":  # no post-roll after the last frame, or when stopping
-                self.evidence.ended(c.event, None if s is None or self._stop.is_set() else s.frame.seq)
-            if c.line is not None:
-                yield self._write(c.line)
-
-    def _gap(self, gap: Gap) -> Iterator[dict]:
-        yield from self._apply(self.tracker.reset(), None)
-        self.det.reset(self.name)
-        self.stats.gaps += 1
-        yield self._write(gap_line(self.name, gap))
-
-    def _write(self, line: dict) -> dict:
-        for sink in self.sinks:
-            sink(line)
-        return line
-
-    def _status(self, elapsed: float) -> dict:
-        o = self.tracker.open
-        failed = sum(getattr(sink, "failed", 0) for sink in self.sinks)
-        return self.stats.status(elapsed, decoded=self.src.decoded, dropped=self.src.dropped,
-                                 open_event=o.id if o else None, evidence_dropped=self.evidence.dropped,
-                                 sink_failed=failed)
-
-    def _status_text(self) -> str:
-        o = self.tracker.open
-        return self.stats.text(dropped=self.src.dropped, open_event=o.id if o else None)
+            yield from self.camera.scored(run, out.calibrated, out.maps, out.branches)
 
 
 def _consecutive(frames: list[Frame]) -> list[list[Frame]]:

@@ -1,0 +1,223 @@
+"""One camera of a live watch: its source, event tracker, evidence, sinks and counts, whoever scores its frames.
+
+:class:`Camera` is what ``vad watch`` (:class:`vad.watch.Watch`, one camera scored alone) and ``vad serve``
+(:class:`vad.site.Site`, many cameras whose frames share batches of one model) have in common: frames are taken from
+its :class:`~vad.sources.Source` (:meth:`Camera.take`), scored elsewhere, and handed back with their scores
+(:meth:`Camera.scored`), which the camera turns into lines (the live rule's changes, through its
+:class:`~vad.live.events.EventTracker`), evidence (snapshots, clips) and counts. Every line goes to each of its
+sinks in order and is returned to the caller.
+
+Its state (:attr:`Camera.state`): ``starting`` until its first frame, ``scoring``, ``reconnecting`` after a gap
+began (no frame for ``stall_timeout`` seconds, or the source failed) until frames come again, ``down`` once the source
+ended or gave up, ``stopped`` after :meth:`Camera.close`.
+
+What one camera holds in memory: its queue (``queue_size`` decoded frames), the pre-roll ring of scored frames
+(``pre_roll`` seconds at its rate: the frames with their anomaly maps) and the evidence queue (at most 4 s of
+frames): about ``(queue_size + pre_roll * fps) * H * W * 3`` bytes (:meth:`Camera.memory_bound`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from vad.config import RunConfig
+from vad.live.events import Change, EventTracker, Scored, gap_line
+from vad.live.evidence import Evidence
+from vad.live.sinks import standard_sinks
+from vad.live.stats import WatchStats
+from vad.postprocess import CausalRule
+from vad.reference import NormalReference
+from vad.runs import WatchFolder
+from vad.sources import End, Frame, Gap, Source
+
+log = logging.getLogger(__name__)
+
+STATES = ("starting", "scoring", "reconnecting", "down", "stopped")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a camera needs to know of the model that scores it (a :class:`vad.detector.Detector` has it all)."""
+
+    cfg: RunConfig
+    reference: NormalReference
+    fps: float | None  # the training footage's frame rate
+    branches: tuple[str, ...]
+
+
+class Camera:
+    """Camera ``name`` reading ``source`` (``options``: a :class:`vad.watch.WatchOptions`) for a model described
+    by ``model``; its lines go to the standard sinks its options ask for, then to ``sinks``."""
+
+    def __init__(self, name: str, source: str, model: ModelInfo, options, sinks: Sequence[Callable] = (),
+                 wake: threading.Event | None = None) -> None:
+        self.name, self.source, self.o = name, str(source), options
+        self.folder = WatchFolder(options.out) if options.out else None
+        self.fps = fps = options.fps or model.fps
+        self.src = Source(self.source, fps, queue_size=options.queue_size, realtime=options.realtime,
+                          transport=options.transport, listen=options.listen, open_timeout=options.open_timeout,
+                          stall_timeout=options.stall_timeout, max_retries=options.max_retries, wake=wake)
+        cfg = model.cfg
+        self.session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        heat = model.reference.heat_scale(cfg.eval.threshold_percentile, cfg.render.heat_range)
+        rate = fps or 10.0
+        self.evidence = Evidence(self.folder, heat, cfg.render, rate, int(round(options.post_roll * rate)),
+                                 bound=4 * max(1, int(rate)), snapshots=options.snapshots, clips=options.clips)
+        rule = CausalRule(1.0, cfg.postprocess.causal_window, cfg.eval.min_event_frames, cfg.eval.close_frames,
+                          name, fps)
+        self.tracker = EventTracker(rule, self.session, branches=model.branches, update_every=options.update_every,
+                                    recent=int(round(options.pre_roll * rate)), paths=self.evidence.paths)
+        self.stats = WatchStats(name, options.status_every)
+        self.sinks = [*standard_sinks(self.folder.events if self.folder else None, options.stdout, options.webhook),
+                      *options.sinks, *sinks]
+        self.state = "starting"
+        self.events = 0  # events started
+        self.last_gap: dict | None = None
+        self.last_score: float | None = None  # the latest calibrated score
+        self.started = time.monotonic()
+        self.stopping = False
+        self._lock = threading.Lock()  # lines are written by one thread at a time (scoring, gaps, status)
+
+    # --- life -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.evidence.start()
+        self.src.start()
+
+    def stop_source(self) -> None:
+        self.stopping = True
+        self.src.stop()
+
+    def close(self) -> list[dict]:
+        """Close an open event (its clip finished without post-roll), write the last status line, close the sinks;
+        returns the lines written."""
+        self.stop_source()
+        with self._lock:
+            lines = self._apply(self.tracker.reset(), None)
+            self.evidence.close()
+            lines.append(self._write(self.status_line()))
+            for sink in self.sinks:
+                close = getattr(sink, "close", None)
+                if close is not None:
+                    close()
+            self.state = "stopped"
+        self.src.join(timeout=5)
+        return lines
+
+    def memory_bound(self, width: int = 1920, height: int = 1080) -> float:
+        """MiB at most held by this camera's frames at ``width`` x ``height`` (queue, pre-roll ring, evidence)."""
+        frames = self.src.queue_size + (self.tracker.recent.maxlen or 0) + self.evidence.tasks.maxsize
+        return frames * width * height * 3 / 2**20
+
+    # --- frames in ------------------------------------------------------------------------------------------------
+    def take(self, limit: int, timeout: float = 0.0) -> tuple[list[Frame], list[Gap | End]]:
+        """Up to ``limit`` frames waiting (``timeout``: seconds to wait for the first item), and the gap or end that
+        stopped the taking (to be handed to :meth:`gap` / :meth:`ended` once the frames before it are scored)."""
+        frames: list[Frame] = []
+        while len(frames) < limit:
+            item = self.src.get(timeout=timeout if not frames else 0)
+            timeout = 0
+            if item is None:
+                break
+            if isinstance(item, Frame):
+                frames.append(item)
+                continue
+            return frames, [item]
+        return frames, []
+
+    def scored(self, frames: Sequence[Frame], calibrated: np.ndarray, maps: np.ndarray, branches: np.ndarray | None
+               ) -> list[dict]:
+        """``frames`` scored (``calibrated`` ``(B,)``, ``maps`` ``(B, h, w)``, ``branches`` ``(B, k)`` or None):
+        the tracker, the evidence, the counts; returns the lines written."""
+        lines: list[dict] = []
+        with self._lock:
+            self.stats.add(frames, time.monotonic())
+            if frames and self.state in ("starting", "reconnecting"):
+                self.state = "scoring"
+            for i, f in enumerate(frames):
+                s = Scored(f, float(calibrated[i]), maps[i], None if branches is None else branches[i])
+                self.evidence.post_roll(s)
+                was_open = self.tracker.open
+                lines += self._apply(self.tracker.push(s), s)
+                now_open = self.tracker.open
+                if now_open is not None and now_open is was_open:  # (a new event's clip began with this frame)
+                    self.evidence.frame(now_open, s, inside=True)
+            if len(frames):
+                self.last_score = float(calibrated[-1])
+        return lines
+
+    def gap(self, gap: Gap) -> list[dict]:
+        """An outage: the open event ends, the gap line is written (the caller forgets the stream's past)."""
+        with self._lock:
+            lines = self._apply(self.tracker.reset(), None)
+            self.stats.gaps += 1
+            line = gap_line(self.name, gap)
+            self.last_gap = line
+            lines.append(self._write(line))
+            if self.state != "down":
+                self.state = "scoring" if self.src.decoded else "starting"
+        return lines
+
+    def ended(self, end: End) -> list[dict]:
+        """The source ended or gave up: the open event ends; the camera is down."""
+        with self._lock:
+            lines = self._apply(self.tracker.reset(), None)
+            self.state = "down" if not self.stopping else self.state
+        if not self.stopping:
+            log.warning(f"note: camera {self.name}: {end.reason}; it is down")
+        return lines
+
+    def refresh_state(self) -> None:
+        """``reconnecting`` while no frame came for the source's stall timeout (the source is reopening it)."""
+        if self.state == "scoring" and self.src.stalled():
+            self.state = "reconnecting"
+
+    # --- lines out ------------------------------------------------------------------------------------------------
+    def status_line(self) -> dict:
+        o = self.tracker.open
+        failed = sum(getattr(sink, "failed", 0) for sink in self.sinks)
+        return self.stats.status(time.monotonic() - self.started, decoded=self.src.decoded, dropped=self.src.dropped,
+                                 open_event=o.id if o else None, evidence_dropped=self.evidence.dropped,
+                                 sink_failed=failed)
+
+    def status(self) -> list[dict]:
+        """Write a status line; returns it (in a list, as the other writers)."""
+        with self._lock:
+            return [self._write(self.status_line())]
+
+    def status_text(self) -> str:
+        o = self.tracker.open
+        return f"[{self.state}] " + self.stats.text(dropped=self.src.dropped, open_event=o.id if o else None)
+
+    def _apply(self, changes: list[Change], s: Scored | None) -> list[dict]:
+        """Schedule the evidence of the tracker's ``changes`` at frame ``s`` (None: no frame, the tracker was reset)
+        and write their lines."""
+        lines = []
+        for c in changes:
+            if c.kind == "peak":
+                self.evidence.snapshot(c.event, c.at)
+            elif c.kind == "start":
+                self.events += 1
+                self.evidence.begin(c.event, list(self.tracker.recent))
+            elif c.kind == "end":  # no post-roll after the last frame, or when stopping
+                self.evidence.ended(c.event, None if s is None or self.stopping else s.frame.seq)
+            if c.line is not None:
+                lines.append(self._write(c.line))
+        return lines
+
+    def _write(self, line: dict) -> dict:
+        for sink in self.sinks:
+            sink(line)
+        return line
+
+
+def camera_folder(root: Path, name: str) -> Path:
+    """Where a site's camera ``name`` writes (events.jsonl, snapshots/, clips/)."""
+    return Path(root) / name
