@@ -61,3 +61,20 @@ def trained(scene: Path, tmp_path_factory) -> Path:
 def trained_method(request, scene: Path, tmp_path_factory) -> tuple[str, Path]:
     """``(method, run folder)`` for RSTPM and MKD trained like :func:`trained`."""
     return request.param, _train(scene, tiny(request.param), tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def live_run(trained: Path, scene: Path, tmp_path_factory) -> Path:
+    """The tiny trained motion model in a run folder of its own (config saved), scored with torch: for the live
+    tests (read-only: they write elsewhere)."""
+    from dataclasses import replace
+
+    from vad.pipeline import save_config, with_data
+
+    folder = tmp_path_factory.mktemp("live") / "run"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes((trained / "model.pt").read_bytes())
+    cfg = with_data(TINY, scene, "shanghaitech")
+    save_config(replace(cfg, score=replace(cfg.score, backend="torch")), folder / "config.yaml")
+    return folder
+

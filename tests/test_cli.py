@@ -72,8 +72,9 @@ def scored_run(tmp_path_factory):
 
 
 def test_train_then_score_end_to_end(scored_run, capsys):
-    from tests import helpers
     import numpy as np
+
+    from tests import helpers
 
     run = scored_run
     assert (run / "model.pt").is_file() and (run / "config.yaml").is_file()

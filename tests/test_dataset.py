@@ -62,7 +62,6 @@ def test_frames_match_between_video_and_jpeg_paths(tmp_path):
     """The same frames stored as a video and as a JPEG folder reach the model as (nearly) the same tensors: both
     codecs are lossy, so closeness is measured against how far a different clip is."""
     from tests import helpers
-
     from vad.io.decode import as_clip
 
     data = helpers.frames(3)

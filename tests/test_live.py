@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -21,12 +20,10 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tests.helpers import TINY
 from vad.cli import main
 from vad.detector import Detector
 from vad.live.events import EventTracker, Scored
 from vad.live.sinks import StdoutSink, WebhookSink
-from vad.pipeline import save_config, with_data
 from vad.postprocess import CausalRule
 from vad.runs import RunFolder
 from vad.sources import End, Frame, Gap, Source
@@ -36,14 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(trained: Path, scene: Path, tmp_path_factory) -> Path:
-    """The tiny trained motion model in a run folder of its own (config saved), scored with torch."""
-    folder = tmp_path_factory.mktemp("live") / "run"
-    folder.mkdir()
-    (folder / "model.pt").write_bytes((trained / "model.pt").read_bytes())
-    cfg = with_data(TINY, scene, "shanghaitech")
-    save_config(replace(cfg, score=replace(cfg.score, backend="torch")), folder / "config.yaml")
-    return folder
+def run(live_run: Path) -> Path:
+    return live_run
 
 
 def _port() -> int:

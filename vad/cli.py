@@ -100,8 +100,24 @@ def _watch(args: argparse.Namespace) -> None:
     print(watch.banner(), file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM):  # close the open event, finish its clip, exit 0
         signal.signal(sig, lambda *_: watch.stop())
-    for _ in watch.run():
-        pass
+    try:
+        for _ in watch.run():
+            pass
+    finally:
+        det.close()
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from vad.site import Site
+
+    site = Site.load(args.config)  # every camera checked before anything opens
+    runs = {(c.run, c.scene) for c in site.cfg.cameras.values()}
+    if args.check:
+        print(f"{args.config}: {len(site.cfg.cameras)} camera(s), {len(runs)} model(s), out {site.cfg.out}"
+              + (f", mqtt {site.cfg.mqtt.host}:{site.cfg.mqtt.port}" if site.cfg.mqtt else "")
+              + (f", http {site.cfg.http.host}:{site.cfg.http.port}" if site.cfg.http else "") + ": ok")
+        return
+    site.run()
 
 
 def _adapt(args: argparse.Namespace) -> None:
@@ -300,6 +316,7 @@ def _add_stage_commands(sub) -> None:
                    help="what to write (default: onnx; openvino adds IR beside the ONNX graph)")
 
     _add_watch_command(sub)
+    _add_serve_command(sub)
     _add_review_commands(sub)
 
     p = _command(sub, "run", _run, "every stage from a pipeline YAML: train, score, evaluate, render",
@@ -362,6 +379,37 @@ def _add_watch_command(sub) -> None:
     _option_args(p, WatchOptions)
     p.add_argument("--scene", help="the scene's model, for a run trained per scene")
     _backend_arg(p)
+
+
+SITE_EXAMPLE = """\
+site.yaml:
+  cameras:
+    gate:  {source: rtsp://10.0.0.5/stream1, run: runs/gate}
+    lawn:  {source: udp://127.0.0.1:5002, run: runs/campus, fps: 10}
+    hall:  {source: /dev/video0, run: runs/campus, pre_roll: 5}
+  defaults: {post_roll: 5}     # any camera key, for every camera that does not set it
+  out: site/                   # site/<camera>/events.jsonl, snapshots/, clips/
+  mqtt: {host: 127.0.0.1, port: 1883, topic_prefix: vad}   # optional
+  http: {host: 127.0.0.1, port: 8971}                      # optional: /healthz /api/cameras /api/events /metrics
+  batch: 8                     # frames scored together, across the cameras of one model
+  batch_timeout_ms: 20"""
+
+
+def _add_serve_command(sub) -> None:
+    p = _command(sub, "serve", _serve, "watch every camera of a site in one process (MQTT, health, metrics)",
+                 "Watch every camera of a site file in one process: cameras that name the same run share one loaded "
+                 "model, and their frames are scored together in batches (each with its own camera's past: the "
+                 "scores vad watch gives it alone). Each camera writes as vad watch does (OUT/<camera>/events.jsonl, "
+                 "snapshots/, clips/); with mqtt: every event line on <prefix>/events, <prefix>/<camera>/anomaly "
+                 "ON/OFF (retained), <prefix>/<camera>/score once a second, <prefix>/stats, <prefix>/available "
+                 "(online/offline, the last will); with http: /healthz, /api/cameras, /api/events and /metrics "
+                 "(Prometheus). Sources open within seconds: a runtime (export, measurement) is prepared in the "
+                 "background while torch scores. SIGHUP re-reads the file (cameras added, removed or changed; the "
+                 "others untouched); SIGTERM or Ctrl-C close open events, finish clips and publish offline.\n\n"
+                 + SITE_EXAMPLE,
+                 ["--config site.yaml", "--config site.yaml --check"], common=False)
+    p.add_argument("--config", required=True, help="the site file (YAML: cameras, out, mqtt, http, ...)")
+    p.add_argument("--check", action="store_true", help="check the file (runs, sources, keys) and exit")
 
 
 def _add_review_commands(sub) -> None:

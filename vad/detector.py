@@ -55,6 +55,8 @@ class Detector:
         self._next: dict[str, int] = {}
         self._using = threading.Lock()  # held while scoring and while switching what runs the model
         self.preparing: threading.Thread | None = None  # the backend made ready in the background (load's background)
+        self._children: list = []  # its process
+        self._closing = False
 
     @classmethod
     def load(cls, run: Path | str, *, device: str = "auto", backend: str | None = None,
@@ -79,27 +81,38 @@ class Detector:
             opened = open_model(folder, cfg, device, scope=scene, backend=backend, defer=background)
         det = cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
         if opened.pending:
-            det.preparing = threading.Thread(target=det._prepare, args=(opened, device), name="vad-backend",
+            det.preparing = threading.Thread(target=det._prepare_backend, args=(opened, device), name="vad-backend",
                                              daemon=True)
             det.preparing.start()
         return det
 
-    def _prepare(self, opened, device: str) -> None:
-        """Export and measure (:func:`vad.session.prepare_backend`) on a copy of the model, then switch to the
-        backend chosen between two batches."""
+    def _prepare_backend(self, opened, device: str) -> None:
+        """Export and measure in a child process (:func:`vad.session.prepare_backend`), then switch to the backend
+        chosen between two batches."""
         from vad.session import prepare_backend
 
         try:
-            backend, runtime = prepare_backend(opened, self.cfg, device)
+            backend, runtime = prepare_backend(opened, self.cfg, device, started=self._children.append)
         except Exception as err:  # scoring goes on with torch; say why
-            log.warning(f"note: {self.run.root}: preparing {opened.pending} failed ({type(err).__name__}: {err}); "
-                        "scoring with torch")
+            if not self._closing:
+                log.warning(f"note: {self.run.root}: preparing {opened.pending} failed ({type(err).__name__}: "
+                            f"{err}); scoring with torch")
             return
         if backend != "torch":
             with self._using:
                 self.scorer.switch(runtime)
                 self.backend = backend
         log.info(f"{self.run.root}: scoring with {backend} from now on")
+
+    def close(self) -> None:
+        """End a preparation still under way (its child process): what it wrote so far is temporary files only."""
+        self._closing = True
+        for child in self._children:
+            if child.is_alive():
+                child.terminate()
+                child.join(timeout=10)
+        if self.preparing is not None:
+            self.preparing.join(timeout=10)
 
     @property
     def info(self):

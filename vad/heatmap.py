@@ -73,7 +73,7 @@ def heat_picture(rgb: np.ndarray, amap: np.ndarray | None, scale: tuple[float, f
     as the renderer does: resized to the frame, coloured on the model's heat scale ``(low, high)``
     (:meth:`vad.reference.NormalReference.heat_scale`). Returns ``(H, W, 3)`` uint8."""
     h, w = rgb.shape[:2]
-    frames = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+    frames = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).unsqueeze(0)
     heat = None
     if amap is not None:
         m = F.interpolate(torch.from_numpy(np.asarray(amap, np.float32))[None, None], size=(h, w), mode="bilinear",

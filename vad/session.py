@@ -17,6 +17,7 @@ Its callers: :func:`vad.pipeline.score_stage` and :func:`vad.pipeline.export_sta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable
@@ -107,18 +108,42 @@ def backend_ready(folder: Path, ref: NormalReference, scorer, backend: str, sett
     return setting != "auto" or measured(folder, speed_setting(scorer)) is not None
 
 
-def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto") -> tuple[str, object]:
-    """Export and measure for ``opened.pending`` (:func:`use_backend`) on a copy of its model, as the live scorer
-    goes on with torch; returns ``(backend, runtime)`` for :meth:`vad.score.Scorer.switch` (runtime ``None``:
-    torch was measured the fastest)."""
-    from vad.live import lower_priority
-    from vad.score import Scorer
+def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
+                    started: Callable[[object], None] | None = None) -> tuple[str, object]:
+    """Export and measure for ``opened.pending`` as the live scorer goes on with torch: in a child process (at a
+    lower priority; ``started`` gets it, so that the caller can end it when it stops), which opens the model as
+    ``vad score`` would (:func:`open_model`: export, measurement, kept in the run folder). Then the backend
+    chosen here from what it wrote; returns ``(backend, runtime)`` for :meth:`vad.score.Scorer.switch` (runtime
+    ``None``: torch was measured the fastest)."""
+    import multiprocessing
 
-    lower_priority()
-    scorer = Scorer(copy.deepcopy(opened.model), opened.ckpt, cfg.score, device)
-    backend = use_backend(scorer, opened.run, opened.reference_name, opened.ckpt, opened.reference, opened.pending,
-                          opened.setting == "auto")
-    return backend, scorer.runtime
+    child = multiprocessing.get_context("spawn").Process(
+        target=_prepare_child, args=(str(opened.run.root), cfg, device, opened.scope, opened.pending),
+        name="vad-prepare", daemon=True)
+    child.start()
+    if started is not None:
+        started(child)
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the preparing process ended with exit code {child.exitcode}")
+    folder = opened.run.export(opened.reference_name)
+    backend = opened.pending
+    if opened.setting == "auto":
+        def measure(b: str) -> float:
+            raise RuntimeError(f"no speed measured for {b} on this machine")
+
+        backend, speeds, _ = fastest_backend(folder, measure, speed_setting(opened.scorer))
+        log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s")
+    return backend, None if backend == "torch" else Runtime(backend, folder)
+
+
+def _prepare_child(run: str, cfg: RunConfig, device: str, scope: str, backend: str) -> None:
+    """In the preparing process: open the model with ``backend`` (export, measurement), at a lower priority."""
+    import os
+
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    open_model(RunFolder(Path(run)), cfg, device, scope=scope, backend=backend)
 
 
 def speed_setting(scorer) -> str:

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
@@ -55,10 +54,11 @@ class ModelInfo:
 
 class Camera:
     """Camera ``name`` reading ``source`` (``options``: a :class:`vad.watch.WatchOptions`) for a model described
-    by ``model``; its lines go to the standard sinks its options ask for, then to ``sinks``."""
+    by ``model``; its lines go to the standard sinks its options ask for, then to ``sinks``; ``wake`` is set when its
+    source queues something; ``on_score`` gets its latest calibrated score after each batch."""
 
     def __init__(self, name: str, source: str, model: ModelInfo, options, sinks: Sequence[Callable] = (),
-                 wake: threading.Event | None = None) -> None:
+                 wake: threading.Event | None = None, on_score: Callable[[float], None] | None = None) -> None:
         self.name, self.source, self.o = name, str(source), options
         self.folder = WatchFolder(options.out) if options.out else None
         self.fps = fps = options.fps or model.fps
@@ -84,6 +84,7 @@ class Camera:
         self.last_score: float | None = None  # the latest calibrated score
         self.started = time.monotonic()
         self.stopping = False
+        self.on_score = on_score
         self._lock = threading.Lock()  # lines are written by one thread at a time (scoring, gaps, status)
 
     # --- life -------------------------------------------------------------------------------------------------
@@ -151,6 +152,8 @@ class Camera:
                     self.evidence.frame(now_open, s, inside=True)
             if len(frames):
                 self.last_score = float(calibrated[-1])
+                if self.on_score is not None:
+                    self.on_score(self.last_score)
         return lines
 
     def gap(self, gap: Gap) -> list[dict]:
@@ -217,7 +220,3 @@ class Camera:
             sink(line)
         return line
 
-
-def camera_folder(root: Path, name: str) -> Path:
-    """Where a site's camera ``name`` writes (events.jsonl, snapshots/, clips/)."""
-    return Path(root) / name

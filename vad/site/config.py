@@ -1,0 +1,207 @@
+"""A site's cameras in one YAML file (``vad serve --config site.yaml``), checked before anything opens.
+
+.. code-block:: yaml
+
+    cameras:
+      gate:  {source: rtsp://10.0.0.5/stream1, run: runs/gate}
+      lawn:  {source: udp://127.0.0.1:5002, run: runs/campus, fps: 10}
+      hall:  {source: /dev/video0, run: runs/campus, pre_roll: 5}
+    defaults: {post_roll: 5}          # any camera key: the value of every camera that does not set it
+    out: site/                        # site/<camera>/events.jsonl, snapshots/, clips/
+    mqtt: {host: 127.0.0.1, port: 1883, topic_prefix: vad}   # optional
+    http: {host: 127.0.0.1, port: 8971}                      # optional: health, metrics, API
+    batch: 8                          # frames scored together at most, across the cameras of one model
+    batch_timeout_ms: 20              # a batch goes when full or this long after its first frame
+
+Relative paths (``run``, ``out``, a file ``source``) are read from the folder of the site file. Each mistake is one
+:class:`~vad.errors.ConfigError` naming the file and the key: a wrong type or an unknown key, a camera's run that
+does not exist or holds no model, a camera named twice, a source string that can be no source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+
+from vad.config import Positive, Range, from_dict
+from vad.errors import ConfigError, UsageError
+
+Seconds = Annotated[float, Range(ge=0)]
+Timeout = Annotated[float, Range(gt=0)]
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One camera: where its frames come from, which run's model scores them, and ``vad watch``'s options for it
+    (:class:`vad.watch.WatchOptions`; the same names and defaults)."""
+
+    source: str = ""  # stream URL (rtsp://, http(s)://, udp://, srt://), webcam (/dev/videoN, webcam:N), file, folder
+    run: str = ""  # the run folder whose model scores it (cameras naming one run share one loaded model)
+    scene: str | None = None  # the scene's model, for a run trained per scene
+    fps: Annotated[float, Range(gt=0)] | None = None  # default: the model's training frame rate
+    transport: Literal["tcp", "udp"] = "tcp"  # rtsp transport
+    listen: bool = False  # rtsp://: wait for a publisher to push to the URL
+    realtime: bool = False  # a file is read at its own frame rate (as a camera sends it)
+    open_timeout: Timeout = 10.0
+    stall_timeout: Timeout = 5.0  # no frame for this long: the source is reopened (a gap)
+    max_retries: Annotated[int, Range(ge=0)] | None = None  # reopen attempts before the camera is down; None: forever
+    queue_size: Positive = 16  # frames waiting; the camera's stalest are dropped beyond it
+    pre_roll: Seconds = 3.0  # seconds of frames before an event in its clip (the ring buffer)
+    post_roll: Seconds = 3.0
+    snapshots: bool = True
+    clips: bool = True
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(ge=1, le=65535)] = 1883
+    topic_prefix: str = "vad"
+    client_id: str | None = None  # default: vad-<hostname>-<pid>
+    username: str | None = None
+    password: str | None = None
+    keepalive: Annotated[int, Range(ge=5)] = 30
+    buffer: Positive = 10000  # messages kept while the broker is away; the oldest dropped (and counted) beyond
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(ge=0, le=65535)] = 8971  # 0: any free port
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    cameras: dict[str, CameraConfig] = field(default_factory=dict)
+    out: Path = Path("site")
+    mqtt: MqttConfig | None = None
+    http: HttpConfig | None = None
+    batch: Positive = 8
+    batch_timeout_ms: Seconds = 20.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+    status_every: Timeout = 10.0  # seconds between status lines
+    path: Path | None = None  # the file it was read from
+
+
+SITE_KEYS = ("cameras", "defaults", "out", "mqtt", "http", "batch", "batch_timeout_ms", "device", "backend",
+             "status_every")
+CAMERA_KEYS = tuple(f.name for f in dataclasses.fields(CameraConfig))
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML whose mappings refuse a key given twice (PyYAML keeps the last one silently)."""
+
+
+def _mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice (also on line "
+                              f"{seen[key] + 1}); names must be unique")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_site(path: Path | str) -> SiteConfig:
+    """The site file ``path``, checked (see the module docstring); a :class:`ConfigError` names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such site file; expected a YAML file with a 'cameras:' section (vad serve "
+                          "--help shows one)")
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    return parse_site(data, path)
+
+
+def parse_site(data: object, path: Path) -> SiteConfig:
+    """A site from the mapping ``data`` read from ``path`` (relative paths are read from its folder)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'cameras:' section, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SITE_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; expected one of {', '.join(SITE_KEYS)}")
+    cameras = data.get("cameras")
+    if not isinstance(cameras, dict) or not cameras:
+        raise ConfigError(f"{path}: cameras: expected a mapping of camera names to {{source: ..., run: ...}}, got "
+                          f"{cameras!r}")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: defaults: expected a mapping of camera keys, got {defaults!r}")
+    bad = sorted(set(defaults) - set(CAMERA_KEYS))
+    if bad:
+        raise ConfigError(f"{path}: defaults.{bad[0]}: not a camera key; expected one of {', '.join(CAMERA_KEYS)}")
+    base = path.resolve().parent
+    rest = {k: v for k, v in data.items() if k not in ("cameras", "defaults", "mqtt", "http")}
+    try:
+        site = from_dict(SiteConfig, {k: v for k, v in rest.items() if k != "out"})
+        mqtt = None if data.get("mqtt") is None else from_dict(MqttConfig, data["mqtt"], "mqtt")
+        http = None if data.get("http") is None else from_dict(HttpConfig, data["http"], "http")
+        if "out" in data and not isinstance(data["out"], str):
+            raise ConfigError(f"out: expected a folder path, got {data['out']!r}")
+        parsed = {}
+        for name, camera in cameras.items():
+            parsed[str(name)] = parse_camera(str(name), camera, defaults, base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    out = Path(data.get("out") or "site")
+    return dataclasses.replace(site, cameras=parsed, mqtt=mqtt, http=http, path=path,
+                               out=out if out.is_absolute() else base / out)
+
+
+def parse_camera(name: str, data: object, defaults: dict, base: Path) -> CameraConfig:
+    """Camera ``name``'s settings (``defaults`` under them), its run and source checked."""
+    where = f"cameras.{name}"
+    if not name or "/" in name or name.startswith(".") or any(c in name for c in "#+\0") or name != name.strip():
+        raise ConfigError(f"{where}: a camera name is a folder and an MQTT topic level: no '/', '#', '+', leading "
+                          "dot or outer spaces")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping such as {{source: rtsp://..., run: runs/campus}}, got "
+                          f"{data!r}")
+    cam = from_dict(CameraConfig, {**defaults, **data}, where)
+    for key in ("source", "run"):
+        if not getattr(cam, key):
+            raise ConfigError(f"{where}.{key}: missing; every camera needs a source and the run whose model scores it")
+    run = Path(cam.run).expanduser()
+    run = run if run.is_absolute() else base / run
+    source = cam.source
+    if "://" not in source and not source.startswith(("webcam:", "/dev/video")):
+        local = Path(source).expanduser()
+        source = str(local if local.is_absolute() else base / local)
+    cam = dataclasses.replace(cam, run=str(run), source=source)
+    check_camera(where, cam)
+    return cam
+
+
+def check_camera(where: str, cam: CameraConfig) -> None:
+    """A camera's run holds a model (the scene's, when it says one) and its source can be a source."""
+    from vad.runs import RunFolder
+    from vad.sources import check_source
+
+    folder = RunFolder(Path(cam.run))
+    if not folder.root.is_dir():
+        raise ConfigError(f"{where}.run: {cam.run} does not exist; expected a run folder written by vad train")
+    models = folder.model_files()
+    if not models:
+        raise ConfigError(f"{where}.run: {cam.run} holds no model.pt; train it first (vad train ... --out {cam.run})")
+    if cam.scene is None and len(models) > 1:
+        raise ConfigError(f"{where}.scene: {cam.run} holds one model per scene ({', '.join(models)}); say which")
+    if cam.scene is not None and cam.scene not in models:
+        raise ConfigError(f"{where}.scene: {cam.run} has no model for scene {cam.scene!r}; it has "
+                          f"{', '.join(models)}")
+    try:
+        check_source(cam.source)
+    except UsageError as err:
+        raise ConfigError(f"{where}.source: {str(err).removeprefix(f'--source {cam.source}: ')}") from None
