@@ -349,8 +349,10 @@ def _option_args(p: argparse.ArgumentParser, options: type) -> None:
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kind = str(f.type).replace(" | None", "").replace("Optional[", "").rstrip("]")
         default = f.default if f.default is not dataclasses.MISSING else None
-        if kind == "bool":
-            p.add_argument(flag, dest=f.name, action="store_true", default=default, help=f.metadata.get("help"))
+        if kind == "bool":  # a switch: --name turns on what is off by default, --no-name turns off what is on
+            flag = flag if not default else f.metadata.get("flag", "--no-" + f.name.replace("_", "-"))
+            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=default,
+                           help=f.metadata.get("help"))
             continue
         p.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[kind], default=default,
                        choices=f.metadata.get("choices"), help=f.metadata.get("help"))

@@ -77,7 +77,7 @@ class Detector:
             cfg = run_config(folder.root, overrides, "watch")
         if backend is not None:
             cfg = replace(cfg, score=replace(cfg.score, backend=backend))
-        with locked(folder.root, "watch (loading the model)"):
+        with locked(folder.root, "watch (loading the model)", wait=120):  # other watchers load it too: a moment
             opened = open_model(folder, cfg, device, scope=scene, backend=backend, defer=background)
         det = cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
         if opened.pending:

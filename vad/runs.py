@@ -307,22 +307,29 @@ def prepare_output(root: Path) -> None:
 
 
 @contextmanager
-def locked(root: Path, command: str) -> Iterator[None]:
-    """Hold ``root/.lock`` while ``command`` writes the run folder; a second command on the same folder stops at once
-    with an error naming the holder. Temporary files left by an interrupted command are swept on entry."""
+def locked(root: Path, command: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold ``root/.lock`` while ``command`` writes the run folder; a second command on the same folder stops (after
+    waiting up to ``wait`` seconds for the holder) with an error naming the holder. Temporary files left by an
+    interrupted command are swept on entry."""
     prepare_output(root)
     path = Path(root) / ".lock"
     fh = path.open("a+")
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise RunFolderError(f"{root} is in use by another vad command ({holder}); wait for it to finish, or "
-                                 "use another run folder") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise RunFolderError(f"{root} is in use by another vad command ({holder}); wait for it to finish, "
+                                     "or use another run folder") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"'{command}', pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

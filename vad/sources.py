@@ -260,7 +260,9 @@ class Source:
             if self.listen:  # RTSP server mode: a publisher pushes to us
                 options.update(rtsp_flags="listen", listen_timeout=str(int(self.open_timeout)))
         if self.source.startswith("udp://"):
-            options.update(fifo_size="1000000", overrun_nonfatal="1")
+            # 65,536 packets of 188 bytes (12 MiB, seconds of a camera stream): FFmpeg allocates the whole ring per
+            # source, and it becomes resident as it wraps (1,000,000 packets was 188 MB per UDP camera)
+            options.update(fifo_size="65536", overrun_nonfatal="1")
         if self.is_network:  # start on the first frames instead of probing seconds of stream
             options.update(probesize="200000", analyzeduration="500000")
         return self.source, None, options
