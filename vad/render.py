@@ -34,6 +34,7 @@ from vad.io.decode import as_clip, iter_frames
 from vad.io.encode import VideoWriter
 from vad.metrics import label_events
 from vad.postprocess import event_frames
+from vad.progress import progress_bar
 from vad.reference import heat_scale
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def render_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, cfg: Re
                  "score with --set score.save_maps=true for heatmaps")
     t0, paths = time.perf_counter(), []
     frames = sum(s.manifest[name].frames for name in names)
-    with tqdm(total=frames, desc="rendering", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=frames, desc="rendering", unit="frame", progress=progress) as bar:
         for name in names:
             paths.append(render_clip(s, name, cfg, ev, s.folder.video(name), bar))
     if progress:
