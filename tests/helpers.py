@@ -228,3 +228,13 @@ def frame_auc(scores: dict[str, np.ndarray], clips) -> float:
 
     y = np.concatenate([c.labels for c in clips]).astype(bool)
     return float(roc_auc_score(y, np.concatenate([scores[c.name] for c in clips])))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a loopback stream, broker or server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,12 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(live_run: Path) -> Path:
     return live_run
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _anomaly_video(path: Path, fps: int = 10) -> Path:
@@ -102,7 +95,7 @@ def test_a_stream_that_dies_and_comes_back_is_a_gap_not_an_anomaly(run: Path, tm
     """A camera pushing RTSP sends 24 frames, dies for 4 s, then sends them again: one gap line; the frames after it
     score exactly as the first ones did (the motion context restarted, as at a clip's start), so the outage raised
     nothing of its own, and nothing was scored for it."""
-    url = f"rtsp://127.0.0.1:{_port()}/live"
+    url = f"rtsp://127.0.0.1:{helpers.free_port()}/live"
     segment = helpers.frames(0, 24)
     sender = threading.Thread(target=_publish, args=(url, "rtsp", [(segment, 4.0), (segment, 0.0)]),
                               kwargs={"rtsp_transport": "tcp"}, daemon=True)
@@ -219,7 +212,7 @@ def test_the_webhook_gets_what_the_file_gets(run: Path, tmp_path: Path) -> None:
 def test_a_failing_webhook_never_stops_scoring(run: Path, tmp_path: Path) -> None:
     video = _anomaly_video(tmp_path / "anomaly.avi")
     det = Detector.load(run, device="cpu")
-    opts = WatchOptions(webhook=f"http://127.0.0.1:{_port()}/nobody", progress=False)
+    opts = WatchOptions(webhook=f"http://127.0.0.1:{helpers.free_port()}/nobody", progress=False)
     watch = Watch(det, str(video), opts)
     lines = list(watch.run())
     assert lines[-1]["frames_scored"] == 16  # every frame scored while nobody listened

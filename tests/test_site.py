@@ -32,12 +32,6 @@ needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="Debian's mosquitto 
                                   "mosquitto; CI installs it)")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -51,7 +45,7 @@ class Broker:
     """mosquitto on a free loopback port (stopped and started again at will: the port stays)."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = _port()
+        self.port = helpers.free_port()
         self.conf = _write(folder / "mosquitto.conf", f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                                                       "persistence false\n")
         self.proc: subprocess.Popen | None = None
@@ -243,8 +237,8 @@ def test_a_site_scores_its_cameras_and_one_bad_camera_stops_none(live_run: Path,
     broker = Broker(tmp_path).start()
     sub = Subscriber(broker.port)
     good = helpers.write_video(tmp_path / "good.avi", _anomaly_frames(60), fps=10)
-    garbage, flood, http = _port(), _port(), _port()
-    refused = f"rtsp://127.0.0.1:{_port()}/nobody"
+    garbage, flood, http = helpers.free_port(), helpers.free_port(), helpers.free_port()
+    refused = f"rtsp://127.0.0.1:{helpers.free_port()}/nobody"
     cameras = (f"  good: {{source: good.avi, run: {live_run}, realtime: true}}\n"
                f"  garbage: {{source: 'udp://127.0.0.1:{garbage}', run: {live_run}, stall_timeout: 1}}\n"
                f"  refused: {{source: '{refused}', run: {live_run}, open_timeout: 1, stall_timeout: 1}}\n"
@@ -361,7 +355,7 @@ def test_a_stream_that_starts_after_vad_watch_on_a_fresh_run_is_scored(live_run:
     shutil.copytree(live_run, run)
     text = (run / "config.yaml").read_text().replace("backend: torch", "backend: auto")
     (run / "config.yaml").write_text(text)
-    port = _port()
+    port = helpers.free_port()
     out = tmp_path / "w"
     proc = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), "watch", "--run", str(run), "--source",
                              f"udp://127.0.0.1:{port}", "--out", str(out), "--device", "cpu"],

@@ -169,6 +169,14 @@ class Detector:
         scores = scores.numpy()
         return Scored(scores, self.calibrate(scores), maps.numpy(), None if branches is None else branches.numpy())
 
+    def warm_up(self, batch: int) -> None:
+        """Score a few blank frames (a batch of ``batch``, then one) before a source opens: a runtime's first calls
+        allocate and are slow, and the first frames of a stream should not wait for that."""
+        h, w = self.input_size
+        for n in (batch, 1):
+            self.score([np.zeros((h, w, 3), np.uint8)] * n, stream="warm-up", first=0)
+        self.reset("warm-up")
+
     def reset(self, stream: str = "default") -> None:
         """Forget ``stream``'s past (after a gap its next frame starts afresh, as a clip's first frame)."""
         self.scorer.forget(stream)

@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from vad.live.camera import Camera
 from vad.live.events import LINE_FIELDS
 from vad.sources import Frame, Gap, describe_source
@@ -122,7 +120,7 @@ class Watch:
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
         """Watch until the source ends, ``stop()``, or ``max_frames`` / ``max_seconds``; yield every line written."""
-        self._warm_up()
+        self.det.warm_up(self.o.batch)
         cam = self.camera
         t0 = time.monotonic()
         terminal = self.o.progress and sys.stderr.isatty()
@@ -156,14 +154,6 @@ class Watch:
             if terminal:
                 sys.stderr.write("\n")
                 sys.stderr.flush()
-
-    def _warm_up(self) -> None:
-        """Score a few blank frames before the source opens: a runtime's first calls allocate and are slow, and the
-        first frames of the stream should not wait for that."""
-        h, w = self.det.input_size
-        for n in (self.o.batch, 1):
-            self.det.score([np.zeros((h, w, 3), np.uint8)] * n, stream="warm-up", first=0)
-        self.det.reset("warm-up")
 
     def _score(self, frames: list[Frame]) -> Iterator[dict]:
         """Score ``frames`` (runs of consecutive ones together: after a drop, the scorer sees the jump in seq and

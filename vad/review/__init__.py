@@ -10,6 +10,5 @@
 
 from vad.review.page import ScoredRunView, write_review
 from vad.review.server import ReviewServer, serve
-from vad.verdicts import record_verdict  # where `vad feedback` used to find it; new code: vad.verdicts
 
-__all__ = ["ReviewServer", "ScoredRunView", "record_verdict", "serve", "write_review"]
+__all__ = ["ReviewServer", "ScoredRunView", "serve", "write_review"]

@@ -34,8 +34,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from vad.errors import VadError
 from vad.live.camera import Camera
 from vad.site.config import CameraConfig, SiteConfig, load_site
@@ -311,7 +309,7 @@ class Site:
             log.info(f"loading the model of {cfg.run}" + (f" (scene {cfg.scene})" if cfg.scene else ""))
             det = Detector.load(cfg.run, device=self.cfg.device, backend=self.cfg.backend, scene=cfg.scene,
                                 background=True)
-            _warm_up(det, self.cfg.batch)
+            det.warm_up(self.cfg.batch)
             worker = ModelWorker(key, det, self.cfg.batch, self.cfg.batch_timeout_ms, self.metrics)
             worker.start()
             self.workers[key] = worker
@@ -359,19 +357,11 @@ class Site:
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str):
-    """A camera's :class:`vad.watch.WatchOptions` from its site settings."""
+    """A camera's :class:`vad.watch.WatchOptions`: its own keys (named as the options' fields) and the site's."""
+    from dataclasses import asdict, fields
+
     from vad.watch import WatchOptions
 
-    return WatchOptions(out=site.out / name, realtime=cam.realtime, fps=cam.fps, transport=cam.transport,
-                        listen=cam.listen, open_timeout=cam.open_timeout, stall_timeout=cam.stall_timeout,
-                        max_retries=cam.max_retries, queue_size=cam.queue_size, batch=site.batch,
-                        pre_roll=cam.pre_roll, post_roll=cam.post_roll, status_every=site.status_every,
-                        snapshots=cam.snapshots, clips=cam.clips, progress=False, source_name=name)
-
-
-def _warm_up(det, batch: int) -> None:
-    """A few blank batches before the sources open (a runtime's first calls allocate and are slow)."""
-    h, w = det.input_size
-    for n in (batch, 1):
-        det.score([np.zeros((h, w, 3), np.uint8)] * n, stream="\0warm-up", first=0)
-    det.reset("\0warm-up")
+    own = {k: v for k, v in asdict(cam).items() if k in {f.name for f in fields(WatchOptions)}}
+    return WatchOptions(**own, out=site.out / name, batch=site.batch, status_every=site.status_every,
+                        progress=False, source_name=name)
