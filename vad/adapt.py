@@ -3,7 +3,8 @@
 ``vad adapt --run RUN``:
 
 1. reads the verdicts (``RUN/feedback.jsonl``: the last verdict per event wins) and the events they name
-   (``RUN/events.json``: clip and frames) and the clips' sources (the manifest). Events marked *normal* become
+   (``RUN/events.json``: clip and frames) and the clips' sources (the manifest); a live event's verdict (given in
+   ``vad serve``'s control room) names its own footage, copied into ``RUN/footage/``. Events marked *normal* become
    normal training footage: each event's frames, from its source. Events marked *anomaly* never train (they stay
    labels for the review page); test labels are never read.
 2. fine-tunes the run's students from its model (``train.epochs`` := ``epochs``, one cycle peaking at ``lr``) on the
@@ -44,10 +45,19 @@ def normal_footage(run: RunFolder) -> tuple[list[Clip], dict[str, tuple[int, int
     if not marked:
         raise UsageError(f"no event of {run.root} is marked normal (vad review --run {run.root}, or vad feedback --run "
                          f"{run.root} --event ID --verdict normal); nothing to learn from")
-    events = known_events(run)
-    manifest = read_manifest(run, parts=False)
+    offline = [e for e, v in marked.items() if "footage" not in v]
+    events = known_events(run) if offline else {}
+    manifest = read_manifest(run, parts=False) if offline else {}
     clips, ranges = [], {}
     for eid, v in sorted(marked.items()):
+        if "footage" in v:  # a live event (vad serve): its frames, copied into the run with the verdict
+            path = run.root / v["footage"]
+            if not path.is_file():
+                raise RunFolderError(f"event {eid}: its footage {path} is gone; give the verdict again from the "
+                                     "control room while the site still keeps the event, or remove the line")
+            clips.append(renamed(as_clip(path), v["clip"]))
+            ranges[v["clip"]] = (int(v["start"]), int(v["end"]) + 1)
+            continue
         e = events.get(eid) or v  # an event of an earlier evaluation: its verdict line says where it was
         record = manifest.get(e["clip"])
         if record is None:

@@ -90,6 +90,7 @@ class RunFolder:
     review_page = property(lambda self: self.root / "review.html")
     thumbnails = property(lambda self: self.root / "review")  # the review page's event thumbnails
     feedback = property(lambda self: self.root / "feedback.jsonl")
+    footage = property(lambda self: self.root / "footage")  # live events' frames given a verdict (vad serve's page)
     lock = property(lambda self: self.root / ".lock")
 
     def scene(self, scene: str) -> RunFolder:
@@ -178,6 +179,7 @@ class WatchFolder:
     events = property(lambda self: self.root / "events.jsonl")
     snapshots = property(lambda self: self.root / "snapshots")
     clips = property(lambda self: self.root / "clips")
+    footage_dir = property(lambda self: self.root / "footage")
     lock = property(lambda self: self.root / ".lock")
 
     def snapshot(self, event: str) -> Path:
@@ -185,6 +187,10 @@ class WatchFolder:
 
     def clip(self, event: str) -> Path:
         return self.clips / f"{event}.mp4"
+
+    def footage(self, event: str) -> Path:
+        """The event's frames as they came (no drawing), and ``<event>.json`` beside it: where the event is in them."""
+        return self.footage_dir / f"{event}.mp4"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ Each verdict is one JSON line (the last line of an event wins)::
 
     {"event": ID, "clip": CLIP, "start": FRAME, "end": FRAME, "verdict": "normal"|"anomaly", "time": UTC, "via": WHO}
 
+A verdict on a live event (given in ``vad serve``'s control room, :func:`record_live_verdict`) names it
+``<camera>/<event>`` and adds ``"camera"`` and ``"footage"``: the event's frames as the camera sent them, copied from
+the site's ``OUT/<camera>/footage/`` into ``RUN/footage/<camera>-<event>.mp4`` (``clip`` is that file's stem; ``start``
+and ``end`` are the event's frames in it). The copy is the run's: the site's retention never deletes it, and
+``vad adapt`` trains on it as it does on the scored clips of an offline event.
+
 Writers (the review page's server, ``vad feedback``, a site service) call :func:`record_verdict`; readers (the
 review page, ``vad adapt``) call :func:`read_verdicts`. Lines are appended, never rewritten: the file is opened for
 append under a lock (a thread lock for a server's threads, ``flock`` for other processes), flushed and fsync'd
@@ -26,7 +32,7 @@ from pathlib import Path
 from vad.errors import InputError, UnknownEventError, UsageError
 from vad.runs import RunFolder, RunFolderError
 
-__all__ = ["VERDICTS", "UnknownEventError", "known_events", "read_verdicts", "record_verdict"]
+__all__ = ["VERDICTS", "UnknownEventError", "known_events", "read_verdicts", "record_live_verdict", "record_verdict"]
 
 VERDICTS = ("normal", "anomaly")
 
@@ -64,6 +70,45 @@ def record_verdict(run: RunFolder | Path | str, event: str, verdict: str, via: s
     e = known[event]
     line = {"event": event, "clip": e["clip"], "start": e["start"], "end": e["end"], "verdict": verdict,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), "via": via}
+    _append(folder.feedback, json.dumps(line))
+    return line
+
+
+def record_live_verdict(run: RunFolder | Path | str, camera: str, event: str, verdict: str, footage: Path | None,
+                        via: str = "site") -> dict:
+    """Append an operator's ``verdict`` on live event ``event`` of ``camera`` to ``RUN/feedback.jsonl`` (see the
+    module docstring); ``footage``: the event's ``OUT/<camera>/footage/<event>.mp4`` (with its ``.json``), copied
+    into the run once. A *normal* verdict needs it (it is what ``vad adapt`` learns from): without it a
+    :class:`~vad.errors.InputError` says why."""
+    import shutil
+
+    from vad.atomic import atomic_path
+
+    if verdict not in VERDICTS:
+        raise UsageError(f"verdict {verdict!r}: expected one of {', '.join(VERDICTS)}")
+    folder = _folder(run)
+    name = f"{camera}-{event}"
+    about_path = None if footage is None else Path(footage).with_suffix(".json")
+    have = footage is not None and Path(footage).is_file() and about_path.is_file()
+    if not have and verdict == "normal":
+        raise InputError(f"event {camera}/{event}: its footage ({footage}) is not written (yet: the clip is finished "
+                         "after its post-roll; or clips are off for this camera, or retention deleted it); a normal "
+                         "verdict needs the frames vad adapt learns from")
+    line = {"event": f"{camera}/{event}", "clip": name, "start": 0, "end": 0, "verdict": verdict,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), "via": via,
+            "camera": camera}
+    if have:
+        try:
+            about = json.loads(about_path.read_text())
+            line.update(start=int(about["start"]), end=int(about["end"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{about_path}: not the footage note vad serve writes ({err})") from None
+        dest = folder.footage / f"{name}.mp4"
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest, ".mp4") as tmp:
+                shutil.copyfile(footage, tmp)
+        line["footage"] = dest.relative_to(folder.root).as_posix()
     _append(folder.feedback, json.dumps(line))
     return line
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ import numpy as np
 from vad.config import RunConfig
 from vad.live.events import Change, EventTracker, Scored, gap_line
 from vad.live.evidence import Evidence
-from vad.live.sinks import standard_sinks
+from vad.live.sinks import rewrite_lines, standard_sinks
 from vad.live.stats import WatchStats
 from vad.postprocess import CausalRule
 from vad.reference import NormalReference
@@ -40,6 +41,7 @@ from vad.sources import End, Frame, Gap, Source
 log = logging.getLogger(__name__)
 
 STATES = ("starting", "scoring", "reconnecting", "down", "stopped")
+HISTORY = 60  # seconds of scores kept for the control room (the highest of each second)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class Camera:
     source queues something; ``on_score`` gets its latest calibrated score after each batch."""
 
     def __init__(self, name: str, source: str, model: ModelInfo, options, sinks: Sequence[Callable] = (),
-                 wake: threading.Event | None = None, on_score: Callable[[float], None] | None = None) -> None:
+                 wake: threading.Event | None = None, on_score: Callable[[float], None] | None = None,
+                 on_written: Callable[[str, str, str], None] | None = None) -> None:
         self.name, self.source, self.o = name, str(source), options
         self.folder = WatchFolder(options.out) if options.out else None
         self.fps = fps = options.fps or model.fps
@@ -70,7 +73,9 @@ class Camera:
         heat = model.reference.heat_scale(cfg.eval.threshold_percentile, cfg.render.heat_range)
         rate = fps or 10.0
         self.evidence = Evidence(self.folder, heat, cfg.render, rate, int(round(options.post_roll * rate)),
-                                 bound=4 * max(1, int(rate)), snapshots=options.snapshots, clips=options.clips)
+                                 bound=4 * max(1, int(rate)), snapshots=options.snapshots, clips=options.clips,
+                                 on_written=on_written)
+        self.heat, self.o_render = heat, cfg.render
         rule = CausalRule(1.0, cfg.postprocess.causal_window, cfg.eval.min_event_frames, cfg.eval.close_frames,
                           name, fps)
         self.tracker = EventTracker(rule, self.session, branches=model.branches, update_every=options.update_every,
@@ -82,6 +87,8 @@ class Camera:
         self.events = 0  # events started
         self.last_gap: dict | None = None
         self.last_score: float | None = None  # the latest calibrated score
+        self.latest: Scored | None = None  # the latest scored frame (the control room's tile)
+        self.history: deque[tuple[int, float]] = deque(maxlen=HISTORY)  # (second, its highest score), the last minute
         self.started = time.monotonic()
         self.stopping = False
         self.on_score = on_score
@@ -151,6 +158,12 @@ class Camera:
                 if now_open is not None and now_open is was_open:  # (a new event's clip began with this frame)
                     self.evidence.frame(now_open, s, inside=True)
             if len(frames):
+                self.latest = Scored(frames[-1], float(calibrated[-1]), maps[-1], None)
+                second = int(time.time())
+                top = float(np.max(calibrated))
+                if self.history and self.history[-1][0] == second:
+                    top = max(top, self.history.pop()[1])
+                self.history.append((second, top))
                 self.last_score = float(calibrated[-1])
                 if self.on_score is not None:
                     self.on_score(self.last_score)
@@ -178,9 +191,12 @@ class Camera:
         return lines
 
     def refresh_state(self) -> None:
-        """``reconnecting`` while no frame came for the source's stall timeout (the source is reopening it)."""
+        """``reconnecting`` while no frame came for the source's stall timeout (the source is reopening it); its
+        open event ends then, at the last frame scored (its clip finished), rather than when frames come again."""
         if self.state == "scoring" and self.src.stalled():
-            self.state = "reconnecting"
+            with self._lock:
+                self.state = "reconnecting"
+                self._apply(self.tracker.reset(), None)
 
     # --- lines out ------------------------------------------------------------------------------------------------
     def status_line(self) -> dict:
@@ -194,6 +210,42 @@ class Camera:
         """Write a status line; returns it (in a list, as the other writers)."""
         with self._lock:
             return [self._write(self.status_line())]
+
+    def recent_scores(self, seconds: int = HISTORY) -> list[tuple[int, float]]:
+        """``(unix second, highest calibrated score in it)`` over the last ``seconds``."""
+        since = int(time.time()) - seconds
+        return [x for x in list(self.history) if x[0] > since]
+
+    def picture(self, width: int = 640) -> tuple[int, bytes] | None:
+        """The latest scored frame as JPEG ``(its seq, bytes)``, at most ``width`` wide, with its anomaly map drawn
+        while an event is open; None before the first."""
+        s = self.latest
+        if s is None:
+            return None
+        import io
+
+        from PIL import Image
+
+        from vad.heatmap import font, heat_picture, mark_anomaly
+
+        rgb = s.frame.rgb
+        if self.tracker.open is not None:
+            rgb = np.array(heat_picture(rgb, s.amap, self.heat, self.o_render))
+            mark_anomaly(rgb, rgb.shape[0], font(max(12, rgb.shape[0] // 24)))
+        img = Image.fromarray(rgb)
+        if img.width > width:
+            img = img.resize((width, max(2, round(img.height * width / img.width))), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+        return s.frame.seq, buf.getvalue()
+
+    def rewrite_events(self, keep: Callable[[dict], bool]) -> int:
+        """Keep only the lines of ``events.jsonl`` for which ``keep`` is true (retention), between two of this
+        camera's writes; the file sink goes on in the new file. Returns the lines removed."""
+        if self.folder is None or not self.folder.events.is_file():
+            return 0
+        with self._lock:
+            return rewrite_lines(self.folder.events, keep, [s for s in self.sinks if hasattr(s, "reopen")])
 
     def status_text(self) -> str:
         o = self.tracker.open

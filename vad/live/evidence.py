@@ -1,19 +1,25 @@
 """Evidence of a live watch's events: a JPEG snapshot of each event's peak frame with its heatmap
-(``OUT/snapshots/<event>.jpg``) and an annotated H.264 clip with pre- and post-roll (``OUT/clips/<event>.mp4``).
+(``OUT/snapshots/<event>.jpg``), an annotated H.264 clip with pre- and post-roll (``OUT/clips/<event>.mp4``) and,
+beside it, the same frames as they came (``OUT/footage/<event>.mp4``, no drawing: what ``vad adapt`` can learn from
+once an operator says the event was normal) with ``OUT/footage/<event>.json``: ``{"frames": N, "start": I, "end": J,
+"fps": F}``, the event's first and last frame in it.
 
 :class:`Evidence` is called from the loop (:meth:`~Evidence.snapshot`, :meth:`~Evidence.begin`,
 :meth:`~Evidence.frame`, :meth:`~Evidence.ended`, :meth:`~Evidence.post_roll`) and queues tasks for one thread
 that draws and encodes them, so evidence never holds up scoring: beyond ``bound`` queued tasks a frame is dropped at
 once, and a snapshot, a clip's beginning or its end waits 5 s at most, then is dropped (both counted in
-:attr:`~Evidence.dropped`). A clip is written to a temporary file and renamed when complete.
+:attr:`~Evidence.dropped`). A clip is written to a temporary file and renamed when complete; then
+``on_written(kind, event, path)`` is called (kind ``snapshot`` or ``clip``) from the evidence thread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +38,10 @@ class Evidence:
     their event."""
 
     def __init__(self, folder: WatchFolder | None, heat: tuple[float, float], render: RenderConfig, fps: float,
-                 post_roll: int, bound: int, snapshots: bool = True, clips: bool = True) -> None:
+                 post_roll: int, bound: int, snapshots: bool = True, clips: bool = True,
+                 on_written: Callable[[str, str, str], None] | None = None) -> None:
         self.folder, self.heat, self.render, self.fps = folder, heat, render, fps
+        self.on_written = on_written
         self.post_roll_frames = post_roll
         self.snapshots, self.clips = snapshots, clips
         self.tasks: queue.Queue[tuple] = queue.Queue(maxsize=bound)
@@ -50,6 +58,10 @@ class Evidence:
         snap = str(folder.snapshot(event)) if folder and self.snapshots else None
         clip = str(folder.clip(event)) if folder and self.clips else None
         return snap, clip
+
+    def busy(self) -> set[str]:
+        """Ids of the events whose clips are still being written (retention leaves them alone)."""
+        return {Path(p).stem for p in list(self._writers)} | {Path(c).stem for _, c in list(self.closing)}
 
     # --- the loop's side ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,9 +152,11 @@ class Evidence:
         pic = self._picture(rgb, amap, calibrated, True, Path(path).stem)
         with atomic_path(Path(path), ".jpg") as tmp:
             Image.fromarray(pic).save(tmp, format="JPEG", quality=88)
+        self._written("snapshot", path)
 
     def _begin_clip(self, path: str, recent: list[Scored], start: int) -> None:
-        self._writers[path] = _ClipWriter(Path(path), self.fps)
+        footage = self.folder.footage(Path(path).stem) if self.folder is not None else None
+        self._writers[path] = _ClipWriter(Path(path), self.fps, footage)
         for s in recent:
             self._clip_frame(path, s, s.frame.index >= start)
 
@@ -151,39 +165,79 @@ class Evidence:
         if writer is None:  # its beginning was dropped
             return
         f = s.frame
-        writer.write(self._picture(f.rgb, s.amap, s.calibrated, inside, f"frame {f.index}  {f.pts:.1f}s"))
+        writer.write(self._picture(f.rgb, s.amap, s.calibrated, inside, f"frame {f.index}  {f.pts:.1f}s"), f.rgb,
+                     inside)
 
     def _finish_clip(self, path: str) -> None:
         writer = self._writers.pop(path, None)
         if writer is not None:
             writer.close()
+            self._written("clip", path)
+
+    def _written(self, kind: str, path: str) -> None:
+        if self.on_written is not None:
+            try:
+                self.on_written(kind, Path(path).stem, path)
+            except Exception as err:  # a listener failing leaves the evidence written
+                log.warning("note: after writing %s: %s", path, err)
 
 
-class _ClipWriter:
-    """An event's MP4, written to a temporary file and renamed when complete (a playable file or none)."""
+class _Mp4:
+    """One MP4, written to a temporary file and renamed when complete (a playable file or none)."""
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, crf: int) -> None:
         from vad.atomic import TEMP_PREFIX
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self.writer = path, fps, None
+        self.path, self.fps, self.crf, self.writer, self.frames = path, fps, crf, None, 0
         self.tmp = path.with_name(f"{TEMP_PREFIX}{path.stem}.{os.getpid()}.mp4")
 
     def write(self, pic: np.ndarray) -> None:
         from vad.io.encode import VideoWriter
 
+        h, w = pic.shape[0] - pic.shape[0] % 2, pic.shape[1] - pic.shape[1] % 2
         if self.writer is None:
             # ultrafast: the clip is encoded beside the scoring loop on the same cores
-            self.writer = VideoWriter(self.tmp, pic.shape[1], pic.shape[0], self.fps, preset="ultrafast")
-            self.size = pic.shape[:2]
-        if pic.shape[:2] != self.size:  # the stream changed resolution mid-event: keep the clip's size
+            self.writer = VideoWriter(self.tmp, w, h, self.fps, crf=self.crf, preset="ultrafast")
+            self.size = (h, w)
+        if (h, w) != self.size:  # the stream changed resolution mid-event: keep the clip's size
             from PIL import Image
 
             pic = np.asarray(Image.fromarray(pic).resize(self.size[::-1]))
-        self.writer.write(pic)
+        self.writer.write(np.ascontiguousarray(pic[: self.size[0], : self.size[1]]))
+        self.frames += 1
+
+    def close(self) -> bool:
+        """Finish the file; whether there is one (a clip with no frame is none)."""
+        if self.writer is None:
+            return False
+        self.writer.close()
+        self.tmp.replace(self.path)
+        self.writer = None
+        return True
+
+
+class _ClipWriter:
+    """An event's annotated clip and, when ``footage`` is a path, its frames as they came (near-lossless: they may
+    become training footage) with the event's place in them (``<footage>.json``)."""
+
+    def __init__(self, path: Path, fps: float, footage: Path | None) -> None:
+        self.clip = _Mp4(path, fps, crf=23)
+        self.footage = _Mp4(footage, fps, crf=12) if footage is not None else None
+        self.inside: list[int] = []  # positions of the event's frames in the footage
+
+    def write(self, pic: np.ndarray, rgb: np.ndarray, inside: bool) -> None:
+        self.clip.write(pic)
+        if self.footage is not None:
+            if inside:
+                self.inside.append(self.footage.frames)
+            self.footage.write(rgb)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.tmp.replace(self.path)
-            self.writer = None
+        from vad.atomic import write_text
+
+        self.clip.close()
+        if self.footage is not None and self.footage.close() and self.inside:
+            about = {"frames": self.footage.frames, "start": self.inside[0], "end": self.inside[-1],
+                     "fps": self.footage.fps}
+            write_text(json.dumps(about) + "\n", self.footage.path.with_suffix(".json"))

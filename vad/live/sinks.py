@@ -28,13 +28,43 @@ class FileSink:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.file = path.open("a", buffering=1)  # line-buffered: every line reaches the file as it is written
 
     def __call__(self, line: dict) -> None:
         self.file.write(json.dumps(line) + "\n")
 
+    def reopen(self) -> None:
+        """Go on in the file now at ``path`` (it was replaced: :func:`rewrite_lines`)."""
+        self.file.close()
+        self.file = self.path.open("a", buffering=1)
+
     def close(self) -> None:
         self.file.close()
+
+
+def rewrite_lines(path: Path, keep: Callable[[dict], bool], sinks: list[FileSink] = ()) -> int:
+    """Keep the JSON lines of ``path`` for which ``keep`` is true (lines that are not JSON are kept), replacing the
+    file atomically, then reopen ``sinks`` writing to it; the caller holds the writers' lock. Returns the lines
+    removed."""
+    from vad.atomic import write_text
+
+    kept, removed = [], 0
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            kept.append(text)
+            continue
+        if not isinstance(line, dict) or keep(line):
+            kept.append(text)
+        else:
+            removed += 1
+    if removed:
+        write_text("".join(t + "\n" for t in kept), path)
+        for sink in sinks:
+            sink.reopen()
+    return removed
 
 
 class StdoutSink:

@@ -1,0 +1,137 @@
+"""How long a site keeps its events: ``retain_days`` per camera, ``max_gb`` for all of them (:func:`sweep`).
+
+Every ``EVERY`` seconds (and when ``vad serve`` starts) each camera's folder is swept:
+
+1. **Age.** An event whose newest file (snapshot, clip, footage) is older than the camera's ``retain_days`` (default
+   7) loses its files, and the lines of ``events.jsonl`` written before that time go too (events, gaps, status).
+2. **Size.** While the files of all cameras take more than ``max_gb`` (default 20), events lose their files, the
+   oldest first, those with an operator's verdict last (their footage is in the run already: a verdict copies it
+   there, and the site never deletes a run's files). Their lines stay (a few hundred bytes each) until their age.
+
+An event still open, or whose clip is still being written, is never touched; nor is a temporary file.
+:class:`Kept` is what the control room shows: the bytes and events kept, per camera and in all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vad.atomic import TEMP_PREFIX
+from vad.runs import WatchFolder
+
+log = logging.getLogger(__name__)
+
+EVERY = 60.0  # seconds between sweeps
+KINDS = ("snapshots", "clips", "footage")
+
+
+@dataclass
+class Kept:
+    """What a sweep left: ``{camera: {"bytes", "events", "oldest" (unix time or None)}}`` and the bound."""
+
+    cameras: dict[str, dict] = field(default_factory=dict)
+    max_bytes: float = 0.0
+    retain_days: dict[str, float] = field(default_factory=dict)
+    deleted_events: int = 0  # events whose files this sweep deleted
+
+    @property
+    def bytes(self) -> int:
+        return sum(c["bytes"] for c in self.cameras.values())
+
+    def text(self) -> str:
+        days = sorted(set(self.retain_days.values()))
+        span = f"{days[0]:g}" if len(days) == 1 else f"{days[0]:g}-{days[-1]:g}"
+        events = sum(c["events"] for c in self.cameras.values())
+        return (f"{self.bytes / 1e9:.2f} GB of {self.max_bytes / 1e9:g} GB in {events} events' evidence; events are "
+                f"kept {span} days, the oldest deleted first beyond {self.max_bytes / 1e9:g} GB")
+
+    def as_dict(self) -> dict:
+        return {"bytes": self.bytes, "max_bytes": self.max_bytes, "cameras": self.cameras,
+                "retain_days": self.retain_days, "text": self.text()}
+
+
+def _event_files(folder: WatchFolder) -> dict[str, list[Path]]:
+    """``{event id: its files}`` under a camera's folder (snapshot, clip, footage and its note)."""
+    files: dict[str, list[Path]] = {}
+    for kind in KINDS:
+        d = folder.root / kind
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if p.is_file() and not p.name.startswith((TEMP_PREFIX, ".")):
+                files.setdefault(p.stem, []).append(p)
+    return files
+
+
+def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | None = None) -> Kept:
+    """Apply the rules of the module docstring to ``out/<camera>/`` for each of ``cameras``: ``{name: {"retain_days":
+    float, "busy": set of event ids not to touch, "judged": set of event ids with a verdict, "camera": the
+    :class:`~vad.live.camera.Camera` or None (its events.jsonl is rewritten between its writes)}}``."""
+    now = time.time() if now is None else now
+    kept = Kept(max_bytes=max_bytes, retain_days={n: c["retain_days"] for n, c in cameras.items()})
+    entries = []  # (judged, time, bytes, camera, event, files)
+    for name, c in cameras.items():
+        folder = WatchFolder(Path(out) / name)
+        cutoff = now - c["retain_days"] * 86400
+        for event, files in _event_files(folder).items():
+            if event in c["busy"]:
+                continue
+            stats = [(p, p.stat()) for p in files if p.exists()]
+            newest = max((st.st_mtime for _, st in stats), default=now)
+            if newest < cutoff:
+                _delete(p for p, _ in stats)
+                kept.deleted_events += 1
+                continue
+            entries.append((event in c["judged"], newest, sum(st.st_size for _, st in stats), name, event,
+                            [p for p, _ in stats]))
+        _drop_lines(folder, cutoff, c.get("camera"))
+    total = sum(e[2] for e in entries) + _busy_bytes(out, cameras)
+    for _, _, size, name, event, files in sorted(entries, key=lambda e: (e[0], e[1])):
+        if total <= max_bytes:
+            break
+        _delete(files)
+        total -= size
+        kept.deleted_events += 1
+        entries = [e for e in entries if not (e[3] == name and e[4] == event)]
+        log.info(f"retention: camera {name}: event {event} deleted (evidence over {max_bytes / 1e9:g} GB)")
+    for name in cameras:
+        mine = [e for e in entries if e[3] == name]
+        kept.cameras[name] = {"bytes": sum(e[2] for e in mine), "events": len(mine),
+                              "oldest": min((e[1] for e in mine), default=None)}
+    return kept
+
+
+def _busy_bytes(out: Path, cameras: dict[str, dict]) -> int:
+    """Bytes of the events being written (counted in the bound, never deleted)."""
+    total = 0
+    for name, c in cameras.items():
+        files = _event_files(WatchFolder(Path(out) / name))
+        total += sum(p.stat().st_size for e in c["busy"] for p in files.get(e, []) if p.exists())
+    return total
+
+
+def _delete(files) -> None:
+    for p in files:
+        p.unlink(missing_ok=True)
+
+
+def _drop_lines(folder: WatchFolder, cutoff: float, camera) -> int:
+    """The lines of ``events.jsonl`` written before ``cutoff`` (unix time), removed."""
+    from datetime import datetime, timezone
+
+    from vad.live.sinks import rewrite_lines
+
+    if not folder.events.is_file():
+        return 0
+    cutoff_iso = datetime.fromtimestamp(cutoff, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+    def keep(line: dict) -> bool:
+        t = line.get("wall_time")
+        return not isinstance(t, str) or t[:19] >= cutoff_iso
+
+    if camera is not None:
+        return camera.rewrite_events(keep)
+    return rewrite_lines(folder.events, keep)
