@@ -112,12 +112,45 @@ def _serve(args: argparse.Namespace) -> None:
 
     site = Site.load(args.config)  # every camera checked before anything opens
     runs = {(c.run, c.scene) for c in site.cfg.cameras.values()}
+    if args.add_user or args.add_token:
+        _add_login(site.cfg, args)
+        return
+    if site.cfg.http is not None:  # beyond loopback only with a login: said now, before anything opens
+        from vad.site.auth import UsersFile, check_binding
+
+        check_binding(site.cfg.http.host, UsersFile(site.cfg.http.auth_file))
     if args.check:
         print(f"{args.config}: {len(site.cfg.cameras)} camera(s), {len(runs)} model(s), out {site.cfg.out}"
               + (f", mqtt {site.cfg.mqtt.host}:{site.cfg.mqtt.port}" if site.cfg.mqtt else "")
               + (f", http {site.cfg.http.host}:{site.cfg.http.port}" if site.cfg.http else "") + ": ok")
         return
     site.run()
+
+
+def _add_login(cfg, args: argparse.Namespace) -> None:
+    """``--add-user NAME`` (the password asked twice, or one line of standard input with ``--password-stdin``) or
+    ``--add-token NAME`` (printed once) into the site's users file."""
+    from vad.site.auth import UsersFile
+
+    if cfg.http is None:
+        raise UsageError(f"{args.config}: no http: section; logins are for its control room (add http: {{host: "
+                         "0.0.0.0, port: 8971}})")
+    users = UsersFile(cfg.http.auth_file)
+    if args.add_token:
+        token = users.add_token(args.add_token)
+        log.info(f"token {args.add_token} added to {users.path}; it is shown once, here:")
+        print(token)
+        return
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.add_user}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ; nothing was changed")
+    users.add_user(args.add_user, password)
+    log.info(f"user {args.add_user} added to {users.path} (argon2id hash); vad serve reads it without a restart")
 
 
 def _adapt(args: argparse.Namespace) -> None:
@@ -392,7 +425,8 @@ site.yaml:
   defaults: {post_roll: 5}     # any camera key, for every camera that does not set it
   out: site/                   # site/<camera>/events.jsonl, snapshots/, clips/
   mqtt: {host: 127.0.0.1, port: 1883, topic_prefix: vad}   # optional
-  http: {host: 127.0.0.1, port: 8971}                      # optional: /healthz /api/cameras /api/events /metrics
+  http: {host: 127.0.0.1, port: 8971}                      # optional: the control room at /, API, /metrics
+  max_gb: 20                   # evidence kept, all cameras (retain_days: per camera, default 7)
   batch: 8                     # frames scored together, across the cameras of one model
   batch_timeout_ms: 20"""
 
@@ -409,9 +443,17 @@ def _add_serve_command(sub) -> None:
                  "background while torch scores. SIGHUP re-reads the file (cameras added, removed or changed; the "
                  "others untouched); SIGTERM or Ctrl-C close open events, finish clips and publish offline.\n\n"
                  + SITE_EXAMPLE,
-                 ["--config site.yaml", "--config site.yaml --check"], common=False)
+                 ["--config site.yaml", "--config site.yaml --check", "--config site.yaml --add-user alice"],
+                 common=False)
     p.add_argument("--config", required=True, help="the site file (YAML: cameras, out, mqtt, http, ...)")
     p.add_argument("--check", action="store_true", help="check the file (runs, sources, keys) and exit")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--add-user", metavar="NAME", help="add (or change) a control-room user: the password is asked "
+                     "for twice, and stored as an argon2id hash in the users file (http.auth_file), then exit")
+    who.add_argument("--add-token", metavar="NAME", help="add a bearer token for scripts and Prometheus "
+                     "(Authorization: Bearer TOKEN), printed once, then exit")
+    p.add_argument("--password-stdin", action="store_true", help="with --add-user: read the password from one line of "
+                   "standard input")
 
 
 def _add_review_commands(sub) -> None:

@@ -9,7 +9,8 @@
     defaults: {post_roll: 5}          # any camera key: the value of every camera that does not set it
     out: site/                        # site/<camera>/events.jsonl, snapshots/, clips/
     mqtt: {host: 127.0.0.1, port: 1883, topic_prefix: vad}   # optional
-    http: {host: 127.0.0.1, port: 8971}                      # optional: health, metrics, API
+    http: {host: 127.0.0.1, port: 8971}                      # optional: the control room's page, API, metrics
+    max_gb: 20                        # the evidence kept (clips, snapshots, footage), all cameras: the oldest go first
     batch: 8                          # frames scored together at most, across the cameras of one model
     batch_timeout_ms: 20              # a batch goes when full or this long after its first frame
 
@@ -54,6 +55,7 @@ class CameraConfig:
     post_roll: Seconds = 3.0
     snapshots: bool = True
     clips: bool = True
+    retain_days: Annotated[float, Range(gt=0)] = 7.0  # events (lines, snapshots, clips, footage) older are deleted
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,19 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    cert: str = ""  # PEM certificate (chain) file
+    key: str = ""  # PEM private key file
+
+
+@dataclass(frozen=True)
 class HttpConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # beyond loopback (0.0.0.0, an address) only with users or tokens (vad.site.auth)
     port: Annotated[int, Range(ge=0, le=65535)] = 8971  # 0: any free port
+    tls: TlsConfig | None = None  # serve HTTPS directly
+    auth_file: str | None = None  # users and tokens; default: <site file>.auth.json beside the site file
+    session_hours: Annotated[float, Range(gt=0)] = 12.0  # a login lasts this long (or until vad serve restarts)
+    origins: tuple[str, ...] = ()  # more Origins allowed to POST (a reverse proxy's public https://host)
 
 
 @dataclass(frozen=True)
@@ -85,11 +97,12 @@ class SiteConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     status_every: Timeout = 10.0  # seconds between status lines
+    max_gb: Annotated[float, Range(gt=0)] = 20.0  # evidence on disk, all cameras (vad.site.retention)
     path: Path | None = None  # the file it was read from
 
 
 SITE_KEYS = ("cameras", "defaults", "out", "mqtt", "http", "batch", "batch_timeout_ms", "device", "backend",
-             "status_every")
+             "status_every", "max_gb")
 CAMERA_KEYS = tuple(f.name for f in dataclasses.fields(CameraConfig))
 
 
@@ -157,8 +170,31 @@ def parse_site(data: object, path: Path) -> SiteConfig:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     out = Path(data.get("out") or "site")
+    if http is not None:
+        http = _http_paths(http, path, base)
     return dataclasses.replace(site, cameras=parsed, mqtt=mqtt, http=http, path=path,
                                out=out if out.is_absolute() else base / out)
+
+
+def _http_paths(http: HttpConfig, path: Path, base: Path) -> HttpConfig:
+    """``http`` with its files absolute (read from the site file's folder) and checked; the users file defaults to
+    ``<site file>.auth.json``."""
+    def absolute(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    auth = absolute(http.auth_file) if http.auth_file else str(base / f"{path.stem}.auth.json")
+    tls = http.tls
+    if tls is not None:
+        tls = dataclasses.replace(tls, cert=absolute(tls.cert), key=absolute(tls.key))
+        for key in ("cert", "key"):
+            if not Path(getattr(tls, key)).is_file():
+                raise ConfigError(f"{path}: http.tls.{key}: {getattr(tls, key)} not found; expected a PEM file")
+    for origin in http.origins:
+        if not origin.startswith(("http://", "https://")) or origin.rstrip("/") != origin:
+            raise ConfigError(f"{path}: http.origins: {origin!r}; expected scheme://host[:port] with no path, e.g. "
+                              "https://vad.example.org")
+    return dataclasses.replace(http, auth_file=auth, tls=tls)
 
 
 def parse_camera(name: str, data: object, defaults: dict, base: Path) -> CameraConfig:

@@ -1,5 +1,22 @@
-"""A site's health, cameras, events and metrics over HTTP (Starlette on uvicorn, in a thread of ``vad serve``).
+"""The control room: a site's live page, its events, verdicts, health and metrics over HTTP (Starlette on uvicorn, in
+a thread of ``vad serve``), behind the door of :mod:`vad.site.auth` (logins beyond loopback).
 
+- ``GET /``: the live page (``vad/review/templates/review.html`` with ``live``: the cameras' grid, each camera's
+  latest frame, its state, its score over the last minute, frames/s and drops; the event feed as cards with their
+  snapshot, a click plays the event's clip; verdicts by ``n`` / ``a``); ``GET /login``, ``POST /api/login``,
+  ``POST /api/logout``.
+- ``GET /api/cameras/<camera>/frame.jpg``: the camera's latest scored frame (its anomaly map drawn while an event is
+  open), at most 640 wide; ``/api/cameras?history=S`` adds each camera's highest score per second over ``S`` s.
+- ``GET /api/feed``: the events of every camera as items (one per event: camera, times, peak, branch, snapshot
+  and clip links, whether the clip is written, open or not), oldest first; ``GET /api/stream``: server-sent events,
+  each item's changes as they happen (``{"kind": "event", "item": ...}``), clips and snapshots written
+  (``"written"``) and verdicts given (``"verdict"``).
+- ``GET /api/feedback``: the verdicts on the site's live events (``CAMERA/EVENT``), from each camera's run;
+  ``POST /api/feedback`` ``{"event": "CAMERA/EVENT", "verdict": "normal"|"anomaly"}`` records one into the camera's
+  run (:func:`vad.verdicts.record_live_verdict`; 409 while its footage is not written yet).
+- ``GET /api/storage``: what retention keeps (:mod:`vad.site.retention`).
+- ``GET /media/<camera>/snapshots/<event>.jpg`` and ``/media/<camera>/clips/<event>.mp4``: evidence, only from
+  those folders of the site's ``out`` (no other name, no path outside them).
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the loop runs and some camera is not down; 503 when every camera is
   down (or the service is stopping).
 - ``GET /api/cameras``: per camera its state (``starting``, ``scoring``, ``reconnecting``, ``down``), source, model
@@ -10,29 +27,36 @@
 - ``GET /metrics``: Prometheus' text format (prometheus_client): ``vad_camera_fps{camera}`` (scored),
   ``vad_camera_input_fps{camera}``, ``vad_frames_scored_total{camera}``, ``vad_frames_dropped_total{camera}``,
   ``vad_events_total{camera}``, ``vad_camera_up{camera}`` (1 unless down), ``vad_scoring_seconds{model}`` (a
-  histogram of batch times), ``vad_batch_frames{model}``, ``vad_mqtt_dropped_total`` and ``vad_mqtt_connected``.
+  histogram of batch times), ``vad_batch_frames{model}``, ``vad_mqtt_dropped_total``, ``vad_mqtt_connected``,
+  ``vad_login_failures_total``.
 
-It binds ``127.0.0.1`` unless ``http.host`` says otherwise: who may reach it from another machine (logins, TLS) is
-the control room's business, not yet here.
+Every route but ``/healthz`` and the login answers 401 without a session or token once users exist (and they must
+for any address beyond loopback); over TLS with ``http.tls``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from vad.errors import InputError, UnknownEventError, UsageError
+from vad.review.server import NO_STORE, inside
 from vad.runs import WatchFolder
 from vad.site.config import HttpConfig
 
@@ -96,17 +120,98 @@ class _Cameras:
             connected = GaugeMetricFamily("vad_mqtt_connected", "1 while connected to the broker")
             connected.add_metric([], 1.0 if st["connected"] else 0.0)
             yield from (mqtt_dropped, connected)
+        throttle = getattr(self.site.metrics, "throttle", None)
+        if throttle is not None:
+            failures = CounterMetricFamily("vad_login_failures", "Failed logins to the control room")
+            failures.add_metric([], throttle.total)
+            yield failures
 
 
-def site_app(site) -> Starlette:
-    """The site's ASGI app (see the module docstring)."""
+def site_app(site, door: dict) -> Starlette:
+    """The site's ASGI app (see the module docstring) behind its door (:class:`~vad.site.auth.Door`: ``door`` holds
+    its users file, sessions, login throttle and whether it is an open loopback server)."""
+    from vad.site.auth import COOKIE, FAIL_DELAY, Door
+
+    http = site.cfg.http
+    users, sessions, throttle = door["users"], door["sessions"], door["throttle"]
+    secure = bool(http and http.tls)
+    pictures: dict[str, tuple[int, bytes]] = {}
 
     async def healthz(request: Request) -> Response:
         ok = site.healthy()
         return JSONResponse({"status": "ok" if ok else "down"}, 200 if ok else 503)
 
+    async def page(request: Request) -> Response:
+        from vad.review.page import render_page
+
+        title = site.cfg.path.stem if site.cfg.path else "site"
+        data = {"preroll": 0, "user": request.scope.get("user"), "static_note": "", "no_video_note": ""}
+        html = await run_in_threadpool(render_page, data, True, title=title, clips=sorted(site.cameras))
+        return HTMLResponse(html, headers=NO_STORE)
+
+    async def login_page(request: Request) -> Response:
+        from vad.review.page import render_login
+
+        return HTMLResponse(render_login(), headers=NO_STORE)
+
+    async def login(request: Request) -> Response:
+        address = request.client.host if request.client else "?"
+        wait = throttle.blocked(address)
+        if wait:
+            return _json(429, {"error": f"too many failed logins from {address}; try again in {wait:.0f} s"},
+                         {"Retry-After": str(int(wait) + 1)})
+        try:
+            asked = json.loads(await _body(request))
+            user, password = asked["user"], asked["password"]
+            if not (isinstance(user, str) and isinstance(password, str)):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            return _json(400, {"error": 'expected {"user": NAME, "password": PASSWORD}'})
+        ok = await run_in_threadpool(users.check_password, user, password)
+        if not ok:
+            throttle.failed(address)
+            log.warning(f"note: failed login for {user!r} from {address} ({throttle.total} failed so far)")
+            await asyncio.sleep(FAIL_DELAY)
+            return _json(401, {"error": "wrong user or password"})
+        token = sessions.open(user)
+        response = _json(200, {"user": user})
+        response.set_cookie(COOKIE, token, max_age=int(sessions.seconds), httponly=True, samesite="strict",
+                            secure=secure, path="/")
+        log.info(f"login: {user} from {address}")
+        return response
+
+    async def logout(request: Request) -> Response:
+        sessions.close(request.cookies.get(COOKIE))
+        response = _json(200, {"user": None})
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure)
+        return response
+
     async def cameras(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(site.camera_states))
+        states = await run_in_threadpool(site.camera_states)
+        if "history" in request.query_params:
+            try:
+                seconds = min(3600, max(1, int(request.query_params["history"])))
+            except ValueError:
+                return _json(400, {"error": "history: expected a number of seconds"})
+            for name, s in states.items():
+                s["history"] = site.camera_history(name, seconds)
+        return JSONResponse(states, headers=NO_STORE)
+
+    async def frame(request: Request) -> Response:
+        name = request.path_params["camera"]
+        cam = site.camera(name)
+        if cam is None:
+            return _json(404, {"error": f"unknown camera {name!r}"})
+        latest = cam.latest
+        if latest is None:
+            return _json(404, {"error": f"camera {name}: no frame scored yet"})
+        cached = pictures.get(name)
+        if cached is None or cached[0] != latest.frame.seq:
+            got = await run_in_threadpool(cam.picture)
+            if got is None:
+                return _json(404, {"error": f"camera {name}: no frame scored yet"})
+            cached = pictures[name] = got
+        return Response(cached[1], media_type="image/jpeg", headers=NO_STORE)
 
     async def events(request: Request) -> Response:
         camera = request.query_params.get("camera")
@@ -116,18 +221,125 @@ def site_app(site) -> Starlette:
             if limit < 1:
                 raise ValueError
         except ValueError:
-            return JSONResponse({"error": "limit: expected a positive integer"}, 400)
+            return _json(400, {"error": "limit: expected a positive integer"})
         names = list(site.cameras) if camera is None else [camera]
         if camera is not None and camera not in site.cameras:
-            return JSONResponse({"error": f"unknown camera {camera!r}; cameras: {sorted(site.cameras)}"}, 404)
+            return _json(404, {"error": f"unknown camera {camera!r}; cameras: {sorted(site.cameras)}"})
         lines = await run_in_threadpool(_read_events, site.cfg.out, names, since)
-        return JSONResponse({"events": lines[-limit:]})
+        return JSONResponse({"events": lines[-limit:]}, headers=NO_STORE)
+
+    async def feed(request: Request) -> Response:
+        camera = request.query_params.get("camera")
+        names = list(site.cameras) if camera is None else [camera]
+        lines = await run_in_threadpool(_read_events, site.cfg.out, names, None)
+        items: dict[str, dict] = {}
+        for line in lines:
+            patch = site.feed.patch(line["camera"], line)
+            if patch is not None:
+                items.setdefault(patch["id"], {}).update(patch)
+        for item in items.values():
+            item["clip_ready"] = bool(item.get("clip")) and site.feed.clip_path(item["camera"], item["event"]).is_file()
+        out = sorted(items.values(), key=lambda x: x.get("start_time") or x.get("end_time") or "")
+        return JSONResponse({"events": out[-2000:]}, headers=NO_STORE)
+
+    async def stream(request: Request) -> Response:
+        queue = site.feed.subscribe(asyncio.get_running_loop())
+
+        async def messages():
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), 15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    if msg is None:  # the service is stopping
+                        return
+                    yield f"data: {json.dumps(msg)}\n\n"
+            finally:
+                site.feed.unsubscribe(queue)
+
+        return StreamingResponse(messages(), media_type="text/event-stream",
+                                 headers={**NO_STORE, "X-Accel-Buffering": "no"})
+
+    async def feedback(request: Request) -> Response:
+        if request.method == "GET":
+            verdicts, bad = await run_in_threadpool(site.verdicts)
+            return _json(200, {"verdicts": verdicts, "unreadable_lines": bad})
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            return _json(415, {"error": "expected a JSON body (Content-Type: application/json)"})
+        try:
+            asked = json.loads(await _body(request))
+            key, verdict = asked["event"], asked["verdict"]
+            if not (isinstance(key, str) and isinstance(verdict, str)) or "/" not in key:
+                raise TypeError("event must be CAMERA/EVENT and verdict a string")
+        except (ValueError, TypeError, KeyError) as err:
+            return _json(400, {"error": f'expected {{"event": "CAMERA/EVENT", "verdict": "normal"|"anomaly"}} ({err})'})
+        user = request.scope.get("user")
+        try:
+            line = await run_in_threadpool(site.record_verdict, key, verdict, f"site:{user}" if user else "site")
+        except UnknownEventError as err:
+            return _json(404, {"error": str(err)})
+        except UsageError as err:
+            return _json(400, {"error": str(err)})
+        except InputError as err:  # its footage is not written yet
+            return _json(409, {"error": str(err)})
+        except OSError as err:
+            return _json(500, {"error": f"{err.filename}: {err.strerror or err}"})
+        return _json(200, line)
+
+    async def storage(request: Request) -> Response:
+        kept = site.kept
+        if kept is None:
+            return _json(503, {"error": "not measured yet"})
+        return JSONResponse(kept.as_dict(), headers=NO_STORE)
+
+    async def media(request: Request) -> Response:
+        camera, kind, name = (request.path_params[k] for k in ("camera", "kind", "name"))
+        if camera not in site.cameras or kind not in MEDIA:
+            return _json(404, {"error": f"not found: {request.url.path}"})
+        path = inside(site.cfg.out / camera / kind, name)
+        if path is None or path.suffix != MEDIA[kind] or not path.is_file():
+            return _json(404, {"error": f"not found: {request.url.path}"})
+        if kind == "snapshots":  # replaced while an event's peak rises: read at once, not stat-then-stream
+            data = await run_in_threadpool(path.read_bytes)
+            return Response(data, media_type="image/jpeg", headers=NO_STORE)
+        return FileResponse(path, headers=NO_STORE)  # a clip, complete once there (byte ranges: seeking)
 
     async def metrics(request: Request) -> Response:
         return Response(await run_in_threadpool(site.metrics.text), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/api/cameras", cameras),
-                             Route("/api/events", events), Route("/metrics", metrics)])
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _json(exc.status_code, {"error": f"{exc.detail}: {request.method} {request.url.path}"})
+
+    site.metrics.throttle = throttle
+    routes = [Route("/", page), Route("/login", login_page), Route("/api/login", login, methods=["POST"]),
+              Route("/api/logout", logout, methods=["POST"]), Route("/healthz", healthz),
+              Route("/api/cameras", cameras), Route("/api/cameras/{camera}/frame.jpg", frame),
+              Route("/api/events", events), Route("/api/feed", feed), Route("/api/stream", stream),
+              Route("/api/feedback", feedback, methods=["GET", "POST"]), Route("/api/storage", storage),
+              Route("/media/{camera}/{kind}/{name:path}", media), Route("/metrics", metrics)]
+    middleware = [Middleware(Door, users=users, sessions=sessions, loopback_open=door["open"],
+                             origins=tuple(http.origins) if http else ())]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
+
+
+MEDIA = {"snapshots": ".jpg", "clips": ".mp4"}
+MAX_BODY = 1 << 14
+
+
+async def _body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ValueError(f"a body over {MAX_BODY} bytes")
+    return body
+
+
+def _json(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body, status, headers={**NO_STORE, **(headers or {})})
 
 
 def _read_events(out: Path, cameras: list[str], since: str | None) -> list[dict]:
@@ -148,10 +360,96 @@ def _read_events(out: Path, cameras: list[str], since: str | None) -> list[dict]
     return sorted(lines, key=lambda x: x.get("wall_time", ""))
 
 
+class LiveFeed:
+    """The site's events as they happen, for the control room's event stream (``/api/stream``): every event line
+    of every camera, each clip and snapshot once written, each verdict, pushed to the pages listening (one asyncio
+    queue each, filled from the cameras' threads)."""
+
+    BOUND = 1000  # messages waiting for one page; beyond, its oldest are dropped (it reloads the feed on reconnect)
+
+    def __init__(self, site) -> None:
+        self.site = site
+        self._subs: dict[asyncio.Queue, asyncio.AbstractEventLoop] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=self.BOUND)
+        with self._lock:
+            self._subs[q] = loop
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        with self._lock:
+            self._subs.pop(q, None)
+
+    def publish(self, msg: dict | None) -> None:
+        """Send ``msg`` to every page listening (from any thread); None ends their streams."""
+        with self._lock:
+            subs = list(self._subs.items())
+        for q, loop in subs:
+            try:
+                loop.call_soon_threadsafe(_put, q, msg)
+            except RuntimeError:  # its loop is closed
+                self.unsubscribe(q)
+
+    # what the cameras call
+    def line(self, camera: str, line: dict) -> None:
+        patch = self.patch(camera, line)
+        if patch is not None:
+            self.publish({"kind": "event", "item": patch})
+
+    def written(self, camera: str, kind: str, event: str, path: str) -> None:
+        self.publish({"kind": "written", "id": f"{camera}/{event}", "what": kind})
+
+    def verdict(self, key: str, line: dict) -> None:
+        self.publish({"kind": "verdict", "id": key, "line": line})
+
+    # an event line as a change of the event's item (the page merges them; /api/feed folds them)
+    def patch(self, camera: str, line: dict) -> dict | None:
+        kind, event = line.get("type"), line.get("event")
+        if kind not in ("start", "update", "end") or not isinstance(event, str):
+            return None
+        patch = {"id": f"{camera}/{event}", "camera": camera, "event": event, "peak": line.get("peak"),
+                 "branch": line.get("branch")}
+        if line.get("snapshot"):
+            patch["snapshot"] = f"/media/{quote(camera)}/snapshots/{quote(event)}.jpg"
+        if kind == "start":
+            patch.update(start_time=line.get("wall_time"), open=True, clip_ready=False)
+            entry = self.site.cameras.get(camera)
+            if entry is not None and entry[0].clips:
+                patch["clip"] = self._clip_url(camera, event)
+        elif kind == "end":
+            patch.update(end_time=line.get("wall_time"), open=False)
+            if line.get("clip"):
+                patch["clip"] = self._clip_url(camera, event)
+        return patch
+
+    def clip_path(self, camera: str, event: str) -> Path:
+        return WatchFolder(self.site.cfg.out / camera).clip(event)
+
+    @staticmethod
+    def _clip_url(camera: str, event: str) -> str:
+        return f"/media/{quote(camera)}/clips/{quote(event)}.mp4"
+
+
+def _put(q: asyncio.Queue, msg: dict | None) -> None:
+    if q.full():
+        q.get_nowait()
+    q.put_nowait(msg)
+
+
 class SiteServer:
-    """``site_app`` served by uvicorn in a thread on ``cfg.host:cfg.port``."""
+    """``site_app`` served by uvicorn in a thread on ``cfg.host:cfg.port`` (HTTPS with ``cfg.tls``); refuses (a
+    :class:`~vad.errors.ConfigError`) an address beyond loopback without users (:func:`vad.site.auth.check_binding`)."""
 
     def __init__(self, site, cfg: HttpConfig) -> None:
+        from vad.site.auth import Sessions, Throttle, UsersFile, check_binding, is_loopback
+
+        users = UsersFile(Path(cfg.auth_file))
+        check_binding(cfg.host, users)
+        self.users = users
+        door = {"users": users, "sessions": Sessions(cfg.session_hours), "throttle": Throttle(),
+                "open": is_loopback(cfg.host)}
         self.socket = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -159,15 +457,15 @@ class SiteServer:
             self.socket.listen(128)
         except OSError as err:
             self.socket.close()
-            from vad.errors import UsageError
-
             raise UsageError(f"http: cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err}); choose another "
                              "http.port (0: any free port)") from None
         host, port = self.socket.getsockname()[:2]
         self.port = port
-        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
-        config = uvicorn.Config(site_app(site), log_level="warning", log_config=None, access_log=False,
-                                lifespan="off", server_header=False, timeout_graceful_shutdown=2)
+        scheme = "https" if cfg.tls else "http"
+        self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}/"
+        tls = {"ssl_certfile": cfg.tls.cert, "ssl_keyfile": cfg.tls.key} if cfg.tls else {}
+        config = uvicorn.Config(site_app(site, door), log_level="warning", log_config=None, access_log=False,
+                                lifespan="off", server_header=False, timeout_graceful_shutdown=2, **tls)
         self._server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},
                                        name="vad-http", daemon=True)

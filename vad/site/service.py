@@ -19,7 +19,10 @@
   scores are those ``vad watch`` gives the camera's frames alone. A camera's outage, refusal, garbage or size
   change is its own source's business (reopened with backoff, reported as a gap) and never stalls the others.
 - **Lines** go to each camera's files and, with ``mqtt:``, to the broker (:mod:`vad.site.mqtt`); with ``http:``,
-  health, the cameras, the events and Prometheus metrics are served (:mod:`vad.site.http`).
+  the control room's page, the cameras, the events, verdicts, health and Prometheus metrics are served
+  (:mod:`vad.site.http`), behind logins beyond loopback (:mod:`vad.site.auth`).
+- **Retention**: events older than their camera's ``retain_days`` are deleted, and the evidence of all cameras is
+  kept under ``max_gb`` (:mod:`vad.site.retention`).
 - **Start-up in seconds**: models open with torch; exporting and measuring the runtimes happens in the background
   (:meth:`vad.detector.Detector.load`), and the sources open at once.
 """
@@ -176,6 +179,10 @@ class Site:
         self.publisher = None
         self.http = None
         self.metrics = None
+        self.kept = None  # what the last retention sweep left (vad.site.retention.Kept)
+        from vad.site.http import LiveFeed
+
+        self.feed = LiveFeed(self)
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -197,21 +204,25 @@ class Site:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
             if hasattr(signal, "SIGHUP"):
                 signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        from vad.site.http import SiteMetrics
+        from vad.site.http import SiteMetrics, SiteServer
 
         self.metrics = SiteMetrics(self)
+        if self.cfg.http is not None:  # first: a door that cannot be opened safely stops the start
+            self.http = SiteServer(self, self.cfg.http)
         if self.cfg.mqtt is not None:
             from vad.site.mqtt import MqttPublisher
 
             self.publisher = MqttPublisher(self.cfg.mqtt)
             self.publisher.start()
         self._apply(self.cfg.cameras)
-        if self.cfg.http is not None:
-            from vad.site.http import SiteServer
-
-            self.http = SiteServer(self, self.cfg.http)
+        if self.http is not None:
             self.http.start()
-            log.info(f"http: {self.http.url} (/healthz, /api/cameras, /api/events, /metrics)")
+            users, tokens = self.http.users.names()
+            who = (f"{len(users)} user(s), {len(tokens)} token(s) in {self.http.users.path}" if users or tokens
+                   else "open: no login (loopback only)")
+            log.info(f"http: {self.http.url} (the control room; /healthz, /api/..., /metrics); {who}")
+        retention = threading.Thread(target=self._retention, name="vad-retention", daemon=True)
+        retention.start()
         log.info(f"serving {len(self.cameras)} camera(s) with {len(self.workers)} model(s); "
                  f"{'SIGHUP re-reads ' + str(self.cfg.path) + '; ' if self.cfg.path else ''}Ctrl-C or SIGTERM stop")
         next_status = time.monotonic() + self.cfg.status_every
@@ -280,14 +291,16 @@ class Site:
 
     def _add(self, name: str, cfg: CameraConfig) -> None:
         worker = self._worker(cfg)
-        sinks = []
+        feed = self.feed
+        sinks = [lambda line, name=name: feed.line(name, line)]
         if self.publisher is not None:
             publisher = self.publisher
             sinks.append(lambda line, name=name: publisher.line(name, line))
             publisher.camera_added(name)
         options = _options(cfg, self.cfg, name)
         on_score = None if self.publisher is None else (lambda value, name=name: publisher.score(name, value))
-        camera = Camera(name, cfg.source, worker.det.info, options, sinks=sinks, wake=worker.wake, on_score=on_score)
+        camera = Camera(name, cfg.source, worker.det.info, options, sinks=sinks, wake=worker.wake, on_score=on_score,
+                        on_written=lambda kind, event, path, name=name: feed.written(name, kind, event, path))
         camera.start()
         worker.add(camera)
         self.cameras[name] = (cfg, camera, worker)
@@ -326,6 +339,7 @@ class Site:
                 self._remove(name)
             self.workers.clear()
         if self.http is not None:
+            self.feed.publish(None)
             self.http.stop()
         if self.publisher is not None:
             self.publisher.close()
@@ -344,8 +358,85 @@ class Site:
                          "frames_decoded": s["frames_decoded"], "frames_scored": s["frames_scored"],
                          "dropped": s["dropped"], "latency_ms_p50": s["latency_ms_p50"],
                          "latency_ms_p95": s["latency_ms_p95"], "open_event": s["open_event"],
-                         "events": cam.events, "last_gap": cam.last_gap, "score": cam.last_score}
+                         "events": cam.events, "last_gap": cam.last_gap, "score": cam.last_score,
+                         "frame_seq": None if cam.latest is None else cam.latest.frame.seq}
         return out
+
+    def camera(self, name: str) -> Camera | None:
+        with self._lock:
+            entry = self.cameras.get(name)
+        return entry[1] if entry else None
+
+    def camera_history(self, name: str, seconds: int) -> list[tuple[int, float]]:
+        cam = self.camera(name)
+        return [] if cam is None else cam.recent_scores(seconds)
+
+    # --- verdicts and retention ---------------------------------------------------------------------------------
+    def _runs(self) -> dict[str, list[str]]:
+        """``{run folder: the cameras it scores}``."""
+        with self._lock:
+            items = [(name, cfg.run) for name, (cfg, _, _) in self.cameras.items()]
+        runs: dict[str, list[str]] = {}
+        for name, run in items:
+            runs.setdefault(run, []).append(name)
+        return runs
+
+    def verdicts(self) -> tuple[dict[str, dict], list[str]]:
+        """The verdicts on this site's live events (``{CAMERA/EVENT: line}``), from each camera's run, and the lines
+        that are not verdicts (``FILE:LINE``)."""
+        from vad.verdicts import read_verdicts
+
+        verdicts, bad = {}, []
+        for run, names in self._runs().items():
+            given, skipped = read_verdicts(run)
+            verdicts.update({k: v for k, v in given.items() if k.partition("/")[0] in names and "/" in k})
+            bad += [f"{Path(run) / 'feedback.jsonl'}:{n}" for n in skipped]
+        return verdicts, bad
+
+    def record_verdict(self, key: str, verdict: str, via: str = "site") -> dict:
+        """Record an operator's verdict on live event ``key`` (``CAMERA/EVENT``) into the camera's run
+        (:func:`vad.verdicts.record_live_verdict`), and tell the pages."""
+        from vad.errors import UnknownEventError
+        from vad.runs import RunFolder, WatchFolder
+        from vad.verdicts import record_live_verdict
+
+        camera, _, event = key.partition("/")
+        with self._lock:
+            entry = self.cameras.get(camera)
+        if entry is None:
+            raise UnknownEventError(f"unknown camera {camera!r} in {key!r}; cameras: {', '.join(sorted(self.cameras))}")
+        folder = WatchFolder(self.cfg.out / camera)
+        if not _has_event(folder.events, event):
+            raise UnknownEventError(f"unknown event {event!r} of camera {camera} (not in {folder.events})")
+        line = record_live_verdict(RunFolder(entry[0].run), camera, event, verdict, folder.footage(event), via)
+        log.info(f"verdict: {key} {verdict} ({via}) -> {entry[0].run}/feedback.jsonl")
+        self.feed.verdict(key, line)
+        return line
+
+    def sweep(self) -> None:
+        """One retention sweep (:mod:`vad.site.retention`): what is kept goes to :attr:`kept`."""
+        from vad.site.retention import sweep
+
+        judged = set(self.verdicts()[0])
+        with self._lock:
+            items = list(self.cameras.items())
+        cameras = {}
+        for name, (cfg, cam, _) in items:
+            busy = cam.evidence.busy() | ({cam.tracker.open.id} if cam.tracker.open else set())
+            cameras[name] = {"retain_days": cfg.retain_days, "busy": busy, "camera": cam,
+                             "judged": {k.partition("/")[2] for k in judged if k.partition("/")[0] == name}}
+        self.kept = sweep(self.cfg.out, cameras, self.cfg.max_gb * 1e9)
+
+    def _retention(self) -> None:
+        from vad.site.retention import EVERY
+
+        while True:
+            try:
+                self.sweep()
+            except Exception as err:  # retention failing must not stop the site; say it, try again later
+                log.exception(f"error: retention sweep failed ({type(err).__name__}: {err})")
+            if self._stop.wait(EVERY):
+                return
 
     def healthy(self) -> bool:
         """While the loop runs and some camera is not down (a site with no camera is healthy)."""
@@ -354,6 +445,23 @@ class Site:
         with self._lock:
             cams = [c for _, c, _ in self.cameras.values()]
         return not cams or any(c.state != "down" for c in cams)
+
+
+def _has_event(path: Path, event: str) -> bool:
+    """Whether a line of ``events.jsonl`` at ``path`` names ``event``."""
+    import json
+
+    if not path.is_file():
+        return False
+    needle = json.dumps(event)
+    for text in path.read_text().splitlines():
+        if needle in text:
+            try:
+                if json.loads(text).get("event") == event:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str):

@@ -1,0 +1,285 @@
+"""Who may reach a site's HTTP server: users with passwords, tokens for scripts, sessions, and the rules of the door.
+
+- **The users file** (``http.auth_file``, default ``<site file>.auth.json`` beside the site file, mode 0600):
+  ``{"users": {NAME: {"hash": ARGON2ID, "added": UTC}}, "tokens": {NAME: {"sha256": HEX, "added": UTC}}}``. Passwords
+  are stored as argon2id hashes (argon2-cffi: salted, memory-hard); a token is 32 random bytes shown once when it is
+  made (``vad serve --add-token NAME``) and stored as its SHA-256 (it has the entropy a password lacks). The file is
+  read when the server starts and each time it changes on disk (a user added while it runs can log in).
+- **Sessions**: ``POST /api/login`` with ``{"user": ..., "password": ...}`` sets the cookie ``vad_session`` (HttpOnly,
+  SameSite=Strict, Path=/, Secure when served over TLS) holding a random token the server keeps in memory for
+  ``http.session_hours``; a restart logs everyone out. ``Authorization: Bearer TOKEN`` serves scripts and Prometheus.
+- **The door** (:class:`Door`, ASGI middleware): without authentication configured the server may only bind a
+  loopback address (:func:`check_binding` refuses another with one error line). With it, every route but
+  ``/healthz``, ``/login`` and ``POST /api/login`` answers 401 without a session or a token. Whatever the binding, a
+  request that changes something (POST, PUT, DELETE) with a session cookie must carry an ``Origin`` that is this
+  server (the ``Host`` it was asked as, or one of ``http.origins``: a reverse proxy's public address), else 403; an
+  open loopback server answers only requests addressed to a loopback name (no DNS rebinding).
+- **Failed logins** are slowed down (each answered after ``FAIL_DELAY`` s), counted (``vad_login_failures_total``),
+  logged with the address, and after ``MAX_FAILURES`` within ``FAIL_WINDOW`` s from one address that address gets
+  429 until the window passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vad.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
+
+COOKIE = "vad_session"
+FAIL_DELAY = 1.0  # seconds before a failed login is answered
+MAX_FAILURES = 5  # failed logins from one address within FAIL_WINDOW, then 429
+FAIL_WINDOW = 300.0
+OPEN_PATHS = {"/healthz", "/login", "/api/login"}  # answered without a session
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class UsersFile:
+    """The users and tokens of a site (see the module docstring), re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        from argon2 import PasswordHasher
+
+        self.path = Path(path)
+        self.hasher = PasswordHasher()
+        self._stamp: tuple[int, int] | None = None
+        self._data: dict = {"users": {}, "tokens": {}}
+        self._lock = threading.Lock()
+        self._dummy = self.hasher.hash(secrets.token_hex(8))  # an unknown user costs what a wrong password does
+
+    def _read(self) -> dict:
+        with self._lock:
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                self._stamp, self._data = None, {"users": {}, "tokens": {}}
+                return self._data
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                try:
+                    data = json.loads(self.path.read_text())
+                    if not (isinstance(data.get("users", {}), dict) and isinstance(data.get("tokens", {}), dict)):
+                        raise ValueError("users and tokens must be mappings")
+                except (ValueError, AttributeError) as err:
+                    raise ConfigError(f"{self.path}: not a users file of vad serve ({err}); expected "
+                                      '{"users": {...}, "tokens": {...}}') from None
+                self._data = {"users": data.get("users", {}), "tokens": data.get("tokens", {})}
+                self._stamp = stamp
+            return self._data
+
+    def configured(self) -> bool:
+        """Whether anyone can get in: some user or token."""
+        data = self._read()
+        return bool(data["users"] or data["tokens"])
+
+    def names(self) -> tuple[list[str], list[str]]:
+        data = self._read()
+        return sorted(data["users"]), sorted(data["tokens"])
+
+    def check_password(self, user: str, password: str) -> bool:
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+        entry = self._read()["users"].get(user)
+        try:
+            if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
+                self.hasher.verify(self._dummy, password + "x")  # the same work, then no
+                return False
+            return self.hasher.verify(entry["hash"], password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def check_token(self, token: str) -> str | None:
+        """The name of the token ``token``, or None."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for name, entry in self._read()["tokens"].items():
+            if isinstance(entry, dict) and hmac.compare_digest(str(entry.get("sha256", "")), digest):
+                return name
+        return None
+
+    def add_user(self, name: str, password: str) -> None:
+        if not name or any(c.isspace() for c in name):
+            raise UsageError(f"user name {name!r}: expected a non-empty name without spaces")
+        if len(password) < 8:
+            raise UsageError("the password is shorter than 8 characters; choose a longer one")
+        self._update("users", name, {"hash": self.hasher.hash(password), "added": _now()})
+
+    def add_token(self, name: str) -> str:
+        """A new token named ``name`` (replacing one of that name); returns it (it is not stored, only its hash)."""
+        if not name or any(c.isspace() for c in name):
+            raise UsageError(f"token name {name!r}: expected a non-empty name without spaces")
+        token = secrets.token_urlsafe(32)
+        self._update("tokens", name, {"sha256": hashlib.sha256(token.encode()).hexdigest(), "added": _now()})
+        return token
+
+    def _update(self, kind: str, name: str, entry: dict) -> None:
+        from vad.atomic import write_text
+
+        data = dict(self._read())
+        data[kind] = {**data[kind], name: entry}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(json.dumps(data, indent=1) + "\n", self.path)
+        self.path.chmod(0o600)
+
+
+class Sessions:
+    """Logged-in sessions: random tokens kept in memory until they expire."""
+
+    def __init__(self, hours: float) -> None:
+        self.seconds = hours * 3600
+        self._live: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def open(self, user: str) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            now = time.monotonic()
+            self._live = {k: v for k, v in self._live.items() if v[1] > now}
+            self._live[token] = (user, now + self.seconds)
+        return token
+
+    def user(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        with self._lock:
+            entry = self._live.get(token)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def close(self, token: str | None) -> None:
+        with self._lock:
+            self._live.pop(token or "", None)
+
+
+class Throttle:
+    """Failed logins per address: counted, and an address with ``MAX_FAILURES`` in the window is refused."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, deque[float]] = {}
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def blocked(self, address: str) -> float:
+        """Seconds until ``address`` may try again (0: now)."""
+        with self._lock:
+            recent = self._recent(address)
+            return max(0.0, recent[0] + FAIL_WINDOW - time.monotonic()) if len(recent) >= MAX_FAILURES else 0.0
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._recent(address).append(time.monotonic())
+            self.total += 1
+
+    def _recent(self, address: str) -> deque[float]:
+        q = self.failures.setdefault(address, deque())
+        while q and q[0] < time.monotonic() - FAIL_WINDOW:
+            q.popleft()
+        return q
+
+
+def check_binding(host: str, users: UsersFile) -> None:
+    """Refuse to serve beyond loopback without anyone who could log in."""
+    if not is_loopback(host) and not users.configured():
+        raise ConfigError(f"http.host {host}: serving beyond this machine needs a login, and {users.path} has no user "
+                          "or token; add one (vad serve --config SITE --add-user NAME), or bind http.host: "
+                          "127.0.0.1")
+
+
+class Door:
+    """ASGI middleware: the rules of the module docstring. ``scope["user"]`` is set to who asked (None: open)."""
+
+    def __init__(self, app: ASGIApp, users: UsersFile, sessions: Sessions, loopback_open: bool,
+                 origins: tuple[str, ...] = ()) -> None:
+        self.app, self.users, self.sessions = app, users, sessions
+        self.loopback_open = loopback_open
+        self.origins = set(origins)
+
+    def required(self) -> bool:
+        """Whether a login is needed: always when someone can log in; else only beyond loopback (refused at start)."""
+        return self.users.configured() or not self.loopback_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        scheme = scope.get("scheme", "http")
+        method, path = scope["method"], scope["path"]
+        cookie = SimpleCookie(headers.get("cookie", ""))
+        session = cookie[COOKIE].value if COOKIE in cookie else None
+        bearer = headers.get("authorization", "")
+        token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else None
+        required = self.required()
+        if not required and host.rsplit(":", 1)[0].strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+            await _refuse(403, "refused: an open (no login) server answers only requests to 127.0.0.1 or localhost",
+                          scope, receive, send)
+            return
+        user = None
+        if token is not None:
+            name = self.users.check_token(token)
+            user = f"token:{name}" if name else None
+            if user is None and required:
+                await _refuse(401, "unknown token", scope, receive, send)
+                return
+        elif session is not None:
+            user = self.sessions.user(session)
+        if method in UNSAFE and token is None:  # a browser's request: it must come from this server's pages
+            origin = headers.get("origin")
+            if origin is None or (origin != f"{scheme}://{host}" and origin not in self.origins):
+                await _refuse(403, f"refused: a {method} must come from this server's own pages (Origin "
+                                   f"{origin!r}, expected {scheme}://{host})", scope, receive, send)
+                return
+        if required and user is None and path not in OPEN_PATHS:
+            if method == "GET" and (path == "/" or path.endswith(".html")):
+                await _login_redirect(scope, receive, send)
+            else:
+                await _refuse(401, "log in first (POST /api/login) or send Authorization: Bearer TOKEN", scope,
+                              receive, send)
+            return
+        scope["user"] = user
+        await self.app(scope, receive, send)
+
+
+async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="vad"'
+    await JSONResponse({"error": message}, status, headers=headers)(scope, receive, send)
+
+
+async def _login_redirect(scope: Scope, receive: Receive, send: Send) -> None:
+    """401 for a page: a body that sends the browser to the login page (a script's status still says 401)."""
+    body = ('<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=/login">'
+            '<title>log in</title><p><a href="/login">log in</a></p>')
+    await Response(body, 401, media_type="text/html", headers={"Cache-Control": "no-store"})(scope, receive, send)
