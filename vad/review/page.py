@@ -62,18 +62,33 @@ def write_review(s: ScoredRunView, per_clip: dict[str, list[Event]], metrics: di
             "static_note": f"Read-only: this page was opened as a file, so verdicts cannot be recorded here. To mark "
                            f"events, serve it: vad review --run {folder.root}",
             "no_video_note": f"render it (vad render --run {folder.root} --clip CLIP), or keep its source video"}
-    page = _template().render(title=folder.root.name, summary=summary(s, per_clip, metrics, post, ev),
-                              clips=list(s.manifest), cards=cards, timelines=timelines, data=_json_block(data),
-                              css=_static("review.css"), js=_static("review.js"))
+    page = render_page(title=folder.root.name, summary=summary(s, per_clip, metrics, post, ev),
+                       clips=list(s.manifest), cards=cards, timelines=timelines, data=data)
     write_text(page, folder.review_page)
     return folder.review_page
 
 
+def render_page(data: dict, live: bool = False, **context) -> str:
+    """The page (``templates/review.html``) with its style and script inlined and ``data`` as its data block:
+    a run's (``live`` false: ``summary``, ``clips``, ``cards``, ``timelines``) or a site's live events (``live``:
+    ``clips`` names the cameras; the cards come from the script)."""
+    blank = {"id": "", "clip": "", "peak": 0.0, "peak_frame": 0, "branch": "", "thumb": "data:,", "note": None,
+             "when": "", "long": ""}
+    context = {"summary": [], "clips": [], "cards": [], "timelines": [], **context}
+    return _template().render(live=live, blank=blank, data=_json_block({**data, "live": live}),
+                              css=_static("review.css"), js=_static("review.js"), **context)
+
+
+def render_login() -> str:
+    """``vad serve``'s login page (``templates/login.html``, the review page's style)."""
+    return _template("login.html").render(css=_static("review.css"))
+
+
 @cache
-def _template() -> Template:
+def _template(name: str = "review.html") -> Template:
     env = Environment(loader=PackageLoader("vad.review", "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True, keep_trailing_newline=True)
-    return env.get_template("review.html")
+    return env.get_template(name)
 
 
 def _static(name: str) -> Markup:

@@ -145,10 +145,10 @@ def _source(request: Request) -> Response:
 
 
 def _run_file(request: Request) -> Response:
-    return _file(_inside(request.app.state.folder.root, request.path_params["path"]), request)
+    return _file(inside(request.app.state.folder.root, request.path_params["path"]), request)
 
 
-def _inside(root: Path, path: str) -> Path | None:
+def inside(root: Path, path: str) -> Path | None:
     """The file under ``root`` that the (decoded) URL path ``path`` names; ``None`` for a hidden name (``.lock``,
     ``..``) or one outside ``root``."""
     parts = PurePosixPath("/", path).parts[1:]
