@@ -58,6 +58,7 @@ from starlette.routing import Route
 from vad.errors import InputError, UnknownEventError, UsageError
 from vad.review.server import NO_STORE, inside
 from vad.runs import WatchFolder
+from vad.site.auth import COOKIE, FAIL_DELAY, Door
 from vad.site.config import HttpConfig
 
 log = logging.getLogger(__name__)
@@ -127,36 +128,37 @@ class _Cameras:
             yield failures
 
 
-def site_app(site, door: dict) -> Starlette:
-    """The site's ASGI app (see the module docstring) behind its door (:class:`~vad.site.auth.Door`: ``door`` holds
-    its users file, sessions, login throttle and whether it is an open loopback server)."""
-    from vad.site.auth import COOKIE, FAIL_DELAY, Door
+class _Room:
+    """The control room's routes (see the module docstring): one method per route, sharing the site, the door's
+    users, sessions and login throttle, and each camera's last JPEG."""
 
-    http = site.cfg.http
-    users, sessions, throttle = door["users"], door["sessions"], door["throttle"]
-    secure = bool(http and http.tls)
-    pictures: dict[str, tuple[int, bytes]] = {}
+    def __init__(self, site, door: dict) -> None:
+        http = site.cfg.http
+        self.site = site
+        self.users, self.sessions, self.throttle = door["users"], door["sessions"], door["throttle"]
+        self.secure = bool(http and http.tls)
+        self.pictures: dict[str, tuple[int, bytes]] = {}
 
-    async def healthz(request: Request) -> Response:
-        ok = site.healthy()
+    async def healthz(self, request: Request) -> Response:
+        ok = self.site.healthy()
         return JSONResponse({"status": "ok" if ok else "down"}, 200 if ok else 503)
 
-    async def page(request: Request) -> Response:
+    async def page(self, request: Request) -> Response:
         from vad.review.page import render_page
 
-        title = site.cfg.path.stem if site.cfg.path else "site"
+        title = self.site.cfg.path.stem if self.site.cfg.path else "site"
         data = {"preroll": 0, "user": request.scope.get("user"), "static_note": "", "no_video_note": ""}
-        html = await run_in_threadpool(render_page, data, True, title=title, clips=sorted(site.cameras))
+        html = await run_in_threadpool(render_page, data, True, title=title, clips=sorted(self.site.cameras))
         return HTMLResponse(html, headers=NO_STORE)
 
-    async def login_page(request: Request) -> Response:
+    async def login_page(self, request: Request) -> Response:
         from vad.review.page import render_login
 
         return HTMLResponse(render_login(), headers=NO_STORE)
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         address = request.client.host if request.client else "?"
-        wait = throttle.blocked(address)
+        wait = self.throttle.blocked(address)
         if wait:
             return _json(429, {"error": f"too many failed logins from {address}; try again in {wait:.0f} s"},
                          {"Retry-After": str(int(wait) + 1)})
@@ -167,53 +169,53 @@ def site_app(site, door: dict) -> Starlette:
                 raise TypeError
         except (ValueError, TypeError, KeyError):
             return _json(400, {"error": 'expected {"user": NAME, "password": PASSWORD}'})
-        ok = await run_in_threadpool(users.check_password, user, password)
+        ok = await run_in_threadpool(self.users.check_password, user, password)
         if not ok:
-            throttle.failed(address)
-            log.warning(f"note: failed login for {user!r} from {address} ({throttle.total} failed so far)")
+            self.throttle.failed(address)
+            log.warning(f"note: failed login for {user!r} from {address} ({self.throttle.total} failed so far)")
             await asyncio.sleep(FAIL_DELAY)
             return _json(401, {"error": "wrong user or password"})
-        token = sessions.open(user)
+        token = self.sessions.open(user)
         response = _json(200, {"user": user})
-        response.set_cookie(COOKIE, token, max_age=int(sessions.seconds), httponly=True, samesite="strict",
-                            secure=secure, path="/")
+        response.set_cookie(COOKIE, token, max_age=int(self.sessions.seconds), httponly=True, samesite="strict",
+                            secure=self.secure, path="/")
         log.info(f"login: {user} from {address}")
         return response
 
-    async def logout(request: Request) -> Response:
-        sessions.close(request.cookies.get(COOKIE))
+    async def logout(self, request: Request) -> Response:
+        self.sessions.close(request.cookies.get(COOKIE))
         response = _json(200, {"user": None})
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=self.secure)
         return response
 
-    async def cameras(request: Request) -> Response:
-        states = await run_in_threadpool(site.camera_states)
+    async def cameras(self, request: Request) -> Response:
+        states = await run_in_threadpool(self.site.camera_states)
         if "history" in request.query_params:
             try:
                 seconds = min(3600, max(1, int(request.query_params["history"])))
             except ValueError:
                 return _json(400, {"error": "history: expected a number of seconds"})
             for name, s in states.items():
-                s["history"] = site.camera_history(name, seconds)
+                s["history"] = self.site.camera_history(name, seconds)
         return JSONResponse(states, headers=NO_STORE)
 
-    async def frame(request: Request) -> Response:
+    async def frame(self, request: Request) -> Response:
         name = request.path_params["camera"]
-        cam = site.camera(name)
+        cam = self.site.camera(name)
         if cam is None:
             return _json(404, {"error": f"unknown camera {name!r}"})
         latest = cam.latest
         if latest is None:
             return _json(404, {"error": f"camera {name}: no frame scored yet"})
-        cached = pictures.get(name)
+        cached = self.pictures.get(name)
         if cached is None or cached[0] != latest.frame.seq:
             got = await run_in_threadpool(cam.picture)
             if got is None:
                 return _json(404, {"error": f"camera {name}: no frame scored yet"})
-            cached = pictures[name] = got
+            cached = self.pictures[name] = got
         return Response(cached[1], media_type="image/jpeg", headers=NO_STORE)
 
-    async def events(request: Request) -> Response:
+    async def events(self, request: Request) -> Response:
         camera = request.query_params.get("camera")
         since = request.query_params.get("since")
         try:
@@ -222,28 +224,29 @@ def site_app(site, door: dict) -> Starlette:
                 raise ValueError
         except ValueError:
             return _json(400, {"error": "limit: expected a positive integer"})
-        names = list(site.cameras) if camera is None else [camera]
-        if camera is not None and camera not in site.cameras:
-            return _json(404, {"error": f"unknown camera {camera!r}; cameras: {sorted(site.cameras)}"})
-        lines = await run_in_threadpool(_read_events, site.cfg.out, names, since)
+        names = list(self.site.cameras) if camera is None else [camera]
+        if camera is not None and camera not in self.site.cameras:
+            return _json(404, {"error": f"unknown camera {camera!r}; cameras: {sorted(self.site.cameras)}"})
+        lines = await run_in_threadpool(_read_events, self.site.cfg.out, names, since)
         return JSONResponse({"events": lines[-limit:]}, headers=NO_STORE)
 
-    async def feed(request: Request) -> Response:
+    async def feed(self, request: Request) -> Response:
         camera = request.query_params.get("camera")
-        names = list(site.cameras) if camera is None else [camera]
-        lines = await run_in_threadpool(_read_events, site.cfg.out, names, None)
+        names = list(self.site.cameras) if camera is None else [camera]
+        lines = await run_in_threadpool(_read_events, self.site.cfg.out, names, None)
         items: dict[str, dict] = {}
         for line in lines:
-            patch = site.feed.patch(line["camera"], line)
+            patch = self.site.feed.patch(line["camera"], line)
             if patch is not None:
                 items.setdefault(patch["id"], {}).update(patch)
+        feed = self.site.feed
         for item in items.values():
-            item["clip_ready"] = bool(item.get("clip")) and site.feed.clip_path(item["camera"], item["event"]).is_file()
+            item["clip_ready"] = bool(item.get("clip")) and feed.clip_path(item["camera"], item["event"]).is_file()
         out = sorted(items.values(), key=lambda x: x.get("start_time") or x.get("end_time") or "")
         return JSONResponse({"events": out[-2000:]}, headers=NO_STORE)
 
-    async def stream(request: Request) -> Response:
-        queue = site.feed.subscribe(asyncio.get_running_loop())
+    async def stream(self, request: Request) -> Response:
+        queue = self.site.feed.subscribe(asyncio.get_running_loop())
 
         async def messages():
             try:
@@ -258,14 +261,14 @@ def site_app(site, door: dict) -> Starlette:
                         return
                     yield f"data: {json.dumps(msg)}\n\n"
             finally:
-                site.feed.unsubscribe(queue)
+                self.site.feed.unsubscribe(queue)
 
         return StreamingResponse(messages(), media_type="text/event-stream",
                                  headers={**NO_STORE, "X-Accel-Buffering": "no"})
 
-    async def feedback(request: Request) -> Response:
+    async def feedback(self, request: Request) -> Response:
         if request.method == "GET":
-            verdicts, bad = await run_in_threadpool(site.verdicts)
+            verdicts, bad = await run_in_threadpool(self.site.verdicts)
             return _json(200, {"verdicts": verdicts, "unreadable_lines": bad})
         if not request.headers.get("content-type", "").startswith("application/json"):
             return _json(415, {"error": "expected a JSON body (Content-Type: application/json)"})
@@ -278,7 +281,7 @@ def site_app(site, door: dict) -> Starlette:
             return _json(400, {"error": f'expected {{"event": "CAMERA/EVENT", "verdict": "normal"|"anomaly"}} ({err})'})
         user = request.scope.get("user")
         try:
-            line = await run_in_threadpool(site.record_verdict, key, verdict, f"site:{user}" if user else "site")
+            line = await run_in_threadpool(self.site.record_verdict, key, verdict, f"site:{user}" if user else "site")
         except UnknownEventError as err:
             return _json(404, {"error": str(err)})
         except UsageError as err:
@@ -289,17 +292,17 @@ def site_app(site, door: dict) -> Starlette:
             return _json(500, {"error": f"{err.filename}: {err.strerror or err}"})
         return _json(200, line)
 
-    async def storage(request: Request) -> Response:
-        kept = site.kept
+    async def storage(self, request: Request) -> Response:
+        kept = self.site.kept
         if kept is None:
             return _json(503, {"error": "not measured yet"})
         return JSONResponse(kept.as_dict(), headers=NO_STORE)
 
-    async def media(request: Request) -> Response:
+    async def media(self, request: Request) -> Response:
         camera, kind, name = (request.path_params[k] for k in ("camera", "kind", "name"))
-        if camera not in site.cameras or kind not in MEDIA:
+        if camera not in self.site.cameras or kind not in MEDIA:
             return _json(404, {"error": f"not found: {request.url.path}"})
-        path = inside(site.cfg.out / camera / kind, name)
+        path = inside(self.site.cfg.out / camera / kind, name)
         if path is None or path.suffix != MEDIA[kind] or not path.is_file():
             return _json(404, {"error": f"not found: {request.url.path}"})
         if kind == "snapshots":  # replaced while an event's peak rises: read at once, not stat-then-stream
@@ -307,22 +310,29 @@ def site_app(site, door: dict) -> Starlette:
             return Response(data, media_type="image/jpeg", headers=NO_STORE)
         return FileResponse(path, headers=NO_STORE)  # a clip, complete once there (byte ranges: seeking)
 
-    async def metrics(request: Request) -> Response:
-        return Response(await run_in_threadpool(site.metrics.text), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, request: Request) -> Response:
+        return Response(await run_in_threadpool(self.site.metrics.text), media_type=CONTENT_TYPE_LATEST)
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    async def http_error(self, request: Request, exc: HTTPException) -> Response:
         return _json(exc.status_code, {"error": f"{exc.detail}: {request.method} {request.url.path}"})
 
-    site.metrics.throttle = throttle
-    routes = [Route("/", page), Route("/login", login_page), Route("/api/login", login, methods=["POST"]),
-              Route("/api/logout", logout, methods=["POST"]), Route("/healthz", healthz),
-              Route("/api/cameras", cameras), Route("/api/cameras/{camera}/frame.jpg", frame),
-              Route("/api/events", events), Route("/api/feed", feed), Route("/api/stream", stream),
-              Route("/api/feedback", feedback, methods=["GET", "POST"]), Route("/api/storage", storage),
-              Route("/media/{camera}/{kind}/{name:path}", media), Route("/metrics", metrics)]
-    middleware = [Middleware(Door, users=users, sessions=sessions, loopback_open=door["open"],
+
+def site_app(site, door: dict) -> Starlette:
+    """The site's ASGI app (see the module docstring) behind its door (:class:`~vad.site.auth.Door`: ``door`` holds
+    its users file, sessions, login throttle and whether it is an open loopback server)."""
+    http = site.cfg.http
+    room = _Room(site, door)
+    site.metrics.throttle = door["throttle"]
+    routes = [Route("/", room.page), Route("/login", room.login_page),
+              Route("/api/login", room.login, methods=["POST"]), Route("/api/logout", room.logout, methods=["POST"]),
+              Route("/healthz", room.healthz), Route("/api/cameras", room.cameras),
+              Route("/api/cameras/{camera}/frame.jpg", room.frame), Route("/api/events", room.events),
+              Route("/api/feed", room.feed), Route("/api/stream", room.stream),
+              Route("/api/feedback", room.feedback, methods=["GET", "POST"]), Route("/api/storage", room.storage),
+              Route("/media/{camera}/{kind}/{name:path}", room.media), Route("/metrics", room.metrics)]
+    middleware = [Middleware(Door, users=door["users"], sessions=door["sessions"], loopback_open=door["open"],
                              origins=tuple(http.origins) if http else ())]
-    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: room.http_error})
 
 
 MEDIA = {"snapshots": ".jpg", "clips": ".mp4"}

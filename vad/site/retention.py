@@ -73,13 +73,15 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
     now = time.time() if now is None else now
     kept = Kept(max_bytes=max_bytes, retain_days={n: c["retain_days"] for n, c in cameras.items()})
     entries = []  # (judged, time, bytes, camera, event, files)
+    busy = 0  # bytes of the events being written: counted in the bound, never deleted
     for name, c in cameras.items():
         folder = WatchFolder(Path(out) / name)
         cutoff = now - c["retain_days"] * 86400
         for event, files in _event_files(folder).items():
-            if event in c["busy"]:
-                continue
             stats = [(p, p.stat()) for p in files if p.exists()]
+            if event in c["busy"]:
+                busy += sum(st.st_size for _, st in stats)
+                continue
             newest = max((st.st_mtime for _, st in stats), default=now)
             if newest < cutoff:
                 _delete(p for p, _ in stats)
@@ -88,7 +90,7 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
             entries.append((event in c["judged"], newest, sum(st.st_size for _, st in stats), name, event,
                             [p for p, _ in stats]))
         _drop_lines(folder, cutoff, c.get("camera"))
-    total = sum(e[2] for e in entries) + _busy_bytes(out, cameras)
+    total = sum(e[2] for e in entries) + busy
     for _, _, size, name, event, files in sorted(entries, key=lambda e: (e[0], e[1])):
         if total <= max_bytes:
             break
@@ -102,15 +104,6 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
         kept.cameras[name] = {"bytes": sum(e[2] for e in mine), "events": len(mine),
                               "oldest": min((e[1] for e in mine), default=None)}
     return kept
-
-
-def _busy_bytes(out: Path, cameras: dict[str, dict]) -> int:
-    """Bytes of the events being written (counted in the bound, never deleted)."""
-    total = 0
-    for name, c in cameras.items():
-        files = _event_files(WatchFolder(Path(out) / name))
-        total += sum(p.stat().st_size for e in c["busy"] for p in files.get(e, []) if p.exists())
-    return total
 
 
 def _delete(files) -> None:
