@@ -209,16 +209,30 @@ def train_baseline(model, base: Baseline, clip: Clip, batch: int, frames: int) -
 
 
 def runtimes(model, size: tuple[int, int], normalization: str, tmp: Path) -> dict[str, object]:
-    """``{backend: Runtime}`` for each installed runtime, over one export of ``model`` (``vad export``'s)."""
+    """``{backend: Runtime}`` for each installed runtime, over one export of ``model`` (``vad export``'s), and for
+    each lower-precision copy that can be made here (``vad export --int8 --bf16``: int8 calibrated on 64 frames of
+    the synthetic scene; speed only, the copies' check needs a trained model's hold-out: tests/test_quantize.py)."""
     from vad.export import PREFERENCE, Runtime, export_model, installed
+    from vad.quantize import VARIANTS, _build, missing, record_feeds, runtime
     from vad.reference import NormalReference
 
     have = [b for b in PREFERENCE if installed(b)]
     if not have or importlib.util.find_spec("onnxscript") is None:
         return {}
     ckpt = {"input_size": list(size), "normalization": normalization}
-    folder = export_model(copy.deepcopy(model), ckpt, NormalReference(np.arange(10.0)), tmp / "export")
-    return {b: Runtime(b, folder) for b in have}
+    formats = ("onnx", "openvino") if "openvino" in have else ("onnx",)
+    folder = export_model(copy.deepcopy(model), ckpt, NormalReference(np.arange(10.0)), tmp / "export", formats)
+    out = {b: Runtime(b, folder) for b in have}
+    copies = [v for v in VARIANTS if missing(v) is None]
+    if copies:
+        frames = tmp / "calibration"
+        clip = write_jpegs(make_frames(64, *size, seed=2), frames)
+        scorer = Scorer(copy.deepcopy(model), ckpt, ScoreConfig(batch_size=8, amp="off"), "cpu")
+        feeds = record_feeds(scorer, out[have[0]], [clip], [(clip.name, (0, clip.num_frames))])
+        for v in copies:
+            _build(v, folder, folder / v, feeds, [])
+            out[v] = runtime(folder / v)
+    return out
 
 
 def build(args) -> torch.nn.Module:

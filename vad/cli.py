@@ -78,9 +78,16 @@ def _export(args: argparse.Namespace) -> None:
     from vad.pipeline import export_stage
 
     cfg = run_config(args.run, args.set, "export")
-    for folder in export_stage(args.run, cfg, tuple(args.format)):
+    copies = [v for v, wanted in (("onnxruntime-int8", args.int8 and "onnx" in args.format),
+                                  ("openvino-int8", args.int8 and "openvino" in args.format),
+                                  ("openvino-bf16", args.bf16)) if wanted]
+    if args.bf16 and "openvino" not in args.format:
+        raise UsageError("--bf16 makes a copy for OpenVINO: add --format openvino")
+    for folder, checks in export_stage(args.run, cfg, tuple(args.format), copies=tuple(copies)):
         print(f"exported: {folder} (model.onnx{', model.xml/.bin' if 'openvino' in args.format else ''}, "
               "metadata.json, reference.npz)")
+        for variant, check in checks.items():
+            print(f"  {variant}: {check.line()}")
 
 
 def _watch(args: argparse.Namespace) -> None:
@@ -232,9 +239,13 @@ def _command(sub, name: str, func, help: str, text: str, examples: list[str], wr
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"],
+    from vad.export import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS,
                    help="what runs the model: torch, or a copy exported for ONNX Runtime / OpenVINO (made on first "
-                        "use, kept in RUN/export/); default: score.backend (auto: the fastest installed on a CPU)")
+                        "use, kept in RUN/export/), or its int8 / bf16 copy (made with normal footage and checked: "
+                        "vad export --int8); default: score.backend (auto: the fastest installed on a CPU, of the "
+                        "copies only those that passed their check)")
 
 
 def _run_arg(p: argparse.ArgumentParser, written_by: str) -> None:
@@ -347,6 +358,13 @@ def _add_stage_commands(sub) -> None:
     _run_arg(p, "train")
     p.add_argument("--format", nargs="+", choices=["onnx", "openvino"], default=["onnx"],
                    help="what to write (default: onnx; openvino adds IR beside the ONNX graph)")
+    p.add_argument("--int8", action="store_true",
+                   help="also an int8 copy for each format (onnx: ONNX Runtime QDQ; openvino: NNCF), calibrated on "
+                        "frames of the model's training footage and checked on its normal hold-out; a copy that "
+                        "fails the check is kept with its reasons and never used")
+    p.add_argument("--bf16", action="store_true",
+                   help="also a bf16 copy for OpenVINO (with --format openvino; CPUs with AVX512-BF16 or AMX), "
+                        "checked the same way")
 
     _add_watch_command(sub)
     _add_serve_command(sub)

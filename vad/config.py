@@ -142,9 +142,11 @@ class ScoreConfig:
     map_stride: Positive = 8  # saved maps keep one value per map_stride input pixels
     num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
     compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
-    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"  # what runs the model: torch, or an exported
-    # copy (vad.export); auto: on a CPU whichever of torch and the installed runtimes ran fastest there (measured
-    # once: RUN/export/*/speed.json), torch on a GPU
+    # What runs the model: torch, or an exported copy (vad.export), or its int8 / bf16 copy (vad.quantize); auto:
+    # on a CPU whichever of torch, the installed runtimes and the copies that passed their check ran fastest there
+    # (measured once: RUN/export/*/speed.json), torch on a GPU
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8",
+                     "openvino-bf16"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ class Detector:
     def _prepare_backend(self, opened, device: str) -> None:
         """Export and measure in a child process (:func:`vad.session.prepare_backend`), then switch to the backend
         chosen between two batches."""
-        from vad.session import prepare_backend
+        from vad.export import VARIANTS
+        from vad.session import prepare_backend, variant_reference
 
         try:
             backend, runtime = prepare_backend(opened, self.cfg, device, started=self._children.append)
@@ -102,6 +103,11 @@ class Detector:
             with self._using:
                 self.scorer.switch(runtime)
                 self.backend = backend
+                if backend in VARIANTS:  # a lower-precision copy scores against its own reference
+                    name, ref = variant_reference(self.run, opened.export_name, backend, self.scorer)
+                    self.reference, self.reference_name = ref, name
+                    self.threshold = ref.threshold(self.cfg.eval.threshold_percentile)
+                    self.median = float(np.median(ref.scores))
         log.info(f"{self.run.root}: scoring with {backend} from now on")
 
     def close(self) -> None:

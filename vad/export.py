@@ -44,8 +44,12 @@ from vad.reference import NormalReference
 
 FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
 FORMATS = ("onnx", "openvino")
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
+# The runtimes' lower-precision copies (vad.quantize: made with normal footage and checked; auto measures those
+# that passed their check)
+VARIANTS = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", *VARIANTS)
+MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino",  # backend -> the package it needs to run
+           "onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino"}
 # The runtimes "auto" chooses from on a CPU, with torch: the one that ran the model fastest on this machine, measured
 # once per machine (ONNX Runtime led for the default model on an AVX2 CPU, OpenVINO on an AMX one, torch in bf16 for
 # a ResNet-18 teacher there: docs/speed.md); ties go to the first.
@@ -139,30 +143,38 @@ def machine() -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def measured(folder: Path, setting: str = "") -> dict | None:
-    """The speeds measured on this machine for ``setting`` in ``folder``'s :data:`SPEED_FILE` (None: not yet)."""
+def candidates(folder: Path, digest: str) -> list[str]:
+    """What ``auto`` chooses from for the export in ``folder`` (of the model with SHA-1 ``digest``): the installed
+    runtimes, the lower-precision copies made beside it that passed their check (:mod:`vad.quantize`), torch."""
+    from vad.quantize import passed
+
+    copies = [v for v in VARIANTS if installed(v) and passed(folder / v, digest)]
+    return [b for b in PREFERENCE if installed(b)] + copies + ["torch"]
+
+
+def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
+    """The speeds of ``wanted`` measured on this machine for ``setting`` in ``folder``'s :data:`SPEED_FILE` (None:
+    not all yet)."""
     try:
         book = json.loads((folder / SPEED_FILE).read_text())
     except (OSError, ValueError):
         return None
     speeds = book.get(f"{machine()}; {setting}".rstrip("; "))
-    wanted = [b for b in PREFERENCE if installed(b)] + ["torch"]
     return speeds if isinstance(speeds, dict) and all(isinstance(speeds.get(b), (int, float)) for b in wanted) else None
 
 
-def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str = "") -> tuple[str, dict, bool]:
-    """``(backend, speeds, measured)``: of torch and the installed runtimes, the one that runs the export in
-    ``folder`` fastest on this machine; each one's frames/s; whether this call measured any. ``measure(backend)``
-    returns a backend's frames/s; each is measured once per machine and ``setting`` (what else changes the speed:
-    the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to the runtimes, in
-    :data:`PREFERENCE`'s order."""
+def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str, wanted: list[str]
+                    ) -> tuple[str, dict, bool]:
+    """``(backend, speeds, measured)``: of ``wanted`` (:func:`candidates`), the one that runs the export in ``folder``
+    fastest on this machine; each one's frames/s; whether this call measured any. ``measure(backend)`` returns a
+    backend's frames/s; each is measured once per machine and ``setting`` (what else changes the speed: the batch
+    size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to the earlier in ``wanted``."""
     path, key = folder / SPEED_FILE, f"{machine()}; {setting}".rstrip("; ")
     try:
         book = json.loads(path.read_text())
     except (OSError, ValueError):
         book = {}
     speeds = book.get(key) if isinstance(book.get(key), dict) else {}
-    wanted = [b for b in PREFERENCE if installed(b)] + ["torch"]
     missing = [b for b in wanted if not isinstance(speeds.get(b), (int, float))]
     for backend in missing:
         speeds[backend] = round(measure(backend), 2)
@@ -269,7 +281,9 @@ class Runtime:
 
             source = self.folder / ("model.xml" if (self.folder / "model.xml").is_file() else "model.onnx")
             core, compiled = ov.Core(), {}
-            config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+            # f32 pinned, except for a bf16 copy (vad.quantize); an int8 copy runs int8 where its quantizers say
+            precision = "bf16" if self.meta.get("precision") == "bf16" else "f32"
+            config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
 
             def run(feed: dict) -> list:
                 # One static shape per batch (and pool) size: OpenVINO's CPU plugin ran the dynamic batch 4x

@@ -194,15 +194,32 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
     return results
 
 
-def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: str = "cpu") -> list[Path]:
-    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.export`); returns the
-    folders written (or already there for the same model and settings)."""
+def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: str = "cpu",
+                 copies: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
+    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.export`), with the
+    lower-precision ``copies`` (:mod:`vad.quantize`); returns the folders written (or already there for the same
+    model and settings), each with its copies' checks ``{variant: Check}``."""
+    from vad.quantize import make_variant, missing
+    from vad.reference import holdout
+    from vad.session import training_clips
+
+    for variant in copies:  # before any long work
+        if (reason := missing(variant)) is not None:
+            raise UsageError(reason)
     folder = RunFolder(run)
     out = []
     for scope in folder.model_files() or [None]:  # none: open_model says so
         opened = open_model(folder, cfg, device, scope=scope, backend="torch")
-        out.append(exported_model(folder, opened.reference_name, opened.model, opened.ckpt, opened.reference,
-                                  formats))
+        export = exported_model(folder, opened.reference_name, opened.model, opened.ckpt, opened.reference,
+                                formats)
+        checks = {}
+        if copies:
+            clips, ranges = training_clips(cfg, opened.ckpt)
+            train, val = holdout(clips, opened.ckpt["config"]["train"]["val_fraction"], ranges)
+            for variant in copies:
+                checks[variant] = make_variant(variant, opened.scorer, opened.reference, export,
+                                               clips, train, val, cfg.eval.threshold_percentile)
+        out.append((export, checks))
     return out
 
 

@@ -31,12 +31,14 @@ import torch
 from vad.config import RunConfig
 from vad.distributed import barrier, world
 from vad.errors import UsageError, VadError
-from vad.export import Runtime, choose_backend, export_model, exported, fastest_backend, measured
+from vad.export import VARIANTS, Runtime, candidates, choose_backend, export_model, exported, fastest_backend, measured
 from vad.io import Clip, read_dataset
+from vad.quantize import Check, make_variant, passed, read_check
 from vad.reference import NormalReference, apply_state, reference_id, reference_state
 from vad.runs import RunFolder, RunFolderError, file_digest
 
 log = logging.getLogger(__name__)
+VARIANTS_RUNTIME = {v: v.split("-")[0] for v in VARIANTS}  # a copy -> the runtime that runs it
 
 
 @dataclass
@@ -54,6 +56,7 @@ class OpenModel:
     key: dict  # what a clip's scores depend on besides its source (:func:`scoring_key`)
     pending: str | None = None  # with ``defer``: the backend to prepare (:func:`prepare_backend`) while torch scores
     setting: str = "torch"  # the backend asked for (score.backend, or the caller's)
+    export_name: str = ""  # the f32 export's reference id (RUN/export/<export_name>/); reference_name unless a copy
 
     @property
     def model(self):
@@ -95,9 +98,27 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
         log.info(f"scoring with torch while the model is exported for {chosen}"
                  + (" and the backends are measured" if setting == "auto" else "") + " (in the background)")
         return OpenModel(folder, scope, path, ckpt, scorer, name, ref, "torch", key, pending=chosen, setting=setting)
+    export_name = name
     if chosen != "torch":
-        chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto")
-    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting)
+        chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto", cfg)
+        if chosen in VARIANTS:  # a lower-precision copy scores against its own reference (vad.quantize)
+            name, ref = variant_reference(folder, name, chosen, scorer)
+            key = {**key, "precision": chosen}
+    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting,
+                     export_name=export_name)
+
+
+def variant_reference(run: RunFolder, name: str, variant: str, scorer) -> tuple[str, NormalReference]:
+    """``(name, reference)`` of the copy ``variant`` of export ``name``: its own normal reference (fitted to its
+    scores), applied to ``scorer``'s model and saved in the run folder (rank 0) under its own name, which the clips
+    it scores are recorded with."""
+    ref = NormalReference.load(run.export(name) / variant / "reference.npz")
+    apply_state(scorer.model, {k: v for k, v in ref.state.items() if k.startswith("pos_")})
+    name = f"{name}-{variant}"
+    if world().main and not run.normal_scores(name).is_file():
+        ref.save(run.normal_scores(name))
+    barrier()
+    return name, ref
 
 
 def backend_ready(folder: Path, ref: NormalReference, scorer, backend: str, setting: str) -> bool:
@@ -105,7 +126,10 @@ def backend_ready(folder: Path, ref: NormalReference, scorer, backend: str, sett
     speeds on this machine are measured."""
     if not exported(folder, ref.model):
         return False
-    return setting != "auto" or measured(folder, speed_setting(scorer)) is not None
+    if backend in VARIANTS and not passed(folder / backend, ref.model):
+        return False
+    wanted = candidates(folder, ref.model)
+    return setting != "auto" or measured(folder, speed_setting(scorer), wanted) is not None
 
 
 def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
@@ -126,15 +150,16 @@ def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
     child.join()
     if child.exitcode != 0:
         raise RuntimeError(f"the preparing process ended with exit code {child.exitcode}")
-    folder = opened.run.export(opened.reference_name)
+    folder = opened.run.export(opened.export_name)
     backend = opened.pending
     if opened.setting == "auto":
         def measure(b: str) -> float:
             raise RuntimeError(f"no speed measured for {b} on this machine")
 
-        backend, speeds, _ = fastest_backend(folder, measure, speed_setting(opened.scorer))
+        backend, speeds, _ = fastest_backend(folder, measure, speed_setting(opened.scorer),
+                                             candidates(folder, opened.reference.model))
         log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s")
-    return backend, None if backend == "torch" else Runtime(backend, folder)
+    return backend, runtime_for(folder, backend)
 
 
 def _prepare_child(run: str, cfg: RunConfig, device: str, scope: str, backend: str) -> None:
@@ -171,26 +196,70 @@ def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalRefe
     return folder
 
 
+def runtime_for(folder: Path, backend: str) -> Runtime | None:
+    """What runs the export in ``folder`` for ``backend``: None for torch, a runtime, or a copy's runtime."""
+    if backend == "torch":
+        return None
+    return Runtime(VARIANTS_RUNTIME[backend], folder / backend) if backend in VARIANTS else Runtime(backend, folder)
+
+
 def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
-                choose: bool) -> str:
-    """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend``, or with ``choose``
-    by the backend measured fastest on this machine (torch or a runtime: :func:`vad.export.fastest_backend`, one
-    batch of the scorer's size through the scorer); returns the backend used."""
+                choose: bool, cfg: RunConfig) -> str:
+    """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision
+    copy is made first when it is not yet: :func:`ready_variant`), or with ``choose`` by the backend measured
+    fastest on this machine (:func:`vad.export.fastest_backend` over :func:`vad.export.candidates`: torch, the
+    runtimes, the copies that passed their check; one batch of the scorer's size through the scorer); returns the
+    backend used."""
     folder = exported_model(run, name, scorer.model, ckpt, ref)
+    if backend in VARIANTS:
+        ready_variant(scorer, ckpt, ref, folder, backend, cfg)
     made: dict[str, Runtime | None] = {"torch": None}
     if choose:
         x = torch.zeros(scorer.cfg.batch_size, 3, *ckpt["input_size"])
 
         def measure(b: str) -> float:
-            scorer.use(made.setdefault(b, None if b == "torch" else Runtime(b, folder)))
+            scorer.use(made.setdefault(b, runtime_for(folder, b)))
             return scorer.frames_per_second(x)
 
-        backend, speeds, fresh = fastest_backend(folder, measure, speed_setting(scorer))
+        wanted = candidates(folder, ref.model)
+        backend, speeds, fresh = fastest_backend(folder, measure, speed_setting(scorer), wanted)
         if world().main and fresh:
             log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s; "
                      f"scoring with {backend}")
-    scorer.use(made[backend] if backend in made else Runtime(backend, folder))
+        skipped = [v for v in VARIANTS if (folder / v).is_dir() and v not in wanted]
+        if world().main and skipped:
+            log.info(f"not measured: {', '.join(skipped)} (failed its check on the normal hold-out: {folder})")
+    scorer.use(made[backend] if backend in made else runtime_for(folder, backend))
     return backend
+
+
+def ready_variant(scorer, ckpt: dict, ref: NormalReference, folder: Path, variant: str, cfg: RunConfig) -> Check:
+    """The copy ``variant`` of the export in ``folder``, made (rank 0) when it is not there for this model:
+    calibrated on the model's training footage, checked on its hold-out (:func:`vad.quantize.make_variant`). A
+    copy that failed its check is refused."""
+    from vad.reference import holdout
+
+    made = read_check(folder / variant)
+    if world().main and not (made and _variant_of(folder / variant, ref.model)):
+        clips, ranges = training_clips(cfg, ckpt)
+        train, val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)
+        log.info(f"making {variant}: calibrated on {len(clips)} training clips, checked on their hold-out")
+        made = make_variant(variant, scorer, ref, folder, clips, train, val, cfg.eval.threshold_percentile)
+    barrier()
+    made = read_check(folder / variant)
+    if made is None or not made.passed:
+        raise UsageError(f"--backend {variant}: {folder / variant} did not pass its check on the normal hold-out "
+                         f"({made.line() if made else 'no check'}); score with another backend (auto skips it)")
+    return made
+
+
+def _variant_of(folder: Path, digest: str) -> bool:
+    import json
+
+    try:
+        return json.loads((folder / "metadata.json").read_text()).get("model") == digest
+    except (OSError, ValueError):
+        return False
 
 
 def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict, cfg: RunConfig

@@ -95,7 +95,8 @@ class SiteConfig:
     batch: Positive = 8
     batch_timeout_ms: Seconds = 20.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8",
+                     "openvino-bf16"] = "auto"
     status_every: Timeout = 10.0  # seconds between status lines
     max_gb: Annotated[float, Range(gt=0)] = 20.0  # evidence on disk, all cameras (vad.site.retention)
     path: Path | None = None  # the file it was read from
