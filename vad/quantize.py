@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import logging
@@ -110,17 +111,11 @@ def missing(variant: str) -> str | None:
     runtime, precision = VARIANTS[variant]
     if not installed(runtime):
         return f"{variant} needs the {runtime} package, which is not installed: {INSTALL}"
-    if variant == "openvino-int8" and not installed_module("nncf"):
+    if variant == "openvino-int8" and importlib.util.find_spec("nncf") is None:
         return "openvino-int8 is made with NNCF, which is not installed: pip install nncf"
     if precision == "bf16" and not native_bf16():
         return "openvino-bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither"
     return None
-
-
-def installed_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def read_check(folder: Path) -> Check | None:
@@ -175,7 +170,6 @@ def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: b
     from vad.models.pseudo import pseudo_anomalies
 
     generator = torch.Generator().manual_seed(PSEUDO_SEED)
-
     by_name = {c.name: c for c in clips}
     out: dict[str, list] = {}
     per_position, scorer.per_position = scorer.per_position, False
