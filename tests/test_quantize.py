@@ -15,10 +15,10 @@ import pytest
 
 from tests.helpers import TINY, frame_auc
 from vad.cli import main
-from vad.export import SPEED_FILE, candidates, machine
+from vad.export import SPEED_FILE, machine
 from vad.io import read_dataset
 from vad.pipeline import save_config, with_data
-from vad.quantize import CHECK_FILE, calibration_segments, read_check
+from vad.quantize import CHECK_FILE, calibration_segments, candidates, read_check
 from vad.reference import holdout
 from vad.runs import RunFolder, read_manifest
 

@@ -143,15 +143,6 @@ def machine() -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def candidates(folder: Path, digest: str) -> list[str]:
-    """What ``auto`` chooses from for the export in ``folder`` (of the model with SHA-1 ``digest``): the installed
-    runtimes, the lower-precision copies made beside it that passed their check (:mod:`vad.quantize`), torch."""
-    from vad.quantize import passed
-
-    copies = [v for v in VARIANTS if installed(v) and passed(folder / v, digest)]
-    return [b for b in PREFERENCE if installed(b)] + copies + ["torch"]
-
-
 def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
     """The speeds of ``wanted`` measured on this machine for ``setting`` in ``folder``'s :data:`SPEED_FILE` (None:
     not all yet)."""
@@ -165,10 +156,11 @@ def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
 
 def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str, wanted: list[str]
                     ) -> tuple[str, dict, bool]:
-    """``(backend, speeds, measured)``: of ``wanted`` (:func:`candidates`), the one that runs the export in ``folder``
-    fastest on this machine; each one's frames/s; whether this call measured any. ``measure(backend)`` returns a
-    backend's frames/s; each is measured once per machine and ``setting`` (what else changes the speed: the batch
-    size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to the earlier in ``wanted``."""
+    """``(backend, speeds, measured)``: of ``wanted`` (:func:`vad.quantize.candidates`), the one that runs the export
+    in ``folder`` fastest on this machine; each one's frames/s; whether this call measured any.
+    ``measure(backend)`` returns a backend's frames/s; each is measured once per machine and ``setting`` (what else
+    changes the speed: the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to
+    the earlier in ``wanted``."""
     path, key = folder / SPEED_FILE, f"{machine()}; {setting}".rstrip("; ")
     try:
         book = json.loads(path.read_text())

@@ -54,7 +54,7 @@ import torch
 
 from vad.atomic import write_text
 from vad.errors import UsageError
-from vad.export import INSTALL, Runtime, installed
+from vad.export import INSTALL, PREFERENCE, Runtime, installed
 from vad.reference import NormalReference, event_threshold, position_statistics
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,13 @@ def passed(folder: Path, digest: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(check and check.passed and meta.get("model") == digest)
+
+
+def candidates(folder: Path, digest: str) -> list[str]:
+    """What ``auto`` chooses from for the export in ``folder`` (of the model with SHA-1 ``digest``): the installed
+    runtimes, the lower-precision copies made beside it that passed their check, torch."""
+    copies = [v for v in VARIANTS if installed(v) and passed(folder / v, digest)]
+    return [b for b in PREFERENCE if installed(b)] + copies + ["torch"]
 
 
 def runtime(folder: Path, threads: int | None = None) -> Runtime:

@@ -31,9 +31,9 @@ import torch
 from vad.config import RunConfig
 from vad.distributed import barrier, world
 from vad.errors import UsageError, VadError
-from vad.export import VARIANTS, Runtime, candidates, choose_backend, export_model, exported, fastest_backend, measured
+from vad.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend, measured
 from vad.io import Clip, read_dataset
-from vad.quantize import Check, make_variant, passed, read_check
+from vad.quantize import Check, candidates, make_variant, passed, read_check
 from vad.reference import NormalReference, apply_state, reference_id, reference_state
 from vad.runs import RunFolder, RunFolderError, file_digest
 
@@ -207,7 +207,7 @@ def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalRefere
                 choose: bool, cfg: RunConfig) -> str:
     """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision
     copy is made first when it is not yet: :func:`ready_variant`), or with ``choose`` by the backend measured
-    fastest on this machine (:func:`vad.export.fastest_backend` over :func:`vad.export.candidates`: torch, the
+    fastest on this machine (:func:`vad.export.fastest_backend` over :func:`vad.quantize.candidates`: torch, the
     runtimes, the copies that passed their check; one batch of the scorer's size through the scorer); returns the
     backend used."""
     folder = exported_model(run, name, scorer.model, ckpt, ref)
