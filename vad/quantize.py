@@ -126,14 +126,18 @@ def read_check(folder: Path) -> Check | None:
         return None
 
 
-def passed(folder: Path, digest: str) -> bool:
-    """Whether ``folder`` holds a variant of the model with SHA-1 ``digest`` that passed its check."""
-    check = read_check(folder)
+def made_for(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` holds a copy of the model with SHA-1 ``digest`` (checked, passed or not)."""
     try:
-        meta = json.loads((folder / "metadata.json").read_text())
+        return json.loads((folder / "metadata.json").read_text()).get("model") == digest
     except (OSError, ValueError):
         return False
-    return bool(check and check.passed and meta.get("model") == digest)
+
+
+def passed(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` holds a copy of the model with SHA-1 ``digest`` that passed its check."""
+    check = read_check(folder)
+    return bool(check and check.passed and made_for(folder, digest))
 
 
 def candidates(folder: Path, digest: str) -> list[str]:

@@ -33,12 +33,12 @@ from vad.distributed import barrier, world
 from vad.errors import UsageError, VadError
 from vad.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend, measured
 from vad.io import Clip, read_dataset
-from vad.quantize import Check, candidates, make_variant, passed, read_check
+from vad.quantize import Check, candidates, made_for, make_variant, passed, read_check
+from vad.quantize import runtime as copy_runtime
 from vad.reference import NormalReference, apply_state, reference_id, reference_state
 from vad.runs import RunFolder, RunFolderError, file_digest
 
 log = logging.getLogger(__name__)
-VARIANTS_RUNTIME = {v: v.split("-")[0] for v in VARIANTS}  # a copy -> the runtime that runs it
 
 
 @dataclass
@@ -200,7 +200,7 @@ def runtime_for(folder: Path, backend: str) -> Runtime | None:
     """What runs the export in ``folder`` for ``backend``: None for torch, a runtime, or a copy's runtime."""
     if backend == "torch":
         return None
-    return Runtime(VARIANTS_RUNTIME[backend], folder / backend) if backend in VARIANTS else Runtime(backend, folder)
+    return copy_runtime(folder / backend) if backend in VARIANTS else Runtime(backend, folder)
 
 
 def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
@@ -240,7 +240,7 @@ def ready_variant(scorer, ckpt: dict, ref: NormalReference, folder: Path, varian
     from vad.reference import holdout
 
     made = read_check(folder / variant)
-    if world().main and not (made and _variant_of(folder / variant, ref.model)):
+    if world().main and not (made and made_for(folder / variant, ref.model)):
         clips, ranges = training_clips(cfg, ckpt)
         train, val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)
         log.info(f"making {variant}: calibrated on {len(clips)} training clips, checked on their hold-out")
@@ -251,15 +251,6 @@ def ready_variant(scorer, ckpt: dict, ref: NormalReference, folder: Path, varian
         raise UsageError(f"--backend {variant}: {folder / variant} did not pass its check on the normal hold-out "
                          f"({made.line() if made else 'no check'}); score with another backend (auto skips it)")
     return made
-
-
-def _variant_of(folder: Path, digest: str) -> bool:
-    import json
-
-    try:
-        return json.loads((folder / "metadata.json").read_text()).get("model") == digest
-    except (OSError, ValueError):
-        return False
 
 
 def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict, cfg: RunConfig
