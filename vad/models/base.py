@@ -23,6 +23,9 @@ class AnomalyModel(nn.Module):
     context: int = 0  # past frames a frame's score reads (window - 1); such a model also scores a stream of single
     # frames, the teacher once per frame (past_features, step, step_branch_maps: vad.models.motion)
     branches: tuple[str, ...] = ()  # a fused model's branches (branch_maps, set_branch_stats); () = one map
+    # Whether loss() reads a frozen teacher's features of the unaltered input frames only, which a trainer may then
+    # compute once per frame and pass in as ``teacher`` (teacher_features' output; vad.trainset)
+    teacher_cache: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,6 +55,13 @@ class AnomalyModel(nn.Module):
             for child in self.children():
                 if id(child) not in active:
                     child.eval()
+        return self
+
+    def fold_teacher(self) -> AnomalyModel:
+        """Run the frozen pretrained network with its BatchNorms folded into its convolutions, where it has them (the
+        same features with less work: :meth:`vad.models.backbones.Pyramid.fold`). Default: nothing to fold. For
+        float32 only: under bf16 autocast the folded weights round differently (measured: scores' rank correlation
+        with float32 fell below tests/test_fastpath.py's 0.99), so scoring, which may run in bf16, does not fold."""
         return self
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -140,6 +150,10 @@ class TeacherStudent(AnomalyModel):
     @property
     def stride(self) -> int:
         return min(self.teacher.strides)
+
+    def fold_teacher(self) -> TeacherStudent:
+        self.teacher.fold()  # frozen since construction (requires_grad_(False) above; never a stage's module)
+        return self
 
 
 def frame_scores(amap: torch.Tensor) -> torch.Tensor:
