@@ -56,14 +56,19 @@ class ObjectShift:
 
     def __call__(self, x: torch.Tensor, clips: Sequence[str], generator: torch.Generator) -> torch.Tensor:
         """``x`` ``(B, 3w, H, W)`` -> a copy with objects shifted (``x`` itself is not modified)."""
+        return self.apply(x, clips, generator)[0]
+
+    def apply(self, x: torch.Tensor, clips: Sequence[str], generator: torch.Generator
+              ) -> tuple[torch.Tensor, list[int]]:
+        """``(x with objects shifted, the samples that changed)``; ``x`` itself is not modified."""
         draws = torch.rand(len(x), generator=generator).tolist()
         picks = [i for i, u in enumerate(draws) if u < self.p and clips[i] in self.backgrounds]
         if not picks:
-            return x
+            return x, []
         out = x.clone()
-        for i in picks:
-            self._shift(out, i, self.backgrounds[clips[i]].to(x.device), generator)  # no copy on its device
-        return out
+        changed = [i for i in picks  # the background is on its device already: no copy
+                   if self._shift(out, i, self.backgrounds[clips[i]].to(x.device), generator)]
+        return out, changed
 
     def foreground(self, frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         """``(w, 3, H, W)`` frames -> ``(w, 1, H, W)`` float 0/1 mask of pixels unlike the background (isolated
@@ -73,13 +78,13 @@ class ObjectShift:
         m = -F.max_pool2d(-m, 3, stride=1, padding=1)  # erode
         return F.max_pool2d(m, 3, stride=1, padding=1)  # dilate
 
-    def _shift(self, out: torch.Tensor, i: int, background: torch.Tensor, g: torch.Generator) -> None:
+    def _shift(self, out: torch.Tensor, i: int, background: torch.Tensor, g: torch.Generator) -> bool:
         _, c, h, w = out.shape
         frames = out[i].reshape(c // 3, 3, h, w)
         mask = self.foreground(frames, background)
         points = mask[-1, 0].nonzero()
         if len(points) < MIN_FOREGROUND * h * w:
-            return
+            return False
         bh, bw = max(2, round(BOX[0] * h)), max(2, round(BOX[1] * w))
         cy, cx = points[int(torch.randint(len(points), (1,), generator=g))].tolist()
         y0, x0 = min(max(cy - bh // 2, 0), h - bh), min(max(cx - bw // 2, 0), w - bw)
@@ -95,3 +100,4 @@ class ObjectShift:
         ty, tx = (int(torch.randint(h - sh + 1, (1,), generator=g)), int(torch.randint(w - sw + 1, (1,), generator=g)))
         dst = frames[..., ty:ty + sh, tx:tx + sw]
         dst.mul_(1 - alpha).add_(alpha * src)  # frames is a view of out[i] (a split of one axis): out changes
+        return True

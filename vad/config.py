@@ -126,8 +126,15 @@ class TrainConfig:
     seed: int = 0
     amp: Amp = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     per_scene: bool = False  # one model per scene (ShanghaiTech)
-    num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers
-    shuffle_buffer: Positive = 512
+    num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers (train.cache false)
+    shuffle_buffer: Positive = 512  # train.cache false: frames mixed across clips while streaming
+    # Hold the training frames in memory, decoded once, with the frozen teacher's features of each (vad.trainset):
+    # the same samples, each epoch a full shuffle; false: decode (and run the teacher) every epoch
+    cache: bool = True
+    cache_gb: Annotated[float, Range(gt=0)] = 8.0  # the most train.cache may hold; more is refused before training
+    # Frames a model trains on (per process): longer footage is sampled in runs of 16 consecutive frames spread evenly
+    # over its clips, the same every epoch (the hold-out's validation loss: a quarter as many); null: every frame
+    max_frames: Positive | None = 4000
     object_shift: Annotated[float, Range(ge=0, le=1)] | None = None  # probability that a training sample gets one of
     # its moving objects copied to another place (vad.augment; fixed cameras); None: 0.5 for stpm, 0 otherwise
 

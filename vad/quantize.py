@@ -55,7 +55,7 @@ import torch
 from vad.atomic import write_text
 from vad.errors import UsageError
 from vad.export import INSTALL, PREFERENCE, Runtime, installed
-from vad.reference import NormalReference, event_threshold, position_statistics
+from vad.reference import NormalReference, event_threshold, position_statistics, spread_runs
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +158,7 @@ def calibration_segments(train: dict[str, tuple[int, int]], frames: int = CALIBR
                          run: int = RUN_FRAMES) -> list[tuple[str, tuple[int, int]]]:
     """Runs of ``run`` consecutive frames, about ``frames`` in all, spread evenly over the training ranges
     ``train`` (``{clip: (a, b)}``: the frames a model trained on, hold-out excluded): ``[(clip, (start, stop))]``."""
-    total = sum(b - a for a, b in train.values())
-    if total == 0:
-        return []
-    runs = max(1, min(frames, total) // run)
-    out = []
-    for name, (a, b) in sorted(train.items()):
-        k = max(1, round(runs * (b - a) / total))
-        length = min(run, b - a)
-        starts = np.linspace(a, b - length, k).round().astype(int) if b - a > length else [a]
-        out += [(name, (int(s), int(s) + length)) for s in sorted(set(starts))]
-    return out
+    return spread_runs(train, frames, run)
 
 
 def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: bool = False

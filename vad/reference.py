@@ -173,3 +173,20 @@ def holdout(clips: Sequence, fraction: float, ranges: dict[str, tuple[int, int]]
             raise InputError(f"training clip {c.name} has {b - a} frame(s); too short to hold out {fraction:.0%}")
         train[c.name], val[c.name] = (a, b - k), (b - k, b)
     return train, val
+
+
+def spread_runs(ranges: dict[str, tuple[int, int]], frames: int, run: int) -> list[tuple[str, tuple[int, int]]]:
+    """Runs of ``run`` consecutive frames, about ``frames`` in all, spread evenly over ``ranges`` (``{clip: (a, b)}``):
+    ``[(clip, (start, stop))]``, by clip name, then start. Consecutive frames keep a motion model's past real; the
+    spread reaches from every clip's first frames to its last."""
+    total = sum(b - a for a, b in ranges.values())
+    if total == 0:
+        return []
+    runs = max(1, min(frames, total) // run)
+    out = []
+    for name, (a, b) in sorted(ranges.items()):
+        k = max(1, round(runs * (b - a) / total))
+        length = min(run, b - a)
+        starts = np.linspace(a, b - length, k).round().astype(int) if b - a > length else [a]
+        out += [(name, (int(s), int(s) + length)) for s in sorted(set(starts))]
+    return out

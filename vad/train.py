@@ -36,9 +36,10 @@ from vad.io.decode import first_frame, looks_grey
 from vad.io.records import Clip
 from vad.models import AnomalyModel, backbone_spec, build_model
 from vad.progress import progress_bar
-from vad.reference import fit_reference, holdout
+from vad.reference import fit_reference, holdout, spread_runs
 from vad.runs import RunFolder
 from vad.score import Scorer
+from vad.trainset import RUN_FRAMES, TrainSet, footprint, teacher_for
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,15 @@ VAL_SEED = 1234  # pseudo-anomalies in validation are the same every epoch
 
 
 @torch.no_grad()
-def _val_loss(model: AnomalyModel, loader, device: torch.device, dtype) -> float:
+def _val_loss(model: AnomalyModel, batches, device: torch.device, dtype) -> float:
     """Mean loss of the current stage over the hold-out (repeatable: a fixed generator for any randomness)."""
     model.eval()
     gen = torch.Generator().manual_seed(VAL_SEED)
     total, n = 0.0, 0
-    for batch in loader:
+    for batch in batches:
         x = to_device(batch["frames"], device)
         with autocast(device, dtype):
-            loss = model.loss(x, gen)
+            loss = model.loss(x, gen, **_kept_teacher(batch, device))
         total += float(loss) * len(x)
         n += len(x)
     return total / max(n, 1)
@@ -135,6 +136,7 @@ def _config_key(cfg: RunConfig) -> dict:
     training; not scoring settings (:data:`~vad.config.SCORING`), where the data lives, nor later stages'."""
     d = to_dict(cfg)
     d["train"].pop("num_workers")  # resuming with more decode workers is fine
+    d["train"].pop("cache_gb")  # a limit, not a setting of training
     for key in SCORING:
         d["model"].pop(key)
     for other in ("data", "score", "postprocess", "eval", "render"):
@@ -162,9 +164,18 @@ class _Session:
     gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage), object shifts
     progress: bool
     shift: ObjectShift | None = None  # training augmentation (train.object_shift), set up before training
+    trainset: TrainSet | None = None  # train.cache: the training samples in memory (else train_stream decodes)
+    valset: TrainSet | None = None  # train.cache: the hold-out samples of the validation loss
 
-    def loader(self):
+    def batches(self, epoch: int):
+        """One epoch's training batches."""
+        if self.trainset is not None:
+            return self.trainset.epoch(self.cfg.train.batch_size, self.cfg.train.seed + 1000 * world().rank, epoch)
+        self.train_stream.set_epoch(epoch)
         return make_loader(self.train_stream, self.cfg.train.num_workers, self.device.type == "cuda")
+
+    def val_batches(self):
+        return self.val_loader if self.valset is None else self.valset.ordered()
 
 
 @dataclass
@@ -247,13 +258,17 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
         train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
         if not train_ranges:
             raise UsageError(f"{w.world_size} processes cannot share {len(clips)} training clips' frames")
-    n_train = sum(b - a for a, b in train_ranges.values())
+    train_runs = _sampled(train_ranges, t.max_frames, t.cache, "training")
+    n_train = sum(b - a for _, (a, b) in train_runs)
     # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
     # batches (with several decode workers each worker's last batch may be partial, giving a few more).
     steps_per_epoch = math.ceil(n_train / t.batch_size)
     _seed(t.seed)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
+    if amp_dtype(t.amp, device) is None:  # in float32 folding is exact; bf16 weights folded lose precision
+        model.fold_teacher()
+    sets = _cached_sets(cfg, clips, model, transform, train_runs, val_ranges, device) if t.cache else (None, None)
     train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
                                shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
                                shuffle_buffer=t.shuffle_buffer, window=model.window)
@@ -267,11 +282,52 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     return _Session(cfg, run, device, amp_dtype(t.amp, device), model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, list(clips), val_ranges, val_loader,
-                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main)
+                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, *sets)
+
+
+def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: bool, what: str
+             ) -> list[tuple[str, tuple[int, int]]]:
+    """The runs of frames to train (or validate) on: all of ``ranges``, or for footage of more than ``max_frames``
+    frames, runs of :data:`~vad.trainset.RUN_FRAMES` spread evenly over it (train.max_frames)."""
+    total = sum(b - a for a, b in ranges.values())
+    if max_frames is None or total <= max_frames:
+        return sorted(ranges.items())
+    if not cache:
+        raise ConfigError(f"train.max_frames={max_frames} samples the {total} {what} frames, which needs "
+                          "train.cache: true; set train.max_frames=null to stream every frame")
+    return spread_runs(ranges, max_frames, RUN_FRAMES)
+
+
+def _cached_sets(cfg: RunConfig, clips: Sequence[Clip], model: AnomalyModel, transform: FrameTransform,
+                 train_runs: list, val_ranges: dict, device: torch.device) -> tuple[TrainSet, TrainSet]:
+    """train.cache: the training and validation samples in memory (:mod:`vad.trainset`), after checking that they
+    fit in train.cache_gb."""
+    t = cfg.train
+    val_runs = _sampled(val_ranges, None if t.max_frames is None else max(1, t.max_frames // 4), True, "hold-out")
+    size = transform.size
+    values = 0
+    if model.teacher_cache:  # the teacher's features per frame: channels x the level's grid
+        with torch.no_grad():
+            probe = model.teacher(torch.zeros(1, 3, *size, device=device))
+        values = sum(v[0].numel() for v in probe.values())
+    need = sum(footprint(r, model.window, size, values) for r in (train_runs, val_runs))
+    if need > t.cache_gb * 2**30:
+        raise ConfigError(f"train.cache needs {need / 2**30:.1f} GB for these frames, more than train.cache_gb="
+                          f"{t.cache_gb:g}; lower train.max_frames (now {t.max_frames}) or raise train.cache_gb, "
+                          "or set train.cache=false to decode every epoch")
+    teacher = model if model.teacher_cache else None
+    dtype = amp_dtype(t.amp, device)
+    t0 = time.perf_counter()
+    sets = tuple(TrainSet(clips, r, transform, model.window, teacher, device, dtype) for r in (train_runs, val_runs))
+    log.info(f"training samples in memory: {len(sets[0])} training, {len(sets[1])} hold-out windows, "
+             f"{sum(s.nbytes for s in sets) / 2**20:.0f} MB, {time.perf_counter() - t0:.0f}s")
+    return sets
 
 
 def _plain_stream(s: _Session):
     """This rank's training frames in order (not shuffled): batches ``{"frames", "clip", "index"}`` on the host."""
+    if s.trainset is not None:
+        return s.trainset.ordered()
     ts = s.train_stream
     stream = FrameStream(ts.clips, ts.transform, batch_size=ts.batch_size, ranges=ts.ranges, window=ts.window)
     return make_loader(stream, s.cfg.train.num_workers)
@@ -331,6 +387,16 @@ def _trim_log(s: _Session, start: int) -> None:
         log.write_text("".join(ln + "\n" for ln in kept))
 
 
+def _kept_teacher(batch: dict, device: torch.device) -> dict:
+    """``{"teacher": (past, present)}``: the batch's kept teacher features on ``device`` (``model.loss``'s
+    ``teacher``), or ``{}`` when the batch has none."""
+    if "teacher" not in batch:
+        return {}
+    past, now = batch["teacher"]
+    return {"teacher": ([{k: to_device(v, device) for k, v in p.items()} for p in past],
+                        {k: to_device(v, device) for k, v in now.items()})}
+
+
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the non-finite-loss flag on a GPU (every step on a CPU)
 
 
@@ -339,20 +405,21 @@ def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]
     :class:`TrainingDiverged` naming the step at the first non-finite loss (read from the device in batches of
     steps on a GPU, so it costs no synchronisation per step)."""
     s.model.train()
-    s.train_stream.set_epoch(epoch)
     total = torch.zeros((), dtype=torch.float64, device=s.device)  # summed on the device: no host sync per step
     first_bad = torch.full((), -1, dtype=torch.long, device=s.device)
     t_epoch, seen = time.perf_counter(), 0
-    batches = iter(s.loader())
+    batches = iter(s.batches(epoch))
     for i in range(s.steps_per_epoch):
         batch = next(batches, None)
         if batch is None:  # cannot happen with intact data: the stream has >= steps_per_epoch batches
             raise RuntimeError(f"epoch {epoch + 1}: the training stream ended before {s.steps_per_epoch} steps")
-        x = to_device(batch["frames"], s.device)
+        x, kept = to_device(batch["frames"], s.device), _kept_teacher(batch, s.device)
         if s.shift is not None:
-            x = s.shift(x, batch["clip"], s.gen)
+            x, changed = s.shift.apply(x, batch["clip"], s.gen)
         with autocast(s.device, s.dtype):
-            loss = o.loss(x, s.gen)
+            if kept and s.shift is not None:  # the teacher again on the samples the shift altered
+                kept["teacher"] = teacher_for(s.model, x, kept["teacher"], changed)
+            loss = o.loss(x, s.gen, **kept)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         if (s.device.type == "cpu" or (i + 1) % DIVERGENCE_CHECK_EVERY == 0) and int(first_bad) >= 0:
             _diverged(s, o, epoch, int(first_bad))
@@ -381,7 +448,7 @@ def _diverged(s: _Session, o: _Optim, epoch: int, step: int) -> None:
 def _end_epoch(s: _Session, o: _Optim, epoch: int, loss_sum: float, seen: int, train_secs: float, best: float,
                elapsed: float) -> dict:
     """Rank 0: validate, keep the best checkpoint, log the epoch, write ``last.pt``; returns the log record."""
-    val_loss = _val_loss(s.model, s.val_loader, s.device, s.dtype)
+    val_loss = _val_loss(s.model, s.val_batches(), s.device, s.dtype)
     if not math.isfinite(val_loss):
         raise TrainingDiverged(f"training diverged: the validation loss of epoch {epoch + 1} is {val_loss}; lower "
                                f"train.lr (now {s.cfg.train.lr:g})")
@@ -430,8 +497,8 @@ class _StageLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.model.loss(x, generator)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, **kept) -> torch.Tensor:
+        return self.model.loss(x, generator, **kept)
 
 
 def _stepper(model: AnomalyModel, device: torch.device):

@@ -123,8 +123,9 @@ class MotionSTPM(STPM):
         chunks = {k: v.chunk(self.context) for k, v in before.items()}
         return [{k: v[i] for k, v in chunks.items()} for i in range(self.context)], t
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        past_t, t = self.teacher_features(x)
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
+             teacher: tuple[list[dict], dict] | None = None) -> torch.Tensor:
+        past_t, t = self.teacher_features(x) if teacher is None else teacher
         return stpm_loss(t, self.student(x[:, -3:])) + motion_weighted_loss(t, past_t[-1], self.predictor(past_t))
 
     def branch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ COMBINE = ("product", "sum")
 class STPM(TeacherStudent):
     method = "stpm"
     stages = ("student",)
+    teacher_cache = True
 
     def __init__(self, teacher: Pyramid, student: Pyramid, combine: str = "product") -> None:
         if combine not in COMBINE:
@@ -32,8 +33,16 @@ class STPM(TeacherStudent):
     def stage_modules(self, stage: str) -> list[nn.Module]:
         return [self.student]
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return stpm_loss(*self.pyramids(x))
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None,
+             teacher: tuple[list[dict], dict] | None = None) -> torch.Tensor:
+        """STPM's loss; ``teacher``: :meth:`teacher_features` of ``x`` computed beforehand (e.g. once per frame)."""
+        _, t = self.teacher_features(x) if teacher is None else teacher
+        return stpm_loss(t, self.student(x[:, -3:]))
+
+    def teacher_features(self, x: torch.Tensor) -> tuple[list[dict], dict]:
+        """``(past, present)``: the teacher's pyramids of a window's past frames (none here) and of its present."""
+        with torch.no_grad():
+            return [], self.teacher(x)
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.anomaly_map(x).float()
