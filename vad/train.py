@@ -125,7 +125,7 @@ def _val_loss(model: AnomalyModel, batches, device: torch.device, dtype) -> floa
     for batch in batches:
         x = to_device(batch["frames"], device)
         with autocast(device, dtype):
-            loss = model.loss(x, gen, **_kept_teacher(batch, device))
+            loss = model.loss(x, gen, **kept_teacher(batch, device))
         total += float(loss) * len(x)
         n += len(x)
     return total / max(n, 1)
@@ -387,7 +387,7 @@ def _trim_log(s: _Session, start: int) -> None:
         log.write_text("".join(ln + "\n" for ln in kept))
 
 
-def _kept_teacher(batch: dict, device: torch.device) -> dict:
+def kept_teacher(batch: dict, device: torch.device) -> dict:
     """``{"teacher": (past, present)}``: the batch's kept teacher features on ``device`` (``model.loss``'s
     ``teacher``), or ``{}`` when the batch has none."""
     if "teacher" not in batch:
@@ -413,7 +413,7 @@ def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]
         batch = next(batches, None)
         if batch is None:  # cannot happen with intact data: the stream has >= steps_per_epoch batches
             raise RuntimeError(f"epoch {epoch + 1}: the training stream ended before {s.steps_per_epoch} steps")
-        x, kept = to_device(batch["frames"], s.device), _kept_teacher(batch, s.device)
+        x, kept = to_device(batch["frames"], s.device), kept_teacher(batch, s.device)
         if s.shift is not None:
             x, changed = s.shift.apply(x, batch["clip"], s.gen)
         with autocast(s.device, s.dtype):
