@@ -123,3 +123,16 @@ def test_a_folded_teacher_computes_the_same_features_and_follows_its_weights() -
     student = build_model(ModelConfig(input_height=48, teacher_weights="random")).student
     with pytest.raises(ValueError, match="frozen"):
         student.fold()
+
+
+def test_a_trained_run_asked_again_decodes_nothing(shanghaitech_root, tmp_path, monkeypatch) -> None:
+    import vad.train
+
+    clips = read_dataset("shanghaitech", shanghaitech_root, "train")
+    cfg = replace(SMALL, model=replace(SMALL.model, teacher_weights="random"), train=replace(SMALL.train, epochs=1))
+    made = []
+    monkeypatch.setattr(vad.train, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
+    path = vad.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False)
+    assert len(made) == 2  # training and hold-out samples
+    assert vad.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False) == path
+    assert len(made) == 2  # already trained: nothing decoded again

@@ -164,6 +164,7 @@ class _Session:
     gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage), object shifts
     progress: bool
     shift: ObjectShift | None = None  # training augmentation (train.object_shift), set up before training
+    runs: tuple[list, list] | None = None  # train.cache: the (training, hold-out) runs of frames to hold in memory
     trainset: TrainSet | None = None  # train.cache: the training samples in memory (else train_stream decodes)
     valset: TrainSet | None = None  # train.cache: the hold-out samples of the validation loss
 
@@ -213,7 +214,9 @@ def train(
     if ck is None and init is not None:  # its weights and the statistics it was trained with
         s.model.load_state_dict({k: v for k, v in init["model"].items() if k not in ("pos_loc", "pos_scale")},
                                 strict=False)
-    elif ck is None:  # statistics a model needs before training (a resumed one has them in its checkpoint)
+    if s.runs is not None:  # only now, with the teacher's weights final: a finished or refused run decodes nothing
+        _hold_samples(s)
+    if ck is None and init is None:  # statistics a model needs before training (a resumed one has them saved)
         s.model.fit_normal(_plain_batches(s))
     if s.cfg.object_shift_rate > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
@@ -268,7 +271,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     model.to(device, memory_format=torch.channels_last)
     if amp_dtype(t.amp, device) is None:  # in float32 folding is exact; bf16 weights folded lose precision
         model.fold_teacher()
-    sets = _cached_sets(cfg, clips, model, transform, train_runs, val_ranges, device) if t.cache else (None, None)
+    runs = _cache_plan(cfg, model, transform, train_runs, val_ranges, device) if t.cache else None
     train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
                                shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
                                shuffle_buffer=t.shuffle_buffer, window=model.window)
@@ -282,7 +285,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     return _Session(cfg, run, device, amp_dtype(t.amp, device), model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, list(clips), val_ranges, val_loader,
-                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, *sets)
+                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, runs)
 
 
 def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: bool, what: str
@@ -298,10 +301,10 @@ def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: 
     return spread_runs(ranges, max_frames, RUN_FRAMES)
 
 
-def _cached_sets(cfg: RunConfig, clips: Sequence[Clip], model: AnomalyModel, transform: FrameTransform,
-                 train_runs: list, val_ranges: dict, device: torch.device) -> tuple[TrainSet, TrainSet]:
-    """train.cache: the training and validation samples in memory (:mod:`vad.trainset`), after checking that they
-    fit in train.cache_gb."""
+def _cache_plan(cfg: RunConfig, model: AnomalyModel, transform: FrameTransform, train_runs: list,
+                val_ranges: dict, device: torch.device) -> tuple[list, list]:
+    """train.cache: the (training, hold-out) runs of frames to hold in memory, checked against train.cache_gb before
+    anything is decoded."""
     t = cfg.train
     val_runs = _sampled(val_ranges, None if t.max_frames is None else max(1, t.max_frames // 4), True, "hold-out")
     size = transform.size
@@ -315,13 +318,17 @@ def _cached_sets(cfg: RunConfig, clips: Sequence[Clip], model: AnomalyModel, tra
         raise ConfigError(f"train.cache needs {need / 2**30:.1f} GB for these frames, more than train.cache_gb="
                           f"{t.cache_gb:g}; lower train.max_frames (now {t.max_frames}) or raise train.cache_gb, "
                           "or set train.cache=false to decode every epoch")
-    teacher = model if model.teacher_cache else None
-    dtype = amp_dtype(t.amp, device)
+    return train_runs, val_runs
+
+
+def _hold_samples(s: _Session) -> None:
+    """train.cache: decode the planned samples into memory, with the teacher's features (:mod:`vad.trainset`)."""
+    teacher = s.model if s.model.teacher_cache else None
     t0 = time.perf_counter()
-    sets = tuple(TrainSet(clips, r, transform, model.window, teacher, device, dtype) for r in (train_runs, val_runs))
-    log.info(f"training samples in memory: {len(sets[0])} training, {len(sets[1])} hold-out windows, "
-             f"{sum(s.nbytes for s in sets) / 2**20:.0f} MB, {time.perf_counter() - t0:.0f}s")
-    return sets
+    s.trainset, s.valset = (TrainSet(s.val_clips, r, s.train_stream.transform, s.model.window, teacher, s.device,
+                                     s.dtype) for r in s.runs)
+    log.info(f"training samples in memory: {len(s.trainset)} training, {len(s.valset)} hold-out windows, "
+             f"{(s.trainset.nbytes + s.valset.nbytes) / 2**20:.0f} MB, {time.perf_counter() - t0:.0f}s")
 
 
 def _plain_stream(s: _Session):
