@@ -170,12 +170,17 @@ def train_fast(model, clip: Clip, size, normalization, batch: int, device, dtype
     channels-last batches (pinned, non-blocking on CUDA), autocast, the loss summed on the device."""
     stream = FrameStream([clip], FrameTransform(size, normalization), batch_size=batch, shuffle=True,
                          ranges={clip.name: (0, frames)}, shuffle_buffer=max(256, batch), window=model.window)
+    return _steps(model, make_loader(stream, workers, pin_memory=device.type == "cuda"), device, dtype)
+
+
+def _steps(model, batches, device, dtype) -> int:
+    """Training steps over ``batches`` (with kept teacher features where a batch has them); frames seen."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     total, seen = torch.zeros((), device=device), 0
-    for b in make_loader(stream, workers, pin_memory=device.type == "cuda"):
+    for b in batches:
         x = to_device(b["frames"], device)
         with autocast(device, dtype):
-            loss = model.loss(x)
+            loss = model.loss(x, **kept_teacher(b, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -189,19 +194,7 @@ def train_cached(model, kept, batch: int, device, dtype) -> int:
     """:func:`train_fast` on samples held in memory (``train.cache``, :mod:`vad.trainset`): no decoding, the
     teacher's features of every frame kept (neither row shifts objects, which would run the teacher again on the
     shifted samples: benchmarks/train_time.py measures whole trainings with them)."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    total, seen = torch.zeros((), device=device), 0
-    for b in kept.epoch(batch, seed=0, epoch=0):
-        x = to_device(b["frames"], device)
-        with autocast(device, dtype):
-            loss = model.loss(x, **kept_teacher(b, device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.detach()
-        seen += len(x)
-    float(total)
-    return seen
+    return _steps(model, kept.epoch(batch, seed=0, epoch=0), device, dtype)
 
 
 def train_baseline(model, base: Baseline, clip: Clip, batch: int, frames: int) -> int:
