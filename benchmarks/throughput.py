@@ -50,8 +50,7 @@ from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loa
 from vad.io.records import Clip, frames_clip
 from vad.models import backbone_spec, build_model
 from vad.score import Scorer, score_clips
-from vad.train import kept_teacher
-from vad.trainset import TrainSet
+from vad.trainset import TrainSet, kept_teacher
 
 CPU_DEFAULTS = {"model_frames": 48, "frames": 48, "train_frames": 32, "batch_size": 8, "train_batch": 8}
 GPU_DEFAULTS = {"model_frames": 16384, "frames": 6000, "train_frames": 12000, "batch_size": 256, "train_batch": 128}

@@ -39,7 +39,7 @@ from vad.progress import progress_bar
 from vad.reference import fit_reference, holdout, spread_runs
 from vad.runs import RunFolder
 from vad.score import Scorer
-from vad.trainset import RUN_FRAMES, TrainSet, footprint, teacher_for
+from vad.trainset import RUN_FRAMES, TrainSet, footprint, kept_teacher, teacher_for
 
 log = logging.getLogger(__name__)
 
@@ -392,16 +392,6 @@ def _trim_log(s: _Session, start: int) -> None:
     if log.exists() and world().main:
         kept = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start]
         log.write_text("".join(ln + "\n" for ln in kept))
-
-
-def kept_teacher(batch: dict, device: torch.device) -> dict:
-    """``{"teacher": (past, present)}``: the batch's kept teacher features on ``device`` (``model.loss``'s
-    ``teacher``), or ``{}`` when the batch has none."""
-    if "teacher" not in batch:
-        return {}
-    past, now = batch["teacher"]
-    return {"teacher": ([{k: to_device(v, device) for k, v in p.items()} for p in past],
-                        {k: to_device(v, device) for k, v in now.items()})}
 
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the non-finite-loss flag on a GPU (every step on a CPU)

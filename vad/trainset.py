@@ -76,7 +76,7 @@ class TrainSet:
         self.rows = torch.tensor(samples, dtype=torch.int64).view(-1, window)  # (samples, window): oldest first
         self.index = torch.tensor(index, dtype=torch.int64)  # the frame each sample ends at
         self.features = None if model is None else _features(model, self.frames, transform, device, dtype)
-        self.past_levels = getattr(model, "past_levels", ()) if model is not None else ()
+        self.past_levels = getattr(model, "past_levels", ())
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -136,6 +136,16 @@ def _features(model, frames: torch.Tensor, transform: FrameTransform, device, dt
         for k, v in t.items():
             out.setdefault(k, []).append(v.float().cpu())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def kept_teacher(batch: dict, device: torch.device) -> dict:
+    """``{"teacher": (past, present)}``: the batch's kept teacher features on ``device`` (``model.loss``'s
+    ``teacher``), or ``{}`` when the batch has none."""
+    if "teacher" not in batch:
+        return {}
+    past, now = batch["teacher"]
+    return {"teacher": ([{k: to_device(v, device) for k, v in p.items()} for p in past],
+                        {k: to_device(v, device) for k, v in now.items()})}
 
 
 def teacher_for(model, x: torch.Tensor, teacher: tuple[list[dict], dict], changed: Sequence[int]

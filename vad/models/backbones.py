@@ -92,7 +92,8 @@ class Pyramid(nn.Module):
             raise ValueError("only a frozen pyramid (no parameter that requires grad) can be folded")
         p = next(self.parameters())
         x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
-        was, _ = self.training, self.eval()
+        was = self.training
+        self.eval()
         self.__dict__.pop("_folded", None)
         with torch.no_grad():
             a = self(x)
