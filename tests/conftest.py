@@ -64,6 +64,26 @@ def trained_method(request, scene: Path, tmp_path_factory) -> tuple[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def exported_run(trained: Path, scene: Path, tmp_path_factory) -> Path:
+    """A run folder of :func:`trained` (configured on ``scene``) exported once by ``vad export`` to ONNX, and to
+    OpenVINO IR where OpenVINO is installed (read-only: tests copy it with :func:`tests.helpers.copy_run`, whose
+    export is then reused, not made again)."""
+    import importlib.util
+
+    from vad.cli import main
+    from vad.pipeline import save_config, with_data
+
+    pytest.importorskip("onnxscript", reason="the exporter needs onnx and onnxscript (pip install -e '.[deploy]')")
+    run = tmp_path_factory.mktemp("exported") / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes((trained / "model.pt").read_bytes())
+    save_config(with_data(TINY, scene, "shanghaitech"), run / "config.yaml")
+    formats = ["onnx", "openvino"] if importlib.util.find_spec("openvino") else ["onnx"]
+    assert main(["export", "--run", str(run), "--format", *formats]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def live_run(trained: Path, scene: Path, tmp_path_factory) -> Path:
     """The tiny trained motion model in a run folder of its own (config saved), scored with torch: for the live
     tests (read-only: they write elsewhere)."""

@@ -238,3 +238,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def copy_run(src: Path, dst: Path, data: Path) -> Path:
+    """A copy of the run folder ``src`` (its model, and its exports when it has them) at ``dst``, configured with
+    :data:`TINY` on the ShanghaiTech-layout ``data``."""
+    import shutil
+
+    from vad.pipeline import save_config, with_data
+
+    dst.mkdir(parents=True)
+    shutil.copy(src / "model.pt", dst / "model.pt")
+    if (src / "export").is_dir():
+        shutil.copytree(src / "export", dst / "export")
+    save_config(with_data(TINY, data, "shanghaitech"), dst / "config.yaml")
+    return dst

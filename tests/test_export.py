@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY, frame_auc
+from tests.helpers import TINY, copy_run, frame_auc
 from vad.checkpoint import load_model
 from vad.cli import main
 from vad.config import ModelConfig
@@ -22,8 +22,7 @@ from vad.errors import UsageError
 from vad.export import EXPORT_MIN_FRAMES, SPEED_FILE, Runtime, choose_backend, export_model, machine
 from vad.io import read_dataset
 from vad.models import build_model
-from vad.pipeline import save_config, with_data
-from vad.reference import NormalReference, reference_state
+from vad.reference import NormalReference
 from vad.runs import RunFolder, read_manifest
 from vad.score import Scorer, score_clips
 
@@ -34,13 +33,10 @@ RUNTIMES = [pytest.param(b, marks=pytest.mark.skipif(importlib.util.find_spec(b)
 
 
 @pytest.fixture(scope="module")
-def motion_export(trained: Path, tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny trained motion model exported once (ONNX, and OpenVINO IR when OpenVINO is installed)."""
-    pytest.importorskip("onnxscript", reason="the exporter needs onnx and onnxscript (pip install -e '.[deploy]')")
-    model, ckpt = load_model(trained / "model.pt")
-    ref = NormalReference(ckpt["val_scores"]["raw"].numpy(), TINY.model.scoring(), False, reference_state(model))
-    formats = ("onnx", "openvino") if importlib.util.find_spec("openvino") else ("onnx",)
-    return trained, export_model(copy.deepcopy(model), ckpt, ref, tmp_path_factory.mktemp("export"), formats)
+def motion_export(trained: Path, exported_run: Path) -> tuple[Path, Path]:
+    """The tiny trained motion model and its export (ONNX, and OpenVINO IR when OpenVINO is installed)."""
+    (folder,) = list((exported_run / "export").iterdir())
+    return trained, folder
 
 
 @pytest.mark.parametrize("backend", RUNTIMES)
@@ -62,14 +58,21 @@ def test_an_exported_motion_model_scores_as_torch(scene: Path, motion_export, tm
     assert frame_auc(got, clips) > 0.9  # the trained model separates the scene's anomaly, exported too
 
 
-@pytest.mark.parametrize("backend", RUNTIMES)
-def test_an_exported_frame_model_scores_as_torch(backend: str, tmp_path: Path) -> None:
-    """A model without a past (STPM alone; RSTPM alike) exports its frame function."""
+@pytest.fixture(scope="module")
+def frame_export(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    """A model without a past (STPM alone) and its export."""
     pytest.importorskip("onnxscript", reason="the exporter needs onnxscript")
     torch.manual_seed(0)
     model = build_model(ModelConfig(input_height=64, teacher_weights="random", motion=False)).eval()
     ckpt = {"input_size": [64, 96], "normalization": "lite0"}
-    folder = export_model(copy.deepcopy(model), ckpt, NormalReference(np.arange(10.0)), tmp_path / "x")
+    folder = tmp_path_factory.mktemp("frame") / "x"
+    return model, export_model(copy.deepcopy(model), ckpt, NormalReference(np.arange(10.0)), folder)
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_an_exported_frame_model_scores_as_torch(backend: str, frame_export) -> None:
+    """A model without a past (STPM alone; RSTPM alike) exports its frame function."""
+    model, folder = frame_export
     x = torch.randn(5, 3, 64, 96)
     with torch.no_grad():
         scores, amap = model.score_and_map(x)
@@ -78,15 +81,16 @@ def test_an_exported_frame_model_scores_as_torch(backend: str, tmp_path: Path) -
     torch.testing.assert_close(got_map, amap, rtol=1e-3, atol=1e-4)
 
 
-def test_export_writes_what_scoring_needs_and_score_uses_it(trained: Path, scene: Path, tmp_path: Path,
+def test_export_writes_what_scoring_needs_and_score_uses_it(exported_run: Path, scene: Path, tmp_path: Path,
                                                             capsys) -> None:
+    """What `vad export` wrote (the shared export fixture ran it on the trained model); exporting again reuses it;
+    scoring with torch and with ONNX Runtime gives the same frame AUC."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[deploy]')")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.pt").write_bytes((trained / "model.pt").read_bytes())
-    save_config(with_data(TINY, scene, "shanghaitech"), run / "config.yaml")
+    run = copy_run(exported_run, tmp_path / "run", scene)
     formats = ["onnx", "openvino"] if importlib.util.find_spec("openvino") else ["onnx"]
+    capsys.readouterr()
     assert main(["export", "--run", str(run), "--format", *formats]) == 0
+    assert "exporting" not in capsys.readouterr().out  # made for this model and these settings: reused
     (folder,) = list((run / "export").iterdir())
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["input_size"] == list(load_model(run / "model.pt")[1]["input_size"]) and meta["context"] == 2
@@ -104,7 +108,7 @@ def test_export_writes_what_scoring_needs_and_score_uses_it(trained: Path, scene
     assert round(json.loads(RunFolder(run).metrics.read_text())["frame_auc_micro_raw"], 3) == round(auc_torch, 3)
 
 
-def test_auto_runs_the_backend_measured_fastest_on_this_machine(trained: Path, scene: Path, tmp_path: Path,
+def test_auto_runs_the_backend_measured_fastest_on_this_machine(exported_run: Path, scene: Path, tmp_path: Path,
                                                                monkeypatch, capsys) -> None:
     """`auto` measures torch and each installed runtime once per machine on one batch (kept in the export's
     speed.json) and scores with the fastest; measured before, it is not measured again and the recorded fastest is
@@ -112,10 +116,7 @@ def test_auto_runs_the_backend_measured_fastest_on_this_machine(trained: Path, s
     have = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b)]
     if not have:
         pytest.skip("no runtime installed (pip install -e '.[deploy]')")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.pt").write_bytes((trained / "model.pt").read_bytes())
-    save_config(with_data(TINY, scene, "shanghaitech"), run / "config.yaml")
+    run = copy_run(exported_run, tmp_path / "run", scene)
     assert main(["export", "--run", str(run)]) == 0
     (folder,) = list((run / "export").iterdir())
     capsys.readouterr()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import TINY, frame_auc
+from tests.helpers import TINY, copy_run, frame_auc
 from vad.cli import main
 from vad.export import SPEED_FILE, machine
 from vad.io import read_dataset
@@ -28,16 +28,12 @@ pytestmark = [pytest.mark.slow,
                                  reason="needs onnxruntime and the exporter (pip install -e '.[deploy]')")]
 
 
-def _run_without_test_split(trained: Path, scene: Path, tmp_path: Path) -> Path:
-    """A copy of the trained run whose data root holds the training split only: making a copy cannot read a test
+def _run_without_test_split(exported_run: Path, scene: Path, tmp_path: Path) -> Path:
+    """A copy of the exported run whose data root holds the training split only: making a copy cannot read a test
     frame."""
     data = tmp_path / "data"
     shutil.copytree(scene / "training", data / "training")
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(trained / "model.pt", run / "model.pt")
-    save_config(with_data(TINY, data, "shanghaitech"), run / "config.yaml")
-    return run
+    return copy_run(exported_run, tmp_path / "run", data)
 
 
 def test_calibration_runs_lie_in_the_training_frames_and_spread_over_them() -> None:
@@ -52,11 +48,11 @@ def test_calibration_runs_lie_in_the_training_frames_and_spread_over_them() -> N
     assert len(starts) >= 3 and starts[0] == 0 and starts[-1] == train["b"][1] - 8  # from first to last frames
 
 
-def test_an_int8_copy_made_without_test_frames_checks_on_the_hold_out(trained: Path, scene: Path, tmp_path: Path,
+def test_an_int8_copy_made_without_test_frames_checks_on_the_hold_out(exported_run: Path, scene: Path, tmp_path: Path,
                                                                       capsys) -> None:
     """Made with the test split absent (so no test frame can be read), checked on the hold-out, with its own
     reference; scoring with it does what its check says: scores (and still separates the anomaly), or is refused."""
-    run = _run_without_test_split(trained, scene, tmp_path)
+    run = _run_without_test_split(exported_run, scene, tmp_path)
     assert main(["export", "--run", str(run), "--int8"]) == 0
     out = capsys.readouterr().out
     (folder,) = [p for p in (run / "export").iterdir() if p.is_dir()]
@@ -79,12 +75,13 @@ def test_an_int8_copy_made_without_test_frames_checks_on_the_hold_out(trained: P
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
-def test_a_bf16_copy_passes_its_check_and_separates_the_anomaly(trained: Path, scene: Path, tmp_path: Path) -> None:
+def test_a_bf16_copy_passes_its_check_and_separates_the_anomaly(exported_run: Path, scene: Path, tmp_path: Path
+                                                                 ) -> None:
     from vad.quantize import native_bf16
 
     if not native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16, AMX)")
-    run = _run_without_test_split(trained, scene, tmp_path)
+    run = _run_without_test_split(exported_run, scene, tmp_path)
     assert main(["export", "--run", str(run), "--format", "openvino", "--bf16"]) == 0
     (folder,) = [p for p in (run / "export").iterdir() if p.is_dir()]
     check = read_check(folder / "openvino-bf16")
@@ -115,7 +112,7 @@ OPENVINO_COPIES = [pytest.param("openvino-int8", marks=pytest.mark.skipif(
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 @pytest.mark.parametrize("variant", OPENVINO_COPIES)
-def test_a_broken_copy_fails_its_check_and_is_never_used(trained: Path, scene: Path, tmp_path: Path, monkeypatch,
+def test_a_broken_copy_fails_its_check_and_is_never_used(exported_run: Path, scene: Path, tmp_path: Path, monkeypatch,
                                                          capsys, variant: str) -> None:
     """A corrupted scale (one convolution's weights, as the copy dequantizes them, 30x too large on every other output
     channel) fails the check, for int8 also with the compared layers kept in f32; the copy is kept with its check,
@@ -144,7 +141,7 @@ def test_a_broken_copy_fails_its_check_and_is_never_used(trained: Path, scene: P
             (dst / f"broken{ext}").replace(dst / f"model{ext}")
 
     monkeypatch.setattr(vad.quantize, "_build", broken)
-    run = _run_without_test_split(trained, scene, tmp_path)
+    run = _run_without_test_split(exported_run, scene, tmp_path)
     flag = "--int8" if variant.endswith("int8") else "--bf16"
     assert main(["export", "--run", str(run), "--format", "openvino", flag]) == 0
     (folder,) = [p for p in (run / "export").iterdir() if p.is_dir()]
