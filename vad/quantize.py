@@ -326,6 +326,7 @@ def _build(variant: str, src: Path, dst: Path, feeds: list[dict], ignored: list[
         if precision == "int8":
             import nncf
 
+            nncf.set_log_level(logging.WARNING)  # its handler writes to the stdout of import time: not quieted above
             # OpenVINO names a biased convolution's Convolution "<onnx node>/WithoutBiases" (its Add keeps the name)
             names = [f"{n}/WithoutBiases" for n in ignored]
             scope = nncf.IgnoredScope(names=names, validate=False) if ignored else None
