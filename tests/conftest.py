@@ -71,13 +71,9 @@ def exported_run(trained: Path, scene: Path, tmp_path_factory) -> Path:
     import importlib.util
 
     from vad.cli import main
-    from vad.pipeline import save_config, with_data
 
     pytest.importorskip("onnxscript", reason="the exporter needs onnx and onnxscript (pip install -e '.[deploy]')")
-    run = tmp_path_factory.mktemp("exported") / "run"
-    run.mkdir()
-    (run / "model.pt").write_bytes((trained / "model.pt").read_bytes())
-    save_config(with_data(TINY, scene, "shanghaitech"), run / "config.yaml")
+    run = helpers.copy_run(trained, tmp_path_factory.mktemp("exported") / "run", scene)
     formats = ["onnx", "openvino"] if importlib.util.find_spec("openvino") else ["onnx"]
     assert main(["export", "--run", str(run), "--format", *formats]) == 0
     return run
