@@ -5,11 +5,11 @@ One batch (``--batch`` windows at the default model's input size, channels-last,
 once beforehand as ``train.cache`` keeps them) goes through the student and the motion predictor with their losses
 and backward passes, timed apart (median of ``--steps``), in:
 
-- ``f32``: float32 (training's default on a CPU);
-- ``bf16``: CPU autocast to bfloat16 for both (``train.amp=bf16``);
+- ``f32``: float32 (training's default on a CPU without AMX);
+- ``bf16``: CPU autocast to bfloat16 throughout, depthwise convolutions too;
 - ``bf16-predictor``: the predictor alone in bfloat16;
-- ``bf16-depthwise-f32``: bfloat16 with the student's depthwise convolutions kept in float32 (autocast off around
-  them, their inputs cast back).
+- ``bf16-depthwise-f32``: bfloat16 with the student's depthwise convolutions kept in float32
+  (:func:`vad.models.depthwise_in_float32`: what ``train.amp`` bf16 does on a CPU, and ``auto`` on one with AMX).
 
 The weights are not updated (no optimiser step): every setting runs the same function. Then a profile of one
 step of ``--profile`` (a setting) by operator. The figures in docs/speed.md ("Training") come from:
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vad.config import ModelConfig
-from vad.models import build_model
+from vad.models import build_model, depthwise_in_float32
 from vad.models.loss import stpm_loss
 from vad.models.motion import motion_weighted_loss
 
@@ -36,27 +36,12 @@ SETTINGS = {"f32": (False, False, False), "bf16": (True, True, False), "bf16-pre
             "bf16-depthwise-f32": (True, True, True)}  # (student in bf16, predictor in bf16, depthwise in f32)
 
 
-class Float32(nn.Module):
-    """A module run in float32 under autocast."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
-            return self.module(x.float())
-
-
-def depthwise_in_f32(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` whose depthwise convolutions run in float32 under autocast."""
+def depthwise_f32(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose depthwise convolutions train in float32 under autocast (as training does on a CPU)."""
     import copy
 
     net = copy.deepcopy(net)
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and child.groups > 1:
-                setattr(parent, name, Float32(child))
+    depthwise_in_float32(net)
     return net
 
 
@@ -92,7 +77,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3 * model.window, args.height, args.width).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         teacher = model.teacher_features(x)
-    nets = {False: model.student, True: depthwise_in_f32(model.student)}
+    nets = {False: model.student, True: depthwise_f32(model.student)}
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__};"
           f" batch {args.batch} x {args.height}x{args.width}; seconds a step, median of {args.steps}")
     result = {}

@@ -21,7 +21,7 @@ from vad.config import ModelConfig, ScoreConfig
 from vad.device import amp_dtype, cpu_has_native_bf16
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
-from vad.models import build_model
+from vad.models import build_model, depthwise_in_float32
 from vad.score import Scorer, score_clips
 from vad.train import train
 
@@ -78,17 +78,16 @@ def test_bf16_scores_keep_the_fp32_ranking(scene: Path, trained: Path, tmp_path:
 
 @pytest.mark.parametrize("native_bf16", [False, True], ids=["no_amx", "amx"])
 def test_amp_auto_per_device(monkeypatch, native_bf16: bool) -> None:
-    """``auto``: training on a CPU stays float32; scoring on a CPU uses bf16 exactly where it is native (AMX);
-    CUDA uses bf16 where supported. Both sides of each choice, whatever this machine has."""
+    """``auto``: training and scoring on a CPU use bf16 exactly where it is native (AMX); CUDA uses bf16 where
+    supported. Both sides of each choice, whatever this machine has."""
     monkeypatch.setattr(vad.device, "cpu_has_native_bf16", lambda: native_bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: native_bf16)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     bf16_if_native = torch.bfloat16 if native_bf16 else None
-    assert amp_dtype("auto", cpu) is None
-    assert amp_dtype("auto", cpu, cpu_auto_bf16=True) == bf16_if_native
+    assert amp_dtype("auto", cpu) == bf16_if_native
     assert amp_dtype("auto", cuda) == bf16_if_native
-    assert amp_dtype("off", cuda, cpu_auto_bf16=True) is None
-    assert amp_dtype("off", cpu, cpu_auto_bf16=True) is None
+    assert amp_dtype("off", cuda) is None
+    assert amp_dtype("off", cpu) is None
     assert amp_dtype("bf16", cpu) == torch.bfloat16
     assert amp_dtype("fp16", cpu) == torch.float16
     with pytest.raises(ValueError, match="unknown amp setting 'half'"):
@@ -137,14 +136,68 @@ def test_compile_refused_for_mkd() -> None:
         Scorer(model, ckpt, ScoreConfig(compile=True), "cpu")
 
 
-def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: Path) -> None:
+def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: Path, monkeypatch) -> None:
     """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
-    ceil(frames / batch) steps, so the one-cycle schedule is never overrun."""
-    cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, num_workers=2, batch_size=5, position_stats=False))
+    ceil(frames / batch) steps, so the one-cycle schedule is never overrun. (In bf16 on the CPU: its depthwise
+    convolutions are kept in float32, and its model.pt loads into a plain model.)"""
+    import vad.train
+
+    patched = []
+    monkeypatch.setattr(vad.train, "depthwise_in_float32", lambda m: patched.append(depthwise_in_float32(m)))
+    cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, num_workers=2, batch_size=5, position_stats=False,
+                                       amp="bf16"))
     train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path, device="cpu", progress=False)
+    assert len(patched) == 1 and patched[0] > 0
+    assert isinstance(load_model(tmp_path / "model.pt")[0], torch.nn.Module)
     log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["lr"] < log[0]["lr"]
     assert all(r["frames_per_s"] > 0 and r["processes"] == 1 for r in log)
+
+
+def test_depthwise_convolutions_train_in_float32_under_bf16_autocast() -> None:
+    """CPU bf16 training: the depthwise convolutions that train run in float32 (their bf16 backward is the slow
+    one), every other convolution in bf16; frozen ones and forwards without gradients stay bf16. The state dict is
+    a plain model's, a deep copy runs its own weights, and the gradients match float32's."""
+    import copy
+
+    model = build_model(ModelConfig(teacher_weights="random", motion=False, input_height=64))
+    plain = copy.deepcopy(model)
+    n = depthwise_in_float32(model)
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    depthwise = {name for name, m in convs.items() if m.groups > 1}
+    assert n == len(depthwise) > 0 and any(name.startswith("student") for name in depthwise)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    seen: dict[str, torch.dtype] = {}
+    for name, m in convs.items():
+        m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out.dtype))
+    x = torch.randn(2, 3, 64, 96)
+
+    def student_out(net, grad: bool):
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            return net.student(x)
+
+    student_out(model, grad=True)
+    student_dw = {n for n in depthwise if n.startswith("student")}
+    assert student_dw and all(seen[n] == torch.float32 for n in student_dw)
+    assert all(seen[n] == torch.bfloat16 for n in seen if n.startswith("student") and n not in depthwise)
+    seen.clear()
+    student_out(model, grad=False)  # validation, scoring: bf16 throughout
+    assert seen and all(v == torch.bfloat16 for v in seen.values())
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the frozen teacher
+        model.teacher(x)
+    assert seen and all(v == torch.bfloat16 for n, v in seen.items() if n in depthwise)
+    twin = copy.deepcopy(model)  # the copy's forward is bound to the copy's own weights
+    with torch.no_grad():
+        next(m for n, m in twin.named_modules() if n in student_dw).weight.zero_()
+    out_model, out_twin = (torch.cat([v.flatten() for v in student_out(net, True).values()]) for net in (model, twin))
+    assert not torch.allclose(out_model, out_twin)
+    ref = plain.student(x)  # float32 reference: the deepest one's gradient (the fewest bf16 layers above it)
+    sum(v.float().square().mean() for v in ref.values()).backward()  # within bf16's error of float32's
+    sum(v.float().square().mean() for v in student_out(model, True).values()).backward()
+    name = [n for n in convs if n in student_dw][-1].removeprefix("student.")
+    g_ref, g = (dict(net.student.named_modules())[name].weight.grad for net in (plain, model))
+    assert g.dtype == torch.float32 and torch.nn.functional.cosine_similarity(g.flatten(), g_ref.flatten(), 0) > 0.9
 
 
 @pytest.mark.slow

@@ -29,16 +29,17 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags
 
 
-def amp_dtype(setting: str, device: torch.device, cpu_auto_bf16: bool = False) -> torch.dtype | None:
-    """The autocast dtype for ``setting``. ``auto``: bf16 on CUDA; on the CPU float32, or bf16 with
-    ``cpu_auto_bf16`` on a CPU with native bf16 (scoring; training stays float32 on CPUs)."""
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``setting`` (train.amp, score.amp). ``auto``: bf16 on CUDA, and on a CPU with native
+    bf16 (AMX; training keeps its depthwise convolutions in float32: :func:`vad.models.depthwise_in_float32`);
+    else float32."""
     options = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
     if setting not in options:
         raise ValueError(f"unknown amp setting {setting!r}; expected one of {sorted(options)}")
     if setting == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if cpu_auto_bf16 and device.type == "cpu" and cpu_has_native_bf16() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     return options[setting]
 
 
@@ -49,3 +50,4 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+

@@ -111,7 +111,7 @@ class Scorer:
         if runtime is not None:
             self.dtype, self._forward, self._step = None, runtime.forward, runtime.step
             return
-        self.dtype = amp_dtype(self.cfg.amp, self.device, cpu_auto_bf16=True)
+        self.dtype = amp_dtype(self.cfg.amp, self.device)
         self._forward, self._step = self.model.score_and_map, getattr(self.model, "step", None)
         if self.cfg.compile:
             self.compile()

@@ -34,7 +34,7 @@ from vad.errors import ConfigError, InputError, UsageError, VadError
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.decode import first_frame, looks_grey
 from vad.io.records import Clip
-from vad.models import AnomalyModel, backbone_spec, build_model
+from vad.models import AnomalyModel, backbone_spec, build_model, depthwise_in_float32
 from vad.progress import progress_bar
 from vad.reference import fit_reference, holdout, spread_runs
 from vad.runs import RunFolder
@@ -269,8 +269,11 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     _seed(t.seed)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
-    if amp_dtype(t.amp, device) is None:  # in float32 folding is exact; bf16 weights folded lose precision
+    dtype = amp_dtype(t.amp, device)
+    if dtype is None:  # in float32 folding is exact; bf16 weights folded lose precision
         model.fold_teacher()
+    elif dtype == torch.bfloat16 and device.type == "cpu":
+        depthwise_in_float32(model)
     runs = _cache_plan(cfg, model, transform, train_runs, val_ranges, device) if t.cache else None
     train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
                                shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
@@ -282,7 +285,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
             "normalization": transform.normalization, "train_clips": [c.name for c in clips],
             "colour": not all(looks_grey(first_frame(c)) for c in clips), "fps": training_fps(clips, cfg),
             "train_ranges": {n: list(r) for n, r in (ranges or {}).items()}}
-    return _Session(cfg, run, device, amp_dtype(t.amp, device), model, meta,
+    return _Session(cfg, run, device, dtype, model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, list(clips), val_ranges, val_loader,
                     torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, runs)

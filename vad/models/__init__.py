@@ -6,7 +6,14 @@ Every method implements :class:`AnomalyModel`; :func:`build_model` picks one by 
 from __future__ import annotations
 
 from vad.config import ModelConfig
-from vad.models.backbones import BACKBONES, Pyramid, WeightsUnavailableError, backbone_spec, build_backbone
+from vad.models.backbones import (
+    BACKBONES,
+    Pyramid,
+    WeightsUnavailableError,
+    backbone_spec,
+    build_backbone,
+    depthwise_in_float32,
+)
 from vad.models.base import AnomalyModel, frame_scores
 from vad.models.mkd import MKD, build_vgg_expert
 from vad.models.motion import MotionSTPM
@@ -60,5 +67,5 @@ def build_model(cfg: ModelConfig, teacher_weights: str | None = None) -> Anomaly
 
 __all__ = [
     "BACKBONES", "METHODS", "MKD", "RSTPM", "STPM", "MotionSTPM", "AnomalyModel", "Pyramid", "WeightsUnavailableError",
-    "backbone_spec", "build_backbone", "build_model", "frame_scores",
+    "backbone_spec", "build_backbone", "build_model", "depthwise_in_float32", "frame_scores",
 ]

@@ -17,11 +17,15 @@ Weights (``weights`` argument of :func:`build_backbone`):
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.padding import pad_same
 from torch import nn
 
 from vad.errors import VadError
@@ -243,3 +247,30 @@ def build_backbone(
     """A :class:`Pyramid` over ``name`` at ``levels`` (default: the spec's) with ``weights`` loaded."""
     spec = backbone_spec(name)
     return Pyramid(load_classifier(name, weights, allow_download), tuple(levels or spec.levels))
+
+
+def _depthwise_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if not (self.weight.requires_grad and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")):
+        return type(self).forward(self, x)
+    if isinstance(self, Conv2dSame):  # TF "same" padding, done in bf16: padding a float32 channels-last batch
+        x, padding = pad_same(x, self.kernel_size, self.stride, self.dilation), 0  # costs 6x more (14.6 ms)
+    elif self.padding_mode == "zeros":
+        padding = self.padding
+    else:  # other padding modes as the class does them
+        with torch.autocast("cpu", enabled=False):
+            return type(self).forward(self, x.float())
+    with torch.autocast("cpu", enabled=False):
+        return F.conv2d(x.float(), self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+
+def depthwise_in_float32(model: torch.nn.Module) -> int:
+    """Make ``model``'s depthwise convolutions run in float32 under CPU autocast while they train (a forward with
+    gradients, weights not frozen); returns how many. Their bf16 backward is slower than float32 on CPUs (oneDNN; 1.9x
+    the student's backward on AMX), which turned bf16 training into a loss (benchmarks/train_step.py). The forward
+    is set on each instance: weights and state dict are unchanged, and a checkpoint loads into a plain model."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+            m.forward = types.MethodType(_depthwise_forward, m)
+            n += 1
+    return n
