@@ -78,6 +78,53 @@ def test_no_foreground_no_change_and_probability() -> None:
         ObjectShift({}, p=1.5, std=(1, 1, 1))
 
 
+def test_the_box_mask_is_the_whole_frames_mask_there() -> None:
+    """The copied region's mask is computed on the box and 2 pixels around it, not the whole frame: the shifted
+    windows are exactly those of the whole-frame mask (objects at the frame's edges and corners included)."""
+    import torch.nn.functional as F
+
+    from vad.augment import BOX, MIN_FOREGROUND, SCALE
+
+    def whole_frame(sh: ObjectShift, out: torch.Tensor, i: int, background: torch.Tensor, g) -> bool:
+        _, c, h, w = out.shape
+        frames = out[i].reshape(c // 3, 3, h, w)
+        mask = sh.foreground(frames, background)
+        points = mask[-1, 0].nonzero()
+        if len(points) < MIN_FOREGROUND * h * w:
+            return False
+        bh, bw = max(2, round(BOX[0] * h)), max(2, round(BOX[1] * w))
+        cy, cx = points[int(torch.randint(len(points), (1,), generator=g))].tolist()
+        y0, x0 = min(max(cy - bh // 2, 0), h - bh), min(max(cx - bw // 2, 0), w - bw)
+        alpha = F.avg_pool2d(mask[..., y0:y0 + bh, x0:x0 + bw], 3, stride=1, padding=1)
+        src = frames[..., y0:y0 + bh, x0:x0 + bw]
+        scale = SCALE ** (2 * float(torch.rand((), generator=g)) - 1)
+        sh_, sw = min(h, max(2, round(bh * scale))), min(w, max(2, round(bw * scale)))
+        if (sh_, sw) != (bh, bw):
+            src = F.interpolate(src, size=(sh_, sw), mode="bilinear", align_corners=False)
+            alpha = F.interpolate(alpha, size=(sh_, sw), mode="bilinear", align_corners=False)
+        else:
+            src = src.clone()
+        ty, tx = int(torch.randint(h - sh_ + 1, (1,), generator=g)), int(torch.randint(w - sw + 1, (1,), generator=g))
+        frames[..., ty:ty + sh_, tx:tx + sw].mul_(1 - alpha).add_(alpha * src)
+        return True
+
+    g = torch.Generator().manual_seed(0)
+    background = torch.rand(3, H, W, generator=g)
+    x = background.repeat(6, 3, 1, 1)
+    for i in range(6):  # noisy objects, the first ones at corners and edges
+        for k in range(3):
+            y, x0 = [(0, 0), (H - 30, W - 14), (0, W // 2), *[(None, None)] * 3][i]
+            y = int(torch.randint(H - 30, (1,), generator=g)) if y is None else y
+            x0 = int(torch.randint(W - 14, (1,), generator=g)) if x0 is None else x0
+            x[i, 3 * k:3 * k + 3, y:y + 30, x0 + k:x0 + k + 12] += torch.rand(3, 30, 12, generator=g)
+    sh = ObjectShift({"a": background}, 1.0, [0.25, 0.25, 0.25])
+    fast, slow = x.clone(), x.clone()
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for i in range(6):
+        assert sh._shift(fast, i, background, g1) == whole_frame(sh, slow, i, background, g2) is True
+    assert torch.equal(fast, slow) and not torch.equal(fast, x)
+
+
 def test_background_is_the_median_without_passers_by() -> None:
     """A square crossing the clip is not in its background; each clip has its own."""
     frames = torch.zeros(12, 3, H, W)

@@ -81,14 +81,18 @@ class ObjectShift:
     def _shift(self, out: torch.Tensor, i: int, background: torch.Tensor, g: torch.Generator) -> bool:
         _, c, h, w = out.shape
         frames = out[i].reshape(c // 3, 3, h, w)
-        mask = self.foreground(frames, background)
-        points = mask[-1, 0].nonzero()
+        points = self.foreground(frames[-1:], background)[0, 0].nonzero()  # the newest frame's whole mask
         if len(points) < MIN_FOREGROUND * h * w:
             return False
         bh, bw = max(2, round(BOX[0] * h)), max(2, round(BOX[1] * w))
         cy, cx = points[int(torch.randint(len(points), (1,), generator=g))].tolist()
         y0, x0 = min(max(cy - bh // 2, 0), h - bh), min(max(cx - bw // 2, 0), w - bw)
-        alpha = F.avg_pool2d(mask[..., y0:y0 + bh, x0:x0 + bw], 3, stride=1, padding=1)  # feathered edges
+        # Every frame's mask in the box only, from the box and 2 pixels around it (what its 3x3 opening reads):
+        # the same values as the whole frame's mask there, for a fifth of the work
+        ya, xa, yb, xb = max(y0 - 2, 0), max(x0 - 2, 0), min(y0 + bh + 2, h), min(x0 + bw + 2, w)
+        mask = self.foreground(frames[..., ya:yb, xa:xb], background[..., ya:yb, xa:xb])
+        mask = mask[..., y0 - ya:y0 - ya + bh, x0 - xa:x0 - xa + bw]
+        alpha = F.avg_pool2d(mask, 3, stride=1, padding=1)  # feathered edges
         src = frames[..., y0:y0 + bh, x0:x0 + bw]
         scale = SCALE ** (2 * float(torch.rand((), generator=g)) - 1)
         sh, sw = min(h, max(2, round(bh * scale))), min(w, max(2, round(bw * scale)))
