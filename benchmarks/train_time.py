@@ -9,8 +9,12 @@ normal reference at the end), for ``--epochs`` epochs, one setting after the oth
   as they are (the training of vad before the cache);
 - ``stream``: streamed, with the frozen teacher's BatchNorms folded into its convolutions
   (:meth:`vad.models.backbones.Pyramid.fold`);
-- ``cached``: the default: the samples in memory and the teacher's features of each frame kept (:mod:`vad.trainset`),
-  the teacher folded.
+- ``cached``: the samples in memory and the teacher's features of each frame kept (:mod:`vad.trainset`), the
+  teacher folded; float32 (the default on a CPU without AMX);
+- ``bf16``: cached, in bf16 autocast with the depthwise convolutions that train kept in float32
+  (``train.amp=bf16``; the default on a CPU with AMX, ``train.amp=auto``).
+
+The first three run in float32 (``train.amp=off``) whatever the CPU.
 
 Prints per setting the wall-clock seconds, the CPU seconds of all the process's threads (a host that steals CPU
 time inflates the wall clock, not these), each epoch's seconds (``train_log.jsonl``; the time before the first
@@ -37,7 +41,8 @@ from vad.models.backbones import Pyramid
 from vad.pipeline import read_split, with_data
 from vad.train import train
 
-SETTINGS = {"before": ["train.cache=false"], "stream": ["train.cache=false"], "cached": ["train.cache=true"]}
+SETTINGS = {"before": ["train.cache=false", "train.amp=off"], "stream": ["train.cache=false", "train.amp=off"],
+            "cached": ["train.cache=true", "train.amp=off"], "bf16": ["train.cache=true", "train.amp=bf16"]}
 
 
 def run(name: str, config: str, data: str, epochs: int, out: Path) -> dict:
