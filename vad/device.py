@@ -50,4 +50,3 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
