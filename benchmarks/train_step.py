@@ -14,7 +14,7 @@ and backward passes, timed apart (median of ``--steps``), in:
 The weights are not updated (no optimiser step): every setting runs the same function. Then a profile of one
 step of ``--profile`` (a setting) by operator. The figures in docs/speed.md ("Training") come from:
 
-    python benchmarks/train_step.py --profile f32
+    python benchmarks/train_step.py --profile bf16-depthwise-f32
 """
 
 from __future__ import annotations
