@@ -22,6 +22,7 @@ from vad.device import amp_dtype, cpu_has_native_bf16
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model, depthwise_in_float32
+from vad.models.backbones import Pyramid
 from vad.score import Scorer, score_clips
 from vad.train import train
 
@@ -139,15 +140,17 @@ def test_compile_refused_for_mkd() -> None:
 def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: Path, monkeypatch) -> None:
     """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
     ceil(frames / batch) steps, so the one-cycle schedule is never overrun. (In bf16 on the CPU: its depthwise
-    convolutions are kept in float32, and its model.pt loads into a plain model.)"""
+    convolutions are kept in float32, its teacher is folded, and its model.pt loads into a plain model.)"""
     import vad.train
 
-    patched = []
+    patched, folded = [], []
     monkeypatch.setattr(vad.train, "depthwise_in_float32", lambda m: patched.append(depthwise_in_float32(m)))
+    fold = Pyramid.fold
+    monkeypatch.setattr(Pyramid, "fold", lambda self: folded.append(self) or fold(self))
     cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, num_workers=2, batch_size=5, position_stats=False,
                                        amp="bf16"))
     train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path, device="cpu", progress=False)
-    assert len(patched) == 1 and patched[0] > 0
+    assert len(patched) == 1 and patched[0] > 0 and len(folded) == 1  # the frozen teacher folded in bf16 too
     assert isinstance(load_model(tmp_path / "model.pt")[0], torch.nn.Module)
     log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and log[-1]["lr"] < log[0]["lr"]

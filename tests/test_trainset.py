@@ -125,6 +125,24 @@ def test_a_folded_teacher_computes_the_same_features_and_follows_its_weights() -
         student.fold()
 
 
+def test_a_folded_teacher_under_bf16_is_as_close_to_float32_as_the_unfolded_one() -> None:
+    """CPU bf16 training folds the teacher too (1.8x faster there): its bf16 features are no further from
+    float32's than the unfolded teacher's bf16 features."""
+    teacher = _teacher(2)
+    x = torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        exact = teacher(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = teacher(x)
+        teacher.fold()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            folded = teacher(x)
+    for k in exact:
+        err = {name: float((f[k].float() - exact[k]).norm() / exact[k].norm()) for name, f in
+               (("plain", plain), ("folded", folded))}
+        assert folded[k].dtype == torch.bfloat16 and 0 < err["folded"] <= 1.25 * err["plain"] < 0.05, (k, err)
+
+
 def test_a_trained_run_asked_again_decodes_nothing(shanghaitech_root, tmp_path, monkeypatch) -> None:
     import vad.train
 
