@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training time per setting, side by side in one run: what a new camera's model costs to train.
+r"""Training time per setting, side by side in one run: what a new camera's model costs to train.
 
 Each setting trains the same config on the same data into its own temporary folder with :func:`vad.train.train`
 (everything the product runs: decoding, the training samples, every epoch's steps and validation, checkpoints, the
@@ -11,17 +11,22 @@ normal reference at the end), for ``--epochs`` epochs, one setting after the oth
   (:meth:`vad.models.backbones.Pyramid.fold`);
 - ``cached``: the samples in memory and the teacher's features of each frame kept (:mod:`vad.trainset`), the
   teacher folded; float32 (the default on a CPU without AMX);
-- ``bf16``: cached, in bf16 autocast with the depthwise convolutions that train kept in float32
-  (``train.amp=bf16``; the default on a CPU with AMX, ``train.amp=auto``).
+- ``bf16``: cached, in bf16 autocast with the depthwise convolutions that train kept in float32 and the teacher
+  folded (``train.amp=bf16``; the default on a CPU with AMX, ``train.amp=auto``);
+- ``bf16-unfolded``: the same with the teacher's BatchNorms run as they are (bf16 training before commit 8c68035).
 
 The first three run in float32 (``train.amp=off``) whatever the CPU.
 
-Prints per setting the wall-clock seconds, the CPU seconds of all the process's threads (a host that steals CPU
+Prints per run the wall-clock seconds, the CPU seconds of all the process's threads (a host that steals CPU
 time inflates the wall clock, not these), each epoch's seconds (``train_log.jsonl``; the time before the first
-epoch, and after the last, is the total's rest) and the speed-up against ``before``; the last line is one JSON
+epoch, and after the last, is the setup). With ``--rounds N`` the settings run in turn N times, so that a host
+whose speed drifts (this one's does, by tens of percent within an hour) drifts under each alike. Then per
+setting: the medians, a full training (the config's epochs) projected as the median setup plus that many median
+epochs, and the speed-up against ``before`` as the median of each round's ratio. The last line is one JSON
 object. The figures in docs/speed.md ("Training") come from:
 
-    python benchmarks/train_time.py --config pipelines/campus.yaml --data /tmp/campus --epochs 3
+    python benchmarks/train_time.py --config pipelines/campus.yaml --data /tmp/campus --epochs 2 --rounds 3 \
+        --settings before bf16-unfolded bf16
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -42,14 +48,16 @@ from vad.pipeline import read_split, with_data
 from vad.train import train
 
 SETTINGS = {"before": ["train.cache=false", "train.amp=off"], "stream": ["train.cache=false", "train.amp=off"],
-            "cached": ["train.cache=true", "train.amp=off"], "bf16": ["train.cache=true", "train.amp=bf16"]}
+            "cached": ["train.cache=true", "train.amp=off"], "bf16": ["train.cache=true", "train.amp=bf16"],
+            "bf16-unfolded": ["train.cache=true", "train.amp=bf16"]}
+UNFOLDED = ("before", "bf16-unfolded")  # the teacher's BatchNorms run as they are
 
 
 def run(name: str, config: str, data: str, epochs: int, out: Path) -> dict:
     cfg = with_data(load_config(config, [*SETTINGS[name], f"train.epochs={epochs}"]), data)
     clips = read_split(cfg, "train")
     fold = Pyramid.fold
-    if name == "before":  # the teacher as it is
+    if name in UNFOLDED:
         Pyramid.fold = lambda self: self
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -64,30 +72,52 @@ def run(name: str, config: str, data: str, epochs: int, out: Path) -> dict:
             "frames": sum(c.num_frames for c in clips)}
 
 
+def summary(name: str, runs: list[dict], epochs_full: int) -> dict:
+    """One setting's rounds: medians, and the time of a full training projected from them (the setup, i.e. the
+    total less its epochs, plus ``epochs_full`` median epochs)."""
+    med = statistics.median
+    setup = med(r["total_s"] - sum(r["epoch_s"]) for r in runs)
+    epoch = med(s for r in runs for s in r["epoch_s"])
+    return {"setting": name, "total_s": med(r["total_s"] for r in runs), "cpu_s": med(r["cpu_s"] for r in runs),
+            "epoch_s": round(epoch, 1), "setup_s": round(setup, 1), "projected_s": round(setup + epochs_full * epoch),
+            "val_loss": runs[-1]["val_loss"], "frames": runs[-1]["frames"], "rounds": runs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="pipelines/campus.yaml")
     ap.add_argument("--data", required=True, help="dataset root (its training split is trained on)")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the settings in turn this many times (A B A B ...): a host whose speed drifts then "
+                         "drifts under every setting alike; medians and paired ratios are reported")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = ap.parse_args()
     flags = [f for f in ("avx512_vnni", "avx512_bf16", "amx_bf16", "avx2") if f in Path("/proc/cpuinfo").read_text()]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, flags {' '.join(flags)}")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    runs: dict[str, list[dict]] = {name: [] for name in args.settings}
+    for k in range(args.rounds):
         for name in args.settings:
-            r = run(name, args.config, args.data, args.epochs, Path(tmp) / name)
-            rows.append(r)
-            print(f"{name:8s} total {r['total_s']:7.1f}s  CPU {r['cpu_s']:7.1f}s  epochs {r['epoch_s']}  "
-                  f"val loss {r['val_loss']:.4f}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run(name, args.config, args.data, args.epochs, Path(tmp) / name)
+            runs[name].append(r)
+            print(f"round {k + 1} {name:14s} total {r['total_s']:7.1f}s  CPU {r['cpu_s']:7.1f}s  epochs "
+                  f"{r['epoch_s']}  val loss {r['val_loss']:.4f}", flush=True)
+    full = load_config(args.config).train.epochs
+    rows = [summary(name, rs, full) for name, rs in runs.items()]
+    for r in rows:
+        print(f"{r['setting']:14s} median total {r['total_s']:7.1f}s  CPU {r['cpu_s']:7.1f}s  epoch {r['epoch_s']}s  "
+              f"setup {r['setup_s']}s  -> {full} epochs about {r['projected_s']}s")
     base = next((r for r in rows if r["setting"] == "before"), None)
-    if base is not None:
-        for r in rows:
-            r["speedup"] = round(base["total_s"] / r["total_s"], 2)
-            r["cpu_speedup"] = round(base["cpu_s"] / r["cpu_s"], 2)
-            print(f"{r['setting']:8s} {r['speedup']:.2f}x as fast as 'before' (CPU time: {r['cpu_speedup']:.2f}x)")
-    print(json.dumps({"epochs": args.epochs, "rows": rows}))
+    for r in rows if base else []:  # each round's ratio to the 'before' run beside it, then the median
+        pairs = list(zip(base["rounds"], r["rounds"], strict=True))
+        r["speedup"] = round(statistics.median(b["total_s"] / x["total_s"] for b, x in pairs), 2)
+        r["cpu_speedup"] = round(statistics.median(b["cpu_s"] / x["cpu_s"] for b, x in pairs), 2)
+        r["projected_vs_before"] = round(r["projected_s"] / base["projected_s"], 2)
+        print(f"{r['setting']:14s} {r['speedup']:.2f}x as fast as 'before' (paired median; CPU time "
+              f"{r['cpu_speedup']:.2f}x); a {full}-epoch training in about {r['projected_vs_before']}x its time")
+    print(json.dumps({"epochs": args.epochs, "rounds": args.rounds, "rows": rows}))
 
 
 if __name__ == "__main__":
