@@ -270,11 +270,12 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
     dtype = amp_dtype(t.amp, device)
-    if dtype is None or (dtype == torch.bfloat16 and device.type == "cpu"):
+    cpu_bf16 = dtype == torch.bfloat16 and device.type == "cpu"
+    if dtype is None or cpu_bf16:
         # float32: the same features; bf16 on a CPU: as close to float32's as unfolded bf16's, 1.8x faster
         # (docs/speed.md, "Training"). The training targets only: scoring does not fold (see fold_teacher).
         model.fold_teacher()
-    if dtype == torch.bfloat16 and device.type == "cpu":
+    if cpu_bf16:
         depthwise_in_float32(model)
     runs = _cache_plan(cfg, model, transform, train_runs, val_ranges, device) if t.cache else None
     train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
