@@ -161,3 +161,40 @@ def test_a_broken_copy_fails_its_check_and_is_never_used(exported_run: Path, sce
                                                        variant: 1e6}}))
     assert main(["score", "--run", str(run), "--backend", "auto"]) == 0
     assert variant not in {r.backend for r in read_manifest(RunFolder(run)).values()}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+                    reason="needs openvino and nncf")
+def test_openvino_int8_ranges_reach_the_brightest_calibration_batch(exported_run: Path, tmp_path: Path) -> None:
+    """NNCF's default range for an activation is the mean of each calibration batch's minimum and maximum, which
+    clips what only some batches reach (the pseudo-anomalies' headroom: docs/speed.md); the copy's ranges are the
+    calibration's extremes, as ONNX Runtime's MinMax. One batch of frames far brighter than the others: the
+    quantizer of the frames reaches its maximum."""
+    import openvino as ov
+
+    from vad.quantize import _build
+
+    (folder,) = [p for p in (exported_run / "export").iterdir() if p.is_dir()]
+    inputs = ov.Core().read_model(str(folder / "model.xml")).inputs
+    rng = np.random.default_rng(0)
+
+    def feed(i: int, gain: float) -> dict[str, np.ndarray]:
+        out = {}
+        for port in inputs:
+            shape = [d.get_length() if d.is_static else 2 for d in port.get_partial_shape()]
+            name = port.get_any_name()
+            out[name] = (np.full(shape, i, np.int64) if name == "index"
+                         else rng.uniform(-1, 1, shape).astype(np.float32))
+        out["frames"] *= gain
+        return out
+
+    feeds = [feed(i, 1.0) for i in range(8)] + [feed(8, 6.0)]
+    top = max(float(f["frames"].max()) for f in feeds)
+    _build("openvino-int8", folder, tmp_path / "copy", feeds, [])
+    model = ov.Core().read_model(str(tmp_path / "copy" / "model.xml"))
+    on_frames = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+                 and op.input_value(0).get_node().get_friendly_name() == "frames"]
+    assert on_frames, "no quantizer on the frames input"
+    for fq in on_frames:
+        high = float(np.max(fq.input_value(2).get_node().get_data()))
+        assert high >= 0.95 * top, (high, top)  # the mean of the batches' maxima would be about 1.6 here
