@@ -4,7 +4,8 @@ Variants (:data:`VARIANTS`), each a backend of its own (``score.backend``, ``--b
 
 - ``onnxruntime-int8``: ONNX Runtime's post-training static quantization (QDQ, int8 activations and per-channel
   int8 weights: S8S8, the format ONNX Runtime advises for CPUs; U8S8 can saturate on AVX2/AVX-512 without VNNI);
-- ``openvino-int8``: NNCF's post-training quantization of the OpenVINO IR;
+- ``openvino-int8``: NNCF's post-training quantization of the OpenVINO IR (activation ranges: the calibration's
+  extremes, as ONNX Runtime's MinMax; NNCF's default mean of each batch's clipped the pseudo-anomalies' headroom);
 - ``openvino-bf16``: the IR run with OpenVINO's bf16 inference precision, on CPUs with native bf16 (AVX512-BF16,
   AMX): no calibration, the same check.
 
