@@ -140,7 +140,9 @@ def test_compare_published_counts():
     assert short[0].startswith("  warning: 33 train clips, published 34") and "incomplete copy?" in short[0]
     assert short[1].startswith("  warning: 6600 train frames, published 6800")
     assert "more than published" in compare_published("ped2", "test", _fake_clips(13, 180))[0]
-    assert compare_published("ped2", "test", _fake_clips(12, 180)) == [
-        f"  clips: 12, as published ({PUBLISHED['ped2'].source})"]  # no documented frame count for Ped2
+    ped2 = _fake_clips(11, 180) + _fake_clips(1, 30)  # the clips vary in length: 2,010 frames in all
+    assert compare_published("ped2", "test", ped2) == [
+        f"  clips: 12, as published ({PUBLISHED['ped2'].source})",
+        f"  frames: 2010, as published ({PUBLISHED['ped2'].source})"]
     assert "not compared for a scene selection" in compare_published("shanghaitech", "test", [], scenes=[1])[0]
     assert compare_published("folder", "test", _fake_clips(1, 5)) == []

@@ -282,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
 
     p = _command(sub, "inspect", _inspect, "check a dataset tree and list its clips",
-                 "Read a dataset with its reader, report clips, frame counts and labels against the published "
-                 "counts; with --decode, decode every frame to find unreadable files.",
+                 "Read a dataset with its reader, say which layout it found (the original archive, or the research "
+                 "layout: training/frames, testing/frames and one label file such as ped2.mat; docs/data.md), report "
+                 "clips, frame counts and labels against the published counts; with --decode, decode every frame "
+                 "to find unreadable files.",
                  ["--data /data/shanghaitech --dataset shanghaitech --scenes 1"], common=False)
     p.add_argument("--data", type=Path, required=True, help="dataset root (or a video / folder for 'folder')")
     p.add_argument("--dataset", choices=DATASETS, required=True)

@@ -18,6 +18,7 @@ from vad.distributed import barrier, shard_clips, world
 from vad.errors import ConfigError, UsageError
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
 from vad.io.published import split_summary
+from vad.io.research import describe_layout
 from vad.progress import progress_bar
 from vad.runs import RunFolder, RunFolderError, ScoreBook, merge_manifest_parts
 from vad.session import exported_model, open_model
@@ -51,9 +52,14 @@ def inspect_dataset(
     root: Path, dataset: str, splits: Iterable[str] = ("train", "test"),
     scenes: Iterable[str] | None = None, decode: bool = False, frame_labels: str | None = None,
 ) -> dict[str, list[Clip]]:
+    """Read each split of ``dataset`` at ``root`` and log its layout (original archive or research), its clips and
+    its counts against the published ones (a warning where they differ); with ``decode``, decode every frame."""
+    layout = describe_layout(dataset, root)
     out = {}
     for split in splits:
         clips = read_dataset(dataset, root, split, scenes=scenes, frame_labels=frame_labels)
+        if not out and layout is not None:  # once the root has read
+            log.info(f"{dataset} layout: {layout}")
         out[split] = clips
         summary = split_summary(dataset, split, clips, scenes)
         log.info(f"{dataset} {split} ({root}):\n{describe_clips(clips)}\n{summary}")

@@ -24,6 +24,8 @@ def read_dataset(
 ) -> list[Clip]:
     """Clips of ``split`` from dataset ``name`` at ``root``. ``folder`` ignores ``split`` (unlabelled).
 
+    Each benchmark's reader takes its original archive or the research layout (``training/frames``,
+    ``testing/frames`` and one frame-label file: :mod:`vad.io.research`), whichever ``root`` holds.
     ``frame_labels`` picks Avenue's frame labels (``"masks"``, the default, or ``"published"``: see
     :func:`read_avenue`); other datasets have one set of labels and refuse it.
     """
@@ -36,7 +38,7 @@ def read_dataset(
     if scenes is not None:
         raise ConfigError(f"scenes selection is a ShanghaiTech option; dataset {name!r} has no scenes")
     if name == "avenue":
-        return read_avenue(root, split, frame_labels or "masks")
+        return read_avenue(root, split, frame_labels)
     if name == "ped1":
         return read_ped1(root, split)
     if name == "ped2":

@@ -7,9 +7,10 @@ from typing import Literal
 
 import numpy as np
 
-from vad.errors import DatasetLayoutError, LabelError
-from vad.io.masks import avenue_cells, check_mask_shape, load_mat, volume_shape
+from vad.errors import ConfigError, DatasetLayoutError, LabelError
+from vad.io.masks import avenue_cells, check_mask_shape, volume_shape
 from vad.io.records import Clip, list_videos, spans_to_labels, with_labels
+from vad.io.research import gt_spans, read_research, research_root
 from vad.io.validate import find_dir, require_dir
 
 AvenueLabels = Literal["masks", "published"]
@@ -27,19 +28,10 @@ def published_intervals(path: Path) -> list[list[tuple[int, int]]]:
     That file (``gt``: a 1x21 cell, per video a 2xK array of start and end frames) ships with the evaluation code
     of ano_pred_cvpr2018 (Liu et al., CVPR 2018); its annotations come from Hasan et al., CVPR 2016.
     """
-    gt = np.asarray(load_mat(path, "gt", "ano_pred_cvpr2018's avenue.mat (gt: a cell of 2xK [start; end])"))
-    out = []
-    for k, cell in enumerate(gt.reshape(-1) if gt.dtype == object else [gt], start=1):
-        a = np.asarray(cell)
-        if a.ndim == 1 and a.size == 2:
-            a = a.reshape(2, 1)
-        if a.ndim != 2 or a.shape[0] != 2 or not np.issubdtype(a.dtype, np.number):
-            raise LabelError(f"{path}: gt cell {k} has shape {a.shape}; expected 2xK [start; end] frame numbers")
-        out.append([(int(s), int(e)) for s, e in a.T])
-    return out
+    return gt_spans(path, "ano_pred_cvpr2018's avenue.mat (gt: a cell of 2xK [start; end])")
 
 
-def read_avenue(root: Path | str, split: str = "test", labels: AvenueLabels = "masks") -> list[Clip]:
+def read_avenue(root: Path | str, split: str = "test", labels: AvenueLabels | None = None) -> list[Clip]:
     """Clips of one split of a CUHK Avenue tree.
 
     Expected tree: the flat layout, or the two downloads unpacked side by side (each folder may be in either)::
@@ -54,13 +46,26 @@ def read_avenue(root: Path | str, split: str = "test", labels: AvenueLabels = "m
     the video's frame count and size. Frame labels (``labels``): ``"masks"``, a frame is anomalous when any pixel
     of its mask is set; ``"published"``, the intervals of ano_pred_cvpr2018's ``avenue.mat`` that most published
     Avenue AUCs use (data/avenue/README.md says how they differ). Test clips 08 and 18 are almost entirely
-    anomalous under the masks: their per-clip AUC is undefined.
+    anomalous under the masks: their per-clip AUC is undefined. ``labels=None`` is ``"masks"``.
+
+    A root in the research layout (``training/frames/01/0000.jpg``, ``testing/frames/``, ``avenue.mat`` or
+    ``frame_labels_avenue.npy``; or the folder holding its ``avenue/``) is read by
+    :func:`vad.io.research.read_research`. It has no masks: its frame labels are its label file's, which
+    ``labels=None`` and ``"published"`` take and ``"masks"`` refuses.
     """
+    if labels is not None and labels not in AVENUE_LABELS:
+        raise ValueError(f"Avenue frame labels {labels!r} unknown; expected one of {AVENUE_LABELS}")
+    research = research_root("avenue", root)
+    if research is not None:
+        if labels == "masks":
+            raise ConfigError(f"frame_labels 'masks': {research} is Avenue in the research layout, which has no "
+                              "pixel masks (testing_label_mask); its frame labels are those of avenue.mat or "
+                              "frame_labels_avenue.npy: leave frame_labels unset or set it to 'published'")
+        return read_research("avenue", research, split)
+    labels = labels or "masks"
     root = require_dir(Path(root), "Avenue root")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    if labels not in AVENUE_LABELS:
-        raise ValueError(f"Avenue frame labels {labels!r} unknown; expected one of {AVENUE_LABELS}")
     folder = find_dir(root, _VIDEO_DIRS[split], f"Avenue {split} videos folder")
     files = list_videos(folder)
     if not files:

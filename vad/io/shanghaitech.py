@@ -1,4 +1,4 @@
-"""ShanghaiTech Campus reader."""
+"""ShanghaiTech Campus reader: its own download, or the research layout (training frame folders)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from vad.errors import ConfigError, DatasetLayoutError, LabelError
 from vad.io.masks import check_mask_shape
 from vad.io.records import Clip, frames_clip, list_videos, natural_key, visible, with_labels
+from vad.io.research import research_root
 from vad.io.validate import find_dir, require_dir
 
 
@@ -46,18 +47,19 @@ def read_shanghaitech(
           testing/test_frame_mask/01_0014.npy   (T,) 0 normal / 1 anomalous
           testing/test_pixel_mask/01_0014.npy   (T, H, W), optional
 
+    In the research layout the training videos come as frame folders, ``training/frames/01_001/000.jpg ...``
+    (scene = prefix); the test half is the same.
+
     ``scenes`` keeps only those scenes (e.g. ``[1]``). Test labels are checked against each clip's frame
     count, pixel masks against its frame count and size (from headers); training videos are probed lazily
-    (``clip.num_frames``). A root one level above ``training/`` and ``testing/`` is named in the error.
+    (``clip.num_frames``). A root one level above ``training/`` and ``testing/`` is named in the error, unless it
+    holds the research layout in a folder named ``shanghaitech/``, which is then read.
     """
-    root = require_dir(Path(root), "ShanghaiTech root")
+    research = research_root("shanghaitech", root)
+    root = require_dir(Path(root) if research is None else research, "ShanghaiTech root")
     keep = _scene_filter(scenes)
     if split == "train":
-        folder = find_dir(root, ["training/videos"], "ShanghaiTech training videos folder")
-        files = list_videos(folder)
-        if not files:
-            raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
-        clips = [Clip(name=p.stem, path=p, kind="video", scene=scene_of(p.stem)) for p in files]
+        clips = _train_frame_folders(root) if research is not None else _train_videos(root)
     elif split == "test":
         clips = _test_clips(root, keep)
     else:
@@ -67,6 +69,23 @@ def read_shanghaitech(
         if not clips:
             raise DatasetLayoutError(f"{root}: no {split} clips in scenes {sorted(keep)}")
     return clips
+
+
+def _train_videos(root: Path) -> list[Clip]:
+    folder = find_dir(root, ["training/videos"], "ShanghaiTech training videos folder (or research layout: "
+                                                 "training/frames/01_001/000.jpg ...)")
+    files = list_videos(folder)
+    if not files:
+        raise DatasetLayoutError(f"{folder}: no video files; expected training videos like 01_001.avi")
+    return [Clip(name=p.stem, path=p, kind="video", scene=scene_of(p.stem)) for p in files]
+
+
+def _train_frame_folders(root: Path) -> list[Clip]:
+    folder = root / "training" / "frames"
+    dirs = sorted((p for p in visible(folder) if p.is_dir()), key=natural_key)
+    if not dirs:
+        raise DatasetLayoutError(f"{folder}: no clip folders; expected training clips like 01_001/000.jpg")
+    return [frames_clip(d, name=d.name, scene=scene_of(d.name)) for d in dirs]
 
 
 def _test_clips(root: Path, keep: set[str] | None) -> list[Clip]:

@@ -11,6 +11,7 @@ import numpy as np
 from vad.errors import DatasetLayoutError, LabelError
 from vad.io.masks import check_mask_shape, load_mask_folder
 from vad.io.records import Clip, frames_clip, natural_key, spans_to_labels, visible, with_labels
+from vad.io.research import read_research, research_root
 from vad.io.validate import find_dir, require_dir
 
 Variant = Literal["ped1", "ped2"]
@@ -87,7 +88,13 @@ def read_ucsd(root: Path | str, split: str, variant: Variant) -> list[Clip]:
     Frame labels come from ``UCSDpedN.m``; without it, from the ``_gt`` masks (a frame is anomalous when its
     mask has a pixel set), which then every test clip needs. Where both exist they must agree. Clips without a
     ``_gt`` folder have no pixel ground truth (``pixel_mask=None``).
+
+    A root in the research layout (``training/frames/01/000.jpg``, ``testing/frames/``, ``pedN.mat`` or
+    ``frame_labels_pedN.npy``; or the folder holding its ``pedN/``) is read by :func:`vad.io.research.read_research`.
     """
+    research = research_root(variant, root)
+    if research is not None:
+        return read_research(variant, research, split)
     root = require_dir(Path(root), f"UCSD {variant} root")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
