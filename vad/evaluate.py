@@ -2,8 +2,9 @@
 page (``review.html``, :mod:`vad.review`).
 
 Reads only the files the score stage wrote (the manifest, scores, labels, normal references, maps); never a
-model. Every report states the smoothing sigma, the normalisation and the AUC kinds. Scores whose source changed
-since they were made are refused (score again), as the renderer refuses them.
+model. Every report states the smoothing sigma, the normalisation and the AUC kinds (``metrics.json``'s
+``protocol`` names what each AUC and alarm-delay key means). Scores whose source changed since they were made are
+refused (score again), as the renderer refuses them.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ from vad.config import EvalConfig, PostprocessConfig
 from vad.errors import InputError, VadError
 from vad.io.decode import as_clip
 from vad.metrics import (
+    alarm_delays,
     alarm_rates,
     average_precision,
     best_f1_threshold,
     clip_aucs,
+    delay_summary,
     equal_error_rate,
     event_aucs,
     macro_auc,
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import Event, causal_events, event_frames, events, normalise, smooth
+from vad.postprocess import Event, causal_alarms, event_frames, events, minmax, normalise, smooth
 from vad.reference import NormalReference
 from vad.runs import ClipRecord, RunFolder, RunFolderError, read_manifest, source_fingerprint
 from vad.text import pct
@@ -40,7 +43,44 @@ from vad.text import pct
 log = logging.getLogger(__name__)
 
 AUC_NOTE = ("micro: one ROC over all test frames concatenated; macro: mean of per-clip AUCs, clips with a single "
-            "class skipped (count in frame_auc_macro_skipped)")
+            "class skipped (count in frame_auc_macro_skipped); frame_auc_micro_raw: raw scores, no smoothing, no "
+            "normalisation; frame_auc_micro_minmax: raw scores min-max normalised per test clip (the MNAD/FFP/AED-MAE "
+            "convention; each clip's own range, so not causal); frame_auc_micro_smoothed_minmax: smoothed, then per-"
+            "clip min-max; frame_auc_micro: smoothed, then postprocess.normalisation; 'protocol' defines every key")
+
+
+def protocol(post: PostprocessConfig, ev: EvalConfig) -> dict[str, str | float]:
+    """What each AUC and alarm-delay key of ``metrics.json`` means, with the sigma and normalisation used."""
+    sm = f"Gaussian smoothing over frames, sigma {post.sigma:g} (centred: reads the future; 0 = off)"
+    mm = "min-max normalised per test clip (each clip's own min and max: uses the whole clip, not causal)"
+    delay = ("per ground-truth anomalous span (a maximal run of anomalous frames of a test clip): frames (and seconds "
+             "at the clip's frame rate, else eval.fps) from the span's first frame to the raise of the first event "
+             "overlapping the span, 0 when it was raised at or before the span's first frame (the alarm already on); a "
+             "span no event overlaps is missed. median/worst over the caught spans. ")
+    return {
+        "sigma": post.sigma, "normalisation": post.normalisation,
+        "frame_auc_micro_raw": "micro AUC on the raw per-frame scores: no smoothing, no normalisation",
+        "frame_auc_micro_minmax": f"micro AUC on the raw scores {mm}; no smoothing",
+        "frame_auc_micro_smoothed": f"micro AUC after {sm}; no normalisation",
+        "frame_auc_micro_smoothed_minmax": f"micro AUC after {sm}, then {mm} (the published protocol of MNAD, FFP, "
+                                           "AED-MAE; their sigmas differ)",
+        "frame_auc_micro": f"micro AUC after {sm}, then postprocess.normalisation={post.normalisation!r} (equals "
+                           "frame_auc_micro_smoothed_minmax under minmax)",
+        "frame_auc_macro": "mean of per-clip AUCs on frame_auc_micro's scores, single-class clips skipped (count in "
+                           "frame_auc_macro_skipped); min-max and calibrated are increasing within a clip, so it "
+                           "equals frame_auc_macro_smoothed",
+        "frame_auc_macro_raw": "mean of per-clip AUCs on the raw scores",
+        "frame_auc_macro_smoothed": f"mean of per-clip AUCs after {sm}",
+        "alarm_delay": delay + "The live rule (vad.postprocess.CausalRule: the mean of the last "
+                       f"postprocess.causal_window ({post.causal_window}) raw scores against the normal-data "
+                       f"threshold) raises an event once eval.min_event_frames ({ev.min_event_frames}) consecutive "
+                       "means are above it and dates it back to the first of them: *_frames and *_s count to the "
+                       "raise, *_frames_to_event_start to that first frame. AUC ignores when an alarm comes (arXiv "
+                       "2505.19022 proposes a latency-aware AP).",
+        "alarm_delay_offline": delay + "The offline rule (runs of the smoothed scores above the threshold, at least "
+                               "eval.min_event_frames long) sees the whole clip: raised = its first frame, which the "
+                               "centred smoothing can put before the anomaly.",
+    }
 
 
 def _r(x: float | None) -> float | None:
@@ -156,12 +196,27 @@ def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
 def clip_events(s: ScoredRun, name: str, ev: EvalConfig, rule: str | None = None) -> list[Event]:
     """Events of clip ``name`` at the model's normal-data threshold by ``rule`` (default ``eval.rule``): offline,
     runs of smoothed scores above it; causal, what the live rule raises (:class:`~vad.postprocess.CausalRule`)."""
+    return [e for e, _ in clip_alarms(s, name, ev, rule)]
+
+
+def clip_alarms(s: ScoredRun, name: str, ev: EvalConfig, rule: str | None = None) -> list[tuple[Event, int]]:
+    """:func:`clip_events`, each with the frame at which it was raised: the live rule's, some frames after the
+    event's first (:func:`~vad.postprocess.causal_alarms`); the offline rule's, its first frame."""
     fps, branches = s.fps(name, ev.fps), s.branch_scores(name)
     if (rule or ev.rule) == "causal":
-        return causal_events(s.raw[name], s.threshold(name), name, fps, s.causal_window, ev.min_event_frames,
+        return causal_alarms(s.raw[name], s.threshold(name), name, fps, s.causal_window, ev.min_event_frames,
                              ev.close_frames, branches)
-    return events(s.smoothed[name], s.threshold(name), clip=name, fps=fps, min_frames=ev.min_event_frames,
-                  branches=branches)
+    found = events(s.smoothed[name], s.threshold(name), clip=name, fps=fps, min_frames=ev.min_event_frames,
+                   branches=branches)
+    return [(e, e.start) for e in found]
+
+
+def delay_report(s: ScoredRun, per_clip: dict[str, list[tuple[Event, int]]], ev: EvalConfig, rule: str) -> dict:
+    """The alarm delay of the events ``per_clip`` (with their raise frames, :func:`clip_alarms`) over the labelled
+    clips' anomalous spans (:func:`~vad.metrics.alarm_delays`; the definition is in :func:`protocol`)."""
+    delays = {n: alarm_delays(y, [(e.start, e.end, r) for e, r in per_clip[n]]) for n, y in s.labels.items()}
+    out = delay_summary(delays, {n: s.fps(n, ev.fps) for n in s.labels})
+    return {"rule": rule, **{k: _r(v) if isinstance(v, float) else v for k, v in out.items()}}
 
 
 def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
@@ -172,11 +227,13 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     s = load_scored(run, post, ev, progress)
     run, manifest, thresholds = s.run, s.manifest, s.thresholds
     raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
-    per_clip = {name: clip_events(s, name, ev) for name in manifest}
+    alarms = {r: {n: clip_alarms(s, n, ev, r) for n in manifest} for r in ("offline", "causal")}
+    per_clip = {n: [e for e, _ in alarms[ev.rule][n]] for n in manifest}
     found = [e for name in manifest for e in per_clip[name]]
 
     metrics: dict = {
         "sigma": post.sigma, "normalisation": post.normalisation, "auc_kinds": AUC_NOTE,
+        "protocol": protocol(post, ev),
         "postprocess": asdict(post), "eval": asdict(ev), "clips": len(manifest), "labelled_clips": len(labels),
         "threshold": {"rule": f"{ev.threshold_percentile}th percentile of normal hold-out frame scores "
                               "(training data only)", "values": {k: _r(v) for k, v in thresholds.items()}},
@@ -184,7 +241,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         "alarms": alarm_report(s, per_clip, ev),
     }
     other = "offline" if ev.rule == "causal" else "causal"
-    metrics[f"alarms_{other}"] = alarm_report(s, {n: clip_events(s, n, ev, other) for n in manifest}, ev, other)
+    metrics[f"alarms_{other}"] = alarm_report(s, {n: [e for e, _ in alarms[other][n]] for n in manifest}, ev, other)
     if labels:
         lab = labels
         pick = lambda d: {n: d[n] for n in lab}  # noqa: E731  (labelled clips only)
@@ -198,6 +255,10 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
             "frame_auc_macro_raw": _r(macro_auc(pick(raw), lab)[0]),
             "frame_auc_micro_smoothed": _r(micro_auc(pick(smoothed), lab)),
             "frame_auc_macro_smoothed": _r(macro_auc(pick(smoothed), lab)[0]),
+            "frame_auc_micro_minmax": _r(micro_auc({n: minmax(raw[n]) for n in lab}, lab)),
+            "frame_auc_micro_smoothed_minmax": _r(micro_auc({n: minmax(smoothed[n]) for n in lab}, lab)),
+            "alarm_delay": delay_report(s, alarms["causal"], ev, "causal"),
+            "alarm_delay_offline": delay_report(s, alarms["offline"], ev, "offline"),
         })
         th, f1 = best_f1_threshold(pick(smoothed), lab)
         metrics["threshold"]["best_f1_test_informed"] = {"value": _r(th), "f1": _r(f1),
@@ -232,9 +293,13 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         if labels:
             a = metrics["alarms"]
             log.info(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
-                     f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}; "
+                     f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}, "
+                     f"per-clip min-max {metrics['frame_auc_micro_minmax']:.4f}; "
                      f"{len(found)} events: {pct(a['normal_frames_in_events'])} of normal frames inside them, "
                      f"{pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
+            d = metrics["alarm_delay"]
+            late = f", median delay {d['median_frames']:g} frames, worst {d['worst_frames']:g}" if d["caught"] else ""
+            log.info(f"live rule: {d['caught']} of {d['spans']} anomalies alarmed{late}")
         else:
             log.info(f"{len(found)} events over {len(manifest)} clips (no labels) -> {s.folder.events_csv}")
         log.info(f"review page: {page}")

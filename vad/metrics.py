@@ -4,11 +4,14 @@ Conventions (state them with every number):
 - micro AUC: all test frames of all clips concatenated, one ROC;
 - macro AUC: the mean of per-clip AUCs. A clip whose frames are all normal or all anomalous has no AUC;
   such clips are skipped, and the number skipped is reported.
+- alarm delay (:func:`alarm_delays`): per anomalous span (a maximal run of anomalous frames), the frames from its
+  first frame until an alarm overlapping it is raised; AUC is blind to it (arXiv 2505.19022 proposes a
+  latency-aware AP for the same reason).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -157,3 +160,36 @@ def alarm_rates(inside: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarra
         "false_alarm_events_per_hour": false_events / hours if hours else None,
         "normal_frames": int((~y).sum()), "anomalous_frames": int(y.sum()),
     }
+
+
+def alarm_delays(labels: np.ndarray, alarms: Sequence[tuple[int, int, int]]) -> list[tuple[int, int] | None]:
+    """Per anomalous span of the ``(T,)`` labels (:func:`label_events` order), how late the first alarm overlapping
+    it came, or ``None`` (missed: no alarm has a frame in the span).
+
+    ``alarms``: ``(first frame, last frame (inclusive), frame it was raised)`` each, in the order they started (a
+    live rule raises an event some frames after the first frame it covers; an offline rule's is its first frame).
+    Returns ``(frames from the span's first frame to the raise, frames to the alarm's first frame)``, each 0 when
+    that came at or before the span's first frame (the alarm was already on)."""
+    out: list[tuple[int, int] | None] = []
+    for a, b in label_events(labels):  # the span is frames a..b-1
+        hit = next(((s, r) for s, e, r in alarms if s < b and e >= a), None)
+        out.append(None if hit is None else (max(0, hit[1] - a), max(0, hit[0] - a)))
+    return out
+
+
+def delay_summary(delays: Mapping[str, Sequence[tuple[int, int] | None]], fps: Mapping[str, float | None]) -> dict:
+    """Summary of :func:`alarm_delays` over clips: spans, caught, missed, and the median and worst delay of the
+    caught spans to the raise in frames and seconds (``None`` when nothing was caught, or seconds when a clip with
+    a caught span has no frame rate), and to the alarm's first frame in frames."""
+    caught = [(d, fps.get(n)) for n, per in delays.items() for d in per if d is not None]
+    spans = sum(len(per) for per in delays.values())
+    frames = [d[0] for d, _ in caught]
+    seconds = None if any(not f for _, f in caught) else [d[0] / f for d, f in caught]
+    start = [d[1] for d, _ in caught]
+    med = lambda x: float(np.median(x)) if x else None  # noqa: E731
+    worst = lambda x: max(x) if x else None  # noqa: E731
+    return {"spans": spans, "caught": len(caught), "missed": spans - len(caught),
+            "median_frames": med(frames), "worst_frames": worst(frames),
+            "median_s": med(seconds) if seconds is not None else None,
+            "worst_s": worst(seconds) if seconds is not None else None,
+            "median_frames_to_event_start": med(start), "worst_frames_to_event_start": worst(start)}

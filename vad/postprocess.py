@@ -8,6 +8,8 @@
   without seeing their own range, and 1.0 means "at the threshold" everywhere.
 - :func:`events`: runs of above-threshold frames as :class:`Event` records (first and last frame, both inclusive)
   with their peak score and times.
+- :class:`CausalRule`: the live rule (from the past alone); :func:`causal_events` applies it to a clip, and
+  :func:`causal_alarms` adds the frame at which each event was raised (the alarm delay's end).
 """
 
 from __future__ import annotations
@@ -166,13 +168,26 @@ def causal_events(scores: np.ndarray, threshold: float, clip: str = "", fps: flo
                   branches: tuple[np.ndarray, tuple[str, ...]] | None = None) -> list[Event]:
     """The events :class:`CausalRule` raises over ``scores`` (raw), as a live watch would have; an event still open
     at the end closes at the last frame. Peaks are of the smoothed scores."""
+    return [e for e, _ in causal_alarms(scores, threshold, clip, fps, window, open_frames, close_frames, branches)]
+
+
+def causal_alarms(scores: np.ndarray, threshold: float, clip: str = "", fps: float | None = None,
+                  window: int = 3, open_frames: int = 3, close_frames: int = 3,
+                  branches: tuple[np.ndarray, tuple[str, ...]] | None = None) -> list[tuple[Event, int]]:
+    """:func:`causal_events`, each with the frame at which the live rule raised it (the frame whose score opened
+    it: ``open_frames - 1`` after the event's first frame, which the rule dates back to the first frame above)."""
     rule = CausalRule(threshold, window, open_frames, close_frames, clip, fps)
-    ended = [e for t, x in enumerate(np.asarray(scores, dtype=np.float64)) for kind, e in rule.push(t, x)
-             if kind == "end"]
+    raised, ended = [], []
+    for t, x in enumerate(np.asarray(scores, dtype=np.float64)):
+        for kind, e in rule.push(t, x):
+            if kind == "start":
+                raised.append(t)
+            else:
+                ended.append(e)
     ended += [e for kind, e in rule.reset() if kind == "end"]
-    if branches is None:
-        return ended
-    return [replace(e, branch=branches[1][int(np.argmax(branches[0][e.peak_frame]))]) for e in ended]
+    if branches is not None:
+        ended = [replace(e, branch=branches[1][int(np.argmax(branches[0][e.peak_frame]))]) for e in ended]
+    return list(zip(ended, raised, strict=True))
 
 
 def event_frames(n: int, found: list[Event]) -> np.ndarray:
