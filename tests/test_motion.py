@@ -108,7 +108,8 @@ def test_jpeg_bytes_need_single_frames(coded_clips) -> None:
 
 
 def _random_motion_model() -> MotionSTPM:
-    model = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2))).eval()
+    model = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2),
+                                    speed=False)).eval()
     assert isinstance(model, MotionSTPM) and model.window == 3
     model.set_branch_stats({"appearance": torch.tensor([1.0, 2.0]), "motion": torch.tensor([0.5, 1.5])})
     return model

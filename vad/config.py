@@ -90,10 +90,20 @@ class ModelConfig:
     motion_levels: Literal["finest", "all"] = "finest"  # motion: the pyramid levels the predictor predicts and
     # scores (finest: the smallest stride only; all: every level of the teacher, combined like STPM's)
 
+    # The speed cue (vad.models.speed): optical-flow speed against the normal speeds of its image row, fused with
+    # the model's map; weights-free, causal. None: on for stpm, off for rstpm and mkd
+    speed: bool | None = None
+    speed_cell: Annotated[int, Range(ge=1, le=256)] = 24  # speed: cells averaged over this many input pixels (about
+    # a person's height at the pipelines' input sizes: 20-40 px)
+
     def __post_init__(self) -> None:
         if self.motion and self.method != "stpm":
             raise ConfigError(f"model.motion: got true with model.method {self.method!r}; the motion branch is "
                              "stpm's (set model.motion=false, or model.method=stpm)")
+
+    @property
+    def has_speed(self) -> bool:
+        return self.method == "stpm" if self.speed is None else self.speed
 
     @property
     def has_motion(self) -> bool:

@@ -26,6 +26,7 @@ import torch
 
 from vad.config import RunConfig
 from vad.errors import UsageError
+from vad.models import scored_branches
 from vad.policy import run_config
 from vad.reference import NormalReference
 from vad.runs import RunFolder, locked
@@ -144,7 +145,7 @@ class Detector:
 
     @property
     def branches(self) -> tuple[str, ...]:
-        return self.scorer.model.branches
+        return scored_branches(self.scorer.model)
 
     def calibrate(self, scores: np.ndarray) -> np.ndarray:
         """Raw scores -> 0 at the median normal hold-out score, 1.0 at the event threshold."""

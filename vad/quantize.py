@@ -388,7 +388,8 @@ def _attempt(variant, scorer, ref: NormalReference, export: Path, feeds, clips, 
             state = {k: np.asarray(v) for k, v in ref.state.items()}
             if model.branches:  # refit the branch statistics to the copy's own branch scores, and make it again
                 loc, scale = model.branch_loc.cpu(), model.branch_scale.cpu()
-                raw = out["branches"] * scale + loc  # the graph standardised them with the f32 statistics
+                # the graph standardised them with the f32 statistics (the speed cue's score comes after them)
+                raw = out["branches"][:, :len(model.branches)] * scale + loc
                 refit = copy.deepcopy(model).cpu()
                 refit.set_branch_stats({b: raw[:, i] for i, b in enumerate(model.branches)})
                 state.update(branch_loc=refit.branch_loc.numpy(), branch_scale=refit.branch_scale.numpy())

@@ -21,7 +21,8 @@ import numpy as np
 from vad.atomic import atomic_path
 from vad.errors import InputError
 
-STATE_KEYS = ("branch_loc", "branch_scale", "pos_loc", "pos_scale")  # model buffers fitted on the hold-out
+# model buffers fitted on the hold-out
+STATE_KEYS = ("branch_loc", "branch_scale", "pos_loc", "pos_scale", "speed.loc", "speed.scale")
 
 
 def event_threshold(normal_scores: np.ndarray, percentile: float) -> float:
@@ -121,18 +122,25 @@ def fit_reference(outputs: Callable[[bool], dict], model, position_stats: bool
 
     ``outputs(branches)`` scores the normal hold-out frames and returns ``{"scores": (N,), "maps": (N, h, w)}``, or
     with ``branches`` a fused model's branch maps before fusion (:meth:`vad.score.Scorer.outputs`). A fused
-    model's branches are standardised by their own hold-out frame scores first; with ``position_stats`` the
+    model's branches are standardised by their own hold-out frame scores first, and so are the model's map and its
+    speed cue's (:mod:`vad.models.speed`) before they are fused; with ``position_stats`` the
     per-position statistics of the (fused) hold-out maps are set too."""
-    from vad.models import frame_scores
+    from vad.models import frame_scores, speed_cue
 
     if model.branches:
         branch = outputs(True)
+        speed = branch.pop("speed", None)
         model.set_branch_stats({b: frame_scores(m) for b, m in branch.items()})
         maps = model.fuse(branch)
         scores = frame_scores(maps)
     else:
         out = outputs(False)
-        scores, maps = out["scores"], out["maps"]
+        scores, maps, speed = out["scores"], out["maps"], out.get("speed")
+    cue = speed_cue(model)
+    if cue is not None:  # the speed cue: both maps standardised on the hold-out, then fused
+        cue.set_stats(scores, frame_scores(speed))
+        maps = cue.fuse(maps.to(cue.loc.device), speed)[0].cpu()
+        scores = frame_scores(maps)
     per_position = None
     if position_stats:
         model.set_position_stats(*position_statistics(maps))
@@ -155,7 +163,8 @@ def apply_state(model, state: Mapping[str, np.ndarray]) -> None:
         t = torch.as_tensor(np.asarray(v)).to(buffers[k].device) if k in buffers else None
         if t is None:
             raise InputError(f"a normal reference holds {k!r}, which a {model.method} model does not have")
-        setattr(model, k, t)
+        owner, _, name = k.rpartition(".")  # "speed.loc": a child's buffer
+        setattr(model.get_submodule(owner) if owner else model, name, t)
 
 
 def holdout(clips: Sequence, fraction: float, ranges: dict[str, tuple[int, int]] | None = None

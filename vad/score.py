@@ -30,10 +30,11 @@ from vad.config import ScoreConfig
 from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.distributed import world
 from vad.errors import ConfigError, DecodeError
-from vad.io.dataset import FrameStream, FrameTransform, make_loader
+from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip, with_frames
-from vad.models import AnomalyModel, frame_scores
+from vad.models import AnomalyModel, frame_scores, speed_cue
+from vad.models.speed import SpeedStreams
 from vad.progress import progress_bar
 from vad.runs import RunFolder
 
@@ -89,6 +90,8 @@ class Scorer:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.transform = FrameTransform(size=tuple(ckpt["input_size"]), normalization=ckpt["normalization"])
         self.per_position = cfg.per_position and model.has_position_stats
+        cue = speed_cue(model)  # the speed cue runs here, beside whatever runs the network
+        self.speeds = None if cue is None else SpeedStreams(cue, *NORMALIZATIONS[self.transform.normalization])
         self.on_device = self.device.type == "cuda"  # decode JPEGs, resize and normalise on the GPU
         if cfg.compile and model.method == "mkd":
             raise ConfigError("score.compile does not support mkd (its maps take input gradients); "
@@ -108,6 +111,8 @@ class Scorer:
         """Run the model with ``runtime`` (an exported copy: :class:`vad.export.Runtime`) from now on; ``None``:
         with torch again."""
         self.runtime, self.compiled, self._past, self._zeros = runtime, False, {}, None
+        if self.speeds is not None:
+            self.speeds.forget()
         if runtime is not None:
             self.dtype, self._forward, self._step = None, runtime.forward, runtime.step
             return
@@ -120,8 +125,11 @@ class Scorer:
         """:meth:`use` ``runtime`` from the next call on, keeping each stream's past (in float32: a runtime's
         precision)."""
         past = {s: ({k: v.float() for k, v in feats.items()}, nxt) for s, (feats, nxt) in self._past.items()}
+        frames = {} if self.speeds is None else dict(self.speeds._last)
         self.use(runtime)
         self._past = past
+        if self.speeds is not None:
+            self.speeds._last.update(frames)
 
     def frames_per_second(self, x: torch.Tensor, repeat: int = 3) -> float:
         """Frames/s of this scorer on the batch ``x`` of normalised frames, as a clip's first batch: a warm-up call
@@ -167,6 +175,13 @@ class Scorer:
         ``score.per_position`` the map is standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
         n = len(x)
+        grey = None if self.speeds is None else self.speeds.grey(x[:, -3:])
+        if grey is not None and x.shape[1] > 3:  # windows: the frame before the scored one is the past
+            clip, first = [f"\0window{j}" for j in range(n)], [1] * n
+            self.speeds.forget()
+            for j, before in enumerate(self.speeds.grey(x[:, -6:-3])):
+                if not np.array_equal(before, grey[j]):  # a clip's first window repeats its frame: no past
+                    self.speeds.remember(before[None], clip[j], 0)
         plan = None
         if self.model.context and x.shape[1] == 3:
             plan = self.plan(clip, first, x)
@@ -189,10 +204,35 @@ class Scorer:
         else:
             scores, amap = out
         scores, amap = scores[:n].float(), amap[:n].float()
+        if grey is not None:
+            amap, branches = self._with_speed(amap, branches, grey, clip, first)
+            scores = frame_scores(amap)
+            if x.shape[1] > 3:
+                self.speeds.forget()
         if self.per_position:
             amap = self.model.standardise_map(amap)
             scores = frame_scores(amap)
         return scores, amap, branches
+
+    def speed_maps(self, grey: np.ndarray, clip: str | Sequence[str], first: int | Sequence[int],
+                   size: tuple[int, int]) -> torch.Tensor:
+        """The speed cue's raw maps ``(B, *size)`` of grey frames (see :meth:`__call__` for ``clip`` and ``first``),
+        each stream reading its own previous frame."""
+        n = len(grey)
+        streams = [clip] * n if isinstance(clip, str) else list(clip)
+        firsts = list(range(first, first + n)) if isinstance(first, int) else [int(f) for f in first]
+        speeds = self.speeds.cell_speeds(grey, streams, firsts, size)
+        return self.speeds.cue.relative(torch.from_numpy(speeds))
+
+    def _with_speed(self, amap: torch.Tensor, branches: torch.Tensor | None, grey: np.ndarray,
+                    clip: str | Sequence[str], first: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's map fused with the speed cue's, and the branch scores with the cue's (a model of one map: its
+        own standardised score first, as "appearance")."""
+        cue = self.speeds.cue
+        fused, speed = cue.fuse(amap, self.speed_maps(grey, clip, first, tuple(amap.shape[-2:])).to(amap.device))
+        if branches is None:
+            branches = ((frame_scores(amap) - cue.loc[0].to(amap.device)) / cue.scale[0].to(amap.device))[:, None]
+        return fused, torch.cat([branches, speed[:, None].to(branches.device)], 1)
 
     def _tune_layout(self, call: Callable, x: torch.Tensor) -> None:
         """Time ``call(x)`` with the model and ``x`` channels-last and contiguous (after a warm-up each) and keep the
@@ -288,6 +328,10 @@ class Scorer:
         """Read frames ``x`` (normalised, ``first ..`` of ``clip``) as the past of the frames that follow them, without
         scoring them (the real past of a range that starts inside a clip)."""
         x = to_device(x, self.device)
+        if self.speeds is not None:
+            self.speeds.remember(self.speeds.grey(x), clip, first)
+        if not self.model.context:
+            return
         plan = self.plan(clip, first, x)
         with torch.no_grad(), autocast(self.device, self.dtype):
             feats = self.model.past_features(x)
@@ -299,6 +343,8 @@ class Scorer:
             self._past.clear()
         else:
             self._past.pop(clip, None)
+        if self.speeds is not None:
+            self.speeds.forget(clip)
 
     def stream(self, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | None = None,
                partial: bool = False) -> FrameStream:
@@ -306,7 +352,8 @@ class Scorer:
         frames, normalised on the CPU or left for the GPU; a range inside a clip is preceded by its real past for a
         model that reads one. ``partial``: a video that decodes fewer frames than its container declares ends early
         instead of failing (:func:`~vad.io.decode.iter_frames`)."""
-        common = {"batch_size": self.cfg.batch_size, "ranges": ranges, "partial": partial, "past": self.model.context}
+        common = {"batch_size": self.cfg.batch_size, "ranges": ranges, "partial": partial,
+                  "past": max(self.model.context, self.speeds is not None)}
         if self.on_device:
             return FrameStream(clips, None, jpeg_bytes=True, **common)
         return FrameStream(clips, self.transform, **common)
@@ -316,7 +363,8 @@ class Scorer:
                 branches: bool = False) -> dict[str, torch.Tensor]:
         """Raw outputs over the frames of ``clips`` (``ranges`` of them), run as this scorer runs the model (device,
         autocast, eager torch), concatenated: ``{"scores": (N,), "maps": (N, h, w)}``, or a fused model's branch maps
-        before fusion (``branches``), float32 on the CPU (for the normal reference: :mod:`vad.reference`)."""
+        before fusion (``branches``), float32 on the CPU (for the normal reference: :mod:`vad.reference`). With a
+        speed cue, also its raw maps (``"speed"``), not fused (the reference fits the fusion)."""
         loader = make_loader(self.stream(clips, ranges), self.num_workers, pin_memory=self.device.type == "cuda")
         model, out = self.model, {}
         self.forget()
@@ -336,10 +384,32 @@ class Scorer:
                     got = model.branch_maps(x)
                 else:
                     got = dict(zip(("scores", "maps"), model.score_and_map(x), strict=True))
+            if self.speeds is not None:
+                size = tuple(next(iter(got.values())).shape[-2:]) if branches else tuple(got["maps"].shape[-2:])
+                got["speed"] = self.speed_maps(self.speeds.grey(x), clip, first, size)
             for k, v in got.items():
                 out.setdefault(k, []).append(v.float().cpu())
         self.forget()
         return {k: torch.cat(v) for k, v in out.items()}
+
+    def cell_speeds(self, runs: Sequence[tuple[Clip, tuple[int, int]]]) -> np.ndarray:
+        """The speed cue's cell speeds ``(N, h, w)`` (before its rows' references) over runs of consecutive frames
+        ``[(clip, (start, stop))]`` (for :meth:`vad.models.speed.SpeedCue.fit_rows`); a run's first frame reads
+        its real previous frame where it has one."""
+        h, w = (s // self.model.stride for s in self.transform.size)
+        out = []
+        for clip, (a, b) in runs:
+            self.forget()
+            for batch in make_loader(self.stream([clip], {clip.name: (a, b)}), 0):
+                grey = self.speeds.grey(self.prepare(batch))
+                first = int(batch["index"][0])
+                if batch.get("context"):
+                    self.speeds.remember(grey, clip.name, first)
+                    continue
+                n = len(grey)
+                out.append(self.speeds.cell_speeds(grey, [clip.name] * n, list(range(first, first + n)), (h, w)))
+        self.forget()
+        return np.concatenate(out)
 
     def prepare(self, batch: dict) -> torch.Tensor:
         """A :meth:`stream` batch -> normalised frames (on the device when decoded or transformed there)."""

@@ -33,6 +33,7 @@ from vad.distributed import barrier, world
 from vad.errors import UsageError, VadError
 from vad.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend, measured
 from vad.io import Clip, read_dataset
+from vad.models import scored_branches
 from vad.quantize import Check, candidates, made_for, make_variant, passed, read_check
 from vad.quantize import runtime as copy_runtime
 from vad.reference import NormalReference, apply_state, reference_id, reference_state
@@ -269,7 +270,7 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict,
     saved = run.normal_scores(name)
     if settings == trained_model_config(ckpt).scoring():
         ref = NormalReference(ckpt["val_scores"][kind].numpy().astype(np.float64), settings, scorer.per_position,
-                              reference_state(model), digest, model.branches)
+                              reference_state(model), digest, scored_branches(model))
     elif saved.is_file() and saved.suffix == ".npz":
         ref = NormalReference.load(saved)
         apply_state(model, ref.state)
@@ -319,4 +320,4 @@ def _fit_reference(scope: str, ckpt: dict, scorer, cfg: RunConfig, settings: dic
                                       scorer.model.has_position_stats)
     scores = per_position if scorer.per_position else raw
     return NormalReference(np.asarray(scores, np.float64), settings, scorer.per_position,
-                           reference_state(scorer.model), digest, scorer.model.branches)
+                           reference_state(scorer.model), digest, scored_branches(scorer.model))

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from vad.errors import ConfigError, InputError, UsageError, VadError
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.decode import first_frame, looks_grey
 from vad.io.records import Clip
-from vad.models import AnomalyModel, backbone_spec, build_model, depthwise_in_float32
+from vad.models import AnomalyModel, backbone_spec, build_model, depthwise_in_float32, speed_cue
 from vad.progress import progress_bar
 from vad.reference import fit_reference, holdout, spread_runs
 from vad.runs import RunFolder
@@ -167,6 +167,7 @@ class _Session:
     runs: tuple[list, list] | None = None  # train.cache: the (training, hold-out) runs of frames to hold in memory
     trainset: TrainSet | None = None  # train.cache: the training samples in memory (else train_stream decodes)
     valset: TrainSet | None = None  # train.cache: the hold-out samples of the validation loss
+    speed_runs: list = field(default_factory=list)  # the training frames the speed cue's rows are fitted on
 
     def batches(self, epoch: int):
         """One epoch's training batches."""
@@ -256,6 +257,7 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     size = input_size(cfg, clips)
     transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
     train_ranges, val_ranges = holdout(clips, t.val_fraction, ranges)
+    speed_runs = _sampled(train_ranges, t.max_frames, True, "training")  # every rank's: rank 0 fits the speed cue
     w = world()
     if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
         train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
@@ -291,7 +293,8 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     return _Session(cfg, run, device, dtype, model, meta,
                     [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
                     train_stream, list(clips), val_ranges, val_loader,
-                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, runs)
+                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, runs,
+                    speed_runs=speed_runs)
 
 
 def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: bool, what: str
@@ -481,6 +484,10 @@ def _finalise(s: _Session) -> Path:
     # Rebuilt with this run's config: it may differ from the checkpoint's only in scoring settings (_config_key).
     model = restore_model({**best_ck, "config": s.meta["config"]})
     scorer = Scorer(model, s.meta, replace(s.cfg.score, compile=False), s.device)
+    cue = speed_cue(model)
+    if cue is not None:  # the speed cue's rows: normal training frames, never the hold-out it is standardised on
+        clips = {c.name: c for c in s.val_clips}
+        cue.fit_rows(scorer.cell_speeds([(clips[n], r) for n, r in s.speed_runs]))
     raw, per_position = fit_reference(partial(scorer.outputs, s.val_clips, s.val_ranges), model,
                                       s.cfg.train.position_stats)
     val_scores = {"raw": torch.from_numpy(raw)}

@@ -18,6 +18,7 @@ from vad.models.base import AnomalyModel, frame_scores
 from vad.models.mkd import MKD, build_vgg_expert
 from vad.models.motion import MotionSTPM
 from vad.models.rstpm import RSTPM
+from vad.models.speed import SpeedCue
 from vad.models.stpm import STPM
 
 # Pyramid levels per method when model.levels is unset (None: the backbone's default).
@@ -62,10 +63,27 @@ def build_model(cfg: ModelConfig, teacher_weights: str | None = None) -> Anomaly
     """The network ``cfg`` describes. ``teacher_weights`` overrides ``cfg.teacher_weights`` (e.g. ``"random"``
     when a checkpoint is about to supply them). ``cfg.method`` is one of :data:`METHODS`: the config loader
     refuses any other value by name."""
-    return _BUILDERS[cfg.method](cfg, teacher_weights or cfg.teacher_weights)
+    model = _BUILDERS[cfg.method](cfg, teacher_weights or cfg.teacher_weights)
+    if cfg.has_speed:
+        model.speed = SpeedCue(cfg.speed_cell, model.stride, cfg.fusion)
+    return model
+
+
+def speed_cue(model: AnomalyModel) -> SpeedCue | None:
+    """A model's speed cue (``model.speed``), or ``None``."""
+    return model._modules.get("speed")
+
+
+def scored_branches(model: AnomalyModel) -> tuple[str, ...]:
+    """The branches whose standardised frame scores scoring reports (:class:`vad.score.Scorer`): a fused model's,
+    then the speed cue's ("appearance" standing for the whole map of a model of one map)."""
+    if speed_cue(model) is None:
+        return model.branches
+    return (*(model.branches or ("appearance",)), "speed")
 
 
 __all__ = [
-    "BACKBONES", "METHODS", "MKD", "RSTPM", "STPM", "MotionSTPM", "AnomalyModel", "Pyramid", "WeightsUnavailableError",
-    "backbone_spec", "build_backbone", "build_model", "depthwise_in_float32", "frame_scores",
+    "BACKBONES", "METHODS", "MKD", "RSTPM", "STPM", "AnomalyModel", "MotionSTPM", "Pyramid", "SpeedCue",
+    "WeightsUnavailableError", "backbone_spec", "build_backbone", "build_model", "depthwise_in_float32", "frame_scores",
+    "scored_branches", "speed_cue",
 ]

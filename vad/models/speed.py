@@ -1,0 +1,172 @@
+"""Speed: how fast things move, from dense optical flow, judged against the normal speeds at the same image row.
+
+A fixed camera's anomalies are mostly objects doing the wrong thing, and most of those move at the wrong speed (a
+bicycle, a skateboard, a cart or a runner among walkers). The student-teacher pyramid sees what things look like;
+its motion branch predicts features, not speed. :class:`SpeedCue` adds the speed itself, with no weights and
+no training, only statistics of normal footage:
+
+- Flow: OpenCV's DIS optical flow between the previous frame and this one, grey, at the model's input size
+  (:data:`DIS`). Only the past is read: frame ``t`` uses frames ``t - 1`` and ``t``; a stream's first frame (or
+  the first after a gap) has no past and no speed, as a window's first frame is its own past.
+- Cells: the flow's magnitude (pixels per frame) averaged over the anomaly map's cells (``stride`` pixels), then
+  over ``cell`` x ``cell`` pixels (``model.speed_cell``): about the size of a person at the input sizes the
+  pipelines choose, so one mover fills a cell and a lone noisy pixel does not.
+- Rows: a cell's speed is divided by the fast end of normal speeds on its image row (:attr:`row_ref`: the
+  99.9th percentile over normal training frames of the row's fastest cell, plus :data:`FLOOR`). On a fixed camera
+  looking down at a ground plane the apparent size and speed of the same walker grow with the image row
+  (perspective); the row is the part of a position that perspective acts on, and a row collects far more normal
+  movers than one cell, so its statistic is steady on a few thousand frames.
+- Fusion: the cue's frame scores are standardised by their mean and standard deviation on normal hold-out frames
+  (not the frames ``row_ref`` came from), as the model's own map is (:meth:`set_stats`); the fused map is their
+  maximum (or sum: ``model.fusion``), computed by :class:`vad.score.Scorer` beside whatever runs the network
+  (torch or an exported copy), so export, int8 copies, ``vad watch`` and ``vad serve`` score with it alike.
+
+Measured on UCSD Ped2's development half and the campus benches: docs/methods.md ("Speed").
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+# DIS optical flow, the "fast" preset's patches and iterations at the finest scale (1: the full input resolution).
+# People 20-40 px tall move 1-4 px a frame at 10 fps; the presets that stop at half resolution (fast, ultrafast)
+# lose most of a walker's legs and a bicycle's wheels (docs/methods.md measures each).
+DIS = {"finest_scale": 1, "patch_size": 8, "patch_stride": 4, "gradient_descent_iterations": 16,
+       "variational_refinement_iterations": 5}
+FLOOR = 0.5  # px/frame added to every row's reference: DIS's jitter on still background is below half a pixel
+ROW_PERCENTILE = 99.9  # the fast end of a row's normal speeds (its fastest cell, per normal frame)
+
+
+def make_flow() -> cv2.DISOpticalFlow:
+    """A DIS optical flow object with the :data:`DIS` settings (one per thread: it is not thread-safe)."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    dis.setFinestScale(DIS["finest_scale"])
+    dis.setPatchSize(DIS["patch_size"])
+    dis.setPatchStride(DIS["patch_stride"])
+    dis.setGradientDescentIterations(DIS["gradient_descent_iterations"])
+    dis.setVariationalRefinementIterations(DIS["variational_refinement_iterations"])
+    return dis
+
+
+def cell_speed(flow: cv2.DISOpticalFlow, prev: np.ndarray | None, cur: np.ndarray, size: tuple[int, int],
+               cell_cells: int) -> np.ndarray:
+    """Grey uint8 frames ``(H, W)`` -> the mean speed (input pixels per frame) over cells: ``(h, w)`` = ``size``
+    (the anomaly map's grid), each the mean over ``cell_cells`` x ``cell_cells`` grid cells around it (at the
+    edges, of those inside). ``prev`` ``None``: no past, no speed (zeros)."""
+    h, w = size
+    if prev is None:
+        return np.zeros(size, np.float32)
+    uv = flow.calc(prev, cur, None)  # (H, W, 2) float32
+    speed = cv2.magnitude(uv[..., 0], uv[..., 1])
+    grid = cv2.resize(speed, (w, h), interpolation=cv2.INTER_AREA)
+    if cell_cells > 1:  # normalised box filter; at the edges the reflected cells stand in for missing ones
+        grid = cv2.blur(grid, (cell_cells, cell_cells), borderType=cv2.BORDER_REFLECT)
+    return grid
+
+
+class SpeedCue(nn.Module):
+    """Speed of motion against the normal speeds of its image row; see the module docstring. Holds the statistics
+    only (buffers: saved with the model); the flow runs in :class:`vad.score.Scorer`, per stream."""
+
+    def __init__(self, cell: int, stride: int, fusion: str = "max") -> None:
+        super().__init__()
+        if fusion not in ("max", "sum"):
+            raise ValueError(f"unknown model.fusion {fusion!r}; expected max or sum")
+        self.fusion = fusion
+        if cell < stride:
+            raise ValueError(f"model.speed_cell ({cell} px) must be at least the anomaly map's stride ({stride} px)")
+        self.cell = cell
+        self.stride = stride
+        self.register_buffer("row_ref", torch.empty(0))  # (h,) px/frame, per map row (fit_rows)
+        # Mean and standard deviation of normal hold-out frame scores: [model's map, speed] (set_stats)
+        self.register_buffer("loc", torch.full((2,), float("nan")))
+        self.register_buffer("scale", torch.full((2,), float("nan")))
+
+    @property
+    def cells(self) -> int:
+        """The averaging window in map cells (odd, at least 1)."""
+        k = max(1, round(self.cell / self.stride))
+        return k if k % 2 else k + 1
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.row_ref.numel()) and bool(torch.isfinite(self.loc).all() and torch.isfinite(self.scale).all())
+
+    def fit_rows(self, speeds: np.ndarray) -> None:
+        """The rows' references from cell speeds ``(N, h, w)`` of normal training frames."""
+        if speeds.ndim != 3 or len(speeds) < 2:
+            raise ValueError(f"the speed cue's rows need cell speeds of at least 2 frames (N, h, w); got "
+                             f"{speeds.shape}")
+        fastest = speeds.max(2)  # (N, h)
+        ref = np.percentile(fastest, ROW_PERCENTILE, axis=0) + FLOOR
+        self.row_ref = torch.as_tensor(ref, dtype=torch.float32)
+
+    def relative(self, speeds: torch.Tensor) -> torch.Tensor:
+        """Cell speeds ``(B, h, w)`` -> each divided by its row's reference (the cue's raw map)."""
+        if speeds.shape[-2] != len(self.row_ref):
+            raise ValueError(f"the speed cue was fitted on maps of {len(self.row_ref)} rows; got {speeds.shape[-2]}")
+        return speeds / self.row_ref.to(speeds.device)[:, None]
+
+    def set_stats(self, base: torch.Tensor, speed: torch.Tensor) -> None:
+        """Standardise by normal hold-out frame scores: ``base`` the model's ``(N,)``, ``speed`` the cue's ``(N,)``."""
+        if len(base) < 2 or len(speed) < 2:
+            raise ValueError("the speed cue's statistics need at least 2 hold-out frames")
+        loc = torch.stack([base.float().mean(), speed.float().mean()])
+        scale = torch.stack([base.float().std(), speed.float().std()]).clamp_min(1e-6)
+        self.loc, self.scale = loc.to(self.loc.device), scale.to(self.scale.device)
+
+    def fuse(self, amap: torch.Tensor, relative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's map ``(B, h, w)`` and the cue's raw map -> (fused map, the cue's standardised frame score
+        ``(B,)``): each standardised, then the maximum (``model.fusion: sum``: the sum)."""
+        if not self.ready:
+            raise RuntimeError("this model's speed cue has no statistics (fitted at the end of training)")
+        loc, scale = self.loc.to(amap.device), self.scale.to(amap.device)
+        base = (amap - loc[0]) / scale[0]
+        speed = (relative.to(amap.device) - loc[1]) / scale[1]
+        fused = base + speed if self.fusion == "sum" else torch.maximum(base, speed)
+        return fused, speed.flatten(1).amax(1)
+
+
+class SpeedStreams:
+    """The speed cue's side of scoring streams: per stream the last grey frame and the index of the frame after it;
+    frames of one stream or of several (cameras) in a batch, each reading its own stream's previous frame (a
+    stream's first frame, or one after a gap, has none: zero speed)."""
+
+    def __init__(self, cue: SpeedCue, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.cue = cue
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self._last: dict[str, tuple[np.ndarray, int]] = {}
+        self._flow = make_flow()
+
+    def grey(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised frames ``(B, 3, H, W)`` -> grey uint8 ``(B, H, W)`` on the host (the frames the model saw)."""
+        mean, std = self._mean.to(x.device), self._std.to(x.device)
+        v = (x[:, :3].float() * std + mean).mean(1)
+        return v.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+    def cell_speeds(self, grey: np.ndarray, streams: list[str], firsts: list[int], size: tuple[int, int]
+                    ) -> np.ndarray:
+        """Cell speeds ``(B, *size)`` of grey frames ``(B, H, W)``, frame ``j`` being frame ``firsts[j]`` of stream
+        ``streams[j]``; remembers each stream's last frame."""
+        out = np.empty((len(grey), *size), np.float32)
+        for j, (s, f) in enumerate(zip(streams, firsts, strict=True)):
+            kept = self._last.get(s)
+            prev = kept[0] if kept is not None and kept[1] == f else None
+            out[j] = cell_speed(self._flow, prev, grey[j], size, self.cue.cells)
+            self._last[s] = (grey[j], f + 1)
+        return out
+
+    def remember(self, grey: np.ndarray, stream: str, first: int) -> None:
+        """Read frames ``first ..`` of ``stream`` as the past of the frames after them (their speeds not needed)."""
+        if len(grey):
+            self._last[stream] = (grey[-1], first + len(grey))
+
+    def forget(self, stream: str | None = None) -> None:
+        if stream is None:
+            self._last.clear()
+        else:
+            self._last.pop(stream, None)
