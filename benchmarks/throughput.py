@@ -48,7 +48,7 @@ from vad.device import amp_dtype, autocast, resolve_device, to_device
 from vad.io import iter_frames
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.records import Clip, frames_clip
-from vad.models import backbone_spec, build_model
+from vad.models import backbone_spec, build_model, speed_cue
 from vad.score import Scorer, score_clips
 from vad.trainset import TrainSet, kept_teacher
 
@@ -254,10 +254,19 @@ def build(args) -> torch.nn.Module:
     weights = "pretrained" if args.backbone == "efficientnet_lite0" else "random"
     torch.manual_seed(0)
     model = build_model(ModelConfig(method=args.method, backbone=args.backbone, teacher_weights=weights,
-                                    motion=args.method == "stpm" and not args.no_motion)).eval()
+                                    motion=args.method == "stpm" and not args.no_motion,
+                                    speed=args.method == "stpm" and not args.no_speed)).eval()
     if model.branches:  # speed only: any statistics will do
         model.set_branch_stats({b: torch.tensor([0.0, 1.0]) for b in model.branches})
     return model
+
+
+def speed_stats(model: torch.nn.Module, height: int) -> None:
+    """Any statistics for the speed cue (the flow's work does not depend on them) for inputs ``height`` high."""
+    cue = speed_cue(model)
+    if cue is not None:
+        cue.row_ref = torch.ones(height // model.stride)
+        cue.loc, cue.scale = torch.zeros(2), torch.ones(2)
 
 
 def main() -> None:
@@ -266,6 +275,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0", help="teacher backbone (default: the product's)")
     ap.add_argument("--method", default="stpm", choices=["stpm", "rstpm"])
     ap.add_argument("--no-motion", action="store_true", help="STPM without its motion branch (appearance only)")
+    ap.add_argument("--no-speed", action="store_true", help="STPM without its speed cue (vad.models.speed)")
     ap.add_argument("--size", type=int, default=None, help="model-only input side (default: the e2e input size)")
     ap.add_argument("--height", type=int, default=576, help="frame height of the e2e clips (default 576)")
     ap.add_argument("--width", type=int, default=768, help="frame width of the e2e clips (default 768)")
@@ -291,19 +301,23 @@ def main() -> None:
     size = (args.size, args.size) if args.size else e2e_size
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     print(f"device {device} ({name}); {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.method}{' + motion' if model.context else ''} with a "
+          f"{torch.get_num_threads()} threads; {args.method}{' + motion' if model.context else ''}"
+          f"{' + speed' if speed_cue(model) else ''} with a "
           f"{args.backbone} teacher; model input {size[1]}x{size[0]}, e2e {args.width}x{args.height} frames -> "
           f"{e2e_size[1]}x{e2e_size[0]}; median of {args.repeat} after a warm-up")
     res: dict[str, float | int | str | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        speed_stats(model, size[0])
         model_rows(args, model, size, spec.normalization, device, n, res, tmp)
+        speed_stats(model, e2e_size[0])
         e2e_rows(args, model, e2e_size, spec.normalization, device, n, res, tmp)
         if not args.skip_train:
             train_rows(args, model, e2e_size, spec.normalization, device, n, res, tmp)
     print(json.dumps({"device": str(device), "device_name": name, "cpu_cores": os.cpu_count(),
                       "torch_threads": torch.get_num_threads(), "method": args.method, "backbone": args.backbone,
-                      "motion": bool(model.context), "model_input": list(size), "e2e_input": list(e2e_size),
+                      "motion": bool(model.context), "speed": speed_cue(model) is not None,
+                      "model_input": list(size), "e2e_input": list(e2e_size),
                       "frame_size": [args.height, args.width], "batch_size": n["batch_size"], "compile": args.compile,
                       **{k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}}))
 

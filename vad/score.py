@@ -74,6 +74,10 @@ class Scorer:
     clip is preceded by a ``"context"`` batch of its real past frames (:meth:`stream`). The scores equal those
     of the model's windows (``(B, 3 * window, H, W)``, :meth:`~vad.models.base.AnomalyModel.score_and_map`).
 
+    A model with a speed cue (:mod:`vad.models.speed`) has its map fused with the cue's here, after the network,
+    whatever runs it: the optical flow of each frame against its stream's previous frame, kept per stream by the
+    same rules as the past above (a first frame, or a gap, has no speed).
+
     The fast path (:meth:`batches`): a :class:`FrameStream` decodes in ``DataLoader`` workers while the model
     runs; on CUDA the workers send undecoded JPEG bytes or uint8 frames through pinned memory and the GPU
     decodes (nvJPEG), resizes and normalises them; the model runs channels-last under autocast (bf16 on CUDA and
@@ -139,7 +143,7 @@ class Scorer:
             t0 = time.perf_counter()
             self(x, _TIMING_CLIP, 0)
             times.append(time.perf_counter() - t0)
-        self._past.pop(_TIMING_CLIP, None)
+        self.forget(_TIMING_CLIP)
         return len(x) / statistics.median(times[1:])
 
     def compile(self) -> None:
@@ -178,7 +182,6 @@ class Scorer:
         grey = None if self.speeds is None else self.speeds.grey(x[:, -3:])
         if grey is not None and x.shape[1] > 3:  # windows: the frame before the scored one is the past
             clip, first = [f"\0window{j}" for j in range(n)], [1] * n
-            self.speeds.forget()
             for j, before in enumerate(self.speeds.grey(x[:, -6:-3])):
                 if not np.array_equal(before, grey[j]):  # a clip's first window repeats its frame: no past
                     self.speeds.remember(before[None], clip[j], 0)
@@ -207,8 +210,8 @@ class Scorer:
         if grey is not None:
             amap, branches = self._with_speed(amap, branches, grey, clip, first)
             scores = frame_scores(amap)
-            if x.shape[1] > 3:
-                self.speeds.forget()
+            for name in clip if x.shape[1] > 3 else ():
+                self.speeds.forget(name)
         if self.per_position:
             amap = self.model.standardise_map(amap)
             scores = frame_scores(amap)

@@ -80,7 +80,8 @@ class Camera:
         rule = CausalRule(1.0, cfg.postprocess.causal_window, cfg.eval.min_event_frames, cfg.eval.close_frames,
                           name, fps)
         self.tracker = EventTracker(rule, self.session, branches=scored_branches(model),
-                                    update_every=options.update_every, recent=int(round(options.pre_roll * rate)), paths=self.evidence.paths)
+                                    update_every=options.update_every, recent=int(round(options.pre_roll * rate)),
+                                    paths=self.evidence.paths)
         self.stats = WatchStats(name, options.status_every)
         self.sinks = [*standard_sinks(self.folder.events if self.folder else None, options.stdout, options.webhook),
                       *options.sinks, *sinks]
