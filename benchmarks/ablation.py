@@ -31,11 +31,13 @@ def ablate(run: Path) -> dict:
     rows = {}
     got = {n: s.branch_scores(n) for n in labels}
     names = next(iter(got.values()))[1]
-    for combo in combinations(tuple(names)):
-        idx = [names.index(b) for b in combo]
-        scores = {n: got[n][0][:, idx].max(1) for n in labels}
-        rows["+".join(combo)] = scores
-    rows["all (as scored)"] = {n: s.raw[n] for n in labels}
+    for fusion in ("sum", "max"):
+        for combo in combinations(tuple(names)):
+            idx = [names.index(b) for b in combo]
+            part = {n: got[n][0][:, idx] for n in labels}
+            rows[f"{' + '.join(combo)} ({fusion})" if len(combo) > 1 else combo[0]] = {
+                n: v.sum(1) if fusion == "sum" else v.max(1) for n, v in part.items()}
+    rows["as scored"] = {n: s.raw[n] for n in labels}
     out = {}
     for name, scores in rows.items():
         out[name] = {"micro": micro_auc(scores, labels), "macro": macro_auc(scores, labels)[0],

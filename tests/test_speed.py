@@ -106,15 +106,15 @@ def test_scores_with_speed_are_causal_and_the_same_in_any_batching(tmp_path: Pat
         cfg = ScoreConfig(batch_size=batch_size, amp="off", compile=False, save_maps=False)
         scores.append(score_clips(Scorer(model, ckpt, cfg, "cpu"), [clip], tmp_path / f"out_{name}",
                                   progress=False)[name])
-    np.testing.assert_allclose(scores[0][:8], scores[1][:8], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores[0][:8], scores[1][:8], rtol=1e-4, atol=1e-4)
     assert not np.allclose(scores[0][8:], scores[1][8:])
     # frame by frame, two streams interleaved in one batch each time (a site's cameras)
     scorer = Scorer(model, ckpt, ScoreConfig(batch_size=2, amp="off", compile=False, save_maps=False), "cpu")
     x = scorer.transform(torch.from_numpy(np.stack([data, later])).permute(0, 1, 4, 2, 3).flatten(0, 1))
     x = x.view(2, len(data), *x.shape[1:])
     live = np.stack([scorer(x[:, t], ["a", "b"], [t, t])[0].numpy() for t in range(len(data))], 1)
-    np.testing.assert_allclose(live[0], scores[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(live[1], scores[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(live[0], scores[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(live[1], scores[1], rtol=1e-4, atol=1e-4)
 
 
 def test_a_fast_mover_raises_the_fused_score_and_names_the_speed_branch(tmp_path: Path) -> None:

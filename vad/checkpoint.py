@@ -15,7 +15,7 @@ import torch
 from vad.atomic import atomic_path
 from vad.config import ModelConfig, from_dict, to_dict
 from vad.errors import VadError
-from vad.models import AnomalyModel, build_model, speed_cue
+from vad.models import AnomalyModel, build_model
 from vad.tensorfile import load_weights_only
 
 FORMAT = "vad-checkpoint/2"  # 2: per-position statistics renamed (pos_loc, pos_scale), processes and gen always saved
@@ -67,10 +67,8 @@ def restore_model(ckpt: dict, scoring: Mapping[str, Any] | None = None) -> Anoma
     loc, scale = state.pop("pos_loc"), state.pop("pos_scale")
     if loc.numel():
         model.set_position_stats(loc, scale)
-    if "speed.row_ref" in state and speed_cue(model) is not None:  # sized by the fit: (h,)
-        model.speed.row_ref = state.pop("speed.row_ref").clone()
     model.load_state_dict(state, strict=False)
-    missing = set(model.state_dict()) - set(state) - {"pos_loc", "pos_scale", "speed.row_ref"}
+    missing = set(model.state_dict()) - set(state) - {"pos_loc", "pos_scale"}
     if missing:
         raise CheckpointError(f"checkpoint lacks {sorted(missing)[:4]} for model {cfg.method}/{cfg.backbone}")
     return model.eval()

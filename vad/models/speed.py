@@ -85,6 +85,13 @@ class SpeedCue(nn.Module):
         self.register_buffer("loc", torch.full((2,), float("nan")))
         self.register_buffer("scale", torch.full((2,), float("nan")))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """A saved ``row_ref`` has the rows of the footage it was fitted on: take its size before loading it."""
+        ref = state_dict.get(prefix + "row_ref")
+        if ref is not None:
+            self.row_ref = torch.empty_like(ref, device=self.row_ref.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def cells(self) -> int:
         """The averaging window in map cells (odd, at least 1)."""
