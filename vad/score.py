@@ -50,6 +50,14 @@ def _fused(model: AnomalyModel, maps: dict[str, torch.Tensor]) -> tuple[torch.Te
     return frame_scores(amap), amap
 
 
+def _streams(clip: str | Sequence[str], first: int | Sequence[int], n: int) -> tuple[list[str], list[int]]:
+    """Per frame of a batch of ``n``: its stream and its index there (one stream's frames ``first ..``, or a name
+    and an index per frame)."""
+    streams = [clip] * n if isinstance(clip, str) else list(clip)
+    firsts = list(range(first, first + n)) if isinstance(first, int) else [int(f) for f in first]
+    return streams, firsts
+
+
 @dataclass
 class PastPlan:
     """Where the frames of one batch find their past (:meth:`Scorer.plan`): ``pool`` the kept features read
@@ -191,14 +199,24 @@ class Scorer:
             call = partial(self._step, pool=plan.pool, index=plan.index)
         else:
             call = self._forward
+        speed = None
+        if grey is not None:  # the speed cue's flow runs on its own thread while the network runs
+            streams, firsts = _streams(clip, first, n)
+            if len(streams) != n or len(firsts) != n:
+                raise ValueError(f"{n} frames with {len(streams)} stream names and {len(firsts)} frame indices")
+            size = (x.shape[-2] // self.model.stride, x.shape[-1] // self.model.stride)
+            speed = self.speeds.submit(grey, streams, firsts, size)
         x = self._pad(x)
         if plan is not None and len(x) > n:  # padded rows read the last frame's past
             plan.index = torch.cat([plan.index, plan.index[-1:].expand(len(x) - n, -1)])
             call = partial(self._step, pool=plan.pool, index=plan.index)
         if self.layout is None and self.runtime is None and n == self.cfg.batch_size:
             self._tune_layout(call, x)
-        with autocast(self.device, self.dtype):
-            out = call(x.contiguous(memory_format=self.layout or torch.channels_last))
+        try:
+            with autocast(self.device, self.dtype):
+                out = call(x.contiguous(memory_format=self.layout or torch.channels_last))
+        finally:
+            relative = None if speed is None else speed.result()
         branches = None
         if len(out) == 4:
             scores, amap, branches, feats = out
@@ -207,8 +225,8 @@ class Scorer:
         else:
             scores, amap = out
         scores, amap = scores[:n].float(), amap[:n].float()
-        if grey is not None:
-            amap, branches = self._with_speed(amap, branches, grey, clip, first)
+        if relative is not None:
+            amap, branches = self._with_speed(amap, branches, relative)
             scores = frame_scores(amap)
             for name in clip if x.shape[1] > 3 else ():
                 self.speeds.forget(name)
@@ -221,18 +239,15 @@ class Scorer:
                    size: tuple[int, int]) -> torch.Tensor:
         """The speed cue's raw maps ``(B, *size)`` of grey frames (see :meth:`__call__` for ``clip`` and ``first``),
         each stream reading its own previous frame."""
-        n = len(grey)
-        streams = [clip] * n if isinstance(clip, str) else list(clip)
-        firsts = list(range(first, first + n)) if isinstance(first, int) else [int(f) for f in first]
-        speeds = self.speeds.cell_speeds(grey, streams, firsts, size)
+        speeds = self.speeds.cell_speeds(grey, *_streams(clip, first, len(grey)), size)
         return self.speeds.cue.relative(torch.from_numpy(speeds))
 
-    def _with_speed(self, amap: torch.Tensor, branches: torch.Tensor | None, grey: np.ndarray,
-                    clip: str | Sequence[str], first: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's map fused with the speed cue's, and the branch scores with the cue's (a model of one map: its
-        own standardised score first, as "appearance")."""
+    def _with_speed(self, amap: torch.Tensor, branches: torch.Tensor | None, relative: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's map fused with the speed cue's raw map ``relative``, and the branch scores with the cue's (a
+        model of one map: its own standardised score first, as "appearance")."""
         cue = self.speeds.cue
-        fused, speed = cue.fuse(amap, self.speed_maps(grey, clip, first, tuple(amap.shape[-2:])).to(amap.device))
+        fused, speed = cue.fuse(amap, relative.to(amap.device))
         if branches is None:
             branches = ((frame_scores(amap) - cue.loc[0].to(amap.device)) / cue.scale[0].to(amap.device))[:, None]
         return fused, torch.cat([branches, speed[:, None].to(branches.device)], 1)
@@ -272,8 +287,7 @@ class Scorer:
         in one batch). A stream's consecutive frames form a run; a run that follows the last frames kept of its
         stream reads their features (the pool), any other starts afresh, as a clip's first frame."""
         n, k = len(x), self.model.context
-        streams = [clip] * n if isinstance(clip, str) else list(clip)
-        firsts = list(range(first, first + n)) if isinstance(first, int) else [int(f) for f in first]
+        streams, firsts = _streams(clip, first, n)
         if len(streams) != n or len(firsts) != n:
             raise ValueError(f"{n} frames with {len(streams)} stream names and {len(firsts)} frame indices")
         runs: list[dict] = []

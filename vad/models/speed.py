@@ -26,6 +26,8 @@ Measured on UCSD Ped2's development half and the campus benches: docs/methods.md
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import cv2
 import numpy as np
 import torch
@@ -148,6 +150,17 @@ class SpeedStreams:
         self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
         self._last: dict[str, tuple[np.ndarray, int]] = {}
         self._flow = make_flow()
+        self._worker: ThreadPoolExecutor | None = None  # one thread: the flow while the network runs
+
+    def submit(self, grey: np.ndarray, streams: list[str], firsts: list[int], size: tuple[int, int]
+               ) -> Future:
+        """:meth:`cell_speeds` relative to the rows (a ``(B, *size)`` tensor) on the cue's own thread, so that the
+        optical flow (OpenCV, which releases the interpreter's lock) runs while the network does. One batch at a
+        time: the caller takes the result before it submits the next."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="vad-speed")
+        return self._worker.submit(
+            lambda: self.cue.relative(torch.from_numpy(self.cell_speeds(grey, streams, firsts, size))))
 
     def grey(self, x: torch.Tensor) -> np.ndarray:
         """Normalised frames ``(B, 3, H, W)`` -> grey uint8 ``(B, H, W)`` on the host (the frames the model saw)."""
