@@ -35,8 +35,8 @@ def _scores(scorer: Scorer, clips, out: Path) -> np.ndarray:
 
 
 def _appearance_only(model):
-    """The same teacher and student as a motion model, without its motion branch (plain STPM)."""
-    plain = build_model(ModelConfig(input_height=96, teacher_weights="random", motion=False))
+    """The same teacher and student as a motion model, without its motion branch and speed cue (plain STPM)."""
+    plain = build_model(ModelConfig(input_height=96, teacher_weights="random", motion=False, speed=False))
     own = plain.state_dict()  # the fused map's per-position statistics stay behind (their shapes differ)
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and v.shape == own[k].shape},
                           strict=False)

@@ -33,7 +33,6 @@ from vad.live.events import Change, EventTracker, Scored, gap_line
 from vad.live.evidence import Evidence
 from vad.live.sinks import rewrite_lines, standard_sinks
 from vad.live.stats import WatchStats
-from vad.models import scored_branches
 from vad.postprocess import CausalRule
 from vad.reference import NormalReference
 from vad.runs import WatchFolder
@@ -79,7 +78,7 @@ class Camera:
         self.heat, self.o_render = heat, cfg.render
         rule = CausalRule(1.0, cfg.postprocess.causal_window, cfg.eval.min_event_frames, cfg.eval.close_frames,
                           name, fps)
-        self.tracker = EventTracker(rule, self.session, branches=scored_branches(model),
+        self.tracker = EventTracker(rule, self.session, branches=model.branches,
                                     update_every=options.update_every, recent=int(round(options.pre_roll * rate)),
                                     paths=self.evidence.paths)
         self.stats = WatchStats(name, options.status_every)
