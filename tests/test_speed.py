@@ -72,6 +72,27 @@ def test_the_cue_separates_a_fast_mover_from_walkers_at_the_same_rows() -> None:
     assert walker.max() < fast.min()
 
 
+def test_rows_nearer_than_any_normal_movement_borrow_a_reference_and_references_never_fall_toward_the_camera(
+        ) -> None:
+    """Normal footage with a fast walker higher in the frame (row 24, 3 px/frame) and a slow one lower (row 44,
+    1.5 px/frame), nothing above: from the first busy row down no reference is below one above it (perspective:
+    nearer is never slower), so the slow walker's rows take the fast one's; the empty rows above keep their own,
+    near the floor (far away, things move slowly); a fast mover counts on any row."""
+    cue = SpeedCue(cell=8, stride=8)
+    normal = _speeds(_scene(40, [(24, 3.0), (44, 1.5)], seed=2), cue)
+    cue.fit_rows(normal)
+    ref = cue.row_ref.numpy()
+    own = np.percentile(normal.max(2), 99.9, axis=0) + FLOOR
+    np.testing.assert_allclose(ref[:2], own[:2], rtol=1e-6)  # above the first busy row (map row 3 of 8 px)
+    assert ref[0] < FLOOR + 0.2 and np.all(np.diff(ref[3:]) >= 0)
+    assert ref[6] >= ref[3] > own[6] + 0.5  # the slow walker's row took the reference above it
+    walker_low = cue.relative(torch.from_numpy(_speeds(_scene(8, [(52, 2.5)], seed=2), cue)))
+    assert float(walker_low.max()) < 1.0  # nearer the camera, a bit faster: within the normal fast end
+    fast_at_top = cue.relative(torch.from_numpy(_speeds(_scene(8, [(0, 4.0)], seed=2), cue)))
+    fast_on_row = cue.relative(torch.from_numpy(_speeds(_scene(8, [(44, 8.0)], seed=2), cue)))
+    assert float(fast_at_top[1:].max()) > 2.0 and float(fast_on_row[1:].max()) > 1.3
+
+
 def _model(speed: bool = True):
     model = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2), motion=False,
                                     speed=speed, speed_cell=16)).eval()
@@ -89,6 +110,8 @@ def _fitted(tmp_path: Path):
     cue.fit_rows(scorer.cell_speeds([(normal, (0, 16))]))
     out = scorer.outputs([normal], {"normal": (16, 24)})
     cue.set_stats(out["scores"], out["speed"].flatten(1).amax(1))
+    assert float(out["scores"].std()) < 1e-4  # a random student equals its teacher: its map is 0 up to rounding,
+    cue.scale[0] = 1.0  # so rounding is not standardised into standard deviations here
     return model, ckpt
 
 

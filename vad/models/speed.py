@@ -15,7 +15,14 @@ no training, only statistics of normal footage:
   99.9th percentile over normal training frames of the row's fastest cell, plus :data:`FLOOR`). On a fixed camera
   looking down at a ground plane the apparent size and speed of the same walker grow with the image row
   (perspective); the row is the part of a position that perspective acts on, and a row collects far more normal
-  movers than one cell, so its statistic is steady on a few thousand frames.
+  movers than one cell, so its statistic is steady on a few thousand frames. Two consequences of the same
+  geometry for footage that does not show every row busy (a few minutes of one camera seldom does):
+  perspective never makes the fast end fall toward the camera, so from the farthest row with movement (its
+  fastest cell above :data:`MOVING` in at least :data:`SEEN` of the normal frames) down, a row's reference is
+  the largest fast end of the rows with movement at or above it; a row with too little movement has no fast end
+  of its own there (a row nearer the camera than anyone walked during training takes the fastest from above).
+  Rows above the farthest one with movement keep their own (near the floor): whatever moves that far away moves
+  slowly. Without this, a walker on a row that training saw empty is as anomalous as a cyclist.
 - Fusion: the cue's frame scores are standardised by their mean and standard deviation on normal hold-out frames
   (not the frames ``row_ref`` came from), as the model's own map is (:meth:`set_stats`); the fused map is their
   maximum (or sum: ``model.fusion``), computed by :class:`vad.score.Scorer` beside whatever runs the network
@@ -40,6 +47,8 @@ DIS = {"finest_scale": 1, "patch_size": 8, "patch_stride": 4, "gradient_descent_
        "variational_refinement_iterations": 5}
 FLOOR = 0.5  # px/frame added to every row's reference: DIS's jitter on still background is below half a pixel
 ROW_PERCENTILE = 99.9  # the fast end of a row's normal speeds (its fastest cell, per normal frame)
+MOVING = 0.75  # px/frame: a cell that moves (above the jitter FLOOR allows for)
+SEEN = 0.01  # a row has a reference when its fastest cell moves in at least this share of the normal frames
 
 
 def make_flow() -> cv2.DISOpticalFlow:
@@ -110,8 +119,12 @@ class SpeedCue(nn.Module):
             raise ValueError(f"the speed cue's rows need cell speeds of at least 2 frames (N, h, w); got "
                              f"{speeds.shape}")
         fastest = speeds.max(2)  # (N, h)
-        ref = np.percentile(fastest, ROW_PERCENTILE, axis=0) + FLOOR
-        self.row_ref = torch.as_tensor(ref, dtype=torch.float32)
+        ref = np.percentile(fastest, ROW_PERCENTILE, axis=0)
+        seen = (fastest > MOVING).mean(0) >= SEEN
+        if seen.any():  # from the farthest row with movement down: the fastest of the rows with movement so far
+            first = int(np.argmax(seen))
+            ref[first:] = np.maximum.accumulate(np.where(seen, ref, 0.0)[first:])
+        self.row_ref = torch.as_tensor(ref + FLOOR, dtype=torch.float32)
 
     def relative(self, speeds: torch.Tensor) -> torch.Tensor:
         """Cell speeds ``(B, h, w)`` -> each divided by its row's reference (the cue's raw map)."""
