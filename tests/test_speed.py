@@ -110,8 +110,9 @@ def _fitted(tmp_path: Path):
     cue.fit_rows(scorer.cell_speeds([(normal, (0, 16))]))
     out = scorer.outputs([normal], {"normal": (16, 24)})
     cue.set_stats(out["scores"], out["speed"].flatten(1).amax(1))
-    assert float(out["scores"].std()) < 1e-4  # a random student equals its teacher: its map is 0 up to rounding,
-    cue.scale[0] = 1.0  # so rounding is not standardised into standard deviations here
+    # A random network's map barely varies on this hold-out (spread 0 to 0.01): standardised by that spread, its
+    # rounding would be tens of standard deviations. These tests are about the speed cue: the map gets unit scale.
+    cue.scale[0] = 1.0
     return model, ckpt
 
 
