@@ -262,8 +262,6 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vad.io import DATASETS
-
     parser = argparse.ArgumentParser(prog="vad", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Video anomaly detection with student-teacher feature pyramids.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error (report bugs with it)")
@@ -272,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("-q", "--quiet", action="count", default=0, help="say only notes, warnings and errors")
     talk.add_argument("-v", "--verbose", action="count", default=0, help="say more (debug records, by module)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_start_commands(sub)
+    _add_model_commands(sub)
+    _add_stage_commands(sub)
+    return parser
+
+
+def _add_start_commands(sub) -> None:
+    """``demo`` and ``inspect``."""
+    from vad.io import DATASETS
 
     p = _command(sub, "demo", _demo, "generate the synthetic demo scene and run every stage on it",
                  "Generate the seeded synthetic demo scene (ShanghaiTech layout, under OUT/data) and run "
@@ -295,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-labels", choices=["masks", "published"],
                    help="Avenue: frame labels from the masks (default) or avenue.mat's intervals (data/avenue)")
 
+
+def _add_model_commands(sub) -> None:
+    """``train`` and ``score``."""
     p = _command(sub, "train", _train, "train a model on a dataset's normal training videos",
                  "Train a student-teacher model on the normal training split. Resumes from RUN/checkpoints when "
                  "interrupted. Writes RUN/model.pt (or RUN/scenes/<scene>/model.pt with train.per_scene=true) and "
@@ -324,9 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="a video, a folder of frames, or a folder of videos / frame folders")
     p.add_argument("--overwrite", action="store_true", help="re-score clips that already have scores")
     _backend_arg(p)
-
-    _add_stage_commands(sub)
-    return parser
 
 
 def _add_stage_commands(sub) -> None:

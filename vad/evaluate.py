@@ -225,8 +225,7 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     from vad.review import write_review
 
     s = load_scored(run, post, ev, progress)
-    run, manifest, thresholds = s.run, s.manifest, s.thresholds
-    raw, smoothed, final, labels = s.raw, s.smoothed, s.final, s.labels
+    manifest, labels = s.manifest, s.labels
     alarms = {r: {n: clip_alarms(s, n, ev, r) for n in manifest} for r in ("offline", "causal")}
     per_clip = {n: [e for e, _ in alarms[ev.rule][n]] for n in manifest}
     found = [e for name in manifest for e in per_clip[name]]
@@ -236,50 +235,15 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
         "protocol": protocol(post, ev),
         "postprocess": asdict(post), "eval": asdict(ev), "clips": len(manifest), "labelled_clips": len(labels),
         "threshold": {"rule": f"{ev.threshold_percentile}th percentile of normal hold-out frame scores "
-                              "(training data only)", "values": {k: _r(v) for k, v in thresholds.items()}},
+                              "(training data only)", "values": {k: _r(v) for k, v in s.thresholds.items()}},
         "events": len(found), "event_rule": ev.rule,
         "alarms": alarm_report(s, per_clip, ev),
     }
     other = "offline" if ev.rule == "causal" else "causal"
     metrics[f"alarms_{other}"] = alarm_report(s, {n: [e for e, _ in alarms[other][n]] for n in manifest}, ev, other)
     if labels:
-        lab = labels
-        pick = lambda d: {n: d[n] for n in lab}  # noqa: E731  (labelled clips only)
-        macro, skipped = macro_auc(pick(final), lab)
-        metrics.update({
-            "frame_auc_micro": _r(micro_auc(pick(final), lab)),
-            "frame_auc_macro": _r(macro), "frame_auc_macro_skipped": skipped,
-            "frame_ap": _r(average_precision(pick(final), lab)),
-            "eer": _r(equal_error_rate(pick(final), lab)),
-            "frame_auc_micro_raw": _r(micro_auc(pick(raw), lab)),
-            "frame_auc_macro_raw": _r(macro_auc(pick(raw), lab)[0]),
-            "frame_auc_micro_smoothed": _r(micro_auc(pick(smoothed), lab)),
-            "frame_auc_macro_smoothed": _r(macro_auc(pick(smoothed), lab)[0]),
-            "frame_auc_micro_minmax": _r(micro_auc({n: minmax(raw[n]) for n in lab}, lab)),
-            "frame_auc_micro_smoothed_minmax": _r(micro_auc({n: minmax(smoothed[n]) for n in lab}, lab)),
-            "alarm_delay": delay_report(s, alarms["causal"], ev, "causal"),
-            "alarm_delay_offline": delay_report(s, alarms["offline"], ev, "offline"),
-        })
-        th, f1 = best_f1_threshold(pick(smoothed), lab)
-        metrics["threshold"]["best_f1_test_informed"] = {"value": _r(th), "f1": _r(f1),
-                                                         "note": "chosen on the test labels; reference only"}
-        per_raw, per_final = clip_aucs(pick(raw), lab), clip_aucs(pick(final), lab)
-        metrics["per_clip"] = {n: {"frames": len(lab[n]), "anomalous": int(lab[n].sum()),
-                                   "auc_raw": _r(per_raw[n]), "auc": _r(per_final[n])} for n in lab}
-        metrics["per_event_auc_raw"] = {k: _r(v) for k, v in event_aucs(pick(raw), lab).items()}
-        scenes = sorted({manifest[n].scene for n in lab if manifest[n].scene})
-        if len(scenes) > 1:
-            metrics["per_scene"] = {}
-            for sc in scenes:
-                names = [n for n in lab if manifest[n].scene == sc]
-                y = {n: lab[n] for n in names}
-                if any(v.any() for v in y.values()) and not all(v.all() for v in y.values()):
-                    metrics["per_scene"][sc] = {"frame_auc_micro": _r(micro_auc({n: final[n] for n in names}, y))}
-        pix, covered = _pixel_metric(run, manifest, lab, ev)
-        if pix is not None:
-            metrics["pixel_auroc"] = _r(pix)
-            metrics["pixel_auroc_clips"] = {"with_pixel_ground_truth": covered, "labelled": len(lab)}
-
+        labelled, metrics["threshold"]["best_f1_test_informed"] = _labelled_metrics(s, alarms, ev)
+        metrics.update(labelled)
     _write_events(found, s.folder)
     untimed = sorted({e.clip for e in found if e.start_s is None})
     if untimed and progress:
@@ -290,20 +254,66 @@ def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progr
     page = write_review(s, per_clip, metrics, post, ev)
     write_text(json.dumps(metrics, indent=2), s.folder.metrics)
     if progress:
-        if labels:
-            a = metrics["alarms"]
-            log.info(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
-                     f"(sigma {post.sigma}, {post.normalisation}); raw micro {metrics['frame_auc_micro_raw']:.4f}, "
-                     f"per-clip min-max {metrics['frame_auc_micro_minmax']:.4f}; "
-                     f"{len(found)} events: {pct(a['normal_frames_in_events'])} of normal frames inside them, "
-                     f"{pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
-            d = metrics["alarm_delay"]
-            late = f", median delay {d['median_frames']:g} frames, worst {d['worst_frames']:g}" if d["caught"] else ""
-            log.info(f"live rule: {d['caught']} of {d['spans']} anomalies alarmed{late}")
-        else:
-            log.info(f"{len(found)} events over {len(manifest)} clips (no labels) -> {s.folder.events_csv}")
-        log.info(f"review page: {page}")
+        _log_summary(s, metrics, len(found), page)
     return metrics
+
+
+def _labelled_metrics(s: ScoredRun, alarms: dict, ev: EvalConfig) -> tuple[dict, dict]:
+    """The metrics of the labelled clips of ``s`` (AUCs by protocol, AP, EER, alarm delays, per clip, per event, per
+    scene, pixel AUROC), and the test-informed best-F1 threshold (for reference only)."""
+    lab, raw, smoothed, final, manifest = s.labels, s.raw, s.smoothed, s.final, s.manifest
+    pick = lambda d: {n: d[n] for n in lab}  # noqa: E731  (labelled clips only)
+    macro, skipped = macro_auc(pick(final), lab)
+    metrics = {
+        "frame_auc_micro": _r(micro_auc(pick(final), lab)),
+        "frame_auc_macro": _r(macro), "frame_auc_macro_skipped": skipped,
+        "frame_ap": _r(average_precision(pick(final), lab)),
+        "eer": _r(equal_error_rate(pick(final), lab)),
+        "frame_auc_micro_raw": _r(micro_auc(pick(raw), lab)),
+        "frame_auc_macro_raw": _r(macro_auc(pick(raw), lab)[0]),
+        "frame_auc_micro_smoothed": _r(micro_auc(pick(smoothed), lab)),
+        "frame_auc_macro_smoothed": _r(macro_auc(pick(smoothed), lab)[0]),
+        "frame_auc_micro_minmax": _r(micro_auc({n: minmax(raw[n]) for n in lab}, lab)),
+        "frame_auc_micro_smoothed_minmax": _r(micro_auc({n: minmax(smoothed[n]) for n in lab}, lab)),
+        "alarm_delay": delay_report(s, alarms["causal"], ev, "causal"),
+        "alarm_delay_offline": delay_report(s, alarms["offline"], ev, "offline"),
+    }
+    th, f1 = best_f1_threshold(pick(smoothed), lab)
+    best_f1 = {"value": _r(th), "f1": _r(f1), "note": "chosen on the test labels; reference only"}
+    per_raw, per_final = clip_aucs(pick(raw), lab), clip_aucs(pick(final), lab)
+    metrics["per_clip"] = {n: {"frames": len(lab[n]), "anomalous": int(lab[n].sum()),
+                               "auc_raw": _r(per_raw[n]), "auc": _r(per_final[n])} for n in lab}
+    metrics["per_event_auc_raw"] = {k: _r(v) for k, v in event_aucs(pick(raw), lab).items()}
+    scenes = sorted({manifest[n].scene for n in lab if manifest[n].scene})
+    if len(scenes) > 1:
+        metrics["per_scene"] = {}
+        for sc in scenes:
+            names = [n for n in lab if manifest[n].scene == sc]
+            y = {n: lab[n] for n in names}
+            if any(v.any() for v in y.values()) and not all(v.all() for v in y.values()):
+                metrics["per_scene"][sc] = {"frame_auc_micro": _r(micro_auc({n: final[n] for n in names}, y))}
+    pix, covered = _pixel_metric(s.run, manifest, lab, ev)
+    if pix is not None:
+        metrics["pixel_auroc"] = _r(pix)
+        metrics["pixel_auroc_clips"] = {"with_pixel_ground_truth": covered, "labelled": len(lab)}
+    return metrics, best_f1
+
+
+def _log_summary(s: ScoredRun, metrics: dict, events: int, page) -> None:
+    """The evaluate stage's lines: AUCs, alarm rates and the live rule's delays (labelled), or the event count."""
+    if s.labels:
+        a = metrics["alarms"]
+        log.info(f"frame AUC micro {metrics['frame_auc_micro']:.4f}, macro {metrics['frame_auc_macro']:.4f} "
+                 f"(sigma {metrics['sigma']}, {metrics['normalisation']}); raw micro "
+                 f"{metrics['frame_auc_micro_raw']:.4f}, per-clip min-max {metrics['frame_auc_micro_minmax']:.4f}; "
+                 f"{events} events: {pct(a['normal_frames_in_events'])} of normal frames inside them, "
+                 f"{pct(a['anomalous_frames_caught'])} of anomalous frames caught -> {s.folder.metrics}")
+        d = metrics["alarm_delay"]
+        late = f", median delay {d['median_frames']:g} frames, worst {d['worst_frames']:g}" if d["caught"] else ""
+        log.info(f"live rule: {d['caught']} of {d['spans']} anomalies alarmed{late}")
+    else:
+        log.info(f"{events} events over {len(s.manifest)} clips (no labels) -> {s.folder.events_csv}")
+    log.info(f"review page: {page}")
 
 
 def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig, rule: str | None = None) -> dict:

@@ -107,6 +107,26 @@ def render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out:
         raise
 
 
+def _clip_maps(s: ScoredRun, name: str, n: int, layout: str, rescore: str) -> np.ndarray | None:
+    """Clip ``name``'s saved anomaly maps (memory-mapped), ``None`` without them; refused when the layout needs them
+    or their count is not the clip's ``n`` frames."""
+    map_path = s.folder.maps(name)
+    maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
+    if maps is None and layout == "side_by_side":
+        raise RenderError(f"render.layout=side_by_side needs the anomaly maps, and {map_path} does not exist; "
+                          f"score with --set score.save_maps=true")
+    if maps is not None and len(maps) != n:
+        raise RenderError(f"{map_path}: {len(maps)} maps for clip {name}, which has {n} frames; {rescore}")
+    return maps
+
+
+def _heat(maps: np.ndarray, size: tuple[int, int], low: float, high: float) -> torch.Tensor:
+    """Maps ``(B, h, w)`` -> heat in [0, 1] at the frames' ``size``, ``low`` .. ``high`` the colour scale's ends."""
+    m = torch.from_numpy(np.asarray(maps, dtype=np.float32)).unsqueeze(1)
+    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return ((m - low) / (high - low)).clamp(0, 1)
+
+
 def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out: Path, bar: tqdm | None) -> Path:
     info = s.manifest[name]
     clip = as_clip(Path(info.path))
@@ -116,14 +136,8 @@ def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out
     found = clip_events(s, name, ev)
     in_event = event_frames(n, found)
     low, high = heat_scale(s.reference(name).scores, s.threshold(name), cfg.heat_range)  # maps: the model's units
-    map_path = s.folder.maps(name)
-    maps = np.load(map_path, mmap_mode="r") if map_path.is_file() else None
     rescore = f"score it again (vad score --run {s.run} --input {info.path}), then render"
-    if maps is None and cfg.layout == "side_by_side":
-        raise RenderError(f"render.layout=side_by_side needs the anomaly maps, and {map_path} does not exist; "
-                          f"score with --set score.save_maps=true")
-    if maps is not None and len(maps) != n:
-        raise RenderError(f"{map_path}: {len(maps)} maps for clip {name}, which has {n} frames; {rescore}")
+    maps = _clip_maps(s, name, n, cfg.layout, rescore)
     lut = colormap_lut(cfg.colormap)
     scores, threshold = s.shown(name)  # the strip: calibrated (1.0 = threshold) when the run's scores are
 
@@ -135,11 +149,7 @@ def _render_clip(s: ScoredRun, name: str, cfg: RenderConfig, ev: EvalConfig, out
                 b, _, h, w = frames.shape
                 if first + b > n:
                     raise RenderError(f"{clip.path}: has more frames than the {n} scored for clip {name}; {rescore}")
-                heat = None
-                if maps is not None:
-                    m = torch.from_numpy(np.asarray(maps[first : first + b], dtype=np.float32)).unsqueeze(1)
-                    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
-                    heat = ((m - low) / (high - low)).clamp(0, 1)
+                heat = None if maps is None else _heat(maps[first : first + b], (h, w), low, high)
                 pic = blend(frames, heat, lut, cfg.opacity, cfg.layout, 1 / cfg.heat_range)
                 if writer is None:
                     width = pic.shape[2] + pic.shape[2] % 2

@@ -530,16 +530,7 @@ def score_clips(
             clip = by_name[name]
             entry = pending.setdefault(name, {"scores": np.empty(clip.num_frames, np.float32), "maps": None, "done": 0,
                                               "branches": None})
-            entry["scores"][index] = scores
-            if branches is not None:
-                if entry["branches"] is None:
-                    entry["branches"] = np.empty((clip.num_frames, branches.shape[1]), np.float32)
-                entry["branches"][index] = branches
-            if small is not None:
-                if entry["maps"] is None:
-                    entry["maps"] = np.empty((clip.num_frames, *small.shape[1:]), np.float16)
-                entry["maps"][index] = small
-            entry["done"] += len(index)
+            _collect(entry, clip.num_frames, index, scores, small, branches)
             n += len(index)
             bar.update(len(index))
             if entry["done"] == clip.num_frames:
@@ -547,13 +538,31 @@ def score_clips(
     for name, entry in pending.items():  # videos that decoded fewer frames than their containers declare
         finish(_partly_recorded(by_name[name], entry), entry)
     if progress:
-        secs = time.perf_counter() - t0
-        log.info(f"scored {n} frames of {len(todo)} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {run.scores_dir}")
-        if stale:
-            shown = ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else "")
-            log.info(f"note: removed {len(stale)} output(s) made from earlier scores ({shown}): evaluate and render "
-                     "again to remake them")
+        _log_scored(n, len(todo), time.perf_counter() - t0, run, stale)
     return results
+
+
+def _collect(entry: dict, frames: int, index: np.ndarray, scores: np.ndarray, small: np.ndarray | None,
+             branches: np.ndarray | None) -> None:
+    """Put one batch's scores (and maps, branch scores) of a clip of ``frames`` frames at ``index`` in its entry."""
+    entry["scores"][index] = scores
+    if branches is not None:
+        if entry["branches"] is None:
+            entry["branches"] = np.empty((frames, branches.shape[1]), np.float32)
+        entry["branches"][index] = branches
+    if small is not None:
+        if entry["maps"] is None:
+            entry["maps"] = np.empty((frames, *small.shape[1:]), np.float16)
+        entry["maps"][index] = small
+    entry["done"] += len(index)
+
+
+def _log_scored(n: int, clips: int, secs: float, run: RunFolder, stale: list[Path]) -> None:
+    log.info(f"scored {n} frames of {clips} clips in {secs:.1f}s ({n / secs:.1f} frames/s) -> {run.scores_dir}")
+    if stale:
+        shown = ", ".join(p.name for p in stale[:4]) + (", ..." if len(stale) > 4 else "")
+        log.info(f"note: removed {len(stale)} output(s) made from earlier scores ({shown}): evaluate and render "
+                 "again to remake them")
 
 
 def _partly_recorded(clip: Clip, entry: dict) -> Clip:
