@@ -26,10 +26,10 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", required=True, help="the dataset root the run was trained on")
     args = p.parse_args()
+    if not (args.run / "checkpoints").is_dir() or not (args.run / "model.pt").is_file():
+        raise SystemExit(f"error: {args.run} has no checkpoints/ or model.pt: not a run that vad train finished")
     cfg = load_config(str(args.run / "config.yaml"), saved=True)
     clips = read_dataset(cfg.data.dataset, args.data, "train")
-    if not (args.run / "checkpoints").is_dir():
-        raise SystemExit(f"error: {args.run} has no checkpoints/: not a run folder written by vad train")
     (args.run / "model.pt").replace(args.run / "model.pt.old")
     t0 = time.perf_counter()
     train(clips, cfg, args.run, "cpu", progress=False)
