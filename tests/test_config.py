@@ -107,6 +107,30 @@ def test_choices_match_the_registries() -> None:
     assert choices(typing.get_type_hints(ModelConfig, include_extras=True)["method"]) == METHODS
 
 
+def test_pyramid_levels_are_checked_with_the_settings_and_match_the_networks(tmp_path, capsys) -> None:
+    import timm
+
+    from vad.cli import main
+    from vad.config import LEVEL_EXAMPLE, LEVELS
+    from vad.models.backbones import BACKBONES
+
+    for name, (low, high) in LEVELS.items():
+        if name == "vgg16":
+            assert (low, high) == (1, 13)  # VGG-16's convolutions (vad.models.mkd.VGGExpert)
+            continue
+        net = timm.create_model(BACKBONES[name].timm_name, pretrained=False, features_only=True)
+        assert (low, high) == (0, len(net.feature_info) - 1), name
+        assert load_config(None, [f"model.backbone={name}", f"model.levels={list(LEVEL_EXAMPLE[name])}"])
+    # Out of range, repeated or empty: one error line before any file is written.
+    for bad in ("[2,99]", "[-1]", "[3,2]", "[2,2]", "[]"):
+        out = tmp_path / "run"
+        assert main(["train", "--data", str(tmp_path), "--dataset", "folder", "--out", str(out),
+                     "--set", f"model.levels={bad}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: model.levels: got"), err
+        assert not out.exists()
+
+
 def test_retired_key_says_what_replaced_it() -> None:
     with pytest.raises(ValueError, match="postprocess.reference_percentile was removed: calibrated scores now run"):
         from_dict(RunConfig, {"postprocess": {"reference_percentile": 99}})

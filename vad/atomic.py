@@ -15,7 +15,9 @@ TEMP_PREFIX = ".vad-tmp."  # temporary files start with it (vad.runs.sweep_tempo
 
 @contextmanager
 def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder (ending in ``suffix``); on success it replaces ``path``."""
+    """Yield a temporary path in ``path``'s folder (ending in ``suffix``); on success it replaces ``path``. An
+    ``OSError`` while writing that names no file (a library's write: disk full, file too large) is raised again
+    naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.stem}.", suffix=suffix)
@@ -24,7 +26,12 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     os.umask(umask)
     Path(tmp).chmod(0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as err:
+            if err.filename is None and err.errno is not None:  # a library's write (disk full, file too large):
+                raise OSError(err.errno, err.strerror, str(path)) from err  # name the file it was writing
+            raise
         Path(tmp).replace(path)
     finally:
         Path(tmp).unlink(missing_ok=True)

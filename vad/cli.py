@@ -36,7 +36,8 @@ def _config(args: argparse.Namespace):
     overrides = list(args.set or [])
     if getattr(args, "teacher_weights", None):
         overrides.append(f"model.teacher_weights={args.teacher_weights}")
-    return load_config(find_pipeline(args.config) if args.config else None, overrides)
+    config = getattr(args, "config", None)
+    return load_config(find_pipeline(config) if config else None, overrides)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -532,6 +533,8 @@ def _writing(args: argparse.Namespace) -> Iterator[None]:
     if folder is None or not world().main:
         yield
         return
+    if args.writes == "out":  # a new run's settings are checked before its folder is made
+        _config(args)
     with writing(folder, args.command, existing=args.writes == "run"):
         yield
 

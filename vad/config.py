@@ -62,6 +62,11 @@ Percentile = Annotated[float, Range(gt=0, le=100)]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 Dataset = Literal["shanghaitech", "avenue", "ped2", "ped1", "folder"]  # vad.io.DATASETS (a test keeps them equal)
 Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2", "vgg16"]  # vad.models.backbones.BACKBONES
+# The pyramid levels each backbone has (timm's feature_info indices; vgg16: MKD's conv numbers), checked with every
+# other setting (a test keeps them equal to the networks').
+LEVELS = {"efficientnet_lite0": (0, 4), "resnet18": (0, 4), "wide_resnet50_2": (0, 4), "vgg16": (1, 13)}
+LEVEL_EXAMPLE = {"efficientnet_lite0": (2, 3), "resnet18": (1, 2, 3), "wide_resnet50_2": (1, 2, 3),
+                 "vgg16": (3, 6, 9, 12)}
 ScoreNormalisation = Literal["minmax", "calibrated", "none"]
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
@@ -97,6 +102,13 @@ class ModelConfig:
     # a person's height at the pipelines' input sizes: 20-40 px)
 
     def __post_init__(self) -> None:
+        if self.levels is not None:
+            low, high = LEVELS[self.backbone]
+            if (not self.levels or list(self.levels) != sorted(set(self.levels))
+                    or not low <= self.levels[0] <= self.levels[-1] <= high):
+                what = "conv numbers" if self.backbone == "vgg16" else "feature levels"
+                raise ConfigError(f"model.levels: got {list(self.levels)}; expected increasing {what} of "
+                                  f"{self.backbone} in {low}..{high}, e.g. {list(LEVEL_EXAMPLE[self.backbone])}")
         if self.motion and self.method != "stpm":
             raise ConfigError(f"model.motion: got true with model.method {self.method!r}; the motion branch is "
                              "stpm's (set model.motion=false, or model.method=stpm)")
@@ -364,6 +376,28 @@ def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
     return from_dict(type(cfg), data)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file (pipeline, site) is a page of YAML; past this it is refused unread
+
+
+def read_config_text(path, what: str = "config file") -> str:
+    """The text of the settings file ``path``: refused with one :class:`ConfigError` naming it when it is over
+    ``MAX_CONFIG_BYTES`` (read before any parsing: a huge YAML file costs minutes and gigabytes) or not UTF-8."""
+    from pathlib import Path
+
+    p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: {size:,} bytes; a {what} is a page of YAML, at most {MAX_CONFIG_BYTES:,} bytes: "
+                          "is it the right file?")
+    data = p.read_bytes()[:MAX_CONFIG_BYTES + 1]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); expected a YAML "
+                          f"{what} saved as UTF-8") from None
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = (), saved: bool = False
                 ) -> RunConfig:
     """A :class:`RunConfig` from a YAML file (sections ``data``, ``model``, ``train``, ``score``, ``postprocess``,
@@ -380,9 +414,11 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(read_config_text(p, "pipeline file")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{p}: not valid YAML ({err})") from err
+        except RecursionError:
+            raise ConfigError(f"{p}: not valid YAML (nested too deep); expected a pipeline file") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping with sections {'/'.join(SECTIONS)}; got {type(data).__name__}")
         for key in RETIRED if saved else ():

@@ -25,6 +25,7 @@ Both are optional (``pip install -e ".[deploy]"``); ``auto`` runs the one measur
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import io
 import json
@@ -233,9 +234,25 @@ def _openvino_ir(onnx: Path, xml: Path) -> None:
         import openvino as ov
     except ImportError:
         raise UsageError(f"--format openvino needs the openvino package, which is not installed: {INSTALL}") from None
-    with atomic_path(xml, ".xml") as tmp:  # weights kept in f32: save_model's default halves them (f16)
-        ov.save_model(ov.convert_model(str(onnx)), str(tmp), compress_to_fp16=False)
-        tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+    with atomic_path(xml, ".xml") as tmp:
+        try:
+            save_openvino(ov.convert_model(str(onnx)), tmp, xml)
+            tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        finally:
+            tmp.with_suffix(".bin").unlink(missing_ok=True)
+
+
+def save_openvino(model, path: Path, named: Path | None = None) -> None:
+    """OpenVINO's ``save_model`` to ``path`` (weights kept in f32: its default halves them to f16). Its failure to
+    write (a full disk: ``basic_ios::clear: iostream error``) is an ``OSError`` naming the file (``named``)."""
+    import openvino as ov
+
+    try:
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    except RuntimeError as err:
+        where = named or path
+        raise OSError(errno.EIO, f"OpenVINO could not write the model ({str(err).strip()}): is the disk full?",
+                      str(where)) from None
 
 
 def exported(folder: Path, digest: str) -> bool:

@@ -55,7 +55,7 @@ import torch
 
 from vad.atomic import write_text
 from vad.errors import UsageError
-from vad.export import INSTALL, PREFERENCE, Runtime, installed
+from vad.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
 from vad.reference import NormalReference, event_threshold, position_statistics, spread_runs
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ def _build(variant: str, src: Path, dst: Path, feeds: list[dict], ignored: list[
             with quiet:
                 model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=scope,
                                       preset=nncf.QuantizationPreset.MIXED, advanced_parameters=ranges)
-        ov.save_model(model, str(dst / "model.xml"), compress_to_fp16=False)
+        save_openvino(model, dst / "model.xml")
     write_text(json.dumps(meta, indent=2), dst / "metadata.json")
 
 
