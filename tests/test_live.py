@@ -234,6 +234,10 @@ def test_source_reads_frames_by_timestamp_to_the_model_rate(tmp_path: Path) -> N
 def test_watch_refuses_what_it_cannot_watch(run: Path, tmp_path: Path, capsys) -> None:
     assert main(["watch", "--run", str(run), "--source", str(tmp_path / "nothing.mp4"), "--out", str(tmp_path)]) == 2
     assert "--source" in capsys.readouterr().err
+    (tmp_path / "empty.mp4").write_bytes(b"")  # a recording that never got a byte: an error, not a quiet exit 0
+    assert main(["watch", "--run", str(run), "--source", str(tmp_path / "empty.mp4"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --source {tmp_path / 'empty.mp4'}: an empty file (0 bytes); expected a video"]
     assert main(["watch", "--run", str(run), "--source", "rtsp://x", "--out", str(tmp_path / "o"), "--set",
                  "train.epochs=3"]) == 2
     assert "fixed by the trained model" in capsys.readouterr().err

@@ -270,7 +270,12 @@ class Source:
 
 def check_source(source: str) -> None:
     """An error naming ``source`` when it can be no source at all (before any model is loaded)."""
-    if source.startswith(NETWORK) or source.startswith("webcam:") or source.startswith("/dev/video"):
+    if source.startswith(NETWORK):
+        _check_url(source)
+        return
+    if source.startswith("webcam:") and not source[7:].isdigit():
+        raise UsageError(f"--source {source}: expected webcam:N, N the camera's number (webcam:0)")
+    if source.startswith(("webcam:", "/dev/video")):
         return
     path = Path(source)
     if not path.exists():
@@ -279,5 +284,25 @@ def check_source(source: str) -> None:
     if path.is_file() and path.suffix.lower() not in VIDEO_EXTENSIONS:
         raise UsageError(f"--source {source}: not a video file (suffix {path.suffix!r}); expected one of "
                          f"{sorted(VIDEO_EXTENSIONS)}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UsageError(f"--source {source}: an empty file (0 bytes); expected a video")
     if path.is_dir() and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
         raise UsageError(f"--source {source}: the folder holds no frames ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
+def _check_url(source: str) -> None:
+    """A stream URL names a host (or ``@`` for udp's any-address) and a port in 1..65535 when it gives one."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(source)
+        port = parts.port
+    except ValueError as err:
+        raise UsageError(f"--source {source}: not a stream URL ({err}); expected e.g. udp://127.0.0.1:5002 or "
+                         "rtsp://HOST/PATH") from None
+    if port is not None and port == 0:
+        raise UsageError(f"--source {source}: port 0; expected a port in 1..65535")
+    if parts.scheme in ("udp", "srt", "tcp") and port is None:
+        raise UsageError(f"--source {source}: no port; expected {parts.scheme}://HOST:PORT (1..65535)")
+    if not parts.hostname and not (parts.scheme in ("udp", "srt") and parts.netloc.startswith(("@", ":"))):
+        raise UsageError(f"--source {source}: no host; expected {parts.scheme}://HOST[:PORT]/...")

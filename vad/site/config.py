@@ -22,13 +22,14 @@ does not exist or holds no model, a camera named twice, a source string that can
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 
-from vad.config import Positive, Range, from_dict
+from vad.config import Positive, Range, from_dict, read_config_text
 from vad.errors import ConfigError, UsageError
 
 Seconds = Annotated[float, Range(ge=0)]
@@ -84,6 +85,8 @@ class HttpConfig:
     auth_file: str | None = None  # users and tokens; default: <site file>.auth.json beside the site file
     session_hours: Annotated[float, Range(gt=0)] = 12.0  # a login lasts this long (or until vad serve restarts)
     origins: tuple[str, ...] = ()  # more Origins allowed to POST (a reverse proxy's public https://host)
+    trusted_proxies: tuple[str, ...] = ()  # addresses (or networks) whose X-Forwarded-For/-Proto is believed: your
+    # reverse proxy's, e.g. [127.0.0.1]; default none: the login limit counts the address that connects
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,14 @@ CAMERA_KEYS = tuple(f.name for f in dataclasses.fields(CameraConfig))
 
 
 class _UniqueKeys(yaml.SafeLoader):
-    """YAML whose mappings refuse a key given twice (PyYAML keeps the last one silently)."""
+    """YAML whose mappings refuse a key given twice (PyYAML keeps the last one silently), compared as text: ``1``
+    and ``"1"``, ``true`` and ``"True"`` name one camera."""
 
 
 def _mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
+        key = str(loader.construct_object(key_node, deep=deep))  # names are compared as the text they become
         if key in seen:
             raise ConfigError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice (also on line "
                               f"{seen[key] + 1}); names must be unique")
@@ -131,12 +135,15 @@ def load_site(path: Path | str) -> SiteConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: no such site file; expected a YAML file with a 'cameras:' section (vad serve "
                           "--help shows one)")
+    text = read_config_text(path, "site file")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeys)
+        data = yaml.load(text, Loader=_UniqueKeys)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deep); expected a site file") from None
     return parse_site(data, path)
 
 
@@ -195,6 +202,12 @@ def _http_paths(http: HttpConfig, path: Path, base: Path) -> HttpConfig:
         if not origin.startswith(("http://", "https://")) or origin.rstrip("/") != origin:
             raise ConfigError(f"{path}: http.origins: {origin!r}; expected scheme://host[:port] with no path, e.g. "
                               "https://vad.example.org")
+    for proxy in http.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"{path}: http.trusted_proxies: {proxy!r}; expected an IP address or network (e.g. "
+                              "127.0.0.1, 10.0.0.0/8)") from None
     return dataclasses.replace(http, auth_file=auth, tls=tls)
 
 
