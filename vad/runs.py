@@ -40,6 +40,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -312,12 +313,23 @@ def prepare_output(root: Path) -> None:
                              "permissions")
 
 
+_HELD: set[tuple[str, int]] = set()  # (resolved folder, thread) of the locks this process holds
+_HOLDING = threading.Lock()
+
+
 @contextmanager
 def locked(root: Path, command: str, wait: float = 0.0) -> Iterator[None]:
     """Hold ``root/.lock`` while ``command`` writes the run folder; a second command on the same folder stops (after
     waiting up to ``wait`` seconds for the holder) with an error naming the holder. Temporary files left by an
-    interrupted command are swept on entry."""
+    interrupted command are swept on entry. Re-entrant within a thread: a folder the calling thread holds already
+    is not locked again."""
     prepare_output(root)
+    key = (str(Path(root).resolve()), threading.get_ident())
+    with _HOLDING:
+        mine = key in _HELD
+    if mine:  # this thread holds it already (a command's folder, and a camera writing into it)
+        yield
+        return
     path = Path(root) / ".lock"
     fh = path.open("a+")
     try:
@@ -341,7 +353,13 @@ def locked(root: Path, command: str, wait: float = 0.0) -> Iterator[None]:
         fh.write(f"'{command}', pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         fh.flush()
         sweep_temporaries(Path(root))
-        yield
+        with _HOLDING:
+            _HELD.add(key)
+        try:
+            yield
+        finally:
+            with _HOLDING:
+                _HELD.discard(key)
     finally:
         fh.close()  # releases the lock
 

@@ -98,7 +98,8 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
     if chosen != "torch" and defer and not backend_ready(folder.export(name), ref, scorer, chosen, setting):
         log.info(f"scoring with torch while the model is exported for {chosen}"
                  + (" and the backends are measured" if setting == "auto" else "") + " (in the background)")
-        return OpenModel(folder, scope, path, ckpt, scorer, name, ref, "torch", key, pending=chosen, setting=setting)
+        return OpenModel(folder, scope, path, ckpt, scorer, name, ref, "torch", key, pending=chosen, setting=setting,
+                         export_name=name)
     export_name = name
     if chosen != "torch":
         chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto", cfg)
@@ -143,7 +144,7 @@ def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
     import multiprocessing
 
     child = multiprocessing.get_context("spawn").Process(
-        target=_prepare_child, args=(str(opened.run.root), cfg, device, opened.scope, opened.pending),
+        target=_prepare_child, args=(str(opened.run.root), cfg, device, opened.scope, opened.setting),
         name="vad-prepare", daemon=True)
     child.start()
     if started is not None:
@@ -164,7 +165,8 @@ def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
 
 
 def _prepare_child(run: str, cfg: RunConfig, device: str, scope: str, backend: str) -> None:
-    """In the preparing process: open the model with ``backend`` (export, measurement), at a lower priority."""
+    """In the preparing process: open the model as ``vad score --backend BACKEND`` would for a stream, at a lower
+    priority: the setting (``auto`` measures the backends), not the one backend it would pick before measuring."""
     import os
 
     with contextlib.suppress(OSError):
