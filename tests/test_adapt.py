@@ -1,5 +1,6 @@
 """Learning from verdicts: an event marked normal is learned as normal footage (its score falls), without the test
-labels; the previous model is kept and the clips it scored are scored again. A verdict line torn by a crash is skipped
+labels; the previous model is kept and the clips it scored are scored again; a verdict withdrawn (marked anomaly
+later) takes the event's frames out of the next adaptation's training. A verdict line torn by a crash is skipped
 by every reader of the verdicts (the page's server, `vad feedback`, `vad adapt`)."""
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def test_a_torn_verdict_line_is_skipped_by_every_reader(evaluated, tmp_path: Pat
     finally:
         log.removeHandler(caplog.handler)
     name = f"{event['clip']}@{event['start']}"
-    assert marked == [event["id"]] and [c.name for c in clips] == [name]
+    assert marked == {name: event["id"]} and [c.name for c in clips] == [name]
     assert ranges == {name: (event["start"], event["end"] + 1)}
     assert f"{folder.feedback} line 2: not verdicts" in caplog.text
 
@@ -123,8 +124,18 @@ def test_an_event_marked_normal_is_learned_as_normal(evaluated, capsys) -> None:
     assert main(["evaluate", "--run", str(run), "--set", "eval.threshold_percentile=90"]) == 0
     assert main(["adapt", "--run", str(run), "--epochs", "1", "--lr", "1e-3"]) == 0
     ckpt = read_checkpoint(folder.model)
-    assert set(ckpt["extra_clips"]) == {f"{event['clip']}@{event['start']}"} <= set(ckpt["train_clips"])
+    name = f"{event['clip']}@{event['start']}"
+    assert set(ckpt["extra_clips"]) == {name} <= set(ckpt["train_clips"])
+    assert ckpt["extra_clips"][name]["event"] == event["id"]  # the footage names the event it came from
     assert len(ckpt["adapted_from"]) == 2
+    # The verdict withdrawn (the event was an anomaly after all): the next adapt no longer trains on its frames.
+    capsys.readouterr()
+    assert main(["feedback", "--run", str(run), "--event", event["id"], "--verdict", "anomaly"]) == 0
+    assert main(["adapt", "--run", str(run), "--epochs", "1", "--lr", "1e-3"]) == 0
+    assert f"{name} leaves the training footage" in capsys.readouterr().out
+    ckpt = read_checkpoint(folder.model)
+    assert ckpt["extra_clips"] == {} and name not in ckpt["train_clips"]
+    assert ckpt["adapted_from"][-1]["withdrawn"] == [name]
 
 
 def test_adapt_without_verdicts_says_what_to_do(tmp_path: Path, capsys) -> None:

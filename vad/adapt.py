@@ -6,7 +6,9 @@
    (``RUN/events.json``: clip and frames) and the clips' sources (the manifest); a live event's verdict (given in
    ``vad serve``'s control room) names its own footage, copied into ``RUN/footage/``. Events marked *normal* become
    normal training footage: each event's frames, from its source. Events marked *anomaly* never train (they stay
-   labels for the review page); test labels are never read.
+   labels for the review page); test labels are never read. Footage an earlier adaptation learned whose event is now
+   marked anomaly (a verdict withdrawn) leaves the training footage, and adapt says so; each piece of footage a model
+   learned from names its event in the checkpoint's ``extra_clips``.
 2. fine-tunes the run's students from its model (``train.epochs`` := ``epochs``, one cycle peaking at ``lr``) on the
    model's training clips plus those frames, in ``RUN/adapt/<time>/`` (a training folder: checkpoints, log). The
    hold-out, the last ``train.val_fraction`` of every clip and of every fed-back event, selects the checkpoint and
@@ -34,21 +36,43 @@ from vad.verdicts import known_events, read_verdicts
 log = logging.getLogger(__name__)
 
 
-def normal_footage(run: RunFolder) -> tuple[list[Clip], dict[str, tuple[int, int]], list[str]]:
-    """The frames of the events marked normal: ``(clips, {clip: (start, stop)}, event ids)``; each event is a clip of
-    its own (named ``<clip>@<start>``) over its source."""
+def footage_name(verdict: dict) -> str:
+    """The name of the clip an event's frames train as: a live event's footage file stem, else ``<clip>@<start>``."""
+    return verdict["clip"] if "footage" in verdict else f"{verdict['clip']}@{verdict['start']}"
+
+
+def withdrawn(extra: dict[str, dict], given: dict[str, dict]) -> list[str]:
+    """The footage a model learned from (its ``extra_clips``) whose event's latest verdict is now *anomaly*."""
+    by_name = {footage_name(v): e for e, v in given.items()}  # models from before footage named its event
+    out = []
+    for name, entry in extra.items():
+        event = entry.get("event") or by_name.get(name)
+        if event is not None and given.get(event, {}).get("verdict") == "anomaly":
+            out.append(name)
+    return sorted(out)
+
+
+def _nothing_marked(run: RunFolder) -> UsageError:
+    return UsageError(f"no event of {run.root} is marked normal (vad review --run {run.root}, or vad feedback --run "
+                      f"{run.root} --event ID --verdict normal); nothing to learn from")
+
+
+def normal_footage(run: RunFolder, required: bool = True
+                   ) -> tuple[list[Clip], dict[str, tuple[int, int]], dict[str, str]]:
+    """The frames of the events marked normal: ``(clips, {clip: (start, stop)}, {clip: event id})``; each event is a
+    clip of its own (:func:`footage_name`) over its source. None marked normal: a :class:`UsageError` when
+    ``required``."""
     given, skipped = read_verdicts(run)
     if skipped:
         log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "
                     "not verdicts (a torn or edited line); skipped")
     marked = {e: v for e, v in given.items() if v["verdict"] == "normal"}
-    if not marked:
-        raise UsageError(f"no event of {run.root} is marked normal (vad review --run {run.root}, or vad feedback --run "
-                         f"{run.root} --event ID --verdict normal); nothing to learn from")
+    if not marked and required:
+        raise _nothing_marked(run)
     offline = [e for e, v in marked.items() if "footage" not in v]
     events = known_events(run) if offline else {}
     manifest = read_manifest(run, parts=False) if offline else {}
-    clips, ranges = [], {}
+    clips, ranges, names = [], {}, {}
     for eid, v in sorted(marked.items()):
         if "footage" in v:  # a live event (vad serve): its frames, copied into the run with the verdict
             path = run.root / v["footage"]
@@ -57,15 +81,17 @@ def normal_footage(run: RunFolder) -> tuple[list[Clip], dict[str, tuple[int, int
                                      "control room while the site still keeps the event, or remove the line")
             clips.append(renamed(as_clip(path), v["clip"]))
             ranges[v["clip"]] = (int(v["start"]), int(v["end"]) + 1)
+            names[v["clip"]] = eid
             continue
         e = events.get(eid) or v  # an event of an earlier evaluation: its verdict line says where it was
         record = manifest.get(e["clip"])
         if record is None:
             raise RunFolderError(f"event {eid}: clip {e['clip']} is not scored in {run.root}")
-        name = f"{e['clip']}@{e['start']}"
+        name = footage_name({"clip": e["clip"], "start": e["start"]})
         clips.append(renamed(as_clip(Path(record.path)), name))
         ranges[name] = (int(e["start"]), int(e["end"]) + 1)
-    return clips, ranges, sorted(marked)
+        names[name] = eid
+    return clips, ranges, names
 
 
 def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str = "auto",
@@ -80,12 +106,22 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
         raise RunFolderError(f"{run.model} not found: adapt fine-tunes a run's one model (a run trained per scene: "
                              "not yet)")
     cfg = load_config(run.config, saved=True)
-    extra, extra_ranges, marked = normal_footage(run)
+    given = read_verdicts(run)[0]
+    some_anomaly = any(v["verdict"] == "anomaly" for v in given.values())
+    extra, extra_ranges, names = normal_footage(run, required=not some_anomaly)  # before the model is read
     old = read_checkpoint(run.model)
+    gone = withdrawn(old.get("extra_clips", {}), given)
+    if not names and not gone:
+        raise _nothing_marked(run)
+    marked = sorted(names.values())
     base, base_ranges = training_clips(cfg, old)  # with the footage of earlier adaptations
+    base = [b for b in base if b.name not in gone]
     new_extra = [c for c in extra if c.name not in {b.name for b in base}]
     clips = [*base, *new_extra]
-    ranges = {**base_ranges, **extra_ranges}
+    ranges = {k: r for k, r in {**base_ranges, **extra_ranges}.items() if k not in gone}
+    for name in gone:
+        log.info(f"adapt: {name} leaves the training footage: its event "
+                 f"{old['extra_clips'][name].get('event') or name} is now marked anomaly")
     h, w = old["input_size"]
     tuned = replace(cfg, model=replace(cfg.model, input_height=h, input_width=w),
                     train=replace(cfg.train, epochs=epochs, disc_epochs=epochs, lr=lr, schedule="onecycle"))
@@ -99,9 +135,10 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
     path = train(clips, tuned, folder, device, progress, ranges=ranges, init=old)
     new = read_checkpoint(path)
     # All footage outside the training split the model has learned from: earlier adaptations' and this one's.
-    extra_clips = {**old.get("extra_clips", {}),
-                   **{c.name: {"path": str(Path(c.path).resolve()), "range": list(ranges[c.name])} for c in new_extra}}
-    new.update(adapted_from=old.get("adapted_from", []) + [{"time": stamp, "events": marked}],
+    extra_clips = {**{k: e for k, e in old.get("extra_clips", {}).items() if k not in gone},
+                   **{c.name: {"path": str(Path(c.path).resolve()), "range": list(ranges[c.name]),
+                               "event": names[c.name]} for c in new_extra}}
+    new.update(adapted_from=old.get("adapted_from", []) + [{"time": stamp, "events": marked, "withdrawn": gone}],
                extra_clips=extra_clips)
     run.models.mkdir(parents=True, exist_ok=True)
     kept = run.models / f"{stamp}.pt"

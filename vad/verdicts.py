@@ -56,13 +56,18 @@ def known_events(run: RunFolder | Path | str) -> dict[str, dict]:
 
 
 def record_verdict(run: RunFolder | Path | str, event: str, verdict: str, via: str = "cli") -> dict:
-    """Append an operator's ``verdict`` on ``event`` (an id of ``RUN/events.json``) to ``RUN/feedback.jsonl``,
+    """Append an operator's ``verdict`` on ``event`` (an id of ``RUN/events.json``, or of an earlier evaluation that
+    already has a verdict: it can be changed) to ``RUN/feedback.jsonl``,
     flushed and fsync'd before it returns; return the line written. ``via``: who gave it (``cli``, ``review``, ...).
     An unknown verdict is a :class:`UsageError`, an unknown event an :class:`UnknownEventError`."""
     if verdict not in VERDICTS:
         raise UsageError(f"verdict {verdict!r}: expected one of {', '.join(VERDICTS)}")
     folder = _folder(run)
     known = known_events(folder)
+    if event not in known:  # an event of an earlier evaluation, judged then: its verdict can still be changed
+        earlier = read_verdicts(folder)[0].get(event)
+        if earlier is not None and "footage" not in earlier:
+            known[event] = {k: earlier[k] for k in ("clip", "start", "end")}
     if event not in known:
         some = ", ".join(list(known)[:5]) + (", ..." if len(known) > 5 else "")
         raise UnknownEventError(f"unknown event {event!r} in {folder.root}: " + (
