@@ -115,9 +115,18 @@ def _site_file(tmp_path: Path, body: str) -> Path:
     ("cameras: {}", "cameras: expected a mapping of camera names"),
     ("cameras: {a: {source: S, run: R}}\nhttp: {port: 70000}", "http.port: got 70000"),
     ("cameras: {a/b: {source: S, run: R}}", "cameras.a/b: a camera name is a folder and an MQTT topic level"),
+    # names compared as the folders and topics they become: 1 and "1", true and "True" are one camera
+    ("cameras:\n  1: {source: S, run: R}\n  '1': {source: S, run: R}", "line 3: '1' is given twice (also on line 2)"),
+    ("cameras:\n  true: {source: S, run: R}\n  'True': {source: S, run: R}", "line 3: 'True' is given twice"),
+    ("cameras: {a: {source: 'udp://127.0.0.1:99999', run: R}}", "cameras.a.source: not a stream URL (Port out of"),
+    ("cameras: {a: {source: 'udp://127.0.0.1', run: R}}", "cameras.a.source: no port"),
+    ("cameras: {a: {source: 'rtsp:///stream', run: R}}", "cameras.a.source: no host"),
+    ("cameras: {a: {source: empty.mp4, run: R}}", "cameras.a.source: an empty file (0 bytes)"),
+    ("cameras: {a: {source: S, run: R}}\nhttp: {trusted_proxies: [nginx]}", "http.trusted_proxies: 'nginx'"),
 ])
 def test_a_bad_site_file_is_one_error_line(live_run: Path, tmp_path: Path, capsys, body: str, message: str) -> None:
     (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "empty.mp4").write_bytes(b"")
     video = helpers.write_video(tmp_path / "cam.avi", helpers.frames(0, 4))
     path = _site_file(tmp_path, body.replace("S", str(video)).replace("R", str(live_run)).replace(
         "EMPTY", str(tmp_path / "EMPTY")))
@@ -376,3 +385,37 @@ def test_a_stream_that_starts_after_vad_watch_on_a_fresh_run_is_scored(live_run:
     spans = [(x["start_frame"], x.get("end_frame", 10**9)) for x in lines if x["type"] in ("start", "end")]
     assert any(a <= runner[-1] and b >= runner[0] for a, b in spans), (spans, runner)
     assert "scoring with torch while the model is exported" in said, said
+
+
+def test_a_fresh_run_on_auto_goes_live_on_the_backend_score_picks(live_run: Path, scene: Path, tmp_path: Path,
+                                                                   caplog) -> None:
+    """A run never exported, backend auto, opened for a stream: torch scores at once; the background preparation
+    exports and measures as `vad score --backend auto` does, and the stream then scores with the backend that
+    command picks (it stayed on torch for good when the preparation measured nothing)."""
+    import logging
+
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnxruntime) makes auto export")
+    from vad.runs import RunFolder, read_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(live_run, run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("backend: torch", "backend: auto"))
+    logger = logging.getLogger("vad")
+    logger.addHandler(caplog.handler)  # the CLI's console logging keeps vad's records from the root logger
+    try:
+        with caplog.at_level(logging.INFO, logger="vad"):
+            det = Detector.load(run, device="cpu", background=True)
+            assert det.backend == "torch" and det.preparing is not None  # open at once
+            det.preparing.join(timeout=400)
+            assert not det.preparing.is_alive()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "failed" not in caplog.text, caplog.text
+    assert "measured on this machine" in caplog.text
+    clip = next((scene / "testing" / "frames").iterdir())
+    assert main(["score", "--run", str(run), "--backend", "auto", "--input", str(clip), "--device", "cpu"]) == 0
+    picked = {r.backend for r in read_manifest(RunFolder(run)).values()}
+    assert picked == {det.backend}, (picked, det.backend)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    assert np.isfinite(det.score(frames).scores).all()  # and it scores with it
+    det.close()

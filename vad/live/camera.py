@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -31,11 +32,11 @@ import numpy as np
 from vad.config import RunConfig
 from vad.live.events import Change, EventTracker, Scored, gap_line
 from vad.live.evidence import Evidence
-from vad.live.sinks import rewrite_lines, standard_sinks
+from vad.live.sinks import interrupted_events, rewrite_lines, standard_sinks
 from vad.live.stats import WatchStats
 from vad.postprocess import CausalRule
 from vad.reference import NormalReference
-from vad.runs import WatchFolder
+from vad.runs import WatchFolder, locked
 from vad.sources import End, Frame, Gap, Source
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,20 @@ class Camera:
         self.stopping = False
         self.on_score = on_score
         self._lock = threading.Lock()  # lines are written by one thread at a time (scoring, gaps, status)
+        self._hold: ExitStack | None = None  # the output folder's lock, from start to close
 
     # --- life -------------------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start reading. With an output folder: hold its lock (one writer), which sweeps the half-written files a
+        killed watch left, and end the events it left open (``reason: interrupted``)."""
+        if self.folder is not None:
+            self._hold = ExitStack()
+            self._hold.enter_context(locked(self.folder.root, f"camera {self.name} ({self.source})"))
+            with self._lock:
+                for line in interrupted_events(self.folder.events):
+                    log.warning(f"note: camera {self.name}: event {line['event']} was left open by a watch that "
+                                "was stopped without closing it; ended as interrupted")
+                    self._write(line)
         self.evidence.start()
         self.src.start()
 
@@ -118,6 +130,8 @@ class Camera:
                     close()
             self.state = "stopped"
         self.src.join(timeout=5)
+        if self._hold is not None:
+            self._hold.close()
         return lines
 
     def memory_bound(self, width: int = 1920, height: int = 1080) -> float:

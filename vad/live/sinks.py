@@ -67,6 +67,32 @@ def rewrite_lines(path: Path, keep: Callable[[dict], bool], sinks: list[FileSink
     return removed
 
 
+def interrupted_events(path: Path) -> list[dict]:
+    """The ``end`` lines that the events of ``path`` still open need: a watch killed mid-event (SIGKILL, power) left
+    their ``start`` and ``update`` lines and never an ``end``. Each is the event's last line as an ``end`` at this
+    time, ``reason: interrupted``, without a clip (its half-written file is not one)."""
+    from vad.live import iso
+
+    if not path.is_file():
+        return []
+    open_: dict[str, dict] = {}
+    with path.open(errors="replace") as fh:
+        for text in fh:
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(line, dict) or not isinstance(line.get("event"), str):
+                continue
+            if line.get("type") in ("start", "update"):
+                open_[line["event"]] = line
+            elif line.get("type") == "end":
+                open_.pop(line["event"], None)
+    now = iso(time.time())
+    return [{**last, "type": "end", "wall_time": now, "score": None, "clip": None, "reason": "interrupted",
+             "end_frame": last.get("frame")} for last in open_.values()]
+
+
 class StdoutSink:
     """Lines on stdout (JSON lines, flushed per line)."""
 

@@ -117,6 +117,15 @@ def review_app(run: RunFolder | Path | str, port: int) -> Starlette:
     return app
 
 
+def parse_json(body: bytes | str) -> object:
+    """A request's JSON body; a ``ValueError`` for anything that is not JSON, nesting too deep included (Python's
+    parser recurses: ``[[[[...]]]]`` in 16 KiB would otherwise be a ``RecursionError``, an answer 500)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
 def _json(status: int, body: dict) -> JSONResponse:
     return JSONResponse(body, status, headers=NO_STORE)
 
@@ -150,7 +159,9 @@ def _run_file(request: Request) -> Response:
 
 def inside(root: Path, path: str) -> Path | None:
     """The file under ``root`` that the (decoded) URL path ``path`` names; ``None`` for a hidden name (``.lock``,
-    ``..``) or one outside ``root``."""
+    ``..``), a NUL byte, or one outside ``root``."""
+    if "\0" in path:  # no file has one; the OS refuses the name
+        return None
     parts = PurePosixPath("/", path).parts[1:]
     if not parts or any(p.startswith(".") for p in parts):
         return None
@@ -172,7 +183,7 @@ async def _feedback(request: Request) -> Response:
         if len(body) > MAX_BODY:
             return _json(413, {"error": f"a verdict's body is over {MAX_BODY} bytes; expected a small JSON object"})
     try:
-        asked = json.loads(body)
+        asked = parse_json(body)
         event, verdict = asked["event"], asked["verdict"]
         if not (isinstance(event, str) and isinstance(verdict, str)):
             raise TypeError("event and verdict must be strings")

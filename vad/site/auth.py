@@ -182,29 +182,83 @@ class Sessions:
 
 
 class Throttle:
-    """Failed logins per address: counted, and an address with ``MAX_FAILURES`` in the window is refused."""
+    """Failed logins per address: counted, and an address with ``MAX_FAILURES`` in the window, counting the logins
+    of it still being checked, is refused. IPv6 addresses count per /64 (one host holds a whole /64); the table
+    holds at most ``MAX_ADDRESSES`` addresses (the expired go first, then the oldest)."""
+
+    MAX_ADDRESSES = 10000
 
     def __init__(self) -> None:
         self.failures: dict[str, deque[float]] = {}
+        self.in_flight: dict[str, int] = {}
         self.total = 0
         self._lock = threading.Lock()
 
     def blocked(self, address: str) -> float:
         """Seconds until ``address`` may try again (0: now)."""
         with self._lock:
-            recent = self._recent(address)
-            return max(0.0, recent[0] + FAIL_WINDOW - time.monotonic()) if len(recent) >= MAX_FAILURES else 0.0
+            return self._wait(_who(address))
+
+    def begin(self, address: str) -> float:
+        """Take a login attempt from ``address``: 0 and it counts as in flight until :meth:`end`; else the seconds
+        until it may try again (nothing taken)."""
+        who = _who(address)
+        with self._lock:
+            wait = self._wait(who)
+            if not wait:
+                self.in_flight[who] = self.in_flight.get(who, 0) + 1
+            return wait
+
+    def end(self, address: str, ok: bool) -> None:
+        """The attempt taken by :meth:`begin` is over: a failure is counted unless ``ok``."""
+        who = _who(address)
+        with self._lock:
+            left = self.in_flight.get(who, 1) - 1
+            if left > 0:
+                self.in_flight[who] = left
+            else:
+                self.in_flight.pop(who, None)
+            if not ok:
+                self._recent(who).append(time.monotonic())
+                self.total += 1
 
     def failed(self, address: str) -> None:
         with self._lock:
-            self._recent(address).append(time.monotonic())
+            self._recent(_who(address)).append(time.monotonic())
             self.total += 1
 
-    def _recent(self, address: str) -> deque[float]:
-        q = self.failures.setdefault(address, deque())
+    def _wait(self, who: str) -> float:
+        recent = self._recent(who) if who in self.failures else deque()
+        if len(recent) + self.in_flight.get(who, 0) < MAX_FAILURES:
+            return 0.0
+        return max(1.0, recent[0] + FAIL_WINDOW - time.monotonic()) if recent else float(FAIL_DELAY)
+
+    def _recent(self, who: str) -> deque[float]:
+        if who not in self.failures and len(self.failures) >= self.MAX_ADDRESSES:
+            self._make_room()
+        q = self.failures.setdefault(who, deque())
         while q and q[0] < time.monotonic() - FAIL_WINDOW:
             q.popleft()
         return q
+
+    def _make_room(self) -> None:
+        since = time.monotonic() - FAIL_WINDOW
+        self.failures = {k: q for k, q in self.failures.items() if q and q[-1] >= since}
+        while len(self.failures) >= self.MAX_ADDRESSES:
+            self.failures.pop(next(iter(self.failures)))
+
+
+def _who(address: str) -> str:
+    """The key an address is counted under: itself, or an IPv6 address's /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def check_binding(host: str, users: UsersFile) -> None:

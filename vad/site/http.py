@@ -56,7 +56,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from vad.errors import InputError, UnknownEventError, UsageError
-from vad.review.server import NO_STORE, inside
+from vad.review.server import NO_STORE, inside, parse_json
 from vad.runs import WatchFolder
 from vad.site.auth import COOKIE, FAIL_DELAY, Door
 from vad.site.config import HttpConfig
@@ -64,6 +64,8 @@ from vad.site.config import HttpConfig
 log = logging.getLogger(__name__)
 
 EVENT_LINES = ("start", "update", "end", "gap")
+VERIFYING = 2  # passwords checked at once (argon2id holds 64 MiB per check)
+MAX_WAITING = 64  # logins waiting for a check; beyond, 429
 
 
 class SiteMetrics:
@@ -138,6 +140,8 @@ class _Room:
         self.users, self.sessions, self.throttle = door["users"], door["sessions"], door["throttle"]
         self.secure = bool(http and http.tls)
         self.pictures: dict[str, tuple[int, bytes]] = {}
+        self.verifying = asyncio.Semaphore(VERIFYING)
+        self.waiting = 0  # logins waiting for their check (beyond MAX_WAITING: 429)
 
     async def healthz(self, request: Request) -> Response:
         ok = self.site.healthy()
@@ -158,20 +162,31 @@ class _Room:
 
     async def login(self, request: Request) -> Response:
         address = request.client.host if request.client else "?"
-        wait = self.throttle.blocked(address)
-        if wait:
-            return _json(429, {"error": f"too many failed logins from {address}; try again in {wait:.0f} s"},
-                         {"Retry-After": str(int(wait) + 1)})
+        if self.throttle.blocked(address):
+            return self._too_many(address)
         try:
-            asked = json.loads(await _body(request))
+            asked = parse_json(await _body(request))
             user, password = asked["user"], asked["password"]
             if not (isinstance(user, str) and isinstance(password, str)):
                 raise TypeError
         except (ValueError, TypeError, KeyError):
             return _json(400, {"error": 'expected {"user": NAME, "password": PASSWORD}'})
-        ok = await run_in_threadpool(self.users.check_password, user, password)
+        if self.throttle.begin(address):  # its attempts in flight count: 20 at once are not 20 tries
+            return self._too_many(address)
+        ok = False
+        try:
+            if self.waiting >= MAX_WAITING:
+                return _json(429, {"error": "too many logins under way; try again in a few seconds"},
+                             {"Retry-After": "5"})
+            self.waiting += 1
+            try:
+                async with self.verifying:  # each check holds argon2's 64 MiB: a few at a time
+                    ok = await run_in_threadpool(self.users.check_password, user, password)
+            finally:
+                self.waiting -= 1
+        finally:
+            self.throttle.end(address, ok)
         if not ok:
-            self.throttle.failed(address)
             log.warning(f"note: failed login for {user!r} from {address} ({self.throttle.total} failed so far)")
             await asyncio.sleep(FAIL_DELAY)
             return _json(401, {"error": "wrong user or password"})
@@ -181,6 +196,11 @@ class _Room:
                             secure=self.secure, path="/")
         log.info(f"login: {user} from {address}")
         return response
+
+    def _too_many(self, address: str) -> Response:
+        wait = self.throttle.blocked(address) or FAIL_DELAY
+        return _json(429, {"error": f"too many failed logins from {address}; try again in {wait:.0f} s"},
+                     {"Retry-After": str(int(wait) + 1)})
 
     async def logout(self, request: Request) -> Response:
         self.sessions.close(request.cookies.get(COOKIE))
@@ -273,7 +293,7 @@ class _Room:
         if not request.headers.get("content-type", "").startswith("application/json"):
             return _json(415, {"error": "expected a JSON body (Content-Type: application/json)"})
         try:
-            asked = json.loads(await _body(request))
+            asked = parse_json(await _body(request))
             key, verdict = asked["event"], asked["verdict"]
             if not (isinstance(key, str) and isinstance(verdict, str)) or "/" not in key:
                 raise TypeError("event must be CAMERA/EVENT and verdict a string")
@@ -430,8 +450,9 @@ class LiveFeed:
                 patch["clip"] = self._clip_url(camera, event)
         elif kind == "end":
             patch.update(end_time=line.get("wall_time"), open=False)
-            if line.get("clip"):
-                patch["clip"] = self._clip_url(camera, event)
+            patch["clip"] = self._clip_url(camera, event) if line.get("clip") else None
+            if line.get("reason"):
+                patch["reason"] = line["reason"]
         return patch
 
     def clip_path(self, camera: str, event: str) -> Path:
@@ -475,7 +496,9 @@ class SiteServer:
         self.url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}/"
         tls = {"ssl_certfile": cfg.tls.cert, "ssl_keyfile": cfg.tls.key} if cfg.tls else {}
         config = uvicorn.Config(site_app(site, door), log_level="warning", log_config=None, access_log=False,
-                                lifespan="off", server_header=False, timeout_graceful_shutdown=2, **tls)
+                                lifespan="off", server_header=False, timeout_graceful_shutdown=2,
+                                proxy_headers=bool(cfg.trusted_proxies),
+                                forwarded_allow_ips=list(cfg.trusted_proxies) or None, **tls)
         self._server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},
                                        name="vad-http", daemon=True)

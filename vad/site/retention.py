@@ -8,7 +8,9 @@ Every ``EVERY`` seconds (and when ``vad serve`` starts) each camera's folder is 
    oldest first, those with an operator's verdict last (their footage is in the run already: a verdict copies it
    there, and the site never deletes a run's files). Their lines stay (a few hundred bytes each) until their age.
 
-An event still open, or whose clip is still being written, is never touched; nor is a temporary file.
+An event still open, or whose clip is still being written, is never touched; temporary files (``.vad-tmp.*``: clips
+being written) count in the bound, and one untouched for ``STALE`` s (an hour) is a leftover of a killed watch,
+deleted.
 :class:`Kept` is what the control room shows: the bytes and events kept, per camera and in all.
 """
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 EVERY = 60.0  # seconds between sweeps
 KINDS = ("snapshots", "clips", "footage")
+STALE = 3600.0  # seconds a temporary file (a clip being written) goes untouched before it is a leftover
 
 
 @dataclass
@@ -53,17 +56,38 @@ class Kept:
                 "retain_days": self.retain_days, "text": self.text()}
 
 
-def _event_files(folder: WatchFolder) -> dict[str, list[Path]]:
-    """``{event id: its files}`` under a camera's folder (snapshot, clip, footage and its note)."""
+def _event_files(folder: WatchFolder) -> tuple[dict[str, list[Path]], list[Path]]:
+    """``{event id: its files}`` under a camera's folder (snapshot, clip, footage and its note), and the temporary
+    files there (being written, or left by a watch that was killed)."""
     files: dict[str, list[Path]] = {}
+    temporary = []
     for kind in KINDS:
         d = folder.root / kind
         if not d.is_dir():
             continue
         for p in d.iterdir():
-            if p.is_file() and not p.name.startswith((TEMP_PREFIX, ".")):
+            if p.is_file() and p.name.startswith(TEMP_PREFIX):
+                temporary.append(p)
+            elif p.is_file() and not p.name.startswith("."):
                 files.setdefault(p.stem, []).append(p)
-    return files
+    return files, temporary
+
+
+def _temporary_bytes(files: list[Path], now: float) -> int:
+    """Bytes of the temporary files being written; one untouched for ``STALE`` s is a leftover, deleted."""
+    size = 0
+    for p in files:
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # finished meanwhile
+            continue
+        if st.st_mtime < now - STALE:
+            p.unlink(missing_ok=True)
+            log.info(f"retention: {p} deleted (a temporary file untouched for {STALE / 3600:g} h: left by a watch "
+                     "that was stopped)")
+        else:
+            size += st.st_size
+    return size
 
 
 def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | None = None) -> Kept:
@@ -77,7 +101,9 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
     for name, c in cameras.items():
         folder = WatchFolder(Path(out) / name)
         cutoff = now - c["retain_days"] * 86400
-        for event, files in _event_files(folder).items():
+        events, temporary = _event_files(folder)
+        busy += _temporary_bytes(temporary, now)
+        for event, files in events.items():
             stats = [(p, p.stat()) for p in files if p.exists()]
             if event in c["busy"]:
                 busy += sum(st.st_size for _, st in stats)

@@ -231,7 +231,7 @@ class Site:
             while not self._stop.wait(0.5):
                 if self._reload.is_set():
                     self._reload.clear()
-                    self.reload()
+                    self._reload_safely()
                 with self._lock:
                     cams = [c for _, c, _ in self.cameras.values()]
                 for c in cams:
@@ -256,6 +256,12 @@ class Site:
         """Re-read the site file at the next turn of the loop (what SIGHUP does)."""
         self._reload.set()
 
+    def _reload_safely(self) -> None:
+        try:
+            self.reload()
+        except Exception:  # a bug while applying a new file: the cameras left running go on
+            log.exception(f"error: reloading {self.cfg.path} failed part way; the cameras running go on")
+
     def reload(self) -> bool:
         """Re-read the site file: cameras added, removed or changed (those only: the others go on untouched). A
         file that no longer checks changes nothing and says why. Returns whether it applied."""
@@ -265,6 +271,10 @@ class Site:
             new = load_site(self.cfg.path)
         except VadError as err:
             log.error(f"error: {err}; the site goes on as it was")
+            return False
+        except Exception as err:  # whatever the file holds, a reload never takes the service down
+            log.error(f"error: {self.cfg.path}: cannot be read ({type(err).__name__}: {err}); the site goes on as "
+                      "it was")
             return False
         for key in ("mqtt", "http", "batch", "batch_timeout_ms", "device", "backend", "out"):
             if getattr(new, key) != getattr(self.cfg, key):
