@@ -234,6 +234,24 @@ def test_retention_deletes_the_oldest_first_within_the_bound_and_judged_last(tmp
     assert not list((out / "a" / "clips").iterdir()) and (out / "b" / "clips" / "open.mp4").exists()
 
 
+def test_retention_counts_clips_being_written_and_sweeps_a_killed_watch_s_leftovers(tmp_path: Path) -> None:
+    from vad.site.retention import STALE, sweep
+
+    now = time.time()
+    out = tmp_path / "out"
+    _evidence(out, "a", "e0", 0.5, 1_000_000, now)
+    writing = out / "a" / "clips" / ".vad-tmp.e1.123.mp4"  # a clip being written: counted, never deleted
+    writing.write_bytes(b"x" * 2_000_000)
+    left = out / "a" / "footage" / ".vad-tmp.e9.77.mp4"  # a killed watch's, untouched for longer than STALE
+    left.write_bytes(b"x" * 5_000_000)
+    os.utime(left, (now - STALE - 60, now - STALE - 60))
+    cams = {"a": {"retain_days": 7.0, "busy": set(), "judged": set(), "camera": None}}
+    kept = sweep(out, cams, max_bytes=4_000_000, now=now)
+    assert writing.exists() and not left.exists()
+    # 3 MB of e0 + 2 MB being written > 4 MB: e0 goes (the clip being written counts in the bound)
+    assert not (out / "a" / "clips" / "e0.mp4").exists() and kept.deleted_events == 1
+
+
 # --- in a real browser ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -243,12 +243,16 @@ def test_the_login_table_is_bounded_and_counts_an_ipv6_host_by_its_64(monkeypatc
 
     t = Throttle()
     monkeypatch.setattr(Throttle, "MAX_ADDRESSES", 100)
+    def failed(address: str) -> None:
+        assert t.begin(address) == 0
+        t.end(address, ok=False)
+
     for i in range(1000):
-        t.failed(f"10.0.{i // 250}.{i % 250}")
+        failed(f"10.0.{i // 250}.{i % 250}")
     assert len(t.failures) <= 100 and t.total == 1000
     for i in range(MAX_FAILURES):  # one host cycling through its /64
         assert not t.blocked(f"2001:db8::{i + 1:x}")
-        t.failed(f"2001:db8::{i + 1:x}")
+        failed(f"2001:db8::{i + 1:x}")
     assert t.blocked("2001:db8::ffff") > 0 and not t.blocked("2001:db8:0:1::1")
     # attempts in flight count: five taken at once and the sixth is refused before any check
     assert all(t.begin("192.0.2.1") == 0 for _ in range(MAX_FAILURES))

@@ -222,11 +222,6 @@ class Throttle:
                 self._recent(who).append(time.monotonic())
                 self.total += 1
 
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._recent(_who(address)).append(time.monotonic())
-            self.total += 1
-
     def _wait(self, who: str) -> float:
         recent = self._recent(who) if who in self.failures else deque()
         if len(recent) + self.in_flight.get(who, 0) < MAX_FAILURES:
