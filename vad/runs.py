@@ -318,15 +318,15 @@ _HOLDING = threading.Lock()
 
 
 @contextmanager
-def locked(root: Path, command: str, wait: float = 0.0) -> Iterator[None]:
+def locked(root: Path, command: str, wait: float = 0.0, reentrant: bool = False) -> Iterator[None]:
     """Hold ``root/.lock`` while ``command`` writes the run folder; a second command on the same folder stops (after
     waiting up to ``wait`` seconds for the holder) with an error naming the holder. Temporary files left by an
-    interrupted command are swept on entry. Re-entrant within a thread: a folder the calling thread holds already
-    is not locked again."""
+    interrupted command are swept on entry. ``reentrant``: a folder the calling thread holds already is not locked
+    again (else that is a second command, refused as any other)."""
     prepare_output(root)
     key = (str(Path(root).resolve()), threading.get_ident())
     with _HOLDING:
-        mine = key in _HELD
+        mine = reentrant and key in _HELD
     if mine:  # this thread holds it already (a command's folder, and a camera writing into it)
         yield
         return

@@ -103,7 +103,7 @@ class Camera:
         killed watch left, and end the events it left open (``reason: interrupted``)."""
         if self.folder is not None:
             self._hold = ExitStack()
-            self._hold.enter_context(locked(self.folder.root, f"camera {self.name} ({self.source})"))
+            self._hold.enter_context(locked(self.folder.root, f"camera {self.name} ({self.source})", reentrant=True))
             with self._lock:
                 for line in interrupted_events(self.folder.events):
                     log.warning(f"note: camera {self.name}: event {line['event']} was left open by a watch that "
