@@ -23,7 +23,7 @@ import pytest
 
 from tests import helpers
 from tests.test_control_room import PASSWORD, Running, _add_user, _site
-from tests.test_site import _anomaly_frames, _get, _lines, _wait
+from tests.test_site import _anomaly_frames, _get, _wait
 
 REPO = Path(__file__).resolve().parents[1]
 DEEP = "[" * 8000 + "]" * 8000  # under 16 KiB; Python's parser recurses on it
@@ -49,14 +49,13 @@ def test_forged_forwarded_headers_do_not_dodge_the_login_limit(live_run: Path, t
     with Running(config) as room:
         url = room.url
         # bodies and paths that broke the server: a clear 400 / 404, never 500, not counted as a failed login
-        for route in ("api/login", "api/feedback"):
-            r = httpx.post(url + route, content=DEEP, headers={"Origin": url[:-1], "Content-Type": "application/json"})
-            assert r.status_code in (400, 401) and r.status_code != 500, (route, r.status_code, r.text[:200])
-        assert httpx.post(url + "api/login", content=DEEP, headers={"Origin": url[:-1]}).status_code == 400
+        json_body = {"Origin": url[:-1], "Content-Type": "application/json"}
+        r = httpx.post(url + "api/login", content=DEEP, headers=json_body)
+        assert r.status_code == 400, r.text[:200]
         r = _login(url, PASSWORD)
         assert r.status_code == 200
         with httpx.Client(base_url=url, cookies=r.cookies, timeout=10) as s:
-            r = s.post("api/feedback", content=DEEP, headers={"Origin": url[:-1], "Content-Type": "application/json"})
+            r = s.post("api/feedback", content=DEEP, headers=json_body)
             assert r.status_code == 400, r.text[:200]
             for path in ("media/cam/snapshots/%00.jpg", "media/cam/clips/a%00b.mp4", "media/cam%00/clips/x.mp4"):
                 assert s.get(path).status_code == 404, path
@@ -180,7 +179,7 @@ def test_sighup_with_a_site_file_that_is_not_utf8_changes_nothing(live_run: Path
         assert proc.poll() is None, "".join(said)[-3000:]  # still serving
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         status, body = _get(f"http://127.0.0.1:{port}/api/cameras")
-        assert status == 200 and json.loads(body)["cam"]["state"] in ("scoring", "starting")
+        assert status == 200 and json.loads(body)["cam"]["state"] not in ("down", "stopped")
         line = next(x for x in said if "not UTF-8" in x)
         assert line.startswith(f"error: {config}: not UTF-8 text") and "goes on as it was" in line, line
         config.write_bytes(good.replace(b"cam:", b"cam2:"))  # a good file again: applied
@@ -231,6 +230,17 @@ def test_after_sigkill_mid_event_a_restart_ends_the_event_and_sweeps_its_files(l
     assert proc.returncode == 0, "".join(said)[-3000:]
 
 
+def _lines(path: Path) -> list[dict]:
+    """The lines of ``events.jsonl`` (a last line being written skipped)."""
+    out = []
+    for text in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(text))
+        except ValueError:
+            continue
+    return out
+
+
 def _open_events(events: Path) -> list[str]:
     """The events of ``events.jsonl`` with a start and no end."""
     started = [x["event"] for x in _lines(events) if x["type"] == "start"]
@@ -250,10 +260,13 @@ def test_the_login_table_is_bounded_and_counts_an_ipv6_host_by_its_64(monkeypatc
     for i in range(1000):
         failed(f"10.0.{i // 250}.{i % 250}")
     assert len(t.failures) <= 100 and t.total == 1000
-    for i in range(MAX_FAILURES):  # one host cycling through its /64
-        assert not t.blocked(f"2001:db8::{i + 1:x}")
-        failed(f"2001:db8::{i + 1:x}")
-    assert t.blocked("2001:db8::ffff") > 0 and not t.blocked("2001:db8:0:1::1")
+    for i in range(MAX_FAILURES):  # one host cycling through its /64 (a provider's: global)
+        assert not t.blocked(f"2a00:1450:4001:81b::{i + 1:x}")
+        failed(f"2a00:1450:4001:81b::{i + 1:x}")
+    assert t.blocked("2a00:1450:4001:81b::ffff") > 0 and not t.blocked("2a00:1450:4001:81c::1")
+    for _ in range(MAX_FAILURES):  # on a LAN (unique local) each address is its own
+        failed("fd00::5")
+    assert t.blocked("fd00::5") > 0 and not t.blocked("fd00::6")
     # attempts in flight count: five taken at once and the sixth is refused before any check
     assert all(t.begin("192.0.2.1") == 0 for _ in range(MAX_FAILURES))
     assert t.begin("192.0.2.1") > 0

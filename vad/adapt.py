@@ -52,20 +52,26 @@ def withdrawn(extra: dict[str, dict], given: dict[str, dict]) -> list[str]:
     return sorted(out)
 
 
+def _verdicts(run: RunFolder) -> dict[str, dict]:
+    """The run's verdicts (:func:`vad.verdicts.read_verdicts`), lines that are not verdicts skipped with a note."""
+    given, skipped = read_verdicts(run)
+    if skipped:
+        log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "
+                    "not verdicts (a torn or edited line); skipped")
+    return given
+
+
 def _nothing_marked(run: RunFolder) -> UsageError:
     return UsageError(f"no event of {run.root} is marked normal (vad review --run {run.root}, or vad feedback --run "
                       f"{run.root} --event ID --verdict normal); nothing to learn from")
 
 
-def normal_footage(run: RunFolder, required: bool = True
+def normal_footage(run: RunFolder, required: bool = True, given: dict[str, dict] | None = None
                    ) -> tuple[list[Clip], dict[str, tuple[int, int]], dict[str, str]]:
     """The frames of the events marked normal: ``(clips, {clip: (start, stop)}, {clip: event id})``; each event is a
     clip of its own (:func:`footage_name`) over its source. None marked normal: a :class:`UsageError` when
-    ``required``."""
-    given, skipped = read_verdicts(run)
-    if skipped:
-        log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "
-                    "not verdicts (a torn or edited line); skipped")
+    ``required``. ``given``: the verdicts already read (:func:`vad.verdicts.read_verdicts`)."""
+    given = _verdicts(run) if given is None else given
     marked = {e: v for e, v in given.items() if v["verdict"] == "normal"}
     if not marked and required:
         raise _nothing_marked(run)
@@ -106,9 +112,9 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
         raise RunFolderError(f"{run.model} not found: adapt fine-tunes a run's one model (a run trained per scene: "
                              "not yet)")
     cfg = load_config(run.config, saved=True)
-    given = read_verdicts(run)[0]
+    given = _verdicts(run)  # read once: a verdict given meanwhile waits for the next adapt
     some_anomaly = any(v["verdict"] == "anomaly" for v in given.values())
-    extra, extra_ranges, names = normal_footage(run, required=not some_anomaly)  # before the model is read
+    extra, extra_ranges, names = normal_footage(run, not some_anomaly, given)  # before the model is read
     old = read_checkpoint(run.model)
     gone = withdrawn(old.get("extra_clips", {}), given)
     if not names and not gone:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a write that found no room
 TEMP_PREFIX = ".vad-tmp."  # temporary files start with it (vad.runs.sweep_temporaries deletes stale ones)
 
 
 @contextmanager
 def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder (ending in ``suffix``); on success it replaces ``path``. An
-    ``OSError`` while writing that names no file (a library's write: disk full, file too large) is raised again
+    """Yield a temporary path in ``path``'s folder (ending in ``suffix``); on success it replaces ``path``. A full
+    disk or a file size limit met while writing (an ``OSError`` naming no file: a library's write) is raised again
     naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +31,7 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
         try:
             yield Path(tmp)
         except OSError as err:
-            if err.filename is None and err.errno is not None:  # a library's write (disk full, file too large):
+            if err.filename is None and err.errno in NO_ROOM:  # a library's write (disk full, file too large):
                 raise OSError(err.errno, err.strerror, str(path)) from err  # name the file it was writing
             raise
         Path(tmp).replace(path)

@@ -533,7 +533,7 @@ def _writing(args: argparse.Namespace) -> Iterator[None]:
     if folder is None or not world().main:
         yield
         return
-    if args.writes == "out":  # a new run's settings are checked before its folder is made
+    if args.writes == "out" and getattr(args, "run", None) is None:  # a new run's settings, before its folder
         _config(args)
     with writing(folder, args.command, existing=args.writes == "run"):
         yield

@@ -101,16 +101,21 @@ class Camera:
     def start(self) -> None:
         """Start reading. With an output folder: hold its lock (one writer), which sweeps the half-written files a
         killed watch left, and end the events it left open (``reason: interrupted``)."""
-        if self.folder is not None:
-            self._hold = ExitStack()
-            self._hold.enter_context(locked(self.folder.root, f"camera {self.name} ({self.source})", reentrant=True))
-            with self._lock:
-                for line in interrupted_events(self.folder.events):
-                    log.warning(f"note: camera {self.name}: event {line['event']} was left open by a watch that "
-                                "was stopped without closing it; ended as interrupted")
-                    self._write(line)
-        self.evidence.start()
-        self.src.start()
+        self._hold = ExitStack()
+        try:
+            if self.folder is not None:
+                self._hold.enter_context(locked(self.folder.root, f"camera {self.name} ({self.source})",
+                                                reentrant=True))
+                with self._lock:
+                    for line in interrupted_events(self.folder.events):
+                        log.warning(f"note: camera {self.name}: event {line['event']} was left open by a watch "
+                                    "that was stopped without closing it; ended as interrupted")
+                        self._write(line)
+            self.evidence.start()
+            self.src.start()
+        except BaseException:  # not started: the folder is free again
+            self._hold.close()
+            raise
 
     def stop_source(self) -> None:
         self.stopping = True

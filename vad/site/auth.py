@@ -183,7 +183,7 @@ class Sessions:
 
 class Throttle:
     """Failed logins per address: counted, and an address with ``MAX_FAILURES`` in the window, counting the logins
-    of it still being checked, is refused. IPv6 addresses count per /64 (one host holds a whole /64); the table
+    of it still being checked, is refused. Global IPv6 addresses count per /64 (one host holds a whole /64); the table
     holds at most ``MAX_ADDRESSES`` addresses (the expired go first, then the oldest)."""
 
     MAX_ADDRESSES = 10000
@@ -244,7 +244,7 @@ class Throttle:
 
 
 def _who(address: str) -> str:
-    """The key an address is counted under: itself, or an IPv6 address's /64."""
+    """The key an address is counted under: itself, or a global IPv6 address's /64."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -252,7 +252,8 @@ def _who(address: str) -> str:
     if ip.version == 6:
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        if ip.is_global:  # one host gets a whole /64 from its provider; on a LAN each address is its own
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
 
 

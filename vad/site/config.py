@@ -202,13 +202,15 @@ def _http_paths(http: HttpConfig, path: Path, base: Path) -> HttpConfig:
         if not origin.startswith(("http://", "https://")) or origin.rstrip("/") != origin:
             raise ConfigError(f"{path}: http.origins: {origin!r}; expected scheme://host[:port] with no path, e.g. "
                               "https://vad.example.org")
+    proxies = []
     for proxy in http.trusted_proxies:
-        try:
-            ipaddress.ip_network(proxy, strict=False)
+        try:  # as uvicorn reads them: 10.0.0.1/8 -> 10.0.0.0/8, a bare address -> itself
+            net = ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             raise ConfigError(f"{path}: http.trusted_proxies: {proxy!r}; expected an IP address or network (e.g. "
                               "127.0.0.1, 10.0.0.0/8)") from None
-    return dataclasses.replace(http, auth_file=auth, tls=tls)
+        proxies.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+    return dataclasses.replace(http, auth_file=auth, tls=tls, trusted_proxies=tuple(proxies))
 
 
 def parse_camera(name: str, data: object, defaults: dict, base: Path) -> CameraConfig:

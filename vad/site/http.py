@@ -171,13 +171,13 @@ class _Room:
                 raise TypeError
         except (ValueError, TypeError, KeyError):
             return _json(400, {"error": 'expected {"user": NAME, "password": PASSWORD}'})
+        if self.waiting >= MAX_WAITING:  # not a try: nothing is counted against the address
+            return _json(429, {"error": "too many logins under way; try again in a few seconds"},
+                         {"Retry-After": "5"})
         if self.throttle.begin(address):  # its attempts in flight count: 20 at once are not 20 tries
             return self._too_many(address)
         ok = False
         try:
-            if self.waiting >= MAX_WAITING:
-                return _json(429, {"error": "too many logins under way; try again in a few seconds"},
-                             {"Retry-After": "5"})
             self.waiting += 1
             try:
                 async with self.verifying:  # each check holds argon2's 64 MiB: a few at a time
