@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,3 +179,28 @@ def test_resume_with_another_process_count_is_refused(scene: Path, tmp_path: Pat
     torch.save({**ck, "processes": 2}, tmp_path / "checkpoints" / "last.pt")
     with pytest.raises(ResumeError, match="trained by 2 process"):
         train(clips, cfg, tmp_path, device="cpu", progress=False)
+
+
+def test_auto_precision_on_a_bf16_cpu_is_measured_on_copies(monkeypatch, caplog) -> None:
+    """train.amp auto on a CPU with bf16 dot products but no AMX: a student step timed in each precision, on copies
+    (the model's weights and BatchNorm statistics untouched), the faster kept and said."""
+    import logging
+
+    from vad.models import build_model
+    from vad.train import faster_cpu_precision
+
+    model = build_model(ModelConfig(input_height=64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logger = logging.getLogger("vad")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="vad"):
+            chosen = faster_cpu_precision(model, 2, (64, 96), steps=1)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert chosen in (None, torch.bfloat16)
+    for k, v in model.state_dict().items():  # (statistics not fitted yet are NaN)
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True, msg=k)
+    said = next(r.getMessage() for r in caplog.records if "train.amp auto" in r.getMessage())
+    took = [float(x) for x in re.findall(r"took ([\d.]+) s in bf16 and ([\d.]+) s", said)[0]]
+    assert took[0] <= took[1] if chosen is torch.bfloat16 else took[0] >= took[1], said  # (times to 0.01 s)

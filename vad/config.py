@@ -147,7 +147,8 @@ class TrainConfig:
     position_stats: bool = True  # per-position statistics of the held-out normal frames' anomaly maps
     seed: int = 0
     # auto: bf16 on CUDA, and on CPUs with native bf16 (AMX) with the depthwise convolutions that train kept in
-    # float32 (0.7-0.83x a float32 step there; slower without AMX: benchmarks/train_step.py); else off. bf16|fp16|off
+    # float32 (0.7-0.83x a float32 step there); on CPUs with AVX512-BF16 but no AMX, whichever a student step measures
+    # faster at the start (0.70x on a Zen 4 EPYC: bf16; benchmarks/train_step.py); else off. bf16|fp16|off
     amp: Amp = "auto"
     per_scene: bool = False  # one model per scene (ShanghaiTech)
     num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers (train.cache false)

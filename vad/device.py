@@ -29,6 +29,16 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags
 
 
+def cpu_has_bf16_instructions() -> bool:
+    """Whether this CPU has bf16 dot products but not AMX (AVX512-BF16: AMD Zen 4, Intel Cooper Lake): whether bf16
+    training beats float32 there depends on the CPU, so training measures it (:func:`vad.train` setup)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags and "amx_bf16" not in flags
+
+
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``setting`` (train.amp, score.amp). ``auto``: bf16 on CUDA, and on a CPU with native
     bf16 (AMX; training keeps its depthwise convolutions in float32: :func:`vad.models.depthwise_in_float32`);

@@ -28,7 +28,7 @@ import torch
 from vad.augment import ObjectShift, clip_backgrounds
 from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
 from vad.config import SCORING, RunConfig, from_dict, to_dict
-from vad.device import amp_dtype, autocast, resolve_device, to_device
+from vad.device import amp_dtype, autocast, cpu_has_bf16_instructions, resolve_device, to_device
 from vad.distributed import all_sum, barrier, frame_shares, world
 from vad.errors import ConfigError, InputError, UsageError, VadError
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
@@ -272,6 +272,8 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
     dtype = amp_dtype(t.amp, device)
+    if t.amp == "auto" and dtype is None and device.type == "cpu" and w.world_size == 1 and cpu_has_bf16_instructions():
+        dtype = faster_cpu_precision(model, t.batch_size, size)
     cpu_bf16 = dtype == torch.bfloat16 and device.type == "cpu"
     if dtype is None or cpu_bf16:
         # float32: the same features; bf16 on a CPU: as close to float32's as unfolded bf16's, 1.8x faster
@@ -295,6 +297,37 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
                     train_stream, list(clips), val_ranges, val_loader,
                     torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, runs,
                     speed_runs=speed_runs)
+
+
+def faster_cpu_precision(model: AnomalyModel, batch: int, size: tuple[int, int], steps: int = 2
+                         ) -> torch.dtype | None:
+    """``train.amp: auto`` on a CPU with bf16 dot products but no AMX: bf16 (depthwise convolutions in float32, as
+    on AMX) where a step of the student measured faster than float32 here, else None (float32). On a 2-core AMD EPYC
+    (Zen 4) bf16 took 0.70x float32's step; with oneDNN held to AVX512-BF16 on a Xeon, 1.20x (docs/speed.md). Copies
+    of the student, a random batch: the model is untouched."""
+    import copy
+
+    student = getattr(model, "student", None)
+    if student is None:
+        return None
+    x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
+    seconds = {}
+    for dtype in (None, torch.bfloat16):
+        net = copy.deepcopy(student).train()
+        if dtype is not None:
+            depthwise_in_float32(net)
+        times = []
+        for _ in range(steps + 1):  # the first warms up
+            t0 = time.perf_counter()
+            with autocast(torch.device("cpu"), dtype):
+                out = net(x)
+            sum(v.float().square().mean() for v in out.values()).backward()
+            times.append(time.perf_counter() - t0)
+        seconds[dtype] = min(times[1:])
+    faster = torch.bfloat16 if seconds[torch.bfloat16] < seconds[None] else None
+    log.info(f"train.amp auto: a student step took {seconds[torch.bfloat16]:.2f} s in bf16 and {seconds[None]:.2f} s "
+             f"in float32 on this CPU (AVX512-BF16, no AMX): training in {'bf16' if faster else 'float32'}")
+    return faster
 
 
 def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: bool, what: str
