@@ -191,6 +191,7 @@ def test_auto_precision_on_a_bf16_cpu_is_measured_on_copies(monkeypatch, caplog)
 
     model = build_model(ModelConfig(input_height=64))
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr("vad.train._MEASURED", {})
     logger = logging.getLogger("vad")
     logger.addHandler(caplog.handler)
     try:
@@ -204,3 +205,4 @@ def test_auto_precision_on_a_bf16_cpu_is_measured_on_copies(monkeypatch, caplog)
     said = next(r.getMessage() for r in caplog.records if "train.amp auto" in r.getMessage())
     took = [float(x) for x in re.findall(r"took ([\d.]+) s in bf16 and ([\d.]+) s", said)[0]]
     assert took[0] <= took[1] if chosen is torch.bfloat16 else took[0] >= took[1], said  # (times to 0.01 s)
+    assert faster_cpu_precision(model, 2, (64, 96), steps=1) is chosen  # measured once: a resume agrees

@@ -299,6 +299,9 @@ def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str 
                     speed_runs=speed_runs)
 
 
+_MEASURED: dict[tuple, torch.dtype | None] = {}  # faster_cpu_precision's answers in this process
+
+
 def faster_cpu_precision(model: AnomalyModel, batch: int, size: tuple[int, int], steps: int = 2
                          ) -> torch.dtype | None:
     """``train.amp: auto`` on a CPU with bf16 dot products but no AMX: bf16 (depthwise convolutions in float32, as
@@ -310,6 +313,9 @@ def faster_cpu_precision(model: AnomalyModel, batch: int, size: tuple[int, int],
     student = getattr(model, "student", None)
     if student is None:
         return None
+    key = (type(student).__name__, sum(p.numel() for p in student.parameters()), batch, tuple(size))
+    if key in _MEASURED:  # once per process and shape: trainings of one session (a resume, a test) agree
+        return _MEASURED[key]
     x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
     seconds = {}
     for dtype in (None, torch.bfloat16):
@@ -324,7 +330,7 @@ def faster_cpu_precision(model: AnomalyModel, batch: int, size: tuple[int, int],
             sum(v.float().square().mean() for v in out.values()).backward()
             times.append(time.perf_counter() - t0)
         seconds[dtype] = min(times[1:])
-    faster = torch.bfloat16 if seconds[torch.bfloat16] < seconds[None] else None
+    faster = _MEASURED[key] = torch.bfloat16 if seconds[torch.bfloat16] < seconds[None] else None
     log.info(f"train.amp auto: a student step took {seconds[torch.bfloat16]:.2f} s in bf16 and {seconds[None]:.2f} s "
              f"in float32 on this CPU (AVX512-BF16, no AMX): training in {'bf16' if faster else 'float32'}")
     return faster
