@@ -34,6 +34,15 @@ def _login(url: str, password: str = "wrong", **headers) -> httpx.Response:
                       headers={"Origin": url[:-1], **headers}, timeout=30)
 
 
+def _room(live_run: Path, tmp_path: Path, monkeypatch, http: str = "") -> Path:
+    """A site file: one camera, the control room on any port of every address, a user (alice)."""
+    video = helpers.write_video(tmp_path / "cam.avi", helpers.frames(1, 20))
+    cameras = f"  cam: {{source: {video}, run: {live_run}}}\n"
+    config = _site(tmp_path, live_run, cameras, "host: 0.0.0.0, port: 0" + http)
+    _add_user(config, monkeypatch=monkeypatch)
+    return config
+
+
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -43,9 +52,7 @@ def _peak_rss_mb() -> float:
 
 def test_forged_forwarded_headers_do_not_dodge_the_login_limit(live_run: Path, tmp_path: Path, monkeypatch,
                                                                 caplog) -> None:
-    video = helpers.write_video(tmp_path / "cam.avi", helpers.frames(1, 20))
-    config = _site(tmp_path, live_run, f"  cam: {{source: {video}, run: {live_run}}}\n", "host: 0.0.0.0, port: 0")
-    _add_user(config, monkeypatch=monkeypatch)
+    config = _room(live_run, tmp_path, monkeypatch)
     with Running(config) as room:
         url = room.url
         # bodies and paths that broke the server: a clear 400 / 404, never 500, not counted as a failed login
@@ -73,10 +80,7 @@ def test_forged_forwarded_headers_do_not_dodge_the_login_limit(live_run: Path, t
 
 
 def test_a_trusted_proxy_s_forwarded_address_is_the_one_counted(live_run: Path, tmp_path: Path, monkeypatch) -> None:
-    video = helpers.write_video(tmp_path / "cam.avi", helpers.frames(1, 20))
-    config = _site(tmp_path, live_run, f"  cam: {{source: {video}, run: {live_run}}}\n",
-                   "host: 0.0.0.0, port: 0, trusted_proxies: [127.0.0.1]")
-    _add_user(config, monkeypatch=monkeypatch)
+    config = _room(live_run, tmp_path, monkeypatch, ", trusted_proxies: [127.0.0.1]")
     with Running(config) as room:
         url = room.url
         codes = [_login(url, **{"X-Forwarded-For": "198.51.100.7"}).status_code for _ in range(6)]
@@ -89,9 +93,7 @@ def test_a_trusted_proxy_s_forwarded_address_is_the_one_counted(live_run: Path, 
 
 def test_logins_at_once_are_counted_in_flight_and_checked_a_few_at_a_time(live_run: Path, tmp_path: Path,
                                                                          monkeypatch) -> None:
-    video = helpers.write_video(tmp_path / "cam.avi", helpers.frames(1, 20))
-    config = _site(tmp_path, live_run, f"  cam: {{source: {video}, run: {live_run}}}\n", "host: 0.0.0.0, port: 0")
-    _add_user(config, monkeypatch=monkeypatch)
+    config = _room(live_run, tmp_path, monkeypatch)
 
     async def at_once(url: str, sources: list[str]) -> list[int]:
         async def one(source: str) -> int:
