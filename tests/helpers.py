@@ -209,7 +209,9 @@ TINY = RunConfig(
     model=ModelConfig(input_height=96),
     # object_shift=0: the scene's anomaly is partly *where* it is (rows no normal object reaches), which object
     # shifts declare normal by design; tests/test_augment.py trains with them on a scene where it is *what*
-    train=TrainConfig(epochs=6, disc_epochs=4, batch_size=8, lr=3e-3, seed=0, object_shift=0.0),
+    # train.amp off: trained in float32 on every machine (auto would pick bf16 on AMX, or where it measures faster),
+    # so the accuracy and copy-check tests judge the same model everywhere; bf16 training has its own test
+    train=TrainConfig(epochs=6, disc_epochs=4, batch_size=8, lr=3e-3, seed=0, object_shift=0.0, amp="off"),
     # float32 scoring, also where the CPU has AMX (whose default is bf16): the normal reference stored at training
     # is then the same on every machine, and tests that rescore "as trained" compare like with like
     score=ScoreConfig(batch_size=16, amp="off"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -206,3 +207,14 @@ def test_auto_precision_on_a_bf16_cpu_is_measured_on_copies(monkeypatch, caplog)
     took = [float(x) for x in re.findall(r"took ([\d.]+) s in bf16 and ([\d.]+) s", said)[0]]
     assert took[0] <= took[1] if chosen is torch.bfloat16 else took[0] >= took[1], said  # (times to 0.01 s)
     assert faster_cpu_precision(model, 2, (64, 96), steps=1) is chosen  # measured once: a resume agrees
+
+
+def test_bf16_training_learns_with_its_depthwise_convolutions_in_float32(scene: Path, tmp_path: Path) -> None:
+    """train.amp bf16 on a CPU (what auto picks with AMX, or where it measures faster): the loss falls and the model
+    loads and scores as a float32 one."""
+    cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, amp="bf16"))
+    path = train(read_dataset("shanghaitech", scene, "train"), cfg, tmp_path / "run", device="cpu", progress=False)
+    log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["val_loss"] < log[0]["val_loss"] and all(np.isfinite(x["train_loss"]) for x in log)
+    model, ckpt = load_model(path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
