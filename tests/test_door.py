@@ -110,12 +110,18 @@ def test_logins_at_once_are_counted_in_flight_and_checked_a_few_at_a_time(live_r
         assert codes.count(401) == 5 and codes.count(429) == 15, codes
         # twenty addresses at once (loopback has them all): each its first try, none refused; the argon2 checks
         # (64 MiB each) run two at a time, so the server's memory rises by about two checks, not twenty
-        Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from now
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from now
+            reset = True
+        except OSError:  # a sandbox without it: the counts are still checked
+            reset = False
         before = _peak_rss_mb()
         codes = asyncio.run(at_once(url, [f"127.0.0.{i}" for i in range(2, 22)]))
         grown = _peak_rss_mb() - before
         assert codes == [401] * 20, codes
-        assert grown < 400, f"peak memory rose {grown:.0f} MB for 20 logins at once"
+    if not reset:
+        pytest.skip("the peak memory cannot be reset here (/proc/self/clear_refs): not measured")
+    assert grown < 400, f"peak memory rose {grown:.0f} MB for 20 logins at once"
 
 
 def test_the_review_server_answers_bad_bodies_and_paths_with_4xx(tmp_path: Path) -> None:
