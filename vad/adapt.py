@@ -93,7 +93,7 @@ def normal_footage(run: RunFolder, required: bool = True, given: dict[str, dict]
         record = manifest.get(e["clip"])
         if record is None:
             raise RunFolderError(f"event {eid}: clip {e['clip']} is not scored in {run.root}")
-        name = footage_name({"clip": e["clip"], "start": e["start"]})
+        name = footage_name(e)
         clips.append(renamed(as_clip(Path(record.path)), name))
         ranges[name] = (int(e["start"]), int(e["end"]) + 1)
         names[name] = eid

@@ -28,13 +28,12 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     os.umask(umask)
     Path(tmp).chmod(0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
     try:
-        try:
-            yield Path(tmp)
-        except OSError as err:
-            if err.filename is None and err.errno in NO_ROOM:  # a library's write (disk full, file too large):
-                raise OSError(err.errno, err.strerror, str(path)) from err  # name the file it was writing
-            raise
+        yield Path(tmp)
         Path(tmp).replace(path)
+    except OSError as err:
+        if err.filename is None and err.errno in NO_ROOM:  # a library's write (disk full, file too large):
+            raise OSError(err.errno, err.strerror, str(path)) from err  # name the file it was writing
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

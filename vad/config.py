@@ -386,11 +386,11 @@ def read_config_text(path, what: str = "config file") -> str:
     from pathlib import Path
 
     p = Path(path)
-    size = p.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{p}: {size:,} bytes; a {what} is a page of YAML, at most {MAX_CONFIG_BYTES:,} bytes: "
-                          "is it the right file?")
-    data = p.read_bytes()[:MAX_CONFIG_BYTES + 1]
+    with p.open("rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)  # never more: the rest of a huge file is not read
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: {p.stat().st_size:,} bytes; a {what} is a page of YAML, at most "
+                          f"{MAX_CONFIG_BYTES:,} bytes: is it the right file?")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

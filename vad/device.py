@@ -19,24 +19,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; none where it cannot be read: not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(w for ln in text.splitlines() if ln.startswith("flags") for w in ln.split(":", 1)[1].split())
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (Intel AMX): there bf16 autocast about doubles STPM's
     throughput (benchmarks/throughput.py); elsewhere bf16 is emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in cpu_flags()
 
 
 def cpu_has_bf16_instructions() -> bool:
     """Whether this CPU has bf16 dot products but not AMX (AVX512-BF16: AMD Zen 4, Intel Cooper Lake): whether bf16
     training beats float32 there depends on the CPU, so training measures it (:func:`vad.train` setup)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags and "amx_bf16" not in flags
+    return "avx512_bf16" in cpu_flags() and not cpu_has_native_bf16()
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from vad.atomic import write_text
+from vad.device import cpu_flags
 from vad.errors import UsageError
 from vad.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
 from vad.reference import NormalReference, event_threshold, position_statistics, spread_runs
@@ -100,11 +101,7 @@ def allowed_flips(frames: int) -> int:
 
 def native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def missing(variant: str) -> str | None:

@@ -300,7 +300,7 @@ def _check_url(source: str) -> None:
     except ValueError as err:
         raise UsageError(f"--source {source}: not a stream URL ({err}); expected e.g. udp://127.0.0.1:5002 or "
                          "rtsp://HOST/PATH") from None
-    if port is not None and port == 0:
+    if port == 0:
         raise UsageError(f"--source {source}: port 0; expected a port in 1..65535")
     if parts.scheme in ("udp", "srt", "tcp") and port is None:
         raise UsageError(f"--source {source}: no port; expected {parts.scheme}://HOST:PORT (1..65535)")

@@ -177,14 +177,12 @@ class _Room:
         if self.throttle.begin(address):  # its attempts in flight count: 20 at once are not 20 tries
             return self._too_many(address)
         ok = False
+        self.waiting += 1
         try:
-            self.waiting += 1
-            try:
-                async with self.verifying:  # each check holds argon2's 64 MiB: a few at a time
-                    ok = await run_in_threadpool(self.users.check_password, user, password)
-            finally:
-                self.waiting -= 1
+            async with self.verifying:  # each check holds argon2's 64 MiB: a few at a time
+                ok = await run_in_threadpool(self.users.check_password, user, password)
         finally:
+            self.waiting -= 1
             self.throttle.end(address, ok)
         if not ok:
             log.warning(f"note: failed login for {user!r} from {address} ({self.throttle.total} failed so far)")

@@ -259,8 +259,8 @@ class Site:
     def _reload_safely(self) -> None:
         try:
             self.reload()
-        except Exception:  # a bug while applying a new file: the cameras left running go on
-            log.exception(f"error: reloading {self.cfg.path} failed part way; the cameras running go on")
+        except Exception:  # whatever the file holds or a bug applying it: never the service down
+            log.exception(f"error: reloading {self.cfg.path} failed; the cameras running go on")
 
     def reload(self) -> bool:
         """Re-read the site file: cameras added, removed or changed (those only: the others go on untouched). A
@@ -271,10 +271,6 @@ class Site:
             new = load_site(self.cfg.path)
         except VadError as err:
             log.error(f"error: {err}; the site goes on as it was")
-            return False
-        except Exception as err:  # whatever the file holds, a reload never takes the service down
-            log.error(f"error: {self.cfg.path}: cannot be read ({type(err).__name__}: {err}); the site goes on as "
-                      "it was")
             return False
         for key in ("mqtt", "http", "batch", "batch_timeout_ms", "device", "backend", "out"):
             if getattr(new, key) != getattr(self.cfg, key):
