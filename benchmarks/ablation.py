@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 from vad.config import load_config
-from vad.evaluate import load_scored
 from vad.metrics import clip_aucs, macro_auc, micro_auc
+from vad.offline.evaluate import load_scored
 
 
 def combinations(names: tuple[str, ...]) -> list[tuple[str, ...]]:

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vad.checkpoint import load_model
 from vad.config import load_config
 from vad.device import resolve_device
 from vad.metrics import event_aucs
-from vad.pipeline import read_split
-from vad.score import Scorer, score_clips
+from vad.offline.pipeline import read_split
+from vad.runtime.checkpoint import load_model
+from vad.runtime.scorer import Scorer, score_clips
 
 
 def machine(device: torch.device) -> str:

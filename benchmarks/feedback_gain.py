@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from vad.config import EvalConfig, PostprocessConfig
-from vad.evaluate import clip_events, load_scored
 from vad.metrics import micro_auc
-from vad.postprocess import event_frames
+from vad.offline.evaluate import clip_events, load_scored
+from vad.runtime.postprocess import event_frames
 
 
 def measure(run: Path, exclude: set[str], rule: str) -> dict:

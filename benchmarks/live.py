@@ -3,7 +3,7 @@
 
 A sender thread publishes frames at their native rate over loopback, RTSP (pushed to the watcher listening on
 ``rtsp://127.0.0.1:PORT/live``) or MPEG-TS over UDP, H.264 encoded beforehand (as a camera's own encoder would);
-the watcher is :class:`vad.watch.Watch` with the run's model, as ``vad watch`` runs it. The frames are a
+the watcher is :class:`vad.live.watch.Watch` with the run's model, as ``vad watch`` runs it. The frames are a
 ShanghaiTech-layout benchmark's test clips played back to back (``--data``: the campus benchmarks' test clips are
 consecutive stretches of one camera), or a video (``--video``, repeated ``--repeat`` times for a long replay).
 Reported, as text and as one JSON line at the end:
@@ -35,10 +35,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vad.detector import Detector
 from vad.io import read_dataset
 from vad.io.decode import iter_frames
-from vad.watch import Watch, WatchOptions
+from vad.live.detector import Detector
+from vad.live.watch import Watch, WatchOptions
 
 
 def frames_of(args) -> tuple[list[np.ndarray], np.ndarray | None, float]:

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vad.checkpoint import load_model
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.metrics import event_aucs, micro_auc
 from vad.models import MotionSTPM, frame_scores
 from vad.models.motion import pool_map
-from vad.reference import holdout
+from vad.runtime.checkpoint import load_model
+from vad.runtime.reference import holdout
 
 
 def motion_maps(model: MotionSTPM, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@ run's own best checkpoint and training data (the network is not retrained).
 
     python benchmarks/refit.py --run RUN --data ROOT
 
-Training's last step (vad.train._finalise) rebuilds the best-validation model, fits the speed cue's rows on the
+Training's last step (vad.offline.train._finalise) rebuilds the best-validation model, fits the speed cue's rows on the
 normal training frames and the normal reference on the hold-out, and writes RUN/model.pt. This script moves
 RUN/model.pt to RUN/model.pt.old and resumes the finished run, so that only that step runs again: used to measure a
 change to the fitted statistics (docs/methods.md, "Speed") on models trained before it. Then score again
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vad.config import load_config
 from vad.io import read_dataset
-from vad.train import train
+from vad.offline.train import train
 
 
 def main() -> None:

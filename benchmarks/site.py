@@ -198,7 +198,7 @@ def main() -> None:
     args.video, args.repeat = None, 1
     args.run = args.run.resolve()
     from vad.policy import run_config
-    from vad.session import open_model
+    from vad.runtime.session import open_model
 
     opened = open_model(args.run, run_config(args.run, [], "watch"), "cpu", backend=args.backend)  # export, measure
     args.backend = opened.backend

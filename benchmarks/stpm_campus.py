@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from vad.checkpoint import load_model
 from vad.config import RunConfig, apply_overrides, to_dict
 from vad.device import resolve_device
 from vad.io import read_dataset
 from vad.metrics import event_aucs, macro_auc, micro_auc
-from vad.pipeline import save_config, with_data
-from vad.score import Scorer, score_clips
-from vad.train import train
+from vad.offline.pipeline import save_config, with_data
+from vad.offline.train import train
+from vad.runtime.checkpoint import load_model
+from vad.runtime.scorer import Scorer, score_clips
 
 
 def main(argv: list[str] | None = None) -> int:

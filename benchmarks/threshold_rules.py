@@ -26,8 +26,8 @@ import numpy as np
 from scipy.stats import genpareto
 
 from vad.config import EvalConfig, PostprocessConfig
-from vad.evaluate import alarm_report, load_scored
-from vad.postprocess import events
+from vad.offline.evaluate import alarm_report, load_scored
+from vad.runtime.postprocess import events
 
 
 def gpd_threshold(normal: np.ndarray, rate: float, tail: float = 0.9) -> float:

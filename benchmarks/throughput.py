@@ -7,7 +7,7 @@ weights), at the campus input size (768x576 frames -> 256x336). Cases, each for 
 
 - model only: normalised frames already in memory -> scores and maps;
 - e2e JPEG: a folder of JPEG frames -> decode -> resize/normalise -> model -> per-frame scores written to disk
-  (fast: :func:`vad.score.score_clips`, the product's path);
+  (fast: :func:`vad.runtime.scorer.score_clips`, the product's path);
 - e2e video: the same frames as an H.264 MP4;
 - decode: decoding alone (JPEG folder, video), to show whether decoding limits the end-to-end rate;
 - train: training steps (decode, shuffle, forward, backward, optimiser) at the product's input size; and the same
@@ -49,8 +49,8 @@ from vad.io import iter_frames
 from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
 from vad.io.records import Clip, frames_clip
 from vad.models import backbone_spec, build_model, speed_cue
-from vad.score import Scorer, score_clips
-from vad.trainset import TrainSet, kept_teacher
+from vad.offline.trainset import TrainSet, kept_teacher
+from vad.runtime.scorer import Scorer, score_clips
 
 CPU_DEFAULTS = {"model_frames": 48, "frames": 48, "train_frames": 32, "batch_size": 8, "train_batch": 8}
 GPU_DEFAULTS = {"model_frames": 16384, "frames": 6000, "train_frames": 12000, "batch_size": 256, "train_batch": 128}
@@ -165,7 +165,7 @@ class Baseline:
 
 # --- training ---------------------------------------------------------------------------------------------------
 def train_fast(model, clip: Clip, size, normalization, batch: int, device, dtype, workers: int, frames: int) -> int:
-    """The training loop of :func:`vad.train.train`: a shuffled :class:`FrameStream` in DataLoader workers,
+    """The training loop of :func:`vad.offline.train.train`: a shuffled :class:`FrameStream` in DataLoader workers,
     channels-last batches (pinned, non-blocking on CUDA), autocast, the loss summed on the device."""
     stream = FrameStream([clip], FrameTransform(size, normalization), batch_size=batch, shuffle=True,
                          ranges={clip.name: (0, frames)}, shuffle_buffer=max(256, batch), window=model.window)
@@ -190,7 +190,7 @@ def _steps(model, batches, device, dtype) -> int:
 
 
 def train_cached(model, kept, batch: int, device, dtype) -> int:
-    """:func:`train_fast` on samples held in memory (``train.cache``, :mod:`vad.trainset`): no decoding, the
+    """:func:`train_fast` on samples held in memory (``train.cache``, :mod:`vad.offline.trainset`): no decoding, the
     teacher's features of every frame kept (neither row shifts objects, which would run the teacher again on the
     shifted samples: benchmarks/train_time.py measures whole trainings with them)."""
     return _steps(model, kept.epoch(batch, seed=0, epoch=0), device, dtype)
@@ -226,9 +226,9 @@ def runtimes(model, size: tuple[int, int], normalization: str, tmp: Path) -> dic
     """``{backend: Runtime}`` for each installed runtime, over one export of ``model`` (``vad export``'s), and for
     each lower-precision copy that can be made here (``vad export --int8 --bf16``: int8 calibrated on 64 frames of
     the synthetic scene; speed only, the copies' check needs a trained model's hold-out: tests/test_quantize.py)."""
-    from vad.export import PREFERENCE, Runtime, export_model, installed
-    from vad.quantize import VARIANTS, _build, missing, record_feeds, runtime
-    from vad.reference import NormalReference
+    from vad.runtime.export import PREFERENCE, Runtime, export_model, installed
+    from vad.runtime.quantize import VARIANTS, _build, missing, record_feeds, runtime
+    from vad.runtime.reference import NormalReference
 
     have = [b for b in PREFERENCE if installed(b)]
     if not have or importlib.util.find_spec("onnxscript") is None:
@@ -423,7 +423,7 @@ def train_rows(args, model, e2e_size, normalization, device, n, res, tmp) -> Non
     print(f"train           baseline {res['baseline_train_fps']:7.1f} frames/s | fast {res['train_fps']:.1f} "
           f"(batch {n['train_batch']}, amp {tdtype}, {workers} workers) | {res['speedup_train']:.2f}x")
     cached_model = copy.deepcopy(model).to(device, memory_format=torch.channels_last).train()
-    if tdtype is None:  # as vad.train: folded in float32 only
+    if tdtype is None:  # as vad.offline.train: folded in float32 only
         cached_model.fold_teacher()
     t0 = time.perf_counter()
     kept = TrainSet([train_video], [(train_video.name, (0, n["train_frames"]))],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 r"""Training time per setting, side by side in one run: what a new camera's model costs to train.
 
-Each setting trains the same config on the same data into its own temporary folder with :func:`vad.train.train`
+Each setting trains the same config on the same data into its own temporary folder with :func:`vad.offline.train.train`
 (everything the product runs: decoding, the training samples, every epoch's steps and validation, checkpoints, the
 normal reference at the end), for ``--epochs`` epochs, one setting after the other. Settings:
 
@@ -9,7 +9,7 @@ normal reference at the end), for ``--epochs`` epochs, one setting after the oth
   as they are (the training of vad before the cache);
 - ``stream``: streamed, with the frozen teacher's BatchNorms folded into its convolutions
   (:meth:`vad.models.backbones.Pyramid.fold`);
-- ``cached``: the samples in memory and the teacher's features of each frame kept (:mod:`vad.trainset`), the
+- ``cached``: the samples in memory and the teacher's features of each frame kept (:mod:`vad.offline.trainset`), the
   teacher folded; float32 (the default on a CPU without AMX);
 - ``bf16``: cached, in bf16 autocast with the depthwise convolutions that train kept in float32 and the teacher
   folded (``train.amp=bf16``; the default on a CPU with AMX, ``train.amp=auto``);
@@ -44,8 +44,8 @@ import torch
 
 from vad.config import load_config
 from vad.models.backbones import Pyramid
-from vad.pipeline import read_split, with_data
-from vad.train import train
+from vad.offline.pipeline import read_split, with_data
+from vad.offline.train import train
 
 SETTINGS = {"before": ["train.cache=false", "train.amp=off"], "stream": ["train.cache=false", "train.amp=off"],
             "cached": ["train.cache=true", "train.amp=off"], "bf16": ["train.cache=true", "train.amp=bf16"],

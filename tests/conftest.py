@@ -44,7 +44,7 @@ def scene(tmp_path_factory) -> Path:
 
 def _train(scene: Path, cfg: RunConfig, run: Path) -> Path:
     from vad.io import read_dataset
-    from vad.train import train
+    from vad.offline.train import train
 
     train(read_dataset("shanghaitech", scene, "train"), cfg, run, device="cpu", progress=False)
     return run
@@ -85,7 +85,7 @@ def live_run(trained: Path, scene: Path, tmp_path_factory) -> Path:
     tests (read-only: they write elsewhere)."""
     from dataclasses import replace
 
-    from vad.pipeline import save_config, with_data
+    from vad.offline.pipeline import save_config, with_data
 
     folder = tmp_path_factory.mktemp("live") / "run"
     folder.mkdir()

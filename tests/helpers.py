@@ -187,9 +187,10 @@ def make_anomaly_scene(root: Path, n_train: int = 4, frames_per_clip: int = 24, 
 
 
 def interrupt_training_after(monkeypatch, epochs: int) -> None:
-    """Make ``vad.train`` raise KeyboardInterrupt right after saving ``checkpoints/last.pt`` for the ``epochs``-th
+    """Make ``vad.offline.train`` raise KeyboardInterrupt right after saving ``checkpoints/last.pt`` for the
+    ``epochs``-th
     time, as a crash would; ``monkeypatch.undo()`` restores it."""
-    import vad.train as vt
+    import vad.offline.train as vt
 
     real_save, calls = vt.atomic_save, []
 
@@ -247,7 +248,7 @@ def copy_run(src: Path, dst: Path, data: Path) -> Path:
     :data:`TINY` on the ShanghaiTech-layout ``data``."""
     import shutil
 
-    from vad.pipeline import save_config, with_data
+    from vad.offline.pipeline import save_config, with_data
 
     dst.mkdir(parents=True)
     shutil.copy(src / "model.pt", dst / "model.pt")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vad.adapt import normal_footage
-from vad.checkpoint import read_checkpoint
 from vad.cli import main
-from vad.reference import NormalReference
+from vad.offline.adapt import normal_footage
 from vad.review import ReviewServer
 from vad.runs import RunFolder, read_manifest
+from vad.runtime.checkpoint import read_checkpoint
+from vad.runtime.reference import NormalReference
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,10 @@ def test_a_torn_verdict_line_is_skipped_by_every_reader(evaluated, tmp_path: Pat
     finally:
         server.shutdown()
         server.server_close()
-    log = logging.getLogger("vad.adapt")
+    log = logging.getLogger("vad.offline.adapt")
     log.addHandler(caplog.handler)  # the CLI's console logging keeps vad's records from the root logger
     try:
-        with caplog.at_level(logging.WARNING, logger="vad.adapt"):
+        with caplog.at_level(logging.WARNING, logger="vad.offline.adapt"):
             clips, ranges, marked = normal_footage(folder)
     finally:
         log.removeHandler(caplog.handler)

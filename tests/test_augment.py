@@ -1,4 +1,4 @@
-"""Object shifts (vad.augment): normal objects of a fixed camera copied to other places, motion kept."""
+"""Object shifts (vad.offline.augment): normal objects of a fixed camera copied to other places, motion kept."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch
 
 from tests import helpers
 from tests.helpers import TINY, frame_auc
-from vad.augment import ObjectShift, clip_backgrounds
-from vad.checkpoint import load_model
 from vad.io import read_dataset
-from vad.score import Scorer, score_clips
-from vad.train import train
+from vad.offline.augment import ObjectShift, clip_backgrounds
+from vad.offline.train import train
+from vad.runtime.checkpoint import load_model
+from vad.runtime.scorer import Scorer, score_clips
 
-H, W = 128, 192  # the copied region (vad.augment.BOX): 31 x 23 pixels before resizing
+H, W = 128, 192  # the copied region (vad.offline.augment.BOX): 31 x 23 pixels before resizing
 
 
 def _window(x0s: list[int], y0: int = 20, size: int = 8) -> torch.Tensor:
@@ -83,7 +83,7 @@ def test_the_box_mask_is_the_whole_frames_mask_there() -> None:
     windows are exactly those of the whole-frame mask (objects at the frame's edges and corners included)."""
     import torch.nn.functional as F
 
-    from vad.augment import BOX, MIN_FOREGROUND, SCALE
+    from vad.offline.augment import BOX, MIN_FOREGROUND, SCALE
 
     def whole_frame(sh: ObjectShift, out: torch.Tensor, i: int, background: torch.Tensor, g) -> bool:
         _, c, h, w = out.shape

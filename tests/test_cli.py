@@ -231,7 +231,7 @@ def test_run_errors(tmp_path, capsys):
 
 def test_bundled_pipelines_load():
     from vad.config import load_config
-    from vad.pipeline import PIPELINES, find_pipeline
+    from vad.offline.pipeline import PIPELINES, find_pipeline
 
     names = sorted(p.stem for p in PIPELINES.glob("*.yaml"))
     assert names == ["avenue", "campus", "demo", "ped1", "ped2", "shanghaitech"]

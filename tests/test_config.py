@@ -11,7 +11,7 @@ import pytest
 
 from vad.cli import main
 from vad.config import Backbone, Dataset, ModelConfig, RunConfig, apply_overrides, choices, from_dict, load_config
-from vad.pipeline import save_config
+from vad.offline.pipeline import save_config
 
 # One bad value per section: (override, what the message must say).
 BAD = {

@@ -277,7 +277,7 @@ new MutationObserver(() => document.querySelectorAll('.card[data-event]').forEac
 
 def test_the_live_page_shows_cameras_and_events_and_takes_verdicts_that_adapt_learns(
         browser, live_run: Path, tmp_path: Path, monkeypatch) -> None:
-    from vad.detector import Detector
+    from vad.live.detector import Detector
 
     run = tmp_path / "run"
     shutil.copytree(live_run, run)

@@ -18,7 +18,7 @@ from tests.helpers import TINY
 from vad.cli import main as cli_main
 from vad.distributed import frame_shares, shard_clips
 from vad.io import read_dataset
-from vad.pipeline import train_stage, with_data
+from vad.offline.pipeline import train_stage, with_data
 
 REPO = Path(__file__).resolve().parents[1]
 # one epoch is enough for the mechanics; float32 scoring: the comparison is exact up to summation order

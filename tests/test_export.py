@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from tests.helpers import TINY, copy_run, frame_auc
-from vad.checkpoint import load_model
 from vad.cli import main
 from vad.config import ModelConfig
 from vad.errors import UsageError
-from vad.export import EXPORT_MIN_FRAMES, SPEED_FILE, Runtime, choose_backend, export_model, machine
 from vad.io import read_dataset
 from vad.models import build_model
-from vad.reference import NormalReference
 from vad.runs import RunFolder, read_manifest
-from vad.score import Scorer, score_clips
+from vad.runtime.checkpoint import load_model
+from vad.runtime.export import EXPORT_MIN_FRAMES, SPEED_FILE, Runtime, choose_backend, export_model, machine
+from vad.runtime.reference import NormalReference
+from vad.runtime.scorer import Scorer, score_clips
 
 FP32 = replace(TINY.score, amp="off", compile=False)
 RUNTIMES = [pytest.param(b, marks=pytest.mark.skipif(importlib.util.find_spec(b) is None,
@@ -127,7 +127,7 @@ def test_auto_runs_the_backend_measured_fastest_on_this_machine(exported_run: Pa
     fastest = max(speeds, key=speeds.get)
     assert f"scoring with {fastest}" in capsys.readouterr().out
     assert {r.backend for r in read_manifest(RunFolder(run)).values()} == {fastest}
-    monkeypatch.setattr("vad.score.Scorer.frames_per_second", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr("vad.runtime.scorer.Scorer.frames_per_second", lambda *a: pytest.fail("measured again"))
     for recorded in (*have, "torch"):  # each recorded as the fastest in turn: used, nothing measured
         (folder / SPEED_FILE).write_text(json.dumps({key: {**speeds, recorded: 2 * max(speeds.values())}}))
         assert main(["score", "--run", str(run), "--backend", "auto", "--overwrite"]) == 0
@@ -148,7 +148,7 @@ def test_without_the_runtimes_a_clear_error_says_what_to_install(monkeypatch) ->
 
 
 def test_auto_picks_a_runtime_only_where_it_pays(monkeypatch) -> None:
-    monkeypatch.setattr("vad.export.installed", lambda b: True)
+    monkeypatch.setattr("vad.runtime.export.installed", lambda b: True)
     cpu = torch.device("cpu")
     stpm = build_model(ModelConfig(input_height=64, teacher_weights="random"))
     mkd = build_model(ModelConfig(input_height=64, teacher_weights="random", method="mkd"))

@@ -11,7 +11,7 @@ from vad.errors import DatasetLayoutError, LabelError
 from vad.io import load_pixel_mask, read_dataset
 from vad.io.published import PUBLISHED, compare_published
 from vad.io.records import Clip
-from vad.pipeline import inspect_dataset
+from vad.offline.pipeline import inspect_dataset
 
 
 def test_avenue_archives_side_by_side(tmp_path):

@@ -20,13 +20,13 @@ import pytest
 
 from tests import helpers
 from vad.cli import main
-from vad.detector import Detector
+from vad.live.detector import Detector
 from vad.live.events import EventTracker, Scored
 from vad.live.sinks import StdoutSink, WebhookSink
-from vad.postprocess import CausalRule
+from vad.live.sources import End, Frame, Gap, Source
+from vad.live.watch import Watch, WatchOptions
 from vad.runs import RunFolder
-from vad.sources import End, Frame, Gap, Source
-from vad.watch import Watch, WatchOptions
+from vad.runtime.postprocess import CausalRule
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,15 +12,15 @@ import torch
 
 from tests import helpers
 from tests.helpers import AMPS, TINY, frame_auc, tiny
-from vad.checkpoint import load_model
 from vad.config import ModelConfig, RunConfig, from_dict, to_dict
 from vad.io import read_dataset
 from vad.models import METHODS, MKD, RSTPM, STPM, WeightsUnavailableError, build_model, frame_scores
 from vad.models.mkd import VGGExpert, build_vgg_expert, mkd_losses
 from vad.models.pseudo import blob_mask, mask_to_grid, pseudo_anomalies
-from vad.reference import holdout
-from vad.score import Scorer, score_clips
-from vad.train import train
+from vad.offline.train import train
+from vad.runtime.checkpoint import load_model
+from vad.runtime.reference import holdout
+from vad.runtime.scorer import Scorer, score_clips
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -259,7 +259,7 @@ def test_onecycle_too_short_names_the_stage_option(scene: Path, tmp_path: Path) 
 def test_mkd_score_is_applied_when_scoring(scene: Path, tmp_path: Path) -> None:
     """``model.mkd_score`` is a scoring setting: training again with it keeps the trained model untouched; scoring
     with it changes the scores, against a normal reference fitted for it on the hold-out, never the mean's."""
-    from vad.pipeline import save_config, score_stage, with_data
+    from vad.offline.pipeline import save_config, score_stage, with_data
     from vad.runs import RunFolder, read_manifest
 
     clips = read_dataset("shanghaitech", scene, "train")[:2]

@@ -12,7 +12,6 @@ import torch
 
 import vad.io.dataset as ds
 from tests.helpers import TINY, write_frames, write_video
-from vad.checkpoint import load_model
 from vad.config import ModelConfig, ScoreConfig, load_config, to_dict
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform, windows
@@ -21,9 +20,10 @@ from vad.models import MotionSTPM, build_model, frame_scores
 from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.motion import motion_weighted_loss
 from vad.models.stpm import STPM
-from vad.reference import holdout
-from vad.score import Scorer, score_clips
-from vad.train import train
+from vad.offline.train import train
+from vad.runtime.checkpoint import load_model
+from vad.runtime.reference import holdout
+from vad.runtime.scorer import Scorer, score_clips
 
 
 def _coded(clip: int, n: int, h: int = 16, w: int = 16) -> np.ndarray:
@@ -200,7 +200,7 @@ def test_motion_pool_averages_the_motion_map_over_cells(monkeypatch) -> None:
     """``model.motion_pool=3``: a lone cell of the motion map is shared with its 3 x 3 neighbours, a uniform map
     stays as it is (edges average only the cells inside), and appearance is untouched; checkpoints written before
     the key keep their unpooled motion map."""
-    from vad.checkpoint import model_state, restore_model
+    from vad.runtime.checkpoint import model_state, restore_model
 
     pooled = build_model(ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2), motion_pool=3))
     assert isinstance(pooled, MotionSTPM) and pooled.pool == 3
@@ -225,7 +225,7 @@ def test_motion_levels_predict_the_finest_level_by_default() -> None:
     """``model.motion_levels``: ``finest`` (the default) predicts and scores the pyramid's finest level only, and its
     map is that level's discrepancy; ``all`` predicts every level; checkpoints written before the key predicted
     all; an unknown value is refused."""
-    from vad.checkpoint import model_state, restore_model
+    from vad.runtime.checkpoint import model_state, restore_model
 
     cfg = ModelConfig(teacher_weights="random", backbone="resnet18", levels=(1, 2), motion_pool=1)
     assert cfg.motion_levels == "finest"

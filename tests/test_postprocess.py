@@ -16,9 +16,9 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import CausalRule, causal_events, event_frames, events, minmax, normalise, smooth
-from vad.reference import calibrate, event_threshold
 from vad.runs import ClipRecord, RunFolder, write_manifest
+from vad.runtime.postprocess import CausalRule, causal_events, event_frames, events, minmax, normalise, smooth
+from vad.runtime.reference import calibrate, event_threshold
 
 
 def test_auc_perfect_reversed_constant() -> None:
@@ -140,7 +140,7 @@ def test_evaluate_run_without_a_model(tmp_path) -> None:
     import json
 
     from vad.config import EvalConfig, PostprocessConfig
-    from vad.evaluate import evaluate_run
+    from vad.offline.evaluate import evaluate_run
 
     scores = {"01_0001": [1, 1, 5, 6, 1, 1], "02_0001": [1, 7, 7, 7, 2, 1], "cam": [0, 0, 9, 9, 0, 0]}
     labels = {"01_0001": [0, 0, 1, 1, 0, 0], "02_0001": [0, 1, 1, 1, 0, 0]}
@@ -162,7 +162,7 @@ def test_alarm_rates_on_a_hand_made_run(tmp_path) -> None:
     """metrics.json's alarm rates, counted by hand: threshold 3.96 (99th percentile of 0..4), events of >= 2
     frames on unsmoothed scores, 10 frames/s."""
     from vad.config import EvalConfig, PostprocessConfig
-    from vad.evaluate import evaluate_run
+    from vad.offline.evaluate import evaluate_run
 
     scores = {"a": [1, 5, 5, 5, 1, 1, 5, 5, 1, 1],  # events 1-3 (anomalous 2-4: 2 of 3 caught) and 6-7 (false)
               "b": [1, 1, 1, 1, 1, 5, 1, 1, 1, 1],  # one frame above: no event (min 2 frames)
@@ -187,7 +187,7 @@ def test_threshold_comes_from_training_data_only(tmp_path) -> None:
     """Perturbing the test scores (and labels) never moves the threshold; perturbing the hold-out does. Calibrated
     scores are 1.0 exactly at it, so events drawn on them are the same events."""
     from vad.config import EvalConfig, PostprocessConfig
-    from vad.evaluate import evaluate_run, load_scored
+    from vad.offline.evaluate import evaluate_run, load_scored
 
     rng = np.random.default_rng(0)
     normal = rng.gamma(2.0, 1.0, 500)

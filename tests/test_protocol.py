@@ -8,9 +8,9 @@ import pytest
 
 from tests.test_postprocess import _fake_run
 from vad.config import EvalConfig, PostprocessConfig
-from vad.evaluate import evaluate_run
 from vad.metrics import alarm_delays, delay_summary, micro_auc
-from vad.postprocess import causal_alarms, causal_events, minmax
+from vad.offline.evaluate import evaluate_run
+from vad.runtime.postprocess import causal_alarms, causal_events, minmax
 
 # clip a: normal 0, 1; anomalous 2, 3. Clip b: normal 10, 25, 20; anomalous 30.
 SCORES = {"a": [0.0, 1.0, 2.0, 3.0], "b": [10.0, 30.0, 25.0, 20.0]}
@@ -92,7 +92,7 @@ def test_alarm_delay_in_metrics_json(tmp_path, caplog) -> None:
     run = _fake_run(tmp_path, {"a": s, "n": np.ones(30)}, {"a": y, "n": np.zeros(30, int)}, {"a": None, "n": None},
                     NORMAL)
     post = PostprocessConfig(sigma=0, normalisation="none", causal_window=1)
-    with caplog.at_level("INFO", logger="vad.evaluate"):
+    with caplog.at_level("INFO", logger="vad.offline.evaluate"):
         m = evaluate_run(run, post, EvalConfig(min_event_frames=2, close_frames=1, plots=False, fps=10))
     assert "live rule: 2 of 3 anomalies alarmed, median delay 1.5 frames, worst 3" in caplog.text
     assert m["alarm_delay"] == {"rule": "causal", "spans": 3, "caught": 2, "missed": 1, "median_frames": 1.5,

@@ -1,4 +1,5 @@
-"""Lower-precision copies (vad.quantize): int8 calibrated on training frames only, never a test frame nor the hold-out;
+"""Lower-precision copies (vad.runtime.quantize): int8 calibrated on training frames only, never a test frame nor the
+hold-out;
 each checked on the normal hold-out against the f32 export; a broken one fails its check and is never used (a backend
 named for it is refused, auto does not measure it); one that passed scores with its own normal reference and still
 separates the scene's anomaly."""
@@ -15,12 +16,12 @@ import pytest
 
 from tests.helpers import TINY, copy_run, frame_auc
 from vad.cli import main
-from vad.export import SPEED_FILE, machine
 from vad.io import read_dataset
-from vad.pipeline import save_config, with_data
-from vad.quantize import CHECK_FILE, calibration_segments, candidates, read_check
-from vad.reference import holdout
+from vad.offline.pipeline import save_config, with_data
 from vad.runs import RunFolder, read_manifest
+from vad.runtime.export import SPEED_FILE, machine
+from vad.runtime.quantize import CHECK_FILE, calibration_segments, candidates, read_check
+from vad.runtime.reference import holdout
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
@@ -77,7 +78,7 @@ def test_an_int8_copy_made_without_test_frames_checks_on_the_hold_out(exported_r
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 def test_a_bf16_copy_passes_its_check_and_separates_the_anomaly(exported_run: Path, scene: Path, tmp_path: Path
                                                                  ) -> None:
-    from vad.quantize import native_bf16
+    from vad.runtime.quantize import native_bf16
 
     if not native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16, AMX)")
@@ -120,11 +121,11 @@ def test_a_broken_copy_fails_its_check_and_is_never_used(exported_run: Path, sce
     import openvino as ov
     import openvino.opset13 as ops
 
-    import vad.quantize
+    import vad.runtime.quantize
 
-    if variant == "openvino-bf16" and not vad.quantize.native_bf16():
+    if variant == "openvino-bf16" and not vad.runtime.quantize.native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16, AMX)")
-    real = vad.quantize._build
+    real = vad.runtime.quantize._build
 
     def broken(variant, src, dst, feeds, ignored):
         real(variant, src, dst, feeds, ignored)
@@ -140,7 +141,7 @@ def test_a_broken_copy_fails_its_check_and_is_never_used(exported_run: Path, sce
         for ext in (".xml", ".bin"):
             (dst / f"broken{ext}").replace(dst / f"model{ext}")
 
-    monkeypatch.setattr(vad.quantize, "_build", broken)
+    monkeypatch.setattr(vad.runtime.quantize, "_build", broken)
     run = _run_without_test_split(exported_run, scene, tmp_path)
     flag = "--int8" if variant.endswith("int8") else "--bf16"
     assert main(["export", "--run", str(run), "--format", "openvino", flag]) == 0
@@ -172,7 +173,7 @@ def test_openvino_int8_ranges_reach_the_brightest_calibration_batch(exported_run
     quantizer of the frames reaches its maximum."""
     import openvino as ov
 
-    from vad.quantize import _build
+    from vad.runtime.quantize import _build
 
     (folder,) = [p for p in (exported_run / "export").iterdir() if p.is_dir()]
     inputs = ov.Core().read_model(str(folder / "model.xml")).inputs

@@ -13,9 +13,9 @@ from tests import helpers
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import InputError
 from vad.io.records import frames_clip
-from vad.reference import heat_scale
-from vad.render import RenderError, StripPainter, render_run
+from vad.offline.render import RenderError, StripPainter, render_run
 from vad.runs import ClipRecord, RunFolder, read_manifest, source_fingerprint, write_manifest
+from vad.runtime.reference import heat_scale
 
 H, W, N = 64, 96, 20
 HOT = slice(8, 16), slice(4, 8)  # map cells (stride 4) that are hot in frames 10..14 -> pixels 32:64, 16:32

@@ -14,7 +14,7 @@ from vad.cli import main
 from vad.errors import ConfigError, DatasetLayoutError, LabelError
 from vad.io import read_dataset
 from vad.io.research import describe_layout, gt_spans, read_research, research_root
-from vad.pipeline import inspect_dataset
+from vad.offline.pipeline import inspect_dataset
 
 N, H, W = 8, 32, 48  # frames per clip, frame size
 # Per test clip, anomalous (first, last) frames, 1-based inclusive: the first and last frames, several spans, none.

@@ -24,7 +24,7 @@ import pytest
 
 from tests import helpers
 from vad.cli import main
-from vad.detector import Detector
+from vad.live.detector import Detector
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -310,7 +310,7 @@ def test_a_site_scores_its_cameras_and_one_bad_camera_stops_none(live_run: Path,
         kinds = [x["type"] for x in _lines(tmp_path / "out" / name / "events.jsonl")]
         assert kinds.count("start") == kinds.count("end") >= 1 and kinds[-1] == "status"
     # the good camera's events are those vad watch raises on the same file alone: same frames, same peaks
-    from vad.watch import Watch, WatchOptions
+    from vad.live.watch import Watch, WatchOptions
 
     alone = list(Watch(Detector.load(live_run, device="cpu"), str(good),
                        WatchOptions(out=tmp_path / "alone", progress=False)).run())

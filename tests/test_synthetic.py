@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vad.io import iter_frames, load_pixel_mask, read_dataset
-from vad.synthetic import SceneConfig, generate_scene
+from vad.offline.synthetic import SceneConfig, generate_scene
 
 SMALL = SceneConfig(train_videos=1, train_frames=20, test_clips=3, test_frames=60, seed=3)
 

@@ -1,4 +1,5 @@
-"""Training samples held in memory (vad.trainset): the streamed samples exactly, the teacher's features kept, long
+"""Training samples held in memory (vad.offline.trainset): the streamed samples exactly, the teacher's features kept,
+long
 footage sampled, the memory limit, and the teacher's folded BatchNorms."""
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ import pytest
 import torch
 
 from tests.helpers import SMALL
-from vad.augment import ObjectShift
 from vad.config import ModelConfig
 from vad.errors import ConfigError
 from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model
-from vad.reference import spread_runs
-from vad.train import _sampled, _session
-from vad.trainset import TrainSet, teacher_for
+from vad.offline.augment import ObjectShift
+from vad.offline.train import _sampled, _session
+from vad.offline.trainset import TrainSet, teacher_for
+from vad.runtime.reference import spread_runs
 
 
 def _samples(batches) -> dict[tuple[str, int], torch.Tensor]:
@@ -144,13 +145,13 @@ def test_a_folded_teacher_under_bf16_is_as_close_to_float32_as_the_unfolded_one(
 
 
 def test_a_trained_run_asked_again_decodes_nothing(shanghaitech_root, tmp_path, monkeypatch) -> None:
-    import vad.train
+    import vad.offline.train
 
     clips = read_dataset("shanghaitech", shanghaitech_root, "train")
     cfg = replace(SMALL, model=replace(SMALL.model, teacher_weights="random"), train=replace(SMALL.train, epochs=1))
     made = []
-    monkeypatch.setattr(vad.train, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
-    path = vad.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False)
+    monkeypatch.setattr(vad.offline.train, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
+    path = vad.offline.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False)
     assert len(made) == 2  # training and hold-out samples
-    assert vad.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False) == path
+    assert vad.offline.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False) == path
     assert len(made) == 2  # already trained: nothing decoded again

@@ -282,12 +282,12 @@ def test_greyscale_footage_on_a_colour_model_is_noted(trained: Path, tmp_path: P
 
 
 def test_a_bug_keeps_its_traceback_and_debug_shows_any(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    import vad.evaluate
+    import vad.offline.evaluate
 
     def broken(*args, **kwargs):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(vad.evaluate, "evaluate_run", broken)
+    monkeypatch.setattr(vad.offline.evaluate, "evaluate_run", broken)
     with pytest.raises(ValueError, match="an internal bug"):  # not swallowed into an "error:" line
         main(["evaluate", "--run", str(trained)])
     monkeypatch.undo()
@@ -351,8 +351,8 @@ def test_only_the_cli_prints() -> None:
 
 
 def test_a_model_is_opened_for_scoring_in_one_place() -> None:
-    """Checkpoint -> Scorer -> normal reference -> backend: vad/session.py's open_model, called by the stages, the
-    Python API and the site; training builds its own scorer for the hold-out pass."""
-    assert [c.split(":")[0] for c in _calls("load_model")] == ["session.py"]
-    assert sorted({c.split(":")[0] for c in _calls("Scorer")}) == ["session.py", "train.py"]
-    assert sorted({c.split(":")[0] for c in _calls("normal_reference")}) == ["session.py"]
+    """Checkpoint -> Scorer -> normal reference -> backend: vad/runtime/session.py's open_model, called by the
+    stages, the Python API and the site; training builds its own scorer for the hold-out pass."""
+    assert [c.split(":")[0] for c in _calls("load_model")] == ["runtime/session.py"]
+    assert sorted({c.split(":")[0] for c in _calls("Scorer")}) == ["offline/train.py", "runtime/session.py"]
+    assert sorted({c.split(":")[0] for c in _calls("normal_reference")}) == ["runtime/session.py"]

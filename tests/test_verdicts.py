@@ -1,4 +1,5 @@
-"""Verdicts (vad.verdicts): one writer and one reader of RUN/feedback.jsonl, one rule for lines that are not verdicts
+"""Verdicts (vad.review.verdicts): one writer and one reader of RUN/feedback.jsonl, one rule for lines that are not
+verdicts
 (skipped and reported, never fatal). A run here is only the files the module reads: events.json, feedback.jsonl.
 The same torn line through the page's server, `vad feedback` and `vad adapt`: tests/test_adapt.py."""
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from vad.errors import InputError, UnknownEventError, UsageError
+from vad.review.verdicts import VERDICTS, known_events, read_verdicts, record_verdict
 from vad.runs import RunFolder, RunFolderError
-from vad.verdicts import VERDICTS, known_events, read_verdicts, record_verdict
 
 EVENTS = [{"id": "cam-e0", "clip": "cam", "start": 10, "end": 20}, {"id": "cam-e1", "clip": "cam", "start": 40,
                                                                      "end": 44}]

@@ -1,5 +1,6 @@
 """Command-line interface (``vad`` / ``python run_pipeline.py``): argument parsing, the console's log handler, one
-call down per command. Which settings a command takes is :mod:`vad.policy`'s; opening a model :mod:`vad.session`'s."""
+call down per command. Which settings a command takes is :mod:`vad.policy`'s; opening a model
+:mod:`vad.runtime.session`'s."""
 
 from __future__ import annotations
 
@@ -17,21 +18,21 @@ log = logging.getLogger("vad.cli")
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from vad.pipeline import inspect_dataset
+    from vad.offline.pipeline import inspect_dataset
 
     inspect_dataset(args.data, args.dataset, splits=args.split, scenes=args.scenes, decode=args.decode,
                     frame_labels=args.frame_labels)
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from vad.pipeline import run_demo
+    from vad.offline.pipeline import run_demo
 
     run_demo(args.out, seed=args.seed, device=args.device, overrides=list(args.set or []))
 
 
 def _config(args: argparse.Namespace):
     from vad.config import load_config
-    from vad.pipeline import find_pipeline
+    from vad.offline.pipeline import find_pipeline
 
     overrides = list(args.set or [])
     if getattr(args, "teacher_weights", None):
@@ -41,7 +42,7 @@ def _config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from vad.pipeline import train_stage, with_data
+    from vad.offline.pipeline import train_stage, with_data
 
     cfg = with_data(_config(args), args.data, args.dataset, args.scenes)
     train_stage(cfg, args.out, device=args.device)
@@ -51,7 +52,7 @@ def _score(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from vad.io import read_dataset
-    from vad.pipeline import read_split, score_stage, with_data
+    from vad.offline.pipeline import read_split, score_stage, with_data
 
     cfg = _with_backend(run_config(args.run, args.set, "score"), args.backend)
     if args.input is not None:
@@ -76,7 +77,7 @@ def _with_backend(cfg, backend: str | None):
 
 
 def _export(args: argparse.Namespace) -> None:
-    from vad.pipeline import export_stage
+    from vad.offline.pipeline import export_stage
 
     cfg = run_config(args.run, args.set, "export")
     copies = [v for v, wanted in (("onnxruntime-int8", args.int8 and "onnx" in args.format),
@@ -94,9 +95,9 @@ def _export(args: argparse.Namespace) -> None:
 def _watch(args: argparse.Namespace) -> None:
     import signal
 
-    from vad.detector import Detector
-    from vad.sources import check_source
-    from vad.watch import Watch, WatchOptions
+    from vad.live.detector import Detector
+    from vad.live.sources import check_source
+    from vad.live.watch import Watch, WatchOptions
 
     check_source(args.source)  # before the model loads
     cfg = run_config(args.run, args.set, "watch")  # settings it cannot apply are refused by name
@@ -162,7 +163,7 @@ def _add_login(cfg, args: argparse.Namespace) -> None:
 
 
 def _adapt(args: argparse.Namespace) -> None:
-    from vad.adapt import adapt
+    from vad.offline.adapt import adapt
 
     if args.epochs < 1 or not args.lr > 0:
         raise ConfigError(f"--epochs {args.epochs} --lr {args.lr}: expected at least 1 epoch and a positive rate")
@@ -170,21 +171,21 @@ def _adapt(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from vad.evaluate import evaluate_run
+    from vad.offline.evaluate import evaluate_run
 
     cfg = run_config(args.run, args.set, "evaluate", required=False)
     evaluate_run(args.run, cfg.postprocess, cfg.eval)
 
 
 def _render(args: argparse.Namespace) -> None:
-    from vad.render import render_run
+    from vad.offline.render import render_run
 
     cfg = run_config(args.run, args.set, "render", required=False)
     render_run(args.run, cfg.postprocess, cfg.eval, cfg.render, clips=args.clip)
 
 
 def _run(args: argparse.Namespace) -> None:
-    from vad.pipeline import run_all, with_data
+    from vad.offline.pipeline import run_all, with_data
 
     cfg = with_data(_config(args), args.data, args.dataset, args.scenes)
     run_all(cfg, args.out, device=args.device, render_clips=args.clip)
@@ -197,8 +198,8 @@ def _review(args: argparse.Namespace) -> None:
 
 
 def _feedback(args: argparse.Namespace) -> None:
+    from vad.review.verdicts import record_verdict
     from vad.runs import RunFolder
-    from vad.verdicts import record_verdict
 
     line = record_verdict(args.run, args.event, args.verdict, via="cli")
     print(f"{line['event']}: {line['verdict']} -> {RunFolder(args.run).feedback}")
@@ -240,7 +241,7 @@ def _command(sub, name: str, func, help: str, text: str, examples: list[str], wr
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    from vad.export import BACKENDS
+    from vad.runtime.export import BACKENDS
 
     p.add_argument("--backend", choices=BACKENDS,
                    help="what runs the model: torch, or a copy exported for ONNX Runtime / OpenVINO (made on first "
@@ -421,7 +422,7 @@ def _option_args(p: argparse.ArgumentParser, options: type) -> None:
 
 
 def _add_watch_command(sub) -> None:
-    from vad.watch import WatchOptions
+    from vad.live.watch import WatchOptions
 
     p = _command(sub, "watch", _watch, "score a live stream as it arrives; events as they happen",
                  "Score a camera stream (rtsp://, http(s)://, udp://, srt://), a webcam (/dev/videoN, webcam:N), or a "

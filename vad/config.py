@@ -153,7 +153,8 @@ class TrainConfig:
     per_scene: bool = False  # one model per scene (ShanghaiTech)
     num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers (train.cache false)
     shuffle_buffer: Positive = 512  # train.cache false: frames mixed across clips while streaming
-    # Hold the training frames in memory, decoded once, with the frozen teacher's features of each (vad.trainset):
+    # Hold the training frames in memory, decoded once, with the frozen teacher's features of each
+    # (vad.offline.trainset):
     # the same samples, each epoch a full shuffle; false: decode (and run the teacher) every epoch
     cache: bool = True
     cache_gb: Annotated[float, Range(gt=0)] = 8.0  # the most train.cache may hold; more is refused before training
@@ -161,7 +162,7 @@ class TrainConfig:
     # over its clips, the same every epoch (the hold-out's validation loss: a quarter as many); null: every frame
     max_frames: Positive | None = 4000
     object_shift: Annotated[float, Range(ge=0, le=1)] | None = None  # probability that a training sample gets one of
-    # its moving objects copied to another place (vad.augment; fixed cameras); None: 0.5 for stpm, 0 otherwise
+    # its moving objects copied to another place (vad.offline.augment; fixed cameras); None: 0.5 for stpm, 0 otherwise
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ class ScoreConfig:
     map_stride: Positive = 8  # saved maps keep one value per map_stride input pixels
     num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
     compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
-    # What runs the model: torch, or an exported copy (vad.export), or its int8 / bf16 copy (vad.quantize); auto:
+    # What runs the model: torch, or an exported copy (vad.runtime.export), or its int8 / bf16 copy
+    # (vad.runtime.quantize); auto:
     # on a CPU whichever of torch, the installed runtimes and the copies that passed their check ran fastest there
     # (measured once: RUN/export/*/speed.json), torch on a GPU
     backend: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8",
@@ -197,7 +199,8 @@ class EvalConfig:
     # an event after this many frames above the threshold
     close_frames: Positive = 3  # the live rule closes an event after this many frames below the threshold
     rule: Literal["offline", "causal"] = "offline"  # the events evaluate writes: offline (the smoothed scores of the
-    # whole clip, sigma centred) | causal (the live rule: from the past alone; vad.postprocess.CausalRule). metrics.json
+    # whole clip, sigma centred) | causal (the live rule: from the past alone; vad.runtime.postprocess.CausalRule).
+    # metrics.json
     # reports the alarm rates of both
     pixel_max: Positive = 2_000_000  # pixel AUROC draws at most this many map cells
     plots: bool = True

@@ -36,7 +36,7 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_has_bf16_instructions() -> bool:
     """Whether this CPU has bf16 dot products but not AMX (AVX512-BF16: AMD Zen 4, Intel Cooper Lake): whether bf16
-    training beats float32 there depends on the CPU, so training measures it (:func:`vad.train` setup)."""
+    training beats float32 there depends on the CPU, so training measures it (:func:`vad.offline.train` setup)."""
     return "avx512_bf16" in cpu_flags() and not cpu_has_native_bf16()
 
 

@@ -1,5 +1,5 @@
 """The anomaly heatmap over a frame, and the ANOMALY marker, drawn one way for the rendered videos
-(:mod:`vad.render`), the live watch's evidence (:mod:`vad.live.evidence`) and the review page's thumbnails
+(:mod:`vad.offline.render`), the live watch's evidence (:mod:`vad.live.evidence`) and the review page's thumbnails
 (:mod:`vad.review`).
 
 Its own module because the review page is written by the evaluate stage, which the renderer imports: the review
@@ -71,7 +71,7 @@ def heat_picture(rgb: np.ndarray, amap: np.ndarray | None, scale: tuple[float, f
                  cfg: RenderConfig) -> np.ndarray:
     """One frame ``(H, W, 3)`` uint8 with its anomaly map ``(h, w)`` (the model's units; ``None``: none) overlaid
     as the renderer does: resized to the frame, coloured on the model's heat scale ``(low, high)``
-    (:meth:`vad.reference.NormalReference.heat_scale`). Returns ``(H, W, 3)`` uint8."""
+    (:meth:`vad.runtime.reference.NormalReference.heat_scale`). Returns ``(H, W, 3)`` uint8."""
     h, w = rgb.shape[:2]
     frames = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).unsqueeze(0)
     heat = None

@@ -13,7 +13,7 @@ Layout (``RUN``)::
     RUN/maps/<clip>.npy             (T, h, w) float16 anomaly maps (score.save_maps)
     RUN/branches/<clip>.npy         (T, k) float32 standardised frame score per branch of a fused model
     RUN/labels/<clip>.npy           (T,) uint8 frame labels of labelled clips
-    RUN/normal_scores/<ref>.npz     the normal reference that clips were scored against (vad.reference)
+    RUN/normal_scores/<ref>.npz     the normal reference that clips were scored against (vad.runtime.reference)
     RUN/export/<ref>/               the model exported for ONNX Runtime / OpenVINO under that reference's settings
     RUN/metrics.json, events.csv, events.json, plots/roc.png, plots/timeline_<clip>.png  (evaluate)
     RUN/review.html, RUN/review/<event>.jpg   the review page and its event thumbnails (evaluate; vad review serves it)
@@ -112,7 +112,7 @@ class RunFolder:
         return self.root / "branches" / f"{clip}.npy"
 
     def normal_scores(self, reference: str) -> Path:
-        """The normal reference ``reference`` (a :class:`vad.reference.NormalReference`); run folders of earlier
+        """The normal reference ``reference`` (a :class:`vad.runtime.reference.NormalReference`); run folders of earlier
         versions hold the hold-out scores alone, as ``<reference>.npy``."""
         new = self.root / "normal_scores" / f"{reference}.npz"
         old = new.with_suffix(".npy")
@@ -122,7 +122,7 @@ class RunFolder:
         return self.videos / f"{clip}.mp4"
 
     def export(self, reference: str) -> Path:
-        """The folder of an exported copy of the model under one scoring setting (:mod:`vad.export`)."""
+        """The folder of an exported copy of the model under one scoring setting (:mod:`vad.runtime.export`)."""
         return self.root / "export" / reference
 
     def timeline(self, clip: str) -> Path:
@@ -208,7 +208,7 @@ class ClipRecord:
     pixel_mask: str | None
     source: dict  # source_fingerprint(path) when scored: a changed source is re-scored
     scored_with: dict  # the model's digest and the scoring settings the scores depend on
-    backend: str = "torch"  # what ran the model (vad.export): runtimes score as torch does, to float tolerance
+    backend: str = "torch"  # what ran the model (vad.runtime.export): runtimes score as torch does, to float tolerance
 
     @classmethod
     def of(cls, clip: Clip, reference: str, scored_with: dict, source: dict | None = None,

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vad.synthetic import SceneConfig, generate_scene
+from vad.offline.synthetic import SceneConfig, generate_scene
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

@@ -68,7 +68,8 @@ class FrameTransform:
 
     def resized(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` -> uint8 ``(B, 3, *size)``, resized as on the CPU (in uint8); ``normalise`` of it is
-        this transform's output there. A trainer keeps these (4x smaller than the output: :mod:`vad.trainset`)."""
+        this transform's output there. A trainer keeps these (4x smaller than the output:
+        :mod:`vad.offline.trainset`)."""
         if self.size is None or tuple(frames.shape[-2:]) == tuple(self.size):
             return frames
         return F.interpolate(frames.cpu().contiguous(memory_format=torch.channels_last), size=tuple(self.size),
@@ -124,7 +125,7 @@ class FrameStream(IterableDataset):
     ``partial``: a video that ends before the frame count its container declares yields what decodes (the
     consumer counts the frames it got). ``past=k`` (single frames, unshuffled): a range that starts inside a clip is
     preceded by a batch of its (up to) ``k`` real predecessors, marked ``"context": True``, for a consumer that
-    keeps a stream's past (a motion model scoring a stream: :class:`vad.score.Scorer`).
+    keeps a stream's past (a motion model scoring a stream: :class:`vad.runtime.scorer.Scorer`).
     ``window > 1``: each sample is frame ``t`` with its ``window - 1`` predecessors of the same clip (a window never
     crosses clips); a clip's first frames, which have fewer predecessors, repeat its frame 0 in their place; a range
     that starts later reads the frames before it as context. Every frame is decoded and transformed once (a

@@ -1,6 +1,6 @@
 """One encoding class for every video written: :class:`VideoWriter` (H.264 MP4 through PyAV / libx264).
 
-The rendered videos (:mod:`vad.render`) and the live watch's event clips (:mod:`vad.live.evidence`) both write
+The rendered videos (:mod:`vad.offline.render`) and the live watch's event clips (:mod:`vad.live.evidence`) both write
 through it.
 """
 

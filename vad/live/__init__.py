@@ -1,4 +1,4 @@
-"""The parts of a live watch (:class:`vad.watch.Watch` is the loop that wires them):
+"""The parts of a live watch (:class:`vad.live.watch.Watch` is the loop that wires them):
 
 - :mod:`vad.live.events`: :class:`~vad.live.events.EventTracker`, the live rule's changes as ``start`` /
   ``update`` / ``end`` lines (peak, box, branch), and the ``gap`` line;

@@ -1,8 +1,8 @@
 """One camera of a live watch: its source, event tracker, evidence, sinks and counts, whoever scores its frames.
 
-:class:`Camera` is what ``vad watch`` (:class:`vad.watch.Watch`, one camera scored alone) and ``vad serve``
+:class:`Camera` is what ``vad watch`` (:class:`vad.live.watch.Watch`, one camera scored alone) and ``vad serve``
 (:class:`vad.site.Site`, many cameras whose frames share batches of one model) have in common: frames are taken from
-its :class:`~vad.sources.Source` (:meth:`Camera.take`), scored elsewhere, and handed back with their scores
+its :class:`~vad.live.sources.Source` (:meth:`Camera.take`), scored elsewhere, and handed back with their scores
 (:meth:`Camera.scored`), which the camera turns into lines (the live rule's changes, through its
 :class:`~vad.live.events.EventTracker`), evidence (snapshots, clips) and counts. Every line goes to each of its
 sinks in order and is returned to the caller.
@@ -33,11 +33,11 @@ from vad.config import RunConfig
 from vad.live.events import Change, EventTracker, Scored, gap_line
 from vad.live.evidence import Evidence
 from vad.live.sinks import interrupted_events, rewrite_lines, standard_sinks
+from vad.live.sources import End, Frame, Gap, Source
 from vad.live.stats import WatchStats
-from vad.postprocess import CausalRule
-from vad.reference import NormalReference
 from vad.runs import WatchFolder, locked
-from vad.sources import End, Frame, Gap, Source
+from vad.runtime.postprocess import CausalRule
+from vad.runtime.reference import NormalReference
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ HISTORY = 60  # seconds of scores kept for the control room (the highest of each
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a camera needs to know of the model that scores it (a :class:`vad.detector.Detector` has it all)."""
+    """What a camera needs to know of the model that scores it (a :class:`vad.live.detector.Detector` has it all)."""
 
     cfg: RunConfig
     reference: NormalReference
@@ -56,7 +56,7 @@ class ModelInfo:
 
 
 class Camera:
-    """Camera ``name`` reading ``source`` (``options``: a :class:`vad.watch.WatchOptions`) for a model described
+    """Camera ``name`` reading ``source`` (``options``: a :class:`vad.live.watch.WatchOptions`) for a model described
     by ``model``; its lines go to the standard sinks its options ask for, then to ``sinks``; ``wake`` is set when its
     source queues something; ``on_score`` gets its latest calibrated score after each batch."""
 

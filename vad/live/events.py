@@ -1,7 +1,8 @@
 """Events of a live watch: each scored frame through the live rule, the rule's changes as JSON lines.
 
 :class:`EventTracker` takes every scored frame (:class:`Scored`: its calibrated score, anomaly map and branch
-scores), pushes it to :class:`~vad.postprocess.CausalRule` (the mean of the last ``window`` scores; an event opens
+scores), pushes it to :class:`~vad.runtime.postprocess.CausalRule` (the mean of the last ``window`` scores; an event
+opens
 after ``open_frames`` frames above 1.0 calibrated and closes after ``close_frames`` below), and returns what changed
 as :class:`Change` records, in order: ``peak`` (the open event has a new peak frame: its snapshot is due), ``start``,
 ``update`` (at most once every ``update_every`` seconds while an event lasts) and ``end``, the last three with their
@@ -20,8 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from vad.live import iso
-from vad.postprocess import CausalRule, Event
-from vad.sources import Frame, Gap
+from vad.live.sources import Frame, Gap
+from vad.runtime.postprocess import CausalRule, Event
 
 LINE_FIELDS = ("type", "event", "source", "frame", "pts", "wall_time", "score", "peak", "branch", "box", "snapshot",
                "clip")

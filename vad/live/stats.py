@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vad.live import iso
-from vad.sources import Frame
+from vad.live.sources import Frame
 
 
 class WatchStats:

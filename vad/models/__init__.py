@@ -75,7 +75,8 @@ def speed_cue(model: AnomalyModel) -> SpeedCue | None:
 
 
 def scored_branches(model: AnomalyModel) -> tuple[str, ...]:
-    """The branches whose standardised frame scores scoring reports (:class:`vad.score.Scorer`): a fused model's,
+    """The branches whose standardised frame scores scoring reports (:class:`vad.runtime.scorer.Scorer`): a fused
+    model's,
     then the speed cue's ("appearance" standing for the whole map of a model of one map)."""
     if speed_cue(model) is None:
         return model.branches

@@ -24,7 +24,7 @@ class AnomalyModel(nn.Module):
     # frames, the teacher once per frame (past_features, step, step_branch_maps: vad.models.motion)
     branches: tuple[str, ...] = ()  # a fused model's branches (branch_maps, set_branch_stats); () = one map
     # Whether loss() reads a frozen teacher's features of the unaltered input frames only, which a trainer may then
-    # compute once per frame and pass in as ``teacher`` (teacher_features' output; vad.trainset)
+    # compute once per frame and pass in as ``teacher`` (teacher_features' output; vad.offline.trainset)
     teacher_cache: bool = False
 
     def __init__(self) -> None:

@@ -11,7 +11,7 @@ frozen teacher:
   (:class:`~vad.io.dataset.FrameStream` with ``window = k + 1``; a clip's first frames repeat frame 0 as their
   past). Only past frames are read: scores are causal.
 - Fusion: each branch's map is standardised by the mean and standard deviation of its frame scores on normal
-  hold-out frames (:meth:`MotionSTPM.set_branch_stats`, fitted by :mod:`vad.reference`), then the maximum
+  hold-out frames (:meth:`MotionSTPM.set_branch_stats`, fitted by :mod:`vad.runtime.reference`), then the maximum
   (``fusion="max"``) or the sum (``"sum"``) is taken. ``fusion`` and ``pool`` change scoring only.
 
 Why each piece is there, and what it measured: docs/motion.md.
@@ -151,7 +151,8 @@ class MotionSTPM(STPM):
         features of past frames (the predictor's levels, ``(P, C, h, w)`` each), ``index`` ``(B, context)`` (int64)
         the rows of ``seq`` that are frame ``j``'s ``context`` past frames, oldest first. A stream's first frame
         (or the first after a gap) is its own past, as in a window: its rows point at itself. Built by
-        :meth:`vad.score.Scorer.plan`. Returns the maps and the predictor's levels of ``x`` (what a stream keeps
+        :meth:`vad.runtime.scorer.Scorer.plan`. Returns the maps and the predictor's levels of ``x`` (what a stream
+        keeps
         for the frames after). Equal to :meth:`branch_maps` of the frames' windows."""
         with torch.no_grad():
             t = self.teacher(x)

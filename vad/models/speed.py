@@ -25,7 +25,7 @@ no training, only statistics of normal footage:
   slowly. Without this, a walker on a row that training saw empty is as anomalous as a cyclist.
 - Fusion: the cue's frame scores are standardised by their mean and standard deviation on normal hold-out frames
   (not the frames ``row_ref`` came from), as the model's own map is (:meth:`set_stats`); the fused map is their
-  maximum (or sum: ``model.fusion``), computed by :class:`vad.score.Scorer` beside whatever runs the network
+  maximum (or sum: ``model.fusion``), computed by :class:`vad.runtime.scorer.Scorer` beside whatever runs the network
   (torch or an exported copy), so export, int8 copies, ``vad watch`` and ``vad serve`` score with it alike.
 
 Measured on UCSD Ped2's development half and the campus benches: docs/methods.md ("Speed").
@@ -80,7 +80,7 @@ def cell_speed(flow: cv2.DISOpticalFlow, prev: np.ndarray | None, cur: np.ndarra
 
 class SpeedCue(nn.Module):
     """Speed of motion against the normal speeds of its image row; see the module docstring. Holds the statistics
-    only (buffers: saved with the model); the flow runs in :class:`vad.score.Scorer`, per stream."""
+    only (buffers: saved with the model); the flow runs in :class:`vad.runtime.scorer.Scorer`, per stream."""
 
     def __init__(self, cell: int, stride: int, fusion: str = "max") -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 Math only: pyramids, per-level discrepancy maps and the combined anomaly map (per-position statistics are
 common to all methods: :mod:`vad.models.base`). The loss lives in :mod:`vad.models.loss`, training in
-:mod:`vad.train`.
+:mod:`vad.offline.train`.
 """
 
 from __future__ import annotations

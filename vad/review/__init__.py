@@ -5,7 +5,7 @@
   opens from ``file://`` (read-only there).
 - :mod:`vad.review.thumbnails`: ``RUN/review/<event>.jpg``, each event's peak frame with its heatmap.
 - :mod:`vad.review.server`: ``vad review`` (:func:`serve`, :class:`ReviewServer`): the page on 127.0.0.1, where it
-  reads and records verdicts (:mod:`vad.verdicts` owns ``RUN/feedback.jsonl``).
+  reads and records verdicts (:mod:`vad.review.verdicts` owns ``RUN/feedback.jsonl``).
 """
 
 from vad.review.page import ScoredRunView, write_review

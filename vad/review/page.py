@@ -27,9 +27,9 @@ from markupsafe import Markup
 from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.metrics import label_events
-from vad.postprocess import Event
 from vad.review.view import ScoredRunView
 from vad.runs import RunFolder
+from vad.runtime.postprocess import Event
 from vad.text import num, pct, seconds
 
 PRE_ROLL = 2.0  # seconds of video before an event when it plays

@@ -7,7 +7,8 @@ Routes (:func:`review_app`):
   serves them.
 - ``/source/<clip>``: the source video of a scored clip (from the manifest; a frame folder has none).
 - ``/api/feedback``: GET the verdicts so far (``{"verdicts": {event: line}, "unreadable_lines": [numbers]}``);
-  POST ``{"event": ID, "verdict": "normal"|"anomaly"}`` records one (:func:`vad.verdicts.record_verdict`) and answers
+  POST ``{"event": ID, "verdict": "normal"|"anomaly"}`` records one (:func:`vad.review.verdicts.record_verdict`) and
+  answers
   the line written. 400: a bad body or verdict; 404: an unknown event; 413: a body over 16 KiB; 415: not JSON; 500:
   the run's files cannot be read or written (the verdict is not on disk).
 
@@ -36,8 +37,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vad.errors import UnknownEventError, UsageError, VadError
+from vad.review.verdicts import read_verdicts, record_verdict
 from vad.runs import RunFolder, RunFolderError, read_manifest
-from vad.verdicts import read_verdicts, record_verdict
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import numpy as np
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, RenderConfig
 from vad.errors import VadError
-from vad.postprocess import Event
 from vad.runs import ClipRecord
+from vad.runtime.postprocess import Event
 
 if TYPE_CHECKING:
     from vad.review.view import ScoredRunView

@@ -6,12 +6,12 @@ from typing import Protocol
 
 import numpy as np
 
-from vad.reference import NormalReference
 from vad.runs import ClipRecord, RunFolder
+from vad.runtime.reference import NormalReference
 
 
 class ScoredRunView(Protocol):
-    """What the page reads of a scored run: a :class:`vad.evaluate.ScoredRun` (not imported here: the evaluate
+    """What the page reads of a scored run: a :class:`vad.offline.evaluate.ScoredRun` (not imported here: the evaluate
     stage imports this package)."""
 
     folder: RunFolder

@@ -39,7 +39,7 @@ Timeout = Annotated[float, Range(gt=0)]
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera: where its frames come from, which run's model scores them, and ``vad watch``'s options for it
-    (:class:`vad.watch.WatchOptions`; the same names and defaults)."""
+    (:class:`vad.live.watch.WatchOptions`; the same names and defaults)."""
 
     source: str = ""  # stream URL (rtsp://, http(s)://, udp://, srt://), webcam (/dev/videoN, webcam:N), file, folder
     run: str = ""  # the run folder whose model scores it (cameras naming one run share one loaded model)
@@ -239,8 +239,8 @@ def parse_camera(name: str, data: object, defaults: dict, base: Path) -> CameraC
 
 def check_camera(where: str, cam: CameraConfig) -> None:
     """A camera's run holds a model (the scene's, when it says one) and its source can be a source."""
+    from vad.live.sources import check_source
     from vad.runs import RunFolder
-    from vad.sources import check_source
 
     folder = RunFolder(Path(cam.run))
     if not folder.root.is_dir():

@@ -13,7 +13,7 @@ a thread of ``vad serve``), behind the door of :mod:`vad.site.auth` (logins beyo
   (``"written"``) and verdicts given (``"verdict"``).
 - ``GET /api/feedback``: the verdicts on the site's live events (``CAMERA/EVENT``), from each camera's run;
   ``POST /api/feedback`` ``{"event": "CAMERA/EVENT", "verdict": "normal"|"anomaly"}`` records one into the camera's
-  run (:func:`vad.verdicts.record_live_verdict`; 409 while its footage is not written yet).
+  run (:func:`vad.review.verdicts.record_live_verdict`; 409 while its footage is not written yet).
 - ``GET /api/storage``: what retention keeps (:mod:`vad.site.retention`).
 - ``GET /media/<camera>/snapshots/<event>.jpg`` and ``/media/<camera>/clips/<event>.mp4``: evidence, only from
   those folders of the site's ``out`` (no other name, no path outside them).

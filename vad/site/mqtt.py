@@ -64,7 +64,8 @@ class MqttPublisher:
         self.thread.start()
 
     def line(self, camera: str, line: dict) -> None:
-        """A camera's line (:mod:`vad.watch`): events and gaps to ``events``, status to ``stats``, the event state to
+        """A camera's line (:mod:`vad.live.watch`): events and gaps to ``events``, status to ``stats``, the event state
+        to
         ``<camera>/anomaly``."""
         kind = line.get("type")
         body = json.dumps({**line, "camera": camera})

@@ -7,7 +7,7 @@
     site = Site.load("site.yaml")        # checked first: one error naming the file and the key
     site.run()                           # until stop() (SIGTERM, SIGINT); reload() re-reads the file (SIGHUP)
 
-- **One model per run.** Cameras that name the same run (and scene) share one :class:`~vad.detector.Detector`:
+- **One model per run.** Cameras that name the same run (and scene) share one :class:`~vad.live.detector.Detector`:
   one loaded model, one runtime. Each camera keeps its own motion context (its stream's past in the scorer), its
   event rule state, its pre-roll ring buffer and its outputs (``out/<camera>/``: events.jsonl, snapshots/, clips/, as
   ``vad watch`` writes them): :class:`~vad.live.camera.Camera`.
@@ -15,7 +15,8 @@
   are scored in one batch, up to ``batch`` frames, or what is there ``batch_timeout_ms`` after the first one came.
   Frames are taken round-robin, one per camera and round, so a camera that floods cannot take another's place; a
   camera that sends faster than its ``fps`` is sampled by its source, and one that falls behind loses its own
-  stalest frames (its queue). Each frame is scored with its own camera's past (:meth:`vad.score.Scorer.plan`): the
+  stalest frames (its queue). Each frame is scored with its own camera's past (:meth:`vad.runtime.scorer.Scorer.plan`):
+  the
   scores are those ``vad watch`` gives the camera's frames alone. A camera's outage, refusal, garbage or size
   change is its own source's business (reopened with backoff, reported as a gap) and never stalls the others.
 - **Lines** go to each camera's files and, with ``mqtt:``, to the broker (:mod:`vad.site.mqtt`); with ``http:``,
@@ -24,7 +25,7 @@
 - **Retention**: events older than their camera's ``retain_days`` are deleted, and the evidence of all cameras is
   kept under ``max_gb`` (:mod:`vad.site.retention`).
 - **Start-up in seconds**: models open with torch; exporting and measuring the runtimes happens in the background
-  (:meth:`vad.detector.Detector.load`), and the sources open at once.
+  (:meth:`vad.live.detector.Detector.load`), and the sources open at once.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from pathlib import Path
 
 from vad.errors import VadError
 from vad.live.camera import Camera
+from vad.live.sources import End, Frame, Gap
 from vad.site.config import CameraConfig, SiteConfig, load_site
-from vad.sources import End, Frame, Gap
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ class Site:
         log.info(f"camera {name}: stopped")
 
     def _worker(self, cfg: CameraConfig) -> ModelWorker:
-        from vad.detector import Detector
+        from vad.live.detector import Detector
 
         key = (cfg.run, cfg.scene)
         if key not in self.workers:
@@ -390,7 +391,7 @@ class Site:
     def verdicts(self) -> tuple[dict[str, dict], list[str]]:
         """The verdicts on this site's live events (``{CAMERA/EVENT: line}``), from each camera's run, and the lines
         that are not verdicts (``FILE:LINE``)."""
-        from vad.verdicts import read_verdicts
+        from vad.review.verdicts import read_verdicts
 
         verdicts, bad = {}, []
         for run, names in self._runs().items():
@@ -401,10 +402,10 @@ class Site:
 
     def record_verdict(self, key: str, verdict: str, via: str = "site") -> dict:
         """Record an operator's verdict on live event ``key`` (``CAMERA/EVENT``) into the camera's run
-        (:func:`vad.verdicts.record_live_verdict`), and tell the pages."""
+        (:func:`vad.review.verdicts.record_live_verdict`), and tell the pages."""
         from vad.errors import UnknownEventError
+        from vad.review.verdicts import record_live_verdict
         from vad.runs import RunFolder, WatchFolder
-        from vad.verdicts import record_live_verdict
 
         camera, _, event = key.partition("/")
         with self._lock:
@@ -471,10 +472,10 @@ def _has_event(path: Path, event: str) -> bool:
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str):
-    """A camera's :class:`vad.watch.WatchOptions`: its own keys (named as the options' fields) and the site's."""
+    """A camera's :class:`vad.live.watch.WatchOptions`: its own keys (named as the options' fields) and the site's."""
     from dataclasses import asdict, fields
 
-    from vad.watch import WatchOptions
+    from vad.live.watch import WatchOptions
 
     own = {k: v for k, v in asdict(cam).items() if k in {f.name for f in fields(WatchOptions)}}
     return WatchOptions(**own, out=site.out / name, batch=site.batch, status_every=site.status_every,

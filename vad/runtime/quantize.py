@@ -9,7 +9,7 @@ Variants (:data:`VARIANTS`), each a backend of its own (``score.backend``, ``--b
 - ``openvino-bf16``: the IR run with OpenVINO's bf16 inference precision, on CPUs with native bf16 (AVX512-BF16,
   AMX): no calibration, the same check.
 
-A copy is made from the f32 export (:mod:`vad.export`) with normal footage only, in three steps
+A copy is made from the f32 export (:mod:`vad.runtime.export`) with normal footage only, in three steps
 (:func:`make_variant`):
 
 1. **Calibration** (int8): the streaming step's inputs for :data:`CALIBRATION_FRAMES` frames of the footage the
@@ -56,8 +56,8 @@ import torch
 from vad.atomic import write_text
 from vad.device import cpu_flags
 from vad.errors import UsageError
-from vad.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
-from vad.reference import NormalReference, event_threshold, position_statistics, spread_runs
+from vad.runtime.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
+from vad.runtime.reference import NormalReference, event_threshold, position_statistics, spread_runs
 
 log = logging.getLogger(__name__)
 

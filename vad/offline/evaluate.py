@@ -35,9 +35,9 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
-from vad.postprocess import Event, causal_alarms, event_frames, events, minmax, normalise, smooth
-from vad.reference import NormalReference
 from vad.runs import ClipRecord, RunFolder, RunFolderError, read_manifest, source_fingerprint
+from vad.runtime.postprocess import Event, causal_alarms, event_frames, events, minmax, normalise, smooth
+from vad.runtime.reference import NormalReference
 from vad.text import pct
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def protocol(post: PostprocessConfig, ev: EvalConfig) -> dict[str, str | float]:
                            "equals frame_auc_macro_smoothed",
         "frame_auc_macro_raw": "mean of per-clip AUCs on the raw scores",
         "frame_auc_macro_smoothed": f"mean of per-clip AUCs after {sm}",
-        "alarm_delay": delay + "The live rule (vad.postprocess.CausalRule: the mean of the last "
+        "alarm_delay": delay + "The live rule (vad.runtime.postprocess.CausalRule: the mean of the last "
                        f"postprocess.causal_window ({post.causal_window}) raw scores against the normal-data "
                        f"threshold) raises an event once eval.min_event_frames ({ev.min_event_frames}) consecutive "
                        "means are above it and dates it back to the first of them: *_frames and *_s count to the "
@@ -195,13 +195,14 @@ def _finite(scores: np.ndarray, path: Path) -> np.ndarray:
 
 def clip_events(s: ScoredRun, name: str, ev: EvalConfig, rule: str | None = None) -> list[Event]:
     """Events of clip ``name`` at the model's normal-data threshold by ``rule`` (default ``eval.rule``): offline,
-    runs of smoothed scores above it; causal, what the live rule raises (:class:`~vad.postprocess.CausalRule`)."""
+    runs of smoothed scores above it; causal, what the live rule raises
+    (:class:`~vad.runtime.postprocess.CausalRule`)."""
     return [e for e, _ in clip_alarms(s, name, ev, rule)]
 
 
 def clip_alarms(s: ScoredRun, name: str, ev: EvalConfig, rule: str | None = None) -> list[tuple[Event, int]]:
     """:func:`clip_events`, each with the frame at which it was raised: the live rule's, some frames after the
-    event's first (:func:`~vad.postprocess.causal_alarms`); the offline rule's, its first frame."""
+    event's first (:func:`~vad.runtime.postprocess.causal_alarms`); the offline rule's, its first frame."""
     fps, branches = s.fps(name, ev.fps), s.branch_scores(name)
     if (rule or ev.rule) == "causal":
         return causal_alarms(s.raw[name], s.threshold(name), name, fps, s.causal_window, ev.min_event_frames,
@@ -365,7 +366,7 @@ def _write_events(found: list, run: RunFolder) -> None:
 
 
 def _plots(s: ScoredRun, per_clip: dict[str, list], post: PostprocessConfig, ev: EvalConfig) -> None:
-    from vad.plots import plot_roc, plot_timeline
+    from vad.offline.plots import plot_roc, plot_timeline
 
     labels = s.labels
     if labels:

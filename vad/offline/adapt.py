@@ -25,13 +25,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from vad.checkpoint import atomic_save, read_checkpoint
 from vad.config import load_config
 from vad.errors import UsageError
 from vad.io.decode import as_clip
 from vad.io.records import Clip, renamed
+from vad.review.verdicts import known_events, read_verdicts
 from vad.runs import RunFolder, RunFolderError, read_manifest
-from vad.verdicts import known_events, read_verdicts
+from vad.runtime.checkpoint import atomic_save, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def withdrawn(extra: dict[str, dict], given: dict[str, dict]) -> list[str]:
 
 
 def _verdicts(run: RunFolder) -> dict[str, dict]:
-    """The run's verdicts (:func:`vad.verdicts.read_verdicts`), lines that are not verdicts skipped with a note."""
+    """The run's verdicts (:func:`vad.review.verdicts.read_verdicts`), lines that are not verdicts skipped with a
+    note."""
     given, skipped = read_verdicts(run)
     if skipped:
         log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "
@@ -70,7 +71,7 @@ def normal_footage(run: RunFolder, required: bool = True, given: dict[str, dict]
                    ) -> tuple[list[Clip], dict[str, tuple[int, int]], dict[str, str]]:
     """The frames of the events marked normal: ``(clips, {clip: (start, stop)}, {clip: event id})``; each event is a
     clip of its own (:func:`footage_name`) over its source. None marked normal: a :class:`UsageError` when
-    ``required``. ``given``: the verdicts already read (:func:`vad.verdicts.read_verdicts`)."""
+    ``required``. ``given``: the verdicts already read (:func:`vad.review.verdicts.read_verdicts`)."""
     given = _verdicts(run) if given is None else given
     marked = {e: v for e, v in given.items() if v["verdict"] == "normal"}
     if not marked and required:
@@ -104,8 +105,8 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
           progress: bool = True) -> Path:
     """Fine-tune the run's model with the frames of events marked normal (see the module docstring); returns the new
     ``model.pt``."""
-    from vad.session import training_clips
-    from vad.train import train
+    from vad.offline.train import train
+    from vad.runtime.session import training_clips
 
     run = RunFolder(run_path)
     if not run.model.is_file():

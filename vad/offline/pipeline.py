@@ -1,4 +1,4 @@
-"""Stages wired together for the CLI: each stage one call down (opening a model: :mod:`vad.session`)."""
+"""Stages wired together for the CLI: each stage one call down (opening a model: :mod:`vad.runtime.session`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from vad.errors import ConfigError, UsageError
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
 from vad.io.published import split_summary
 from vad.io.research import describe_layout
+from vad.offline.train import train, train_per_scene
 from vad.progress import progress_bar
 from vad.runs import RunFolder, RunFolderError, ScoreBook, merge_manifest_parts
-from vad.session import exported_model, open_model
-from vad.train import train, train_per_scene
+from vad.runtime.session import exported_model, open_model
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
     (:data:`vad.config.SCORING`); per-frame scores (and maps) go to ``run/scores``. Clips are named so that no
     source's results overwrite another's (:func:`vad.runs.assign_names`). Under ``torchrun`` every rank scores its
     share of whole clips and rank 0 returns everyone's merged results."""
-    from vad.score import score_clips
+    from vad.runtime.scorer import score_clips
 
     folder = RunFolder(run)
     w = world()
@@ -202,12 +202,12 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
 
 def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: str = "cpu",
                  copies: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
-    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.export`), with the
-    lower-precision ``copies`` (:mod:`vad.quantize`); returns the folders written (or already there for the same
+    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.runtime.export`), with the
+    lower-precision ``copies`` (:mod:`vad.runtime.quantize`); returns the folders written (or already there for the same
     model and settings), each with its copies' checks ``{variant: Check}``."""
-    from vad.quantize import make_variant, missing
-    from vad.reference import holdout
-    from vad.session import training_clips
+    from vad.runtime.quantize import make_variant, missing
+    from vad.runtime.reference import holdout
+    from vad.runtime.session import training_clips
 
     for variant in copies:  # before any long work
         if (reason := missing(variant)) is not None:
@@ -229,7 +229,7 @@ def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: st
     return out
 
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"  # the checkout's (editable installs)
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"  # the checkout's (editable installs)
 INSTALLED_PIPELINES = Path(sys.prefix) / "share" / "vad" / "pipelines"  # pyproject's data-files (any install)
 
 
@@ -251,8 +251,8 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     """Every stage on ``cfg.data``: train, score the test split, evaluate, render; returns the metrics. Re-running
     on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
     scoring from the clips not yet scored by the current model."""
-    from vad.evaluate import evaluate_run
-    from vad.render import render_run
+    from vad.offline.evaluate import evaluate_run
+    from vad.offline.render import render_run
 
     out = Path(out)
     # Everything that can be checked before hours of training (settings were checked as the config loaded): the
@@ -283,7 +283,7 @@ def run_demo(out: Path, seed: int = 0, device: str = "auto", overrides: Sequence
     """Generate the synthetic scene under ``out/data`` (reused if already there) and run ``pipelines/demo.yaml``
     on it with ``out`` as the run folder."""
     from vad.config import load_config
-    from vad.synthetic import SceneConfig, generate_scene
+    from vad.offline.synthetic import SceneConfig, generate_scene
 
     out = Path(out)
     data = out / "data"

@@ -25,8 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vad.augment import ObjectShift, clip_backgrounds
-from vad.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
 from vad.config import SCORING, RunConfig, from_dict, to_dict
 from vad.device import amp_dtype, autocast, cpu_has_bf16_instructions, resolve_device, to_device
 from vad.distributed import all_sum, barrier, frame_shares, world
@@ -35,11 +33,13 @@ from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loa
 from vad.io.decode import first_frame, looks_grey
 from vad.io.records import Clip
 from vad.models import AnomalyModel, backbone_spec, build_model, depthwise_in_float32, speed_cue
+from vad.offline.augment import ObjectShift, clip_backgrounds
+from vad.offline.trainset import RUN_FRAMES, TrainSet, footprint, kept_teacher, teacher_for
 from vad.progress import progress_bar
-from vad.reference import fit_reference, holdout, spread_runs
 from vad.runs import RunFolder
-from vad.score import Scorer
-from vad.trainset import RUN_FRAMES, TrainSet, footprint, kept_teacher, teacher_for
+from vad.runtime.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
+from vad.runtime.reference import fit_reference, holdout, spread_runs
+from vad.runtime.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ def train(
 ) -> Path:
     """Train a model on normal ``clips`` (``ranges``: only frames ``[a, b)`` of some); return the path of
     ``out/model.pt``. Resumes from ``out/checkpoints/last.pt`` when it exists (same config required); stops at the
-    first non-finite loss. ``init``: a checkpoint to start from (fine-tuning: :mod:`vad.adapt`) instead of a random
+    first non-finite loss. ``init``: a checkpoint to start from (fine-tuning: :mod:`vad.offline.adapt`) instead of a
+    random
     student."""
     s = _session(clips, cfg, RunFolder(out), device, progress, ranges)
     start, best, ck = _resume(s)
@@ -339,7 +340,7 @@ def faster_cpu_precision(model: AnomalyModel, batch: int, size: tuple[int, int],
 def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: bool, what: str
              ) -> list[tuple[str, tuple[int, int]]]:
     """The runs of frames to train (or validate) on: all of ``ranges``, or for footage of more than ``max_frames``
-    frames, runs of :data:`~vad.trainset.RUN_FRAMES` spread evenly over it (train.max_frames)."""
+    frames, runs of :data:`~vad.offline.trainset.RUN_FRAMES` spread evenly over it (train.max_frames)."""
     total = sum(b - a for a, b in ranges.values())
     if max_frames is None or total <= max_frames:
         return sorted(ranges.items())
@@ -370,7 +371,8 @@ def _cache_plan(cfg: RunConfig, model: AnomalyModel, transform: FrameTransform, 
 
 
 def _hold_samples(s: _Session) -> None:
-    """train.cache: decode the planned samples into memory, with the teacher's features (:mod:`vad.trainset`)."""
+    """train.cache: decode the planned samples into memory, with the teacher's features
+    (:mod:`vad.offline.trainset`)."""
     teacher = s.model if s.model.teacher_cache else None
     t0 = time.perf_counter()
     s.trainset, s.valset = (TrainSet(s.val_clips, r, s.train_stream.transform, s.model.window, teacher, s.device,
@@ -514,7 +516,7 @@ def _end_epoch(s: _Session, o: _Optim, epoch: int, loss_sum: float, seen: int, t
 
 def _finalise(s: _Session) -> Path:
     """Rank 0 writes ``model.pt``: the best-validation model with its normal reference, fitted on the hold-out as
-    the scorer scores it (:func:`vad.reference.fit_reference`; normal training data only)."""
+    the scorer scores it (:func:`vad.runtime.reference.fit_reference`; normal training data only)."""
     final_path = s.run.model
     if not world().main:
         barrier()  # until rank 0 has written model.pt

@@ -41,11 +41,11 @@ from torch import nn
 from vad.atomic import atomic_path, write_text
 from vad.errors import ConfigError, UsageError
 from vad.models import AnomalyModel
-from vad.reference import NormalReference
+from vad.runtime.reference import NormalReference
 
 FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
 FORMATS = ("onnx", "openvino")
-# The runtimes' lower-precision copies (vad.quantize: made with normal footage and checked; auto measures those
+# The runtimes' lower-precision copies (vad.runtime.quantize: made with normal footage and checked; auto measures those
 # that passed their check)
 VARIANTS = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", *VARIANTS)
@@ -157,7 +157,8 @@ def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
 
 def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str, wanted: list[str]
                     ) -> tuple[str, dict, bool]:
-    """``(backend, speeds, measured)``: of ``wanted`` (:func:`vad.quantize.candidates`), the one that runs the export
+    """``(backend, speeds, measured)``: of ``wanted`` (:func:`vad.runtime.quantize.candidates`), the one that runs the
+    export
     in ``folder`` fastest on this machine; each one's frames/s; whether this call measured any.
     ``measure(backend)`` returns a backend's frames/s; each is measured once per machine and ``setting`` (what else
     changes the speed: the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to
@@ -290,7 +291,7 @@ class Runtime:
 
             source = self.folder / ("model.xml" if (self.folder / "model.xml").is_file() else "model.onnx")
             core, compiled = ov.Core(), {}
-            # f32 pinned, except for a bf16 copy (vad.quantize); an int8 copy runs int8 where its quantizers say
+            # f32 pinned, except for a bf16 copy (vad.runtime.quantize); an int8 copy runs int8 where its quantizers say
             precision = "bf16" if self.meta.get("precision") == "bf16" else "f32"
             config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
 

@@ -3,16 +3,17 @@
 :func:`open_model` does, in this order, what every caller needs before the first frame is scored:
 
 1. the model file of the run (one scope: the run's model, or one scene's) restored under the scoring settings of
-   ``cfg.model`` (:data:`vad.config.SCORING`) into a :class:`vad.score.Scorer`;
+   ``cfg.model`` (:data:`vad.config.SCORING`) into a :class:`vad.runtime.scorer.Scorer`;
 2. its normal reference for those settings (:func:`normal_reference`: the checkpoint's own for the trained
    settings, else one saved in the run folder, else fitted on the hold-out of the model's training footage), with
    the reference's statistics applied to the model;
 3. the backend (``score.backend``, or ``backend``) checked and, where it is a runtime, the model exported once and
    switched to (:func:`use_backend`; ``auto`` measures torch and each runtime here once and takes the fastest).
 
-Its callers: :func:`vad.pipeline.score_stage` and :func:`vad.pipeline.export_stage` (the CLI's ``score``,
-``export`` and ``run``), :meth:`vad.detector.Detector.load` (the Python API and ``vad watch``), and
-:func:`vad.adapt.adapt` (through :func:`training_clips`).
+Its callers: :func:`vad.offline.pipeline.score_stage` and :func:`vad.offline.pipeline.export_stage` (the CLI's
+``score``,
+``export`` and ``run``), :meth:`vad.live.detector.Detector.load` (the Python API and ``vad watch``), and
+:func:`vad.offline.adapt.adapt` (through :func:`training_clips`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import torch
 from vad.config import RunConfig
 from vad.distributed import barrier, world
 from vad.errors import UsageError, VadError
-from vad.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend, measured
 from vad.io import Clip, read_dataset
 from vad.models import scored_branches
-from vad.quantize import Check, candidates, made_for, make_variant, passed, read_check
-from vad.quantize import runtime as copy_runtime
-from vad.reference import NormalReference, apply_state, reference_id, reference_state
 from vad.runs import RunFolder, RunFolderError, file_digest
+from vad.runtime.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend, measured
+from vad.runtime.quantize import Check, candidates, made_for, make_variant, passed, read_check
+from vad.runtime.quantize import runtime as copy_runtime
+from vad.runtime.reference import NormalReference, apply_state, reference_id, reference_state
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class OpenModel:
     scope: str  # "all" (the run's model) or the scene whose model it is
     path: Path  # the model file
     ckpt: dict
-    scorer: object  # vad.score.Scorer, running the model with ``backend``
+    scorer: object  # vad.runtime.scorer.Scorer, running the model with ``backend``
     reference_name: str  # the reference's id: names its files in the run folder (normal scores, export)
     reference: NormalReference
     backend: str  # torch, or the runtime the scorer runs
@@ -73,8 +74,8 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
     scoring key giving it: the clips not scored yet), which decides whether ``auto`` exports; ``None`` is a live
     stream (unbounded). ``defer``: when the backend needs an export not made yet, or ``auto`` has not measured the
     backends on this machine, the model opens with torch and ``pending`` names the backend to prepare."""
-    from vad.checkpoint import load_model
-    from vad.score import Scorer
+    from vad.runtime.checkpoint import load_model
+    from vad.runtime.scorer import Scorer
 
     folder = run if isinstance(run, RunFolder) else RunFolder(Path(run))
     models = folder.model_files()
@@ -103,7 +104,7 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
     export_name = name
     if chosen != "torch":
         chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto", cfg)
-        if chosen in VARIANTS:  # a lower-precision copy scores against its own reference (vad.quantize)
+        if chosen in VARIANTS:  # a lower-precision copy scores against its own reference (vad.runtime.quantize)
             name, ref = variant_reference(folder, name, chosen, scorer)
             key = {**key, "precision": chosen}
     return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting,
@@ -139,7 +140,7 @@ def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
     """Export and measure for ``opened.pending`` as the live scorer goes on with torch: in a child process (at a
     lower priority; ``started`` gets it, so that the caller can end it when it stops), which opens the model as
     ``vad score`` would (:func:`open_model`: export, measurement, kept in the run folder). Then the backend
-    chosen here from what it wrote; returns ``(backend, runtime)`` for :meth:`vad.score.Scorer.switch` (runtime
+    chosen here from what it wrote; returns ``(backend, runtime)`` for :meth:`vad.runtime.scorer.Scorer.switch` (runtime
     ``None``: torch was measured the fastest)."""
     import multiprocessing
 
@@ -210,7 +211,8 @@ def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalRefere
                 choose: bool, cfg: RunConfig) -> str:
     """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision
     copy is made first when it is not yet: :func:`ready_variant`), or with ``choose`` by the backend measured
-    fastest on this machine (:func:`vad.export.fastest_backend` over :func:`vad.quantize.candidates`: torch, the
+    fastest on this machine (:func:`vad.runtime.export.fastest_backend` over :func:`vad.runtime.quantize.candidates`:
+    torch, the
     runtimes, the copies that passed their check; one batch of the scorer's size through the scorer); returns the
     backend used."""
     folder = exported_model(run, name, scorer.model, ckpt, ref)
@@ -238,9 +240,9 @@ def use_backend(scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalRefere
 
 def ready_variant(scorer, ckpt: dict, ref: NormalReference, folder: Path, variant: str, cfg: RunConfig) -> Check:
     """The copy ``variant`` of the export in ``folder``, made (rank 0) when it is not there for this model:
-    calibrated on the model's training footage, checked on its hold-out (:func:`vad.quantize.make_variant`). A
+    calibrated on the model's training footage, checked on its hold-out (:func:`vad.runtime.quantize.make_variant`). A
     copy that failed its check is refused."""
-    from vad.reference import holdout
+    from vad.runtime.reference import holdout
 
     made = read_check(folder / variant)
     if world().main and not (made and made_for(folder / variant, ref.model)):
@@ -262,7 +264,7 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict,
     statistics applied to the scorer's model: the checkpoint's own for the trained settings, else one saved in the
     run folder, else fitted on the hold-out of the model's training clips (read again from ``cfg.data``). Rank 0
     saves it in the run folder."""
-    from vad.checkpoint import trained_model_config
+    from vad.runtime.checkpoint import trained_model_config
 
     model = scorer.model
     settings = cfg.model.scoring()
@@ -286,7 +288,8 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer, ckpt: dict,
 
 def training_clips(cfg: RunConfig, ckpt: dict) -> tuple[list[Clip], dict[str, tuple[int, int]]]:
     """The clips a model was trained on and the frames ``[a, b)`` of those it trained on in part: its training
-    split's clips (read again from ``cfg.data``) and the footage an operator marked normal (:mod:`vad.adapt`)."""
+    split's clips (read again from ``cfg.data``) and the footage an operator marked normal
+    (:mod:`vad.offline.adapt`)."""
     from vad.io.decode import as_clip
     from vad.io.records import renamed
 
@@ -305,8 +308,8 @@ def training_clips(cfg: RunConfig, ckpt: dict) -> tuple[list[Clip], dict[str, tu
 
 
 def _fit_reference(scope: str, ckpt: dict, scorer, cfg: RunConfig, settings: dict, digest: str) -> NormalReference:
-    from vad.checkpoint import trained_model_config
-    from vad.reference import fit_reference, holdout
+    from vad.runtime.checkpoint import trained_model_config
+    from vad.runtime.reference import fit_reference, holdout
 
     trained = trained_model_config(ckpt).scoring()
     changed = ", ".join(f"model.{k}={v}" for k, v in settings.items() if trained[k] != v)

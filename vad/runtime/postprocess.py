@@ -4,7 +4,7 @@
   does not pull the first/last frames towards zero.
 - :func:`minmax`: per-clip min-max to [0, 1] (the benchmark convention; it uses the clip's own range).
 - :func:`normalise`: min-max, or calibrated: 0 at the median normal frame score, 1.0 at the event threshold (both
-  from the model's normal reference, :mod:`vad.reference`), so clips of unlabelled footage are comparable
+  from the model's normal reference, :mod:`vad.runtime.reference`), so clips of unlabelled footage are comparable
   without seeing their own range, and 1.0 means "at the threshold" everywhere.
 - :func:`events`: runs of above-threshold frames as :class:`Event` records (first and last frame, both inclusive)
   with their peak score and times.
@@ -21,7 +21,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from vad.config import ScoreNormalisation, choices
 from vad.errors import InputError
-from vad.reference import calibrate
+from vad.runtime.reference import calibrate
 
 
 def smooth(scores: np.ndarray, sigma: float) -> np.ndarray:

@@ -1,11 +1,11 @@
 """The Python API beside the CLI: a trained run's model, loaded once, scoring frames as they come.
 
-    from vad.detector import Detector
+    from vad.live.detector import Detector
 
     det = Detector.load("runs/campus")                 # the run's model, settings and normal reference
     out = det.score(frames)                            # consecutive uint8 (H, W, 3) frames of one stream
     out.calibrated                                     # 0 at the median normal score, 1.0 at the event threshold
-    for line in det.watch("rtsp://camera/stream", out="watch/"):   # events as they happen (vad.watch)
+    for line in det.watch("rtsp://camera/stream", out="watch/"):   # events as they happen (vad.live.watch)
         handle(line)                                    # your alarm, log or queue
 
 Frames of one ``stream`` are consecutive: a motion model reads each frame's past from the frames scored before it
@@ -28,8 +28,8 @@ from vad.config import RunConfig
 from vad.errors import UsageError
 from vad.models import scored_branches
 from vad.policy import run_config
-from vad.reference import NormalReference
 from vad.runs import RunFolder, locked
+from vad.runtime.reference import NormalReference
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ class Detector:
         """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
         config with ``overrides`` (scoring settings and later stages' only; ``cfg``: that config already loaded, as
         the CLI does), run by ``backend`` (default ``score.backend``; ``auto``: the runtime measured fastest here,
-        when one is installed; a stream is long). Opening the model: :func:`vad.session.open_model`.
+        when one is installed; a stream is long). Opening the model: :func:`vad.runtime.session.open_model`.
 
         ``background``: what takes long before a runtime can score (exporting the model, measuring the backends:
         tens of seconds on 2 cores) is done in a thread while torch scores; the detector switches to the runtime
         when it is ready, the streams' pasts kept. A live source then opens within seconds of the start."""
-        from vad.session import open_model
+        from vad.runtime.session import open_model
 
         folder = RunFolder(run)
         if cfg is None:
@@ -88,10 +88,11 @@ class Detector:
         return det
 
     def _prepare_backend(self, opened, device: str) -> None:
-        """Export and measure in a child process (:func:`vad.session.prepare_backend`), then switch to the backend
+        """Export and measure in a child process (:func:`vad.runtime.session.prepare_backend`), then switch to the
+        backend
         chosen between two batches."""
-        from vad.export import VARIANTS
-        from vad.session import prepare_backend, variant_reference
+        from vad.runtime.export import VARIANTS
+        from vad.runtime.session import prepare_backend, variant_reference
 
         try:
             backend, runtime = prepare_backend(opened, self.cfg, device, started=self._children.append)
@@ -208,8 +209,9 @@ class Detector:
         return self.scorer.transform(torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2))
 
     def watch(self, source: str, out: Path | str | None = None, **options) -> Iterator[dict]:
-        """Watch ``source`` (:mod:`vad.sources`) and yield every event, gap and status line as it is written to
-        ``out/events.jsonl`` (:class:`vad.watch.Watch`; ``options``: :class:`vad.watch.WatchOptions` fields)."""
-        from vad.watch import Watch, WatchOptions
+        """Watch ``source`` (:mod:`vad.live.sources`) and yield every event, gap and status line as it is written to
+        ``out/events.jsonl`` (:class:`vad.live.watch.Watch`; ``options``: :class:`vad.live.watch.WatchOptions`
+        fields)."""
+        from vad.live.watch import Watch, WatchOptions
 
         yield from Watch(self, source, WatchOptions(out=Path(out) if out else None, **options)).run()

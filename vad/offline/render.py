@@ -28,14 +28,14 @@ from tqdm import tqdm
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.errors import UsageError, VadError
-from vad.evaluate import ScoredRun, clip_events, load_scored
 from vad.heatmap import RED, blend, colormap_lut, font, mark_anomaly
 from vad.io.decode import as_clip, iter_frames
 from vad.io.encode import VideoWriter
 from vad.metrics import label_events
-from vad.postprocess import event_frames
+from vad.offline.evaluate import ScoredRun, clip_events, load_scored
 from vad.progress import progress_bar
-from vad.reference import heat_scale
+from vad.runtime.postprocess import event_frames
+from vad.runtime.reference import heat_scale
 
 log = logging.getLogger(__name__)
 

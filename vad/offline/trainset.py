@@ -9,13 +9,13 @@ alters. :class:`TrainSet` does that work once:
   windows;
 - for a model whose loss reads only the teacher's features of unaltered frames (``model.teacher_cache``: STPM and
   its motion branch), the teacher's pyramid of each frame (float32). A sample that augmentation alters
-  (:class:`~vad.augment.ObjectShift`) has its teacher features computed again (:func:`teacher_for`);
+  (:class:`~vad.offline.augment.ObjectShift`) has its teacher features computed again (:func:`teacher_for`);
 - the samples are windows ending at every frame of ``runs`` (``[(clip, (start, stop))]``), a clip's first frames
   repeating frame 0 as their past, as :class:`~vad.io.dataset.FrameStream` makes them. An epoch is a permutation
   of all samples (:meth:`TrainSet.epoch`): every sample once, shuffled across clips.
 
-Long footage is sampled before it gets here (``train.max_frames``, :func:`vad.reference.spread_runs` in
-:mod:`vad.train`), so memory and time per epoch stay bounded; :func:`footprint` is checked against
+Long footage is sampled before it gets here (``train.max_frames``, :func:`vad.runtime.reference.spread_runs` in
+:mod:`vad.offline.train`), so memory and time per epoch stay bounded; :func:`footprint` is checked against
 ``train.cache_gb`` before anything is decoded. Measured: docs/speed.md, "Training".
 """
 

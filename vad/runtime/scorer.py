@@ -91,7 +91,7 @@ class Scorer:
     decodes (nvJPEG), resizes and normalises them; the model runs channels-last under autocast (bf16 on CUDA and
     on CPUs with native bf16), optionally ``torch.compile``-d; results come back to the host one batch late, so
     the host's bookkeeping overlaps the device's next batch (a JPEG batch decoded on the GPU waits for the
-    previous batch to finish: see :meth:`prepare`). ``runtime`` (:mod:`vad.export`) runs an exported copy of the
+    previous batch to finish: see :meth:`prepare`). ``runtime`` (:mod:`vad.runtime.export`) runs an exported copy of the
     model (ONNX Runtime, OpenVINO) in place of torch; the scorer's bookkeeping is the same.
     """
 
@@ -120,7 +120,7 @@ class Scorer:
         self.use(runtime)
 
     def use(self, runtime) -> None:
-        """Run the model with ``runtime`` (an exported copy: :class:`vad.export.Runtime`) from now on; ``None``:
+        """Run the model with ``runtime`` (an exported copy: :class:`vad.runtime.export.Runtime`) from now on; ``None``:
         with torch again."""
         self.runtime, self.compiled, self._past, self._zeros = runtime, False, {}, None
         if self.speeds is not None:
@@ -380,7 +380,8 @@ class Scorer:
                 branches: bool = False) -> dict[str, torch.Tensor]:
         """Raw outputs over the frames of ``clips`` (``ranges`` of them), run as this scorer runs the model (device,
         autocast, eager torch), concatenated: ``{"scores": (N,), "maps": (N, h, w)}``, or a fused model's branch maps
-        before fusion (``branches``), float32 on the CPU (for the normal reference: :mod:`vad.reference`). With a
+        before fusion (``branches``), float32 on the CPU (for the normal reference: :mod:`vad.runtime.reference`). With
+        a
         speed cue, also its raw maps (``"speed"``), not fused (the reference fits the fusion)."""
         loader = make_loader(self.stream(clips, ranges), self.num_workers, pin_memory=self.device.type == "cuda")
         model, out = self.model, {}

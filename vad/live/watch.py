@@ -1,12 +1,12 @@
 """Watching a live source: frames scored as they arrive, events raised by the causal rule, evidence kept.
 
-:class:`Watch` runs the loop of ``vad watch`` (and :meth:`vad.detector.Detector.watch`):
+:class:`Watch` runs the loop of ``vad watch`` (and :meth:`vad.live.detector.Detector.watch`):
 
-- a :class:`~vad.sources.Source` thread decodes the source into a bounded queue (the stalest frames dropped when
+- a :class:`~vad.live.sources.Source` thread decodes the source into a bounded queue (the stalest frames dropped when
   scoring falls behind; outages reported as gaps, never scored);
-- the loop takes every frame waiting (up to ``batch``), scores them (:class:`~vad.detector.Detector`: the same
+- the loop takes every frame waiting (up to ``batch``), scores them (:class:`~vad.live.detector.Detector`: the same
   scores as ``vad score`` gives the same frames), and feeds the calibrated scores to the event tracker
-  (:class:`~vad.live.events.EventTracker` over :class:`~vad.postprocess.CausalRule`: the mean of the last
+  (:class:`~vad.live.events.EventTracker` over :class:`~vad.runtime.postprocess.CausalRule`: the mean of the last
   ``postprocess.causal_window`` scores, an event opens after ``eval.min_event_frames`` frames above the threshold,
   1.0 calibrated, and closes after ``eval.close_frames`` below);
 - every change is one JSON line (:data:`~vad.live.events.LINE_FIELDS`) written to every sink
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from vad.live.camera import Camera
 from vad.live.events import LINE_FIELDS
-from vad.sources import Frame, Gap, describe_source
+from vad.live.sources import Frame, Gap, describe_source
 
 __all__ = ["LINE_FIELDS", "Watch", "WatchOptions"]
 
@@ -80,7 +80,7 @@ class Watch:
     """One source watched with one detector: a :class:`~vad.live.camera.Camera` whose frames the loop scores
     alone (many cameras through shared models: :class:`vad.site.Site`)."""
 
-    def __init__(self, detector, source: str, options: WatchOptions) -> None:  # a vad.detector.Detector
+    def __init__(self, detector, source: str, options: WatchOptions) -> None:  # a vad.live.detector.Detector
         self.det, self.source, self.o = detector, str(source), options
         self.name = options.source_name or self.source
         self.camera = Camera(self.name, self.source, detector.info, options)
@@ -89,7 +89,7 @@ class Watch:
 
     @property
     def src(self):
-        """The camera's :class:`~vad.sources.Source`."""
+        """The camera's :class:`~vad.live.sources.Source`."""
         return self.camera.src
 
     @property

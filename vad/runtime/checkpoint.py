@@ -59,7 +59,7 @@ def trained_model_config(ckpt: dict) -> ModelConfig:
 def restore_model(ckpt: dict, scoring: Mapping[str, Any] | None = None) -> AnomalyModel:
     """Rebuild the model of a checkpoint dict (no weights are fetched: the checkpoint holds the teacher), with the
     scoring settings ``scoring`` (:data:`vad.config.SCORING`) in place of the trained ones when given. The hold-out
-    statistics it loads are the trained settings' (:mod:`vad.reference` fits others)."""
+    statistics it loads are the trained settings' (:mod:`vad.runtime.reference` fits others)."""
     trained = to_dict(trained_model_config(ckpt))
     cfg = from_dict(ModelConfig, {**trained, **dict(scoring or {})}, "model")
     model = build_model(cfg, teacher_weights="random")
