@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vad.errors import DatasetLayoutError, DecodeError, LabelError
+from vad.io.probe import probe
 
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".m4v", ".webm", ".wmv", ".flv", ".ts", ".3gp"}
@@ -66,22 +70,14 @@ class Clip:
         if self.kind == "frames":
             assert self.frame_paths is not None
             return len(self.frame_paths)
-        from vad.io.probe import probe
-
         return probe(self.path).num_frames
 
     @cached_property
     def frame_size(self) -> tuple[int, int]:
         """``(height, width)`` of the frames, from the first frame's header or the container (nothing decoded)."""
-        from vad.io.probe import probe
-
         if self.kind == "video":
             info = probe(self.path)
             return info.height, info.width
-        from PIL import Image, UnidentifiedImageError
-
-        from vad.errors import DecodeError
-
         assert self.frame_paths is not None
         try:
             with Image.open(self.frame_paths[0]) as img:
@@ -95,15 +91,11 @@ class Clip:
         """Frame rate of a video clip; ``None`` for frame folders (the dataset's notes give it)."""
         if self.kind == "frames":
             return None
-        from vad.io.probe import probe
-
         return probe(self.path).fps
 
 
 def frames_clip(folder: Path, **kwargs) -> Clip:
     """A :class:`Clip` over an image folder; raises if it holds no images."""
-    from vad.errors import DatasetLayoutError
-
     frames = list_images(folder)
     if not frames:
         raise DatasetLayoutError(
@@ -143,8 +135,6 @@ def with_frames(clip: Clip, num_frames: int) -> Clip:
 
 def check_labels(clip: Clip, labels: np.ndarray, source: Path) -> np.ndarray:
     """Validate a clip's frame labels against its frame count; return them as ``(T,)`` uint8."""
-    from vad.errors import LabelError
-
     labels = np.asarray(labels).reshape(-1)
     if labels.size and not np.isin(labels, (0, 1)).all():
         raise LabelError(f"{source}: frame labels must be 0 or 1; got values {np.unique(labels)[:10]}")
@@ -158,8 +148,6 @@ def check_labels(clip: Clip, labels: np.ndarray, source: Path) -> np.ndarray:
 
 def spans_to_labels(spans: list[tuple[int, int]], num_frames: int, where: str) -> np.ndarray:
     """``(T,)`` uint8 labels from 1-based inclusive ``spans``; a span outside ``1..num_frames`` is an error."""
-    from vad.errors import LabelError
-
     labels = np.zeros(num_frames, np.uint8)
     for a, b in spans:
         if not 1 <= a <= b <= num_frames:

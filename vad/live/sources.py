@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from vad.errors import UsageError
+from vad.io.decode import read_image
 from vad.io.probe import frame_rotation
-from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from vad.io.records import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images
 
 NETWORK = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "srt://", "rtmp://", "tcp://")
 
@@ -236,9 +237,6 @@ class Source:
                 yield np.ascontiguousarray(rgb), pts
 
     def _folder(self, path: Path) -> Iterator[tuple[np.ndarray, float]]:
-        from vad.io.decode import read_image
-        from vad.io.records import list_images
-
         files = list_images(path)
         rate = self.fps or 25.0
         self.source_fps = rate

@@ -22,6 +22,7 @@ from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig
 from vad.errors import InputError, VadError
 from vad.io.decode import as_clip
+from vad.io.masks import read_pixel_mask
 from vad.metrics import (
     alarm_delays,
     alarm_rates,
@@ -35,6 +36,8 @@ from vad.metrics import (
     micro_auc,
     pixel_auroc,
 )
+from vad.offline.plots import plot_roc, plot_timeline
+from vad.review.page import write_review
 from vad.runs import ClipRecord, RunFolder, RunFolderError, read_manifest, source_fingerprint
 from vad.runtime.postprocess import Event, causal_alarms, event_frames, events, minmax, normalise, smooth
 from vad.runtime.reference import NormalReference
@@ -223,8 +226,6 @@ def delay_report(s: ScoredRun, per_clip: dict[str, list[tuple[Event, int]]], ev:
 def evaluate_run(run: Path | str, post: PostprocessConfig, ev: EvalConfig, progress: bool = True) -> dict:
     """Post-process the scores of ``run``, compute metrics (labelled clips), events, plots and the review page
     (:mod:`vad.review`); return metrics."""
-    from vad.review import write_review
-
     s = load_scored(run, post, ev, progress)
     manifest, labels = s.manifest, s.labels
     alarms = {r: {n: clip_alarms(s, n, ev, r) for n in manifest} for r in ("offline", "causal")}
@@ -341,8 +342,6 @@ def alarm_report(s: ScoredRun, per_clip: dict[str, list], ev: EvalConfig, rule: 
 def _pixel_metric(run: Path, manifest: dict, labels: dict, ev: EvalConfig) -> tuple[float | None, int]:
     """Pixel AUROC over the labelled clips that have pixel ground truth and saved maps (UCSD Ped1 has masks for
     some clips only), and how many clips that is."""
-    from vad.io.masks import read_pixel_mask
-
     folder = RunFolder(run)
     names = [n for n in labels if manifest[n].pixel_mask and folder.maps(n).is_file()]
     if not names:
@@ -366,8 +365,6 @@ def _write_events(found: list, run: RunFolder) -> None:
 
 
 def _plots(s: ScoredRun, per_clip: dict[str, list], post: PostprocessConfig, ev: EvalConfig) -> None:
-    from vad.offline.plots import plot_roc, plot_timeline
-
     labels = s.labels
     if labels:
         y = np.concatenate([labels[n] for n in labels])

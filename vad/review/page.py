@@ -27,6 +27,7 @@ from markupsafe import Markup
 from vad.atomic import write_text
 from vad.config import EvalConfig, PostprocessConfig, RenderConfig
 from vad.metrics import label_events
+from vad.review.thumbnails import write_thumbnails
 from vad.review.view import ScoredRunView
 from vad.runs import RunFolder
 from vad.runtime.postprocess import Event
@@ -41,8 +42,6 @@ def write_review(s: ScoredRunView, per_clip: dict[str, list[Event]], metrics: di
     """Write ``RUN/review.html`` and the events' thumbnails (``render``: the heatmap's colours; default the
     renderer's defaults) for the events ``per_clip`` (every clip of ``s``) and ``metrics`` (evaluate's); return
     the page's path."""
-    from vad.review.thumbnails import write_thumbnails
-
     folder = s.folder
     missing = write_thumbnails(s, per_clip, ev, render or RenderConfig())
     clips, cards, events, timelines = {}, [], [], []

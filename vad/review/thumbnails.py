@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from vad.atomic import atomic_path
 from vad.config import EvalConfig, RenderConfig
 from vad.errors import VadError
+from vad.heatmap import heat_picture
+from vad.io.decode import as_clip, iter_frames
 from vad.runs import ClipRecord
 from vad.runtime.postprocess import Event
 
@@ -24,10 +27,6 @@ def write_thumbnails(s: ScoredRunView, per_clip: dict[str, list[Event]], ev: Eva
     """``RUN/review/<event>.jpg``: each event's peak frame with its heatmap (as the renderer draws it), about
     320 px wide; thumbnails of events no longer found are deleted. Returns, for the events left without one, why
     (their source is gone or cannot be decoded)."""
-    from PIL import Image
-
-    from vad.heatmap import heat_picture
-
     folder, missing, keep = s.folder, {}, set()
     for name, found in per_clip.items():
         if not found:
@@ -60,8 +59,6 @@ def write_thumbnails(s: ScoredRunView, per_clip: dict[str, list[Event]], ev: Eva
 def _peak_frames(record: ClipRecord, wanted: list[int]) -> dict[int, np.ndarray]:
     """``{frame: (H, W, 3) uint8}`` of the source of ``record``: a frame folder's files one by one, a video's in
     one pass from the first frame wanted to the last (a video decodes from its start whatever is asked)."""
-    from vad.io.decode import as_clip, iter_frames
-
     clip = as_clip(Path(record.path))
     spans = [(k, k + 1) for k in wanted] if record.kind == "frames" else [(wanted[0], wanted[-1] + 1)]
     out = {}

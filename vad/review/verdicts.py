@@ -25,10 +25,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vad.atomic import atomic_path
 from vad.errors import InputError, UnknownEventError, UsageError
 from vad.runs import RunFolder, RunFolderError
 
@@ -85,10 +87,6 @@ def record_live_verdict(run: RunFolder | Path | str, camera: str, event: str, ve
     module docstring); ``footage``: the event's ``OUT/<camera>/footage/<event>.mp4`` (with its ``.json``), copied
     into the run once. A *normal* verdict needs it (it is what ``vad adapt`` learns from): without it a
     :class:`~vad.errors.InputError` says why."""
-    import shutil
-
-    from vad.atomic import atomic_path
-
     if verdict not in VERDICTS:
         raise UsageError(f"verdict {verdict!r}: expected one of {', '.join(VERDICTS)}")
     folder = _folder(run)
