@@ -23,8 +23,9 @@ from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model, depthwise_in_float32
 from vad.models.backbones import Pyramid
 from vad.offline.train import train
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 FP32 = replace(TINY.score, batch_size=8, amp="off")  # float32 scoring: paths compared exactly
 
@@ -220,7 +221,7 @@ def test_compiled_scoring_matches_eager(scene: Path, trained: Path, tmp_path: Pa
 
 
 def test_compile_by_default_only_for_long_jobs(trained: Path) -> None:
-    from vad.runtime.scorer import COMPILE_MIN_FRAMES
+    from vad.runtime.runner import COMPILE_MIN_FRAMES
 
     model, ckpt = load_model(trained / "model.pt")
     scorer = Scorer(model, ckpt, FP32, "cpu")  # compile=None: decided per job

@@ -14,9 +14,9 @@ from tests.helpers import TINY, copy_run
 from vad.errors import VadError
 from vad.io import read_dataset
 from vad.offline.pipeline import with_data
+from vad.runtime.batches import score_clips
 from vad.runtime.open import NotPrepared, open_model
 from vad.runtime.prepare import prepare_model
-from vad.runtime.scorer import score_clips
 
 
 def _listing(root: Path) -> dict[str, int]:

@@ -23,11 +23,11 @@ from vad.io.research import describe_layout
 from vad.offline.train import train, train_per_scene
 from vad.progress import progress_bar
 from vad.runs import RunFolder, RunFolderError, ScoreBook, merge_manifest_parts
+from vad.runtime.batches import score_clips
 from vad.runtime.open import open_model
 from vad.runtime.prepare import exported_model, prepare_model, training_clips
 from vad.runtime.quantize import make_variant, missing
 from vad.runtime.reference import holdout
-from vad.runtime.scorer import score_clips
 
 log = logging.getLogger(__name__)
 
