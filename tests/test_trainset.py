@@ -16,7 +16,7 @@ from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model
 from vad.offline.augment import ObjectShift
-from vad.offline.train import _sampled, _session
+from vad.offline.session import _sampled, open_session
 from vad.offline.trainset import TrainSet, teacher_for
 from vad.runtime.reference import spread_runs
 
@@ -89,7 +89,7 @@ def test_a_cache_over_its_limit_is_refused_before_decoding(shanghaitech_root, tm
     cfg = replace(SMALL, model=replace(SMALL.model, teacher_weights="random"),
                   train=replace(SMALL.train, cache_gb=1e-4))
     with pytest.raises(ConfigError, match=r"train.cache needs .* GB .* train.cache_gb=0.0001"):
-        _session(clips, cfg, tmp_path / "run", "cpu", False)
+        open_session(clips, cfg, tmp_path / "run", "cpu", False)
 
 
 def _teacher(seed: int) -> torch.nn.Module:
