@@ -142,10 +142,10 @@ def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: 
     """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
     ceil(frames / batch) steps, so the one-cycle schedule is never overrun. (In bf16 on the CPU: its depthwise
     convolutions are kept in float32, its teacher is folded, and its model.pt loads into a plain model.)"""
-    import vad.offline.train
+    import vad.offline.session
 
     patched, folded = [], []
-    monkeypatch.setattr(vad.offline.train, "depthwise_in_float32", lambda m: patched.append(depthwise_in_float32(m)))
+    monkeypatch.setattr(vad.offline.session, "depthwise_in_float32", lambda m: patched.append(depthwise_in_float32(m)))
     fold = Pyramid.fold
     monkeypatch.setattr(Pyramid, "fold", lambda self: folded.append(self) or fold(self))
     cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, num_workers=2, batch_size=5, position_stats=False,

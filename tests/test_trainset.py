@@ -145,12 +145,13 @@ def test_a_folded_teacher_under_bf16_is_as_close_to_float32_as_the_unfolded_one(
 
 
 def test_a_trained_run_asked_again_decodes_nothing(shanghaitech_root, tmp_path, monkeypatch) -> None:
+    import vad.offline.session
     import vad.offline.train
 
     clips = read_dataset("shanghaitech", shanghaitech_root, "train")
     cfg = replace(SMALL, model=replace(SMALL.model, teacher_weights="random"), train=replace(SMALL.train, epochs=1))
     made = []
-    monkeypatch.setattr(vad.offline.train, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
+    monkeypatch.setattr(vad.offline.session, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
     path = vad.offline.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False)
     assert len(made) == 2  # training and hold-out samples
     assert vad.offline.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False) == path
