@@ -33,8 +33,9 @@ from vad.config import load_config
 from vad.device import resolve_device
 from vad.metrics import event_aucs
 from vad.offline.pipeline import read_split
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 
 def machine(device: torch.device) -> str:

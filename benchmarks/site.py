@@ -198,9 +198,9 @@ def main() -> None:
     args.video, args.repeat = None, 1
     args.run = args.run.resolve()
     from vad.policy import run_config
-    from vad.runtime.session import open_model
+    from vad.runtime.prepare import prepare_model
 
-    opened = open_model(args.run, run_config(args.run, [], "watch"), "cpu", backend=args.backend)  # export, measure
+    opened = prepare_model(args.run, run_config(args.run, [], "watch"), "cpu", backend=args.backend)  # export, measure
     args.backend = opened.backend
     print(f"backend: {args.backend}", flush=True)
     frames, labels, fps = frames_of(args)

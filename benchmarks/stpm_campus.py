@@ -31,8 +31,9 @@ from vad.io import read_dataset
 from vad.metrics import event_aucs, macro_auc, micro_auc
 from vad.offline.pipeline import save_config, with_data
 from vad.offline.train import train
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 
 def main(argv: list[str] | None = None) -> int:

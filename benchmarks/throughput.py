@@ -7,7 +7,7 @@ weights), at the campus input size (768x576 frames -> 256x336). Cases, each for 
 
 - model only: normalised frames already in memory -> scores and maps;
 - e2e JPEG: a folder of JPEG frames -> decode -> resize/normalise -> model -> per-frame scores written to disk
-  (fast: :func:`vad.runtime.scorer.score_clips`, the product's path);
+  (fast: :func:`vad.runtime.batches.score_clips`, the product's path);
 - e2e video: the same frames as an H.264 MP4;
 - decode: decoding alone (JPEG folder, video), to show whether decoding limits the end-to-end rate;
 - train: training steps (decode, shuffle, forward, backward, optimiser) at the product's input size; and the same
@@ -50,7 +50,8 @@ from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loa
 from vad.io.records import Clip, frames_clip
 from vad.models import backbone_spec, build_model, speed_cue
 from vad.offline.trainset import TrainSet, kept_teacher
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.batches import score_clips
+from vad.runtime.scorer import Scorer
 
 CPU_DEFAULTS = {"model_frames": 48, "frames": 48, "train_frames": 32, "batch_size": 8, "train_batch": 8}
 GPU_DEFAULTS = {"model_frames": 16384, "frames": 6000, "train_frames": 12000, "batch_size": 256, "train_batch": 128}

@@ -13,8 +13,9 @@ from tests.helpers import TINY, frame_auc
 from vad.io import read_dataset
 from vad.offline.augment import ObjectShift, clip_backgrounds
 from vad.offline.train import train
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 H, W = 128, 192  # the copied region (vad.offline.augment.BOX): 31 x 23 pixels before resizing
 

@@ -21,10 +21,11 @@ from vad.errors import UsageError
 from vad.io import read_dataset
 from vad.models import build_model
 from vad.runs import RunFolder, read_manifest
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
 from vad.runtime.export import EXPORT_MIN_FRAMES, SPEED_FILE, Runtime, choose_backend, export_model, machine
 from vad.runtime.reference import NormalReference
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 FP32 = replace(TINY.score, amp="off", compile=False)
 RUNTIMES = [pytest.param(b, marks=pytest.mark.skipif(importlib.util.find_spec(b) is None,

@@ -23,8 +23,9 @@ from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model, depthwise_in_float32
 from vad.models.backbones import Pyramid
 from vad.offline.train import train
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 FP32 = replace(TINY.score, batch_size=8, amp="off")  # float32 scoring: paths compared exactly
 
@@ -141,10 +142,10 @@ def test_training_with_decode_workers_keeps_the_schedule(scene: Path, tmp_path: 
     """With several decode workers each worker's last batch may be partial; every epoch still takes exactly
     ceil(frames / batch) steps, so the one-cycle schedule is never overrun. (In bf16 on the CPU: its depthwise
     convolutions are kept in float32, its teacher is folded, and its model.pt loads into a plain model.)"""
-    import vad.offline.train
+    import vad.offline.session
 
     patched, folded = [], []
-    monkeypatch.setattr(vad.offline.train, "depthwise_in_float32", lambda m: patched.append(depthwise_in_float32(m)))
+    monkeypatch.setattr(vad.offline.session, "depthwise_in_float32", lambda m: patched.append(depthwise_in_float32(m)))
     fold = Pyramid.fold
     monkeypatch.setattr(Pyramid, "fold", lambda self: folded.append(self) or fold(self))
     cfg = replace(SMALL, train=replace(SMALL.train, epochs=3, num_workers=2, batch_size=5, position_stats=False,
@@ -220,7 +221,7 @@ def test_compiled_scoring_matches_eager(scene: Path, trained: Path, tmp_path: Pa
 
 
 def test_compile_by_default_only_for_long_jobs(trained: Path) -> None:
-    from vad.runtime.scorer import COMPILE_MIN_FRAMES
+    from vad.runtime.runner import COMPILE_MIN_FRAMES
 
     model, ckpt = load_model(trained / "model.pt")
     scorer = Scorer(model, ckpt, FP32, "cpu")  # compile=None: decided per job

@@ -18,9 +18,10 @@ from vad.models import METHODS, MKD, RSTPM, STPM, WeightsUnavailableError, build
 from vad.models.mkd import VGGExpert, build_vgg_expert, mkd_losses
 from vad.models.pseudo import blob_mask, mask_to_grid, pseudo_anomalies
 from vad.offline.train import train
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
 from vad.runtime.reference import holdout
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 
 @pytest.mark.parametrize("method", METHODS)

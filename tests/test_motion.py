@@ -21,9 +21,10 @@ from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.motion import motion_weighted_loss
 from vad.models.stpm import STPM
 from vad.offline.train import train
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import load_model
 from vad.runtime.reference import holdout
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 
 def _coded(clip: int, n: int, h: int = 16, w: int = 16) -> np.ndarray:

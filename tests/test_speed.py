@@ -13,8 +13,9 @@ from vad.config import ModelConfig, ScoreConfig, to_dict
 from vad.io.records import frames_clip
 from vad.models import build_model, speed_cue
 from vad.models.speed import FLOOR, SpeedCue, cell_speed, make_flow
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import restore_model
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 H, W = 64, 96
 

@@ -16,9 +16,10 @@ from tests.helpers import AMPS, SMALL, TINY, frame_auc
 from vad.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from vad.io import read_dataset
 from vad.offline.train import ResumeError, train, train_per_scene
+from vad.runtime.batches import score_clips
 from vad.runtime.checkpoint import CheckpointError, load_model
 from vad.runtime.reference import holdout
-from vad.runtime.scorer import Scorer, score_clips
+from vad.runtime.scorer import Scorer
 
 
 @pytest.mark.parametrize("amp", AMPS)
@@ -188,11 +189,11 @@ def test_auto_precision_on_a_bf16_cpu_is_measured_on_copies(monkeypatch, caplog)
     import logging
 
     from vad.models import build_model
-    from vad.offline.train import faster_cpu_precision
+    from vad.offline.session import faster_cpu_precision
 
     model = build_model(ModelConfig(input_height=64))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    monkeypatch.setattr("vad.offline.train._MEASURED", {})
+    monkeypatch.setattr("vad.offline.session._MEASURED", {})
     logger = logging.getLogger("vad")
     logger.addHandler(caplog.handler)
     try:

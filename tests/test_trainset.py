@@ -16,7 +16,7 @@ from vad.io import read_dataset
 from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model
 from vad.offline.augment import ObjectShift
-from vad.offline.train import _sampled, _session
+from vad.offline.session import _sampled, open_session
 from vad.offline.trainset import TrainSet, teacher_for
 from vad.runtime.reference import spread_runs
 
@@ -89,7 +89,7 @@ def test_a_cache_over_its_limit_is_refused_before_decoding(shanghaitech_root, tm
     cfg = replace(SMALL, model=replace(SMALL.model, teacher_weights="random"),
                   train=replace(SMALL.train, cache_gb=1e-4))
     with pytest.raises(ConfigError, match=r"train.cache needs .* GB .* train.cache_gb=0.0001"):
-        _session(clips, cfg, tmp_path / "run", "cpu", False)
+        open_session(clips, cfg, tmp_path / "run", "cpu", False)
 
 
 def _teacher(seed: int) -> torch.nn.Module:
@@ -145,12 +145,13 @@ def test_a_folded_teacher_under_bf16_is_as_close_to_float32_as_the_unfolded_one(
 
 
 def test_a_trained_run_asked_again_decodes_nothing(shanghaitech_root, tmp_path, monkeypatch) -> None:
+    import vad.offline.session
     import vad.offline.train
 
     clips = read_dataset("shanghaitech", shanghaitech_root, "train")
     cfg = replace(SMALL, model=replace(SMALL.model, teacher_weights="random"), train=replace(SMALL.train, epochs=1))
     made = []
-    monkeypatch.setattr(vad.offline.train, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
+    monkeypatch.setattr(vad.offline.session, "TrainSet", lambda *a, **k: made.append(1) or TrainSet(*a, **k))
     path = vad.offline.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False)
     assert len(made) == 2  # training and hold-out samples
     assert vad.offline.train.train(clips, cfg, tmp_path / "run", "cpu", progress=False) == path

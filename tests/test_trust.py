@@ -351,8 +351,8 @@ def test_only_the_cli_prints() -> None:
 
 
 def test_a_model_is_opened_for_scoring_in_one_place() -> None:
-    """Checkpoint -> Scorer -> normal reference -> backend: vad/runtime/session.py's open_model, called by the
+    """Checkpoint -> Scorer -> normal reference -> backend: vad/runtime/open.py (prepare.py writes), called by the
     stages, the Python API and the site; training builds its own scorer for the hold-out pass."""
-    assert [c.split(":")[0] for c in _calls("load_model")] == ["runtime/session.py"]
-    assert sorted({c.split(":")[0] for c in _calls("Scorer")}) == ["offline/train.py", "runtime/session.py"]
-    assert sorted({c.split(":")[0] for c in _calls("normal_reference")}) == ["runtime/session.py"]
+    assert [c.split(":")[0] for c in _calls("load_model")] == ["runtime/open.py"]
+    assert sorted({c.split(":")[0] for c in _calls("Scorer")}) == ["offline/train.py", "runtime/open.py"]
+    assert sorted({c.split(":")[0] for c in _calls("normal_reference")}) == ["runtime/prepare.py"]

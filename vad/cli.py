@@ -1,6 +1,6 @@
 """Command-line interface (``vad`` / ``python run_pipeline.py``): argument parsing, the console's log handler, one
-call down per command. Which settings a command takes is :mod:`vad.policy`'s; opening a model
-:mod:`vad.runtime.session`'s."""
+call down per command. Which settings a command takes is :mod:`vad.policy`'s; preparing and opening a model
+:mod:`vad.runtime.prepare`'s and :mod:`vad.runtime.open`'s."""
 
 from __future__ import annotations
 

@@ -29,6 +29,9 @@ from vad.errors import UsageError
 from vad.models import scored_branches
 from vad.policy import run_config
 from vad.runs import RunFolder, locked
+from vad.runtime.export import VARIANTS
+from vad.runtime.open import open_model, variant_reference
+from vad.runtime.prepare import prepare_backend, prepare_model
 from vad.runtime.reference import NormalReference
 
 log = logging.getLogger(__name__)
@@ -66,19 +69,20 @@ class Detector:
         """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
         config with ``overrides`` (scoring settings and later stages' only; ``cfg``: that config already loaded, as
         the CLI does), run by ``backend`` (default ``score.backend``; ``auto``: the runtime measured fastest here,
-        when one is installed; a stream is long). Opening the model: :func:`vad.runtime.session.open_model`.
+        when one is installed; a stream is long). Preparing, then opening the model:
+        :func:`vad.runtime.prepare.prepare_model` (with ``background``: the normal reference alone),
+        :func:`vad.runtime.open.open_model`.
 
         ``background``: what takes long before a runtime can score (exporting the model, measuring the backends:
         tens of seconds on 2 cores) is done in a thread while torch scores; the detector switches to the runtime
         when it is ready, the streams' pasts kept. A live source then opens within seconds of the start."""
-        from vad.runtime.session import open_model
-
         folder = RunFolder(run)
         if cfg is None:
             cfg = run_config(folder.root, overrides, "watch")
         if backend is not None:
             cfg = replace(cfg, score=replace(cfg.score, backend=backend))
         with locked(folder.root, "watch (loading the model)", wait=120):  # other watchers load it too: a moment
+            prepare_model(folder, cfg, device, scope=scene, backend="torch" if background else backend)
             opened = open_model(folder, cfg, device, scope=scene, backend=backend, defer=background)
         det = cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
         if opened.pending:
@@ -88,12 +92,8 @@ class Detector:
         return det
 
     def _prepare_backend(self, opened, device: str) -> None:
-        """Export and measure in a child process (:func:`vad.runtime.session.prepare_backend`), then switch to the
-        backend
-        chosen between two batches."""
-        from vad.runtime.export import VARIANTS
-        from vad.runtime.session import prepare_backend, variant_reference
-
+        """Export and measure in a child process (:func:`vad.runtime.prepare.prepare_backend`), then switch to the
+        backend chosen between two batches."""
         try:
             backend, runtime = prepare_backend(opened, self.cfg, device, started=self._children.append)
         except Exception as err:  # scoring goes on with torch; say why

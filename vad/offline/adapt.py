@@ -29,9 +29,11 @@ from vad.config import load_config
 from vad.errors import UsageError
 from vad.io.decode import as_clip
 from vad.io.records import Clip, renamed
+from vad.offline.train import train
 from vad.review.verdicts import known_events, read_verdicts
 from vad.runs import RunFolder, RunFolderError, read_manifest
 from vad.runtime.checkpoint import atomic_save, read_checkpoint
+from vad.runtime.prepare import training_clips
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,6 @@ def adapt(run_path: Path | str, epochs: int = 4, lr: float = 3e-4, device: str =
           progress: bool = True) -> Path:
     """Fine-tune the run's model with the frames of events marked normal (see the module docstring); returns the new
     ``model.pt``."""
-    from vad.offline.train import train
-    from vad.runtime.session import training_clips
-
     run = RunFolder(run_path)
     if not run.model.is_file():
         raise RunFolderError(f"{run.model} not found: adapt fine-tunes a run's one model (a run trained per scene: "

@@ -1,4 +1,5 @@
-"""Stages wired together for the CLI: each stage one call down (opening a model: :mod:`vad.runtime.session`)."""
+"""Stages wired together for the CLI: each stage one call down (preparing and opening a model:
+:mod:`vad.runtime.prepare`, :mod:`vad.runtime.open`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from vad.io.research import describe_layout
 from vad.offline.train import train, train_per_scene
 from vad.progress import progress_bar
 from vad.runs import RunFolder, RunFolderError, ScoreBook, merge_manifest_parts
-from vad.runtime.session import exported_model, open_model
+from vad.runtime.batches import score_clips
+from vad.runtime.open import open_model
+from vad.runtime.prepare import exported_model, prepare_model, training_clips
+from vad.runtime.quantize import make_variant, missing
+from vad.runtime.reference import holdout
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +171,6 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
     (:data:`vad.config.SCORING`); per-frame scores (and maps) go to ``run/scores``. Clips are named so that no
     source's results overwrite another's (:func:`vad.runs.assign_names`). Under ``torchrun`` every rank scores its
     share of whole clips and rank 0 returns everyone's merged results."""
-    from vad.runtime.scorer import score_clips
-
     folder = RunFolder(run)
     w = world()
     if w.main and folder.rank_parts() and not overwrite:  # parts left by an interrupted distributed scoring
@@ -182,8 +185,11 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
         def pending(key: dict, group: list[Clip] = group) -> list[Clip]:  # not yet scored by this model and setting
             return [c for c in group if overwrite or not book.is_done(c, key, cfg.score.save_maps)]
 
-        opened = open_model(folder, cfg, device, scope=scope,
-                            frames=lambda key, pending=pending: sum(c.num_frames for c in pending(key)))
+        def frames(key: dict, pending=pending) -> int:
+            return sum(c.num_frames for c in pending(key))
+
+        prepare_model(folder, cfg, device, scope=scope, frames=frames)
+        opened = open_model(folder, cfg, device, scope=scope, frames=frames)
         for line in _colour_notes(pending(opened.key), opened.ckpt.get("colour")) if w.main else []:
             log.info(line)
         share = shard_clips(group, w.rank, w.world_size)
@@ -205,17 +211,13 @@ def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: st
     """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.runtime.export`), with the
     lower-precision ``copies`` (:mod:`vad.runtime.quantize`); returns the folders written (or already there for the same
     model and settings), each with its copies' checks ``{variant: Check}``."""
-    from vad.runtime.quantize import make_variant, missing
-    from vad.runtime.reference import holdout
-    from vad.runtime.session import training_clips
-
     for variant in copies:  # before any long work
         if (reason := missing(variant)) is not None:
             raise UsageError(reason)
     folder = RunFolder(run)
     out = []
-    for scope in folder.model_files() or [None]:  # none: open_model says so
-        opened = open_model(folder, cfg, device, scope=scope, backend="torch")
+    for scope in folder.model_files() or [None]:  # none: prepare_model says so
+        opened = prepare_model(folder, cfg, device, scope=scope, backend="torch")  # the normal reference
         export = exported_model(folder, opened.reference_name, opened.model, opened.ckpt, opened.reference,
                                 formats)
         checks = {}

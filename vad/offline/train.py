@@ -1,4 +1,4 @@
-"""Training: optimiser and schedule, the validation hold-out, checkpoints, resume, the normal reference.
+"""Training: optimiser and schedule, checkpoints, resume, the normal reference (set-up: :mod:`vad.offline.session`).
 
 A training folder (:class:`~vad.runs.RunFolder`) gets ``model.pt`` (the selected model, best validation loss,
 with its normal reference), ``checkpoints/last.pt`` (everything needed to resume: model, optimiser, schedule, epoch,
@@ -17,28 +17,27 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vad.config import SCORING, RunConfig, from_dict, to_dict
-from vad.device import amp_dtype, autocast, cpu_has_bf16_instructions, resolve_device, to_device
-from vad.distributed import all_sum, barrier, frame_shares, world
-from vad.errors import ConfigError, InputError, UsageError, VadError
-from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
-from vad.io.decode import first_frame, looks_grey
+from vad.device import autocast, to_device
+from vad.distributed import all_sum, barrier, world
+from vad.errors import VadError
+from vad.io.dataset import NORMALIZATIONS
 from vad.io.records import Clip
-from vad.models import AnomalyModel, backbone_spec, build_model, depthwise_in_float32, speed_cue
+from vad.models import AnomalyModel, speed_cue
 from vad.offline.augment import ObjectShift, clip_backgrounds
-from vad.offline.trainset import RUN_FRAMES, TrainSet, footprint, kept_teacher, teacher_for
+from vad.offline.session import Session, hold_samples, open_session, plain_batches, plain_stream
+from vad.offline.trainset import kept_teacher, teacher_for
 from vad.progress import progress_bar
 from vad.runs import RunFolder
-from vad.runtime.checkpoint import FORMAT, atomic_save, model_state, read_checkpoint, restore_model
-from vad.runtime.reference import fit_reference, holdout, spread_runs
+from vad.runtime.checkpoint import atomic_save, model_state, read_checkpoint, restore_model
+from vad.runtime.reference import fit_reference
 from vad.runtime.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -46,48 +45,6 @@ log = logging.getLogger(__name__)
 
 class ResumeError(VadError, ValueError):
     """A training folder holds a checkpoint from a different configuration."""
-
-
-def frame_size(clip: Clip) -> tuple[int, int]:
-    """``(height, width)`` of a clip's frames (decodes one frame)."""
-    frame = first_frame(clip)
-    return int(frame.shape[-2]), int(frame.shape[-1])
-
-
-def training_fps(clips: Sequence[Clip], cfg: RunConfig) -> float | None:
-    """The frame rate of the training footage (the videos' median; frame folders: ``eval.fps``): the rate at which the
-    motion branch learned how things move (a live stream is sampled to it: :mod:`vad.live`)."""
-    rates = sorted(c.fps for c in clips if c.kind == "video" and c.fps)
-    return float(rates[len(rates) // 2]) if rates else cfg.eval.fps
-
-
-def input_size(cfg: RunConfig, clips: Sequence[Clip]) -> tuple[int, int]:
-    """The network's input ``(height, width)``: explicit, or the footage's aspect ratio at ``input_height``."""
-    h = cfg.model.input_height
-    if cfg.model.input_width:
-        return h, cfg.model.input_width
-    fh, fw = frame_size(clips[0])
-    return h, max(16, int(round(h * fw / fh / 16)) * 16)
-
-
-def _seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def stage_epochs(model: AnomalyModel, cfg: RunConfig, steps_per_epoch: int) -> dict[str, int]:
-    """Epochs per training stage: ``train.epochs`` for the first (the students / the cloner), then
-    ``train.disc_epochs`` for RSTPM's discriminative network. The schedule's length, which depends on the data, is
-    checked here, before any training starts."""
-    t = cfg.train
-    option = {stage: "train.disc_epochs" if stage == "disc" else "train.epochs" for stage in model.stages}
-    epochs = {stage: t.disc_epochs if stage == "disc" else t.epochs for stage in model.stages}
-    for stage, n in epochs.items():
-        if t.schedule == "onecycle" and n * steps_per_epoch < 4:
-            raise ConfigError(f"train.schedule 'onecycle' needs at least 4 steps per stage; stage {stage!r} has "
-                             f"{n * steps_per_epoch} (raise {option[stage]}, lower train.batch_size, "
-                             "or use 'constant')")
-    return epochs
 
 
 def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.optim.Optimizer, object]:
@@ -145,42 +102,6 @@ def _config_key(cfg: RunConfig) -> dict:
 
 
 @dataclass
-class _Session:
-    """What one training run holds: its data streams, model, plan of epochs and where it writes."""
-
-    cfg: RunConfig
-    run: RunFolder
-    device: torch.device
-    dtype: torch.dtype | None
-    model: AnomalyModel
-    meta: dict  # saved in every checkpoint: format, config, input size, normalisation, training clips
-    plan: list[str]  # the stage of every epoch
-    epochs: dict[str, int]
-    steps_per_epoch: int
-    train_stream: FrameStream
-    val_clips: list[Clip]
-    val_ranges: dict[str, tuple[int, int]]  # the hold-out: the last train.val_fraction of every training clip
-    val_loader: Any
-    gen: torch.Generator  # pseudo-anomalies (RSTPM's discriminative stage), object shifts
-    progress: bool
-    shift: ObjectShift | None = None  # training augmentation (train.object_shift), set up before training
-    runs: tuple[list, list] | None = None  # train.cache: the (training, hold-out) runs of frames to hold in memory
-    trainset: TrainSet | None = None  # train.cache: the training samples in memory (else train_stream decodes)
-    valset: TrainSet | None = None  # train.cache: the hold-out samples of the validation loss
-    speed_runs: list = field(default_factory=list)  # the training frames the speed cue's rows are fitted on
-
-    def batches(self, epoch: int):
-        """One epoch's training batches."""
-        if self.trainset is not None:
-            return self.trainset.epoch(self.cfg.train.batch_size, self.cfg.train.seed + 1000 * world().rank, epoch)
-        self.train_stream.set_epoch(epoch)
-        return make_loader(self.train_stream, self.cfg.train.num_workers, self.device.type == "cuda")
-
-    def val_batches(self):
-        return self.val_loader if self.valset is None else self.valset.ordered()
-
-
-@dataclass
 class _Optim:
     """The current stage's optimiser, schedule, gradient scaler and (DDP-wrapped) loss."""
 
@@ -190,7 +111,7 @@ class _Optim:
     loss: Any  # the stage's loss function: model.loss, or through DistributedDataParallel
 
     @classmethod
-    def for_stage(cls, s: _Session) -> _Optim:
+    def for_stage(cls, s: Session) -> _Optim:
         opt, sched = _optimizer(s.model, s.cfg, s.epochs[s.model.stage] * s.steps_per_epoch)
         return cls(opt, sched, torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16),
                    _stepper(s.model, s.device))
@@ -209,7 +130,7 @@ def train(
     first non-finite loss. ``init``: a checkpoint to start from (fine-tuning: :mod:`vad.offline.adapt`) instead of a
     random
     student."""
-    s = _session(clips, cfg, RunFolder(out), device, progress, ranges)
+    s = open_session(clips, cfg, RunFolder(out), device, progress, ranges)
     start, best, ck = _resume(s)
     if start >= len(s.plan) and _is_final(s):
         return s.run.model
@@ -217,12 +138,12 @@ def train(
         s.model.load_state_dict({k: v for k, v in init["model"].items() if k not in ("pos_loc", "pos_scale")},
                                 strict=False)
     if s.runs is not None:  # only now, with the teacher's weights final: a finished or refused run decodes nothing
-        _hold_samples(s)
+        hold_samples(s)
     if ck is None and init is None:  # statistics a model needs before training (a resumed one has them saved)
-        s.model.fit_normal(_plain_batches(s))
+        s.model.fit_normal(plain_batches(s))
     if s.cfg.object_shift_rate > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
-        s.shift = ObjectShift(clip_backgrounds(_plain_stream(s)), s.cfg.object_shift_rate, std, s.device)
+        s.shift = ObjectShift(clip_backgrounds(plain_stream(s)), s.cfg.object_shift_rate, std, s.device)
     # The stage of the last finished epoch; the loop below switches stages the same way whether or not it resumed.
     s.model.set_stage(s.plan[start - 1] if start else s.plan[0])
     o = _Optim.for_stage(s)
@@ -248,154 +169,7 @@ def train(
     return _finalise(s)
 
 
-def _session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: str | torch.device,
-             progress: bool, ranges: dict[str, tuple[int, int]] | None = None) -> _Session:
-    """Data streams (this rank's share of the training frames, the hold-out), the model and its plan of epochs."""
-    device = resolve_device(device)
-    t = cfg.train
-    if not clips:
-        raise InputError("no training clips")
-    size = input_size(cfg, clips)
-    transform = FrameTransform(size=size, normalization=backbone_spec(cfg.model.backbone).normalization)
-    train_ranges, val_ranges = holdout(clips, t.val_fraction, ranges)
-    speed_runs = _sampled(train_ranges, t.max_frames, True, "training")  # every rank's: rank 0 fits the speed cue
-    w = world()
-    if w.world_size > 1:  # DDP: each rank trains on an equal share of the frames (the same number of steps)
-        train_ranges = frame_shares(train_ranges, w.rank, w.world_size)
-        if not train_ranges:
-            raise UsageError(f"{w.world_size} processes cannot share {len(clips)} training clips' frames")
-    train_runs = _sampled(train_ranges, t.max_frames, t.cache, "training")
-    n_train = sum(b - a for _, (a, b) in train_runs)
-    # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
-    # batches (with several decode workers each worker's last batch may be partial, giving a few more).
-    steps_per_epoch = math.ceil(n_train / t.batch_size)
-    _seed(t.seed)
-    model = build_model(cfg.model)
-    model.to(device, memory_format=torch.channels_last)
-    dtype = amp_dtype(t.amp, device)
-    if t.amp == "auto" and dtype is None and device.type == "cpu" and w.world_size == 1 and cpu_has_bf16_instructions():
-        dtype = faster_cpu_precision(model, t.batch_size, size)
-    cpu_bf16 = dtype == torch.bfloat16 and device.type == "cpu"
-    if dtype is None or cpu_bf16:
-        # float32: the same features; bf16 on a CPU: as close to float32's as unfolded bf16's, 1.8x faster
-        # (docs/speed.md, "Training"). The training targets only: scoring does not fold (see fold_teacher).
-        model.fold_teacher()
-    if cpu_bf16:
-        depthwise_in_float32(model)
-    runs = _cache_plan(cfg, model, transform, train_runs, val_ranges, device) if t.cache else None
-    train_stream = FrameStream([c for c in clips if c.name in train_ranges], transform, batch_size=t.batch_size,
-                               shuffle=True, seed=t.seed + 1000 * w.rank, ranges=train_ranges,
-                               shuffle_buffer=t.shuffle_buffer, window=model.window)
-    val_loader = make_loader(FrameStream(clips, transform, batch_size=32, ranges=val_ranges, window=model.window),
-                             t.num_workers, device.type == "cuda")
-    epochs = stage_epochs(model, cfg, steps_per_epoch)
-    meta = {"format": FORMAT, "config": to_dict(cfg), "input_size": list(size),
-            "normalization": transform.normalization, "train_clips": [c.name for c in clips],
-            "colour": not all(looks_grey(first_frame(c)) for c in clips), "fps": training_fps(clips, cfg),
-            "train_ranges": {n: list(r) for n, r in (ranges or {}).items()}}
-    return _Session(cfg, run, device, dtype, model, meta,
-                    [stage for stage in model.stages for _ in range(epochs[stage])], epochs, steps_per_epoch,
-                    train_stream, list(clips), val_ranges, val_loader,
-                    torch.Generator().manual_seed(t.seed + 1000 * w.rank), progress and w.main, None, runs,
-                    speed_runs=speed_runs)
-
-
-_MEASURED: dict[tuple, torch.dtype | None] = {}  # faster_cpu_precision's answers in this process
-
-
-def faster_cpu_precision(model: AnomalyModel, batch: int, size: tuple[int, int], steps: int = 2
-                         ) -> torch.dtype | None:
-    """``train.amp: auto`` on a CPU with bf16 dot products but no AMX: bf16 (depthwise convolutions in float32, as
-    on AMX) where a step of the student measured faster than float32 here, else None (float32). On a 2-core AMD EPYC
-    (Zen 4) bf16 took 0.70x float32's step; with oneDNN held to AVX512-BF16 on a Xeon, 1.20x (docs/speed.md). Copies
-    of the student, a random batch: the model is untouched."""
-    import copy
-
-    student = getattr(model, "student", None)
-    if student is None:
-        return None
-    key = (type(student).__name__, sum(p.numel() for p in student.parameters()), batch, tuple(size))
-    if key in _MEASURED:  # once per process and shape: trainings of one session (a resume, a test) agree
-        return _MEASURED[key]
-    x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
-    seconds = {}
-    for dtype in (None, torch.bfloat16):
-        net = copy.deepcopy(student).train()
-        if dtype is not None:
-            depthwise_in_float32(net)
-        times = []
-        for _ in range(steps + 1):  # the first warms up
-            t0 = time.perf_counter()
-            with autocast(torch.device("cpu"), dtype):
-                out = net(x)
-            sum(v.float().square().mean() for v in out.values()).backward()
-            times.append(time.perf_counter() - t0)
-        seconds[dtype] = min(times[1:])
-    faster = _MEASURED[key] = torch.bfloat16 if seconds[torch.bfloat16] < seconds[None] else None
-    log.info(f"train.amp auto: a student step took {seconds[torch.bfloat16]:.2f} s in bf16 and {seconds[None]:.2f} s "
-             f"in float32 on this CPU (AVX512-BF16, no AMX): training in {'bf16' if faster else 'float32'}")
-    return faster
-
-
-def _sampled(ranges: dict[str, tuple[int, int]], max_frames: int | None, cache: bool, what: str
-             ) -> list[tuple[str, tuple[int, int]]]:
-    """The runs of frames to train (or validate) on: all of ``ranges``, or for footage of more than ``max_frames``
-    frames, runs of :data:`~vad.offline.trainset.RUN_FRAMES` spread evenly over it (train.max_frames)."""
-    total = sum(b - a for a, b in ranges.values())
-    if max_frames is None or total <= max_frames:
-        return sorted(ranges.items())
-    if not cache:
-        raise ConfigError(f"train.max_frames={max_frames} samples the {total} {what} frames, which needs "
-                          "train.cache: true; set train.max_frames=null to stream every frame")
-    return spread_runs(ranges, max_frames, RUN_FRAMES)
-
-
-def _cache_plan(cfg: RunConfig, model: AnomalyModel, transform: FrameTransform, train_runs: list,
-                val_ranges: dict, device: torch.device) -> tuple[list, list]:
-    """train.cache: the (training, hold-out) runs of frames to hold in memory, checked against train.cache_gb before
-    anything is decoded."""
-    t = cfg.train
-    val_runs = _sampled(val_ranges, None if t.max_frames is None else max(1, t.max_frames // 4), True, "hold-out")
-    size = transform.size
-    values = 0
-    if model.teacher_cache:  # the teacher's features per frame: channels x the level's grid
-        with torch.no_grad():
-            probe = model.teacher(torch.zeros(1, 3, *size, device=device))
-        values = sum(v[0].numel() for v in probe.values())
-    need = sum(footprint(r, model.window, size, values) for r in (train_runs, val_runs))
-    if need > t.cache_gb * 2**30:
-        raise ConfigError(f"train.cache needs {need / 2**30:.1f} GB for these frames, more than train.cache_gb="
-                          f"{t.cache_gb:g}; lower train.max_frames (now {t.max_frames}) or raise train.cache_gb, "
-                          "or set train.cache=false to decode every epoch")
-    return train_runs, val_runs
-
-
-def _hold_samples(s: _Session) -> None:
-    """train.cache: decode the planned samples into memory, with the teacher's features
-    (:mod:`vad.offline.trainset`)."""
-    teacher = s.model if s.model.teacher_cache else None
-    t0 = time.perf_counter()
-    s.trainset, s.valset = (TrainSet(s.val_clips, r, s.train_stream.transform, s.model.window, teacher, s.device,
-                                     s.dtype) for r in s.runs)
-    log.info(f"training samples in memory: {len(s.trainset)} training, {len(s.valset)} hold-out windows, "
-             f"{(s.trainset.nbytes + s.valset.nbytes) / 2**20:.0f} MB, {time.perf_counter() - t0:.0f}s")
-
-
-def _plain_stream(s: _Session):
-    """This rank's training frames in order (not shuffled): batches ``{"frames", "clip", "index"}`` on the host."""
-    if s.trainset is not None:
-        return s.trainset.ordered()
-    ts = s.train_stream
-    stream = FrameStream(ts.clips, ts.transform, batch_size=ts.batch_size, ranges=ts.ranges, window=ts.window)
-    return make_loader(stream, s.cfg.train.num_workers)
-
-
-def _plain_batches(s: _Session):
-    """This rank's training frames in order (not shuffled), as normalised batches on the device."""
-    return (to_device(b["frames"], s.device) for b in _plain_stream(s))
-
-
-def _resume(s: _Session) -> tuple[int, float, dict | None]:
+def _resume(s: Session) -> tuple[int, float, dict | None]:
     """``(first epoch to run, best validation loss so far, last checkpoint or None)``; restores the model's weights
     and the random streams from ``checkpoints/last.pt`` after checking it belongs to this run."""
     path = s.run.last_checkpoint
@@ -424,7 +198,7 @@ def _resume(s: _Session) -> tuple[int, float, dict | None]:
     return start, ck["best_val"], ck
 
 
-def _is_final(s: _Session) -> bool:
+def _is_final(s: Session) -> bool:
     """After the last epoch: whether ``model.pt`` is already this run's final model (else it is (re)written)."""
     final = s.run.model
     if final.is_file() and _config_key(from_dict(RunConfig, read_checkpoint(final)["config"])) == _config_key(s.cfg):
@@ -436,7 +210,7 @@ def _is_final(s: _Session) -> bool:
     return False
 
 
-def _trim_log(s: _Session, start: int) -> None:
+def _trim_log(s: Session, start: int) -> None:
     """Drop the log lines of epochs a resumed run will redo."""
     log = s.run.train_log
     if log.exists() and world().main:
@@ -447,7 +221,7 @@ def _trim_log(s: _Session, start: int) -> None:
 DIVERGENCE_CHECK_EVERY = 50  # steps between host reads of the non-finite-loss flag on a GPU (every step on a CPU)
 
 
-def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]:
+def _train_epoch(s: Session, o: _Optim, epoch: int) -> tuple[float, int, float]:
     """One epoch of ``steps_per_epoch`` steps; returns (loss summed over frames and ranks, frames, seconds). Raises
     :class:`TrainingDiverged` naming the step at the first non-finite loss (read from the device in batches of
     steps on a GPU, so it costs no synchronisation per step)."""
@@ -484,7 +258,7 @@ def _train_epoch(s: _Session, o: _Optim, epoch: int) -> tuple[float, int, float]
     return loss_sum, int(seen), time.perf_counter() - t_epoch
 
 
-def _diverged(s: _Session, o: _Optim, epoch: int, step: int) -> None:
+def _diverged(s: Session, o: _Optim, epoch: int, step: int) -> None:
     t = s.cfg.train
     raise TrainingDiverged(
         f"training diverged: the {s.model.stage} loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} "
@@ -492,7 +266,7 @@ def _diverged(s: _Session, o: _Optim, epoch: int, step: int) -> None:
         f"Lower train.lr (e.g. --set train.lr={t.lr / 10:g}); nothing of this epoch was saved")
 
 
-def _end_epoch(s: _Session, o: _Optim, epoch: int, loss_sum: float, seen: int, train_secs: float, best: float,
+def _end_epoch(s: Session, o: _Optim, epoch: int, loss_sum: float, seen: int, train_secs: float, best: float,
                elapsed: float) -> dict:
     """Rank 0: validate, keep the best checkpoint, log the epoch, write ``last.pt``; returns the log record."""
     val_loss = _val_loss(s.model, s.val_batches(), s.device, s.dtype)
@@ -514,7 +288,7 @@ def _end_epoch(s: _Session, o: _Optim, epoch: int, loss_sum: float, seen: int, t
     return record
 
 
-def _finalise(s: _Session) -> Path:
+def _finalise(s: Session) -> Path:
     """Rank 0 writes ``model.pt``: the best-validation model with its normal reference, fitted on the hold-out as
     the scorer scores it (:func:`vad.runtime.reference.fit_reference`; normal training data only)."""
     final_path = s.run.model

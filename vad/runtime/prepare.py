@@ -1,0 +1,242 @@
+"""Preparing a trained model for scoring: everything that writes into the run folder before it can be opened.
+
+:func:`prepare_model` makes, for a model under the scoring settings of ``cfg.model`` and a backend, what
+:func:`vad.runtime.open.open_model` then only reads, each made once and reused:
+
+1. the normal reference for those settings (:func:`normal_reference`: the checkpoint's own for the trained settings,
+   else fitted on the hold-out of the model's training footage), saved in the run folder;
+2. for a runtime, the model's export (:func:`exported_model`), a lower-precision copy made and checked
+   (:func:`ready_variant`), and for ``auto`` each backend's speed measured on this machine.
+
+Under ``torchrun`` rank 0 writes and every rank waits for it (``barrier``): opening needs no synchronisation.
+
+Its callers: :func:`vad.offline.pipeline.score_stage` and :func:`vad.offline.pipeline.export_stage` (the CLI's
+``score``, ``export`` and ``run``), :meth:`vad.live.detector.Detector.load` (the reference, or all of it without a
+background preparation) and the live path's background child (:func:`prepare_backend`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vad.config import RunConfig
+from vad.distributed import barrier, world
+from vad.errors import UsageError, VadError
+from vad.io import Clip, read_dataset
+from vad.io.decode import as_clip
+from vad.io.records import renamed
+from vad.models import scored_branches
+from vad.runs import RunFolder, file_digest
+from vad.runtime.checkpoint import trained_model_config
+from vad.runtime.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend
+from vad.runtime.open import (
+    NotPrepared,
+    OpenModel,
+    copy_check,
+    load_scorer,
+    runtime_for,
+    saved_reference,
+    scoring_key,
+    speed_setting,
+    trained_reference,
+    variant_reference,
+)
+from vad.runtime.quantize import Check, candidates, made_for, make_variant, read_check
+from vad.runtime.reference import NormalReference, fit_reference, holdout, reference_id, reference_state
+from vad.runtime.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+
+def prepare_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto", *, scope: str | None = None,
+                  backend: str | None = None, frames: int | Callable[[dict], int] | None = None) -> OpenModel:
+    """Make what opening the model of ``run`` (``scope``) for ``backend`` (default ``cfg.score.backend``; ``torch``:
+    the normal reference alone) needs (see the module docstring); ``frames`` as for
+    :func:`vad.runtime.open.open_model`. Returns the model as prepared, its scorer running the backend chosen."""
+    folder, scope, path, ckpt, scorer = load_scorer(run, cfg, device, scope)
+    name, ref = normal_reference(folder, scope, path, scorer, ckpt, cfg)
+    key = scoring_key(ref, scorer, cfg)
+    todo = frames(key) if callable(frames) else frames
+    setting = backend or cfg.score.backend
+    chosen = choose_backend(setting, scorer.model, scorer.device, todo, exported(folder.export(name), ref.model))
+    export_name = name
+    if chosen != "torch":
+        chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto", cfg)
+        if chosen in VARIANTS:  # a lower-precision copy scores against its own reference (vad.runtime.quantize)
+            name, ref = _saved_variant_reference(folder, name, chosen, scorer)
+            key = {**key, "precision": chosen}
+    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting,
+                     export_name=export_name)
+
+
+def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckpt: dict, cfg: RunConfig
+                     ) -> tuple[str, NormalReference]:
+    """``(name, reference)``: the normal reference of model ``path`` under the scorer's settings, with its
+    statistics applied to the scorer's model: the one saved in the run folder, else the checkpoint's own for the
+    trained settings, else fitted on the hold-out of the model's training clips (read again from ``cfg.data``).
+    Rank 0 saves a new one in the run folder."""
+    try:
+        name, ref = saved_reference(run, scope, path, scorer, ckpt, cfg)
+    except NotPrepared:
+        settings = cfg.model.scoring()
+        digest = file_digest(path)
+        name = reference_id(scope, digest, settings, scorer.per_position)
+        if settings == trained_model_config(ckpt).scoring():
+            ref = trained_reference(scorer, ckpt, digest)
+        else:
+            ref = _fit_reference(scope, ckpt, scorer, cfg, settings, digest)
+        if world().main:  # an earlier version's .npy, without the model's statistics, gets its .npz beside it
+            ref.save(run.normal_scores(name).with_suffix(".npz"))
+    barrier()
+    return name, ref
+
+
+def _saved_variant_reference(run: RunFolder, name: str, variant: str, scorer: Scorer
+                             ) -> tuple[str, NormalReference]:
+    """:func:`vad.runtime.open.variant_reference`, saved in the run folder (rank 0) under its own name first."""
+    saved = run.normal_scores(f"{name}-{variant}")
+    if world().main and not saved.is_file():
+        NormalReference.load(run.export(name) / variant / "reference.npz").save(saved)
+    barrier()
+    return variant_reference(run, name, variant, scorer)
+
+
+def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalReference,
+                   formats: tuple[str, ...] = ("onnx",)) -> Path:
+    """The folder of the model exported under reference ``name``'s settings: made once (rank 0), then reused."""
+    folder = run.export(name)
+    have_ir = "openvino" not in formats or (folder / "model.xml").is_file()
+    if world().main and not (exported(folder, ref.model) and have_ir):
+        log.info(f"exporting the model ({name}) to {', '.join(formats)} -> {folder}")
+        export_model(copy.deepcopy(model), ckpt, ref, folder, formats)
+    barrier()
+    return folder
+
+
+def use_backend(scorer: Scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
+                choose: bool, cfg: RunConfig) -> str:
+    """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision
+    copy is made first when it is not yet: :func:`ready_variant`), or with ``choose`` by the backend measured
+    fastest on this machine (:func:`vad.runtime.export.fastest_backend` over
+    :func:`vad.runtime.quantize.candidates`: torch, the runtimes, the copies that passed their check; one batch of
+    the scorer's size through the scorer); returns the backend used."""
+    folder = exported_model(run, name, scorer.model, ckpt, ref)
+    if backend in VARIANTS:
+        ready_variant(scorer, ckpt, ref, folder, backend, cfg)
+    made: dict[str, Runtime | None] = {"torch": None}
+    if choose:
+        x = torch.zeros(scorer.cfg.batch_size, 3, *ckpt["input_size"])
+
+        def measure(b: str) -> float:
+            scorer.use(made.setdefault(b, runtime_for(folder, b)))
+            return scorer.frames_per_second(x)
+
+        wanted = candidates(folder, ref.model)
+        backend, speeds, fresh = fastest_backend(folder, measure, speed_setting(scorer), wanted)
+        if world().main and fresh:
+            log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s; "
+                     f"scoring with {backend}")
+        skipped = [v for v in VARIANTS if (folder / v).is_dir() and v not in wanted]
+        if world().main and skipped:
+            log.info(f"not measured: {', '.join(skipped)} (failed its check on the normal hold-out: {folder})")
+    scorer.use(made[backend] if backend in made else runtime_for(folder, backend))
+    return backend
+
+
+def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path, variant: str,
+                  cfg: RunConfig) -> Check:
+    """The copy ``variant`` of the export in ``folder``, made (rank 0) when it is not there for this model:
+    calibrated on the model's training footage, checked on its hold-out
+    (:func:`vad.runtime.quantize.make_variant`). A copy that failed its check is refused."""
+    made = read_check(folder / variant)
+    if world().main and not (made and made_for(folder / variant, ref.model)):
+        clips, ranges = training_clips(cfg, ckpt)
+        train, val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)
+        log.info(f"making {variant}: calibrated on {len(clips)} training clips, checked on their hold-out")
+        make_variant(variant, scorer, ref, folder, clips, train, val, cfg.eval.threshold_percentile)
+    barrier()
+    copy_check(folder, variant)
+    return read_check(folder / variant)
+
+
+def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
+                    started: Callable[[object], None] | None = None) -> tuple[str, object]:
+    """Prepare ``opened.pending`` as the live scorer goes on with torch: in a child process (at a lower priority;
+    ``started`` gets it, so that the caller can end it when it stops), which prepares the model as ``vad score``
+    would (:func:`prepare_model`: export, measurement, kept in the run folder). Then the backend chosen here from
+    what it wrote; returns ``(backend, runtime)`` for :meth:`vad.runtime.scorer.Scorer.switch` (runtime ``None``:
+    torch was measured the fastest)."""
+    child = multiprocessing.get_context("spawn").Process(
+        target=_prepare_child, args=(str(opened.run.root), cfg, device, opened.scope, opened.setting),
+        name="vad-prepare", daemon=True)
+    child.start()
+    if started is not None:
+        started(child)
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the preparing process ended with exit code {child.exitcode}")
+    folder = opened.run.export(opened.export_name)
+    backend = opened.pending
+    if opened.setting == "auto":
+        def measure(b: str) -> float:
+            raise RuntimeError(f"no speed measured for {b} on this machine")
+
+        backend, speeds, _ = fastest_backend(folder, measure, speed_setting(opened.scorer),
+                                             candidates(folder, opened.reference.model))
+        log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s")
+    return backend, runtime_for(folder, backend)
+
+
+def _prepare_child(run: str, cfg: RunConfig, device: str, scope: str, backend: str) -> None:
+    """In the preparing process: prepare the model as ``vad score --backend BACKEND`` would for a stream, at a lower
+    priority: the setting (``auto`` measures the backends), not the one backend it would pick before measuring."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    prepare_model(RunFolder(Path(run)), cfg, device, scope=scope, backend=backend)
+
+
+def training_clips(cfg: RunConfig, ckpt: dict) -> tuple[list[Clip], dict[str, tuple[int, int]]]:
+    """The clips a model was trained on and the frames ``[a, b)`` of those it trained on in part: its training
+    split's clips (read again from ``cfg.data``) and the footage an operator marked normal
+    (:mod:`vad.offline.adapt`)."""
+    names = set(ckpt["train_clips"])
+    extra = ckpt.get("extra_clips", {})
+    d = cfg.data
+    clips = [c for c in read_dataset(d.dataset, d.root, "train", scenes=d.scenes, frame_labels=d.frame_labels)
+             if c.name in names]
+    clips += [renamed(as_clip(Path(e["path"])), n) for n, e in extra.items()]
+    ranges = {n: tuple(r) for n, r in ckpt.get("train_ranges", {}).items()}
+    ranges.update({n: tuple(e["range"]) for n, e in extra.items()})
+    if len(clips) != len(names):
+        raise UsageError(f"the model was trained on {len(names)} clips; {cfg.data.root} and the footage marked normal "
+                         f"hold {len(clips)} of them")
+    return clips, ranges
+
+
+def _fit_reference(scope: str, ckpt: dict, scorer: Scorer, cfg: RunConfig, settings: dict, digest: str
+                   ) -> NormalReference:
+    trained = trained_model_config(ckpt).scoring()
+    changed = ", ".join(f"model.{k}={v}" for k, v in settings.items() if trained[k] != v)
+    try:
+        clips, ranges = training_clips(cfg, ckpt)
+    except (VadError, OSError) as err:
+        raise UsageError(f"{changed} needs the model's normal reference for that setting, fitted on the hold-out of "
+                         f"its training footage ({cfg.data.root}), which cannot be read ({err}); score with the "
+                         "trained settings, or make that footage available") from None
+    log.info(f"fitting the normal reference for {changed} ({scope}) on the hold-out of {len(clips)} training clips")
+    val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)[1]
+    raw, per_position = fit_reference(partial(scorer.outputs, clips, val), scorer.model,
+                                      scorer.model.has_position_stats)
+    scores = per_position if scorer.per_position else raw
+    return NormalReference(np.asarray(scores, np.float64), settings, scorer.per_position,
+                           reference_state(scorer.model), digest, scored_branches(scorer.model))
