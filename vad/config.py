@@ -69,6 +69,12 @@ LEVEL_EXAMPLE = {"efficientnet_lite0": (2, 3), "resnet18": (1, 2, 3), "wide_resn
                  "vgg16": (3, 6, 9, 12)}
 ScoreNormalisation = Literal["minmax", "calibrated", "none"]
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+# What can run a model (score.backend, --backend, a site's backend:): torch, an exported copy (vad.runtime.export),
+# or its int8 / bf16 copy (vad.runtime.quantize). The one list of their names; auto picks among them.
+RUNTIMES = ("onnxruntime", "openvino")
+VARIANTS = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
+BACKENDS = ("auto", "torch", *RUNTIMES, *VARIANTS)
+Backend = Literal[BACKENDS]  # the setting's type: checked against BACKENDS when a config is loaded
 
 
 @dataclass(frozen=True)
@@ -179,8 +185,7 @@ class ScoreConfig:
     # (vad.runtime.quantize); auto:
     # on a CPU whichever of torch, the installed runtimes and the copies that passed their check ran fastest there
     # (measured once: RUN/export/*/speed.json), torch on a GPU
-    backend: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8",
-                     "openvino-bf16"] = "auto"
+    backend: Backend = "auto"
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return "on" if value else "off"
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise TypeError(f"{where}: unsupported config type {hint!r}")
+
+
+def check_field(cls: type, name: str, value: Any, where: str) -> Any:
+    """``value`` checked (and converted, as :func:`from_dict` does) against the type of field ``name`` of config
+    dataclass ``cls``; a :class:`ConfigError` names ``where``, the value and what was expected."""
+    return _coerce(value, typing.get_type_hints(cls, include_extras=True)[name], where)
 
 
 RETIRED = {  # keys of older configs (and run folders' config.yaml) -> what replaced them
