@@ -67,3 +67,9 @@ def from_flags(values: dict[str, Any]) -> dict[str, Any]:
     error named by its flag; the other values as they are."""
     by_name = {f.name: f for f in fields(CameraOptions)}
     return {k: check_field(CameraOptions, k, v, flag(by_name[k])) if k in by_name else v for k, v in values.items()}
+
+
+def flag_fields(options: type) -> list:
+    """The fields of options dataclass ``options`` that are ``vad watch`` flags (``metadata["cli"]``, default true;
+    ``out`` and the fields a program sets say false)."""
+    return [f for f in fields(options) if f.metadata.get("cli", True)]
