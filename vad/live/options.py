@@ -53,6 +53,8 @@ class CameraOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(CameraOptions))
+# The options a vad.live.sources.Source takes, as keywords of the same names.
+SOURCE_OPTIONS = ("queue_size", "realtime", "transport", "listen", "open_timeout", "stall_timeout", "max_retries")
 
 
 def flag(f) -> str:
