@@ -9,7 +9,10 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
 
 from vad.errors import ConfigError
 
@@ -367,8 +370,6 @@ def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
 def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
     """``["train.epochs=5", "model.levels=[1,2]"]`` applied to ``cfg``; values are parsed as YAML scalars/lists.
     An unknown key or a value of the wrong type raises ``ValueError`` naming it."""
-    import yaml
-
     data = to_dict(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -397,8 +398,6 @@ MAX_CONFIG_BYTES = 1 << 20  # a settings file (pipeline, site) is a page of YAML
 def read_config_text(path, what: str = "config file") -> str:
     """The text of the settings file ``path``: refused with one :class:`ConfigError` naming it when it is over
     ``MAX_CONFIG_BYTES`` (read before any parsing: a huge YAML file costs minutes and gigabytes) or not UTF-8."""
-    from pathlib import Path
-
     p = Path(path)
     with p.open("rb") as fh:
         data = fh.read(MAX_CONFIG_BYTES + 1)  # never more: the rest of a huge file is not read
@@ -419,10 +418,6 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     ``eval``, ``render``; any may be left out) with ``KEY=VALUE`` overrides on top. No file: the defaults.
     ``saved``: the file is a run folder's ``config.yaml``, written by an older version maybe: its retired keys
     are dropped with a note (a config a person wrote is refused instead, naming what replaced them)."""
-    from pathlib import Path
-
-    import yaml
-
     cfg = RunConfig()
     if path is not None:
         p = Path(path)
