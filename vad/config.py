@@ -9,7 +9,10 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
 
 from vad.errors import ConfigError
 
@@ -69,6 +72,12 @@ LEVEL_EXAMPLE = {"efficientnet_lite0": (2, 3), "resnet18": (1, 2, 3), "wide_resn
                  "vgg16": (3, 6, 9, 12)}
 ScoreNormalisation = Literal["minmax", "calibrated", "none"]
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+# What can run a model (score.backend, --backend, a site's backend:): torch, an exported copy (vad.runtime.export),
+# or its int8 / bf16 copy (vad.runtime.quantize). The one list of their names; auto picks among them.
+RUNTIMES = ("onnxruntime", "openvino")
+VARIANTS = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
+BACKENDS = ("auto", "torch", *RUNTIMES, *VARIANTS)
+Backend = Literal[BACKENDS]  # the setting's type: checked against BACKENDS when a config is loaded
 
 
 @dataclass(frozen=True)
@@ -179,8 +188,7 @@ class ScoreConfig:
     # (vad.runtime.quantize); auto:
     # on a CPU whichever of torch, the installed runtimes and the copies that passed their check ran fastest there
     # (measured once: RUN/export/*/speed.json), torch on a GPU
-    backend: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8",
-                     "openvino-bf16"] = "auto"
+    backend: Backend = "auto"
 
 
 @dataclass(frozen=True)
@@ -329,6 +337,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported config type {hint!r}")
 
 
+def check_field(cls: type, name: str, value: Any, where: str) -> Any:
+    """``value`` checked (and converted, as :func:`from_dict` does) against the type of field ``name`` of config
+    dataclass ``cls``; a :class:`ConfigError` names ``where``, the value and what was expected."""
+    return _coerce(value, typing.get_type_hints(cls, include_extras=True)[name], where)
+
+
 RETIRED = {  # keys of older configs (and run folders' config.yaml) -> what replaced them
     "postprocess.reference_percentile": "calibrated scores now run from 0 at the median normal hold-out score to 1 at "
                                         "the event threshold (eval.threshold_percentile)",
@@ -356,8 +370,6 @@ def from_dict(cls: type[C], data: dict | None, where: str = "") -> C:
 def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
     """``["train.epochs=5", "model.levels=[1,2]"]`` applied to ``cfg``; values are parsed as YAML scalars/lists.
     An unknown key or a value of the wrong type raises ``ValueError`` naming it."""
-    import yaml
-
     data = to_dict(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -386,8 +398,6 @@ MAX_CONFIG_BYTES = 1 << 20  # a settings file (pipeline, site) is a page of YAML
 def read_config_text(path, what: str = "config file") -> str:
     """The text of the settings file ``path``: refused with one :class:`ConfigError` naming it when it is over
     ``MAX_CONFIG_BYTES`` (read before any parsing: a huge YAML file costs minutes and gigabytes) or not UTF-8."""
-    from pathlib import Path
-
     p = Path(path)
     with p.open("rb") as fh:
         data = fh.read(MAX_CONFIG_BYTES + 1)  # never more: the rest of a huge file is not read
@@ -408,10 +418,6 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     ``eval``, ``render``; any may be left out) with ``KEY=VALUE`` overrides on top. No file: the defaults.
     ``saved``: the file is a run folder's ``config.yaml``, written by an older version maybe: its retired keys
     are dropped with a note (a config a person wrote is refused instead, naming what replaced them)."""
-    from pathlib import Path
-
-    import yaml
-
     cfg = RunConfig()
     if path is not None:
         p = Path(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,9 +31,11 @@ import numpy as np
 from vad.config import RunConfig
 from vad.live.events import Change, EventTracker, Scored, gap_line
 from vad.live.evidence import Evidence
+from vad.live.options import SOURCE_OPTIONS
 from vad.live.sinks import interrupted_events, rewrite_lines, standard_sinks
 from vad.live.sources import End, Frame, Gap, Source
 from vad.live.stats import WatchStats
+from vad.live.tile import HISTORY, Tile
 from vad.runs import WatchFolder, locked
 from vad.runtime.postprocess import CausalRule
 from vad.runtime.reference import NormalReference
@@ -42,7 +43,6 @@ from vad.runtime.reference import NormalReference
 log = logging.getLogger(__name__)
 
 STATES = ("starting", "scoring", "reconnecting", "down", "stopped")
-HISTORY = 60  # seconds of scores kept for the control room (the highest of each second)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class ModelInfo:
     reference: NormalReference
     fps: float | None  # the training footage's frame rate
     branches: tuple[str, ...]
+
+    def live_rule(self, stream: str, fps: float | None) -> CausalRule:
+        """The live rule of its settings for ``stream`` at ``fps``: events at calibrated 1.0."""
+        c = self.cfg
+        return CausalRule(1.0, c.postprocess.causal_window, c.eval.min_event_frames, c.eval.close_frames, stream, fps)
 
 
 class Camera:
@@ -66,9 +71,7 @@ class Camera:
         self.name, self.source, self.o = name, str(source), options
         self.folder = WatchFolder(options.out) if options.out else None
         self.fps = fps = options.fps or model.fps
-        self.src = Source(self.source, fps, queue_size=options.queue_size, realtime=options.realtime,
-                          transport=options.transport, listen=options.listen, open_timeout=options.open_timeout,
-                          stall_timeout=options.stall_timeout, max_retries=options.max_retries, wake=wake)
+        self.src = Source(self.source, fps, wake=wake, **{k: getattr(options, k) for k in SOURCE_OPTIONS})
         cfg = model.cfg
         self.session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         heat = model.reference.heat_scale(cfg.eval.threshold_percentile, cfg.render.heat_range)
@@ -76,10 +79,8 @@ class Camera:
         self.evidence = Evidence(self.folder, heat, cfg.render, rate, int(round(options.post_roll * rate)),
                                  bound=4 * max(1, int(rate)), snapshots=options.snapshots, clips=options.clips,
                                  on_written=on_written)
-        self.heat, self.o_render = heat, cfg.render
-        rule = CausalRule(1.0, cfg.postprocess.causal_window, cfg.eval.min_event_frames, cfg.eval.close_frames,
-                          name, fps)
-        self.tracker = EventTracker(rule, self.session, branches=model.branches,
+        self.tile = Tile(heat, cfg.render)  # what the control room shows
+        self.tracker = EventTracker(model.live_rule(name, fps), self.session, branches=model.branches,
                                     update_every=options.update_every, recent=int(round(options.pre_roll * rate)),
                                     paths=self.evidence.paths)
         self.stats = WatchStats(name, options.status_every)
@@ -89,8 +90,6 @@ class Camera:
         self.events = 0  # events started
         self.last_gap: dict | None = None
         self.last_score: float | None = None  # the latest calibrated score
-        self.latest: Scored | None = None  # the latest scored frame (the control room's tile)
-        self.history: deque[tuple[int, float]] = deque(maxlen=HISTORY)  # (second, its highest score), the last minute
         self.started = time.monotonic()
         self.stopping = False
         self.on_score = on_score
@@ -172,18 +171,9 @@ class Camera:
             for i, f in enumerate(frames):
                 s = Scored(f, float(calibrated[i]), maps[i], None if branches is None else branches[i])
                 self.evidence.post_roll(s)
-                was_open = self.tracker.open
                 lines += self._apply(self.tracker.push(s), s)
-                now_open = self.tracker.open
-                if now_open is not None and now_open is was_open:  # (a new event's clip began with this frame)
-                    self.evidence.frame(now_open, s, inside=True)
             if len(frames):
-                self.latest = Scored(frames[-1], float(calibrated[-1]), maps[-1], None)
-                second = int(time.time())
-                top = float(np.max(calibrated))
-                if self.history and self.history[-1][0] == second:
-                    top = max(top, self.history.pop()[1])
-                self.history.append((second, top))
+                self.tile.add(frames[-1], calibrated, maps[-1])
                 self.last_score = float(calibrated[-1])
                 if self.on_score is not None:
                     self.on_score(self.last_score)
@@ -231,33 +221,19 @@ class Camera:
         with self._lock:
             return [self._write(self.status_line())]
 
+    @property
+    def latest(self) -> Scored | None:
+        """The latest scored frame (the control room's tile)."""
+        return self.tile.latest
+
     def recent_scores(self, seconds: int = HISTORY) -> list[tuple[int, float]]:
         """``(unix second, highest calibrated score in it)`` over the last ``seconds``."""
-        since = int(time.time()) - seconds
-        return [x for x in list(self.history) if x[0] > since]
+        return self.tile.recent(seconds)
 
     def picture(self, width: int = 640) -> tuple[int, bytes] | None:
-        """The latest scored frame as JPEG ``(its seq, bytes)``, at most ``width`` wide, with its anomaly map drawn
-        while an event is open; None before the first."""
-        s = self.latest
-        if s is None:
-            return None
-        import io
-
-        from PIL import Image
-
-        from vad.heatmap import font, heat_picture, mark_anomaly
-
-        rgb = s.frame.rgb
-        if self.tracker.open is not None:
-            rgb = np.array(heat_picture(rgb, s.amap, self.heat, self.o_render))
-            mark_anomaly(rgb, rgb.shape[0], font(max(12, rgb.shape[0] // 24)))
-        img = Image.fromarray(rgb)
-        if img.width > width:
-            img = img.resize((width, max(2, round(img.height * width / img.width))), Image.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=80)
-        return s.frame.seq, buf.getvalue()
+        """The latest scored frame as JPEG ``(its seq, bytes)`` (:meth:`vad.live.tile.Tile.picture`), its anomaly map
+        drawn while an event is open."""
+        return self.tile.picture(self.tracker.open is not None, width)
 
     def rewrite_events(self, keep: Callable[[dict], bool]) -> int:
         """Keep only the lines of ``events.jsonl`` for which ``keep`` is true (retention), between two of this
@@ -274,18 +250,9 @@ class Camera:
     def _apply(self, changes: list[Change], s: Scored | None) -> list[dict]:
         """Schedule the evidence of the tracker's ``changes`` at frame ``s`` (None: no frame, the tracker was reset)
         and write their lines."""
-        lines = []
-        for c in changes:
-            if c.kind == "peak":
-                self.evidence.snapshot(c.event, c.at)
-            elif c.kind == "start":
-                self.events += 1
-                self.evidence.begin(c.event, list(self.tracker.recent))
-            elif c.kind == "end":  # no post-roll after the last frame, or when stopping
-                self.evidence.ended(c.event, None if s is None or self.stopping else s.frame.seq)
-            if c.line is not None:
-                lines.append(self._write(c.line))
-        return lines
+        self.events += sum(c.kind == "start" for c in changes)
+        self.evidence.follow(changes, self.tracker, s, post_roll=not self.stopping)
+        return [self._write(c.line) for c in changes if c.line is not None]
 
     def _write(self, line: dict) -> dict:
         for sink in self.sinks:

@@ -23,10 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from vad.atomic import TEMP_PREFIX, atomic_path, write_text
 from vad.config import RenderConfig
+from vad.heatmap import font, heat_picture, mark_anomaly
+from vad.io.encode import VideoWriter
 from vad.live import lower_priority
-from vad.live.events import OpenEvent, Scored
+from vad.live.events import Change, EventTracker, OpenEvent, Scored
 from vad.runs import WatchFolder
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,21 @@ class Evidence:
         else:
             self.closing.append((seq + self.post_roll_frames, o.clip))
 
+    def follow(self, changes: list[Change], tracker: EventTracker, s: Scored | None, post_roll: bool) -> None:
+        """The evidence of ``tracker``'s ``changes`` at frame ``s`` (None: no frame, the tracker was reset): a
+        snapshot at a peak, a clip begun with the tracker's recent frames at a start, ended after ``s`` at an end
+        (with ``post_roll`` frames after it, when there is a frame), and ``s`` into the clip of the event still open
+        (unless the event began with it: its clip did too)."""
+        for c in changes:
+            if c.kind == "peak":
+                self.snapshot(c.event, c.at)
+            elif c.kind == "start":
+                self.begin(c.event, list(tracker.recent))
+            elif c.kind == "end":
+                self.ended(c.event, s.frame.seq if s is not None and post_roll else None)
+        if s is not None and tracker.open is not None and not any(c.kind == "start" for c in changes):
+            self.frame(tracker.open, s, inside=True)
+
     def post_roll(self, s: Scored) -> None:
         """Frame ``s`` to the clips of ended events still taking post-roll; those complete are finished."""
         for until, clip in list(self.closing):
@@ -131,10 +150,6 @@ class Evidence:
     def _picture(self, rgb: np.ndarray, amap: np.ndarray, calibrated: float, inside: bool, text: str) -> np.ndarray:
         """Frame ``rgb`` ``(H, W, 3)`` with its heatmap, the ANOMALY marker when ``inside``, and ``text`` and the
         score at the bottom; cropped to even sizes. Returns ``(H', W', 3)`` uint8."""
-        from PIL import Image, ImageDraw
-
-        from vad.heatmap import font, heat_picture, mark_anomaly
-
         h, w = rgb.shape[:2]
         pic = heat_picture(rgb, amap, self.heat, self.render)[: h - h % 2, : w - w % 2].copy()
         if inside:
@@ -145,10 +160,6 @@ class Evidence:
         return np.asarray(img)
 
     def _write_snapshot(self, path: str, rgb: np.ndarray, amap: np.ndarray, calibrated: float) -> None:
-        from PIL import Image
-
-        from vad.atomic import atomic_path
-
         pic = self._picture(rgb, amap, calibrated, True, Path(path).stem)
         with atomic_path(Path(path), ".jpg") as tmp:
             Image.fromarray(pic).save(tmp, format="JPEG", quality=88)
@@ -186,23 +197,17 @@ class _Mp4:
     """One MP4, written to a temporary file and renamed when complete (a playable file or none)."""
 
     def __init__(self, path: Path, fps: float, crf: int) -> None:
-        from vad.atomic import TEMP_PREFIX
-
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fps, self.crf, self.writer, self.frames = path, fps, crf, None, 0
         self.tmp = path.with_name(f"{TEMP_PREFIX}{path.stem}.{os.getpid()}.mp4")
 
     def write(self, pic: np.ndarray) -> None:
-        from vad.io.encode import VideoWriter
-
         h, w = pic.shape[0] - pic.shape[0] % 2, pic.shape[1] - pic.shape[1] % 2
         if self.writer is None:
             # ultrafast: the clip is encoded beside the scoring loop on the same cores
             self.writer = VideoWriter(self.tmp, w, h, self.fps, crf=self.crf, preset="ultrafast")
             self.size = (h, w)
         if (h, w) != self.size:  # the stream changed resolution mid-event: keep the clip's size
-            from PIL import Image
-
             pic = np.asarray(Image.fromarray(pic).resize(self.size[::-1]))
         self.writer.write(np.ascontiguousarray(pic[: self.size[0], : self.size[1]]))
         self.frames += 1
@@ -234,8 +239,6 @@ class _ClipWriter:
             self.footage.write(rgb)
 
     def close(self) -> None:
-        from vad.atomic import write_text
-
         self.clip.close()
         if self.footage is not None and self.footage.close() and self.inside:
             about = {"frames": self.footage.frames, "start": self.inside[0], "end": self.inside[-1],

@@ -31,46 +31,29 @@ from pathlib import Path
 
 from vad.live.camera import Camera
 from vad.live.events import LINE_FIELDS
+from vad.live.options import CameraOptions, option
 from vad.live.sources import Frame, Gap, describe_source
 
 __all__ = ["LINE_FIELDS", "Watch", "WatchOptions"]
 
 
-def _opt(default, help: str, **meta):
-    """A :class:`WatchOptions` field: ``help`` as ``vad watch --help`` says it; ``meta``: ``cli=False`` (not a flag
-    generated for ``vad watch``), ``flag`` (the flag's name when it is not ``--field-name``), ``choices``."""
-    return field(default=default, metadata={"help": help, **meta})
-
-
-@dataclass
-class WatchOptions:
-    """How to watch a source. Each field's ``metadata["help"]`` is its ``vad watch`` help; ``metadata["cli"]`` is
-    False for the fields that are not flags of the command."""
+@dataclass(frozen=True)
+class WatchOptions(CameraOptions):
+    """How to watch a source: a camera's options (:class:`~vad.live.options.CameraOptions`) and the watch loop's
+    own. Each field's ``metadata["help"]`` is its ``vad watch`` help; ``metadata["cli"]`` is False for the fields
+    that are not flags of the command."""
 
     # None: no files; vad watch requires it (its own --out argument, hence no flag from here)
-    out: Path | None = _opt(None, "output folder: events.jsonl, snapshots/, clips/", cli=False)
-    realtime: bool = _opt(False, "read a file at its own frame rate (as a camera sends it)")
-    fps: float | None = _opt(None, "score at this rate instead of the training footage's (cheaper; the motion branch "
-                                   "then sees other speeds: a warning says so)")
-    transport: str = _opt("tcp", "rtsp transport (default tcp)", choices=("tcp", "udp"))
-    listen: bool = _opt(False, "rtsp://: wait for a publisher to push to the URL")
-    open_timeout: float = _opt(10.0, "seconds to wait when opening (default 10)")
-    stall_timeout: float = _opt(5.0, "seconds without a frame before the source is reopened (default 5)")
-    max_retries: int | None = _opt(None, "reopen attempts before giving up (default: forever)")
-    queue_size: int = _opt(16, "frames waiting at most; the stalest are dropped beyond", flag="--queue")
-    batch: int = _opt(8, "frames scored together at most (whatever waits, up to this)", cli=False)
-    pre_roll: float = _opt(3.0, "seconds before an event in its clip (default 3)")
-    post_roll: float = _opt(3.0, "seconds after it (default 3)")
-    status_every: float = _opt(10.0, "seconds between status lines (default 10)")
-    update_every: float = _opt(1.0, "seconds between update lines of an open event, at least", cli=False)
-    stdout: bool = _opt(False, "write every line to stdout too (JSON lines)")
-    webhook: str | None = _opt(None, "POST every line (JSON) to this URL (retried; never stops scoring)")
-    snapshots: bool = _opt(True, "no JPEG snapshot of each event's peak frame (OUT/snapshots/)")
-    clips: bool = _opt(True, "no annotated clip of each event with pre- and post-roll (OUT/clips/)")
-    max_frames: int | None = _opt(None, "stop after scoring this many frames")
-    max_seconds: float | None = _opt(None, "stop after this many seconds")
-    progress: bool = _opt(True, "a status line on a terminal (stderr)", cli=False)
-    source_name: str | None = _opt(None, "how lines name the source (default: the source string)", cli=False)
+    out: Path | None = option(None, "output folder: events.jsonl, snapshots/, clips/", cli=False)
+    batch: int = option(8, "frames scored together at most (whatever waits, up to this)", cli=False)
+    status_every: float = option(10.0, "seconds between status lines (default 10)")
+    update_every: float = option(1.0, "seconds between update lines of an open event, at least", cli=False)
+    stdout: bool = option(False, "write every line to stdout too (JSON lines)")
+    webhook: str | None = option(None, "POST every line (JSON) to this URL (retried; never stops scoring)")
+    max_frames: int | None = option(None, "stop after scoring this many frames")
+    max_seconds: float | None = option(None, "stop after this many seconds")
+    progress: bool = option(True, "a status line on a terminal (stderr)", cli=False)
+    source_name: str | None = option(None, "how lines name the source (default: the source string)", cli=False)
     sinks: list[Callable[[dict], None]] = field(default_factory=list, metadata={
         "help": "more sinks: callables taking every line (a dict) after the file, stdout and webhook; close() is "
                 "called at the end when they have it (vad.live.sinks)", "cli": False})

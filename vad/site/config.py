@@ -29,33 +29,22 @@ from typing import Annotated, Literal
 
 import yaml
 
-from vad.config import Positive, Range, from_dict, read_config_text
+from vad.config import Backend, Positive, Range, from_dict, read_config_text
 from vad.errors import ConfigError, UsageError
-
-Seconds = Annotated[float, Range(ge=0)]
-Timeout = Annotated[float, Range(gt=0)]
+from vad.live.options import OPTION_NAMES, CameraOptions, Seconds, Timeout
+from vad.live.sources import check_source
+from vad.runs import RunFolder
 
 
 @dataclass(frozen=True)
-class CameraConfig:
-    """One camera: where its frames come from, which run's model scores them, and ``vad watch``'s options for it
-    (:class:`vad.live.watch.WatchOptions`; the same names and defaults)."""
+class CameraConfig(CameraOptions):
+    """One camera: where its frames come from, which run's model scores it, how long its evidence is kept, and how
+    it is watched (:class:`vad.live.options.CameraOptions`: the fields of ``vad watch``'s flags, with their
+    defaults and checks)."""
 
     source: str = ""  # stream URL (rtsp://, http(s)://, udp://, srt://), webcam (/dev/videoN, webcam:N), file, folder
     run: str = ""  # the run folder whose model scores it (cameras naming one run share one loaded model)
     scene: str | None = None  # the scene's model, for a run trained per scene
-    fps: Annotated[float, Range(gt=0)] | None = None  # default: the model's training frame rate
-    transport: Literal["tcp", "udp"] = "tcp"  # rtsp transport
-    listen: bool = False  # rtsp://: wait for a publisher to push to the URL
-    realtime: bool = False  # a file is read at its own frame rate (as a camera sends it)
-    open_timeout: Timeout = 10.0
-    stall_timeout: Timeout = 5.0  # no frame for this long: the source is reopened (a gap)
-    max_retries: Annotated[int, Range(ge=0)] | None = None  # reopen attempts before the camera is down; None: forever
-    queue_size: Positive = 16  # frames waiting; the camera's stalest are dropped beyond it
-    pre_roll: Seconds = 3.0  # seconds of frames before an event in its clip (the ring buffer)
-    post_roll: Seconds = 3.0
-    snapshots: bool = True
-    clips: bool = True
     retain_days: Annotated[float, Range(gt=0)] = 7.0  # events (lines, snapshots, clips, footage) older are deleted
 
 
@@ -98,8 +87,7 @@ class SiteConfig:
     batch: Positive = 8
     batch_timeout_ms: Seconds = 20.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["auto", "torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8",
-                     "openvino-bf16"] = "auto"
+    backend: Backend = "auto"
     status_every: Timeout = 10.0  # seconds between status lines
     max_gb: Annotated[float, Range(gt=0)] = 20.0  # evidence on disk, all cameras (vad.site.retention)
     path: Path | None = None  # the file it was read from
@@ -107,7 +95,7 @@ class SiteConfig:
 
 SITE_KEYS = ("cameras", "defaults", "out", "mqtt", "http", "batch", "batch_timeout_ms", "device", "backend",
              "status_every", "max_gb")
-CAMERA_KEYS = tuple(f.name for f in dataclasses.fields(CameraConfig))
+CAMERA_KEYS = ("source", "run", "scene", *OPTION_NAMES, "retain_days")  # every field, in the order errors list them
 
 
 class _UniqueKeys(yaml.SafeLoader):
@@ -239,9 +227,6 @@ def parse_camera(name: str, data: object, defaults: dict, base: Path) -> CameraC
 
 def check_camera(where: str, cam: CameraConfig) -> None:
     """A camera's run holds a model (the scene's, when it says one) and its source can be a source."""
-    from vad.live.sources import check_source
-    from vad.runs import RunFolder
-
     folder = RunFolder(Path(cam.run))
     if not folder.root.is_dir():
         raise ConfigError(f"{where}.run: {cam.run} does not exist; expected a run folder written by vad train")

@@ -40,7 +40,9 @@ from pathlib import Path
 
 from vad.errors import VadError
 from vad.live.camera import Camera
+from vad.live.options import OPTION_NAMES
 from vad.live.sources import End, Frame, Gap
+from vad.live.watch import WatchOptions
 from vad.site.config import CameraConfig, SiteConfig, load_site
 
 log = logging.getLogger(__name__)
@@ -471,12 +473,9 @@ def _has_event(path: Path, event: str) -> bool:
     return False
 
 
-def _options(cam: CameraConfig, site: SiteConfig, name: str):
-    """A camera's :class:`vad.live.watch.WatchOptions`: its own keys (named as the options' fields) and the site's."""
-    from dataclasses import asdict, fields
-
-    from vad.live.watch import WatchOptions
-
-    own = {k: v for k, v in asdict(cam).items() if k in {f.name for f in fields(WatchOptions)}}
+def _options(cam: CameraConfig, site: SiteConfig, name: str) -> WatchOptions:
+    """A camera's :class:`vad.live.watch.WatchOptions`: its options (:class:`vad.live.options.CameraOptions`, the
+    fields a camera's keys and ``vad watch``'s flags share) and the site's."""
+    own = {k: getattr(cam, k) for k in OPTION_NAMES}
     return WatchOptions(**own, out=site.out / name, batch=site.batch, status_every=site.status_every,
                         progress=False, source_name=name)
