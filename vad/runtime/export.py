@@ -39,22 +39,20 @@ import torch
 from torch import nn
 
 from vad.atomic import atomic_path, write_text
+from vad.config import BACKENDS, RUNTIMES, VARIANTS
 from vad.errors import ConfigError, UsageError
 from vad.models import AnomalyModel
 from vad.runtime.reference import NormalReference
 
 FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
 FORMATS = ("onnx", "openvino")
-# The runtimes' lower-precision copies (vad.runtime.quantize: made with normal footage and checked; auto measures those
-# that passed their check)
-VARIANTS = ("onnxruntime-int8", "openvino-int8", "openvino-bf16")
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino", *VARIANTS)
-MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino",  # backend -> the package it needs to run
-           "onnxruntime-int8": "onnxruntime", "openvino-int8": "openvino", "openvino-bf16": "openvino"}
+# The backend names are vad.config's (RUNTIMES, VARIANTS: the runtimes' lower-precision copies, made with normal
+# footage and checked by vad.runtime.quantize; BACKENDS). The package each runtime and copy needs to run:
+MODULES = {b: b.split("-")[0] for b in (*RUNTIMES, *VARIANTS)}
 # The runtimes "auto" chooses from on a CPU, with torch: the one that ran the model fastest on this machine, measured
 # once per machine (ONNX Runtime led for the default model on an AVX2 CPU, OpenVINO on an AMX one, torch in bf16 for
 # a ResNet-18 teacher there: docs/speed.md); ties go to the first.
-PREFERENCE = ("onnxruntime", "openvino")
+PREFERENCE = RUNTIMES
 SPEED_FILE = "speed.json"  # in an export's folder: {"<cpu>, <threads>; <setting>": {backend: frames/s}}
 # Exporting takes 30-80 s on 2 CPU cores, about what ONNX Runtime saves on 1,000 frames of the default campus model:
 # "auto" exports for jobs at least this long (and live streams), and uses an export that exists for any job.

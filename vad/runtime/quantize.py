@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from vad.atomic import write_text
+from vad.config import VARIANTS as BACKEND_VARIANTS
 from vad.device import cpu_flags
 from vad.errors import UsageError
 from vad.runtime.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
@@ -61,8 +62,7 @@ from vad.runtime.reference import NormalReference, event_threshold, position_sta
 
 log = logging.getLogger(__name__)
 
-VARIANTS = {"onnxruntime-int8": ("onnxruntime", "int8"), "openvino-int8": ("openvino", "int8"),
-            "openvino-bf16": ("openvino", "bf16")}
+VARIANTS = {v: tuple(v.split("-")) for v in BACKEND_VARIANTS}  # copy -> (runtime, precision)
 CALIBRATION_FRAMES = 300  # NNCF's default subset size; ONNX Runtime's MinMax ranges settle well before that
 RUN_FRAMES = 16  # consecutive frames per calibration run
 MIN_SPEARMAN = 0.98  # frame scores (hold-out, and with pseudo-anomalies) against the f32 export's: docs/speed.md
