@@ -3,8 +3,8 @@
 A sink is any ``Callable[[dict], None]``; when it has a ``close()`` the watch calls it once at the end, and when it
 counts lines it could not deliver in ``failed`` the status line adds them up (``webhook_failed``). A sink must not
 block the loop: one that talks to the network queues the line and sends it from a thread of its own
-(:class:`WebhookSink`). Here: :class:`FileSink` (``events.jsonl``), :class:`StdoutSink`, :class:`WebhookSink`;
-:func:`standard_sinks` builds those a watch's options ask for.
+(:class:`WebhookSink`). Here: :class:`FileSink` (``events.jsonl``, through its owner :mod:`vad.live.eventlog`),
+:class:`StdoutSink`, :class:`WebhookSink`; :func:`standard_sinks` builds those a watch's options ask for.
 """
 
 from __future__ import annotations
@@ -18,50 +18,36 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from vad.live import lower_priority
+from vad.live import iso, lower_priority
+from vad.live.eventlog import event_log
 
 Sink = Callable[[dict], None]
 
 
 class FileSink:
-    """Lines appended to ``path`` (JSON lines, flushed per line); its folder is made."""
+    """Lines appended to ``path`` (JSON lines, flushed per line) through its :class:`~vad.live.eventlog.EventLog`;
+    its folder is made at the first line."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.file = path.open("a", buffering=1)  # line-buffered: every line reaches the file as it is written
+        self.log = event_log(path)
 
     def __call__(self, line: dict) -> None:
-        self.file.write(json.dumps(line) + "\n")
+        self.log.append(line)
 
     def reopen(self) -> None:
         """Go on in the file now at ``path`` (it was replaced: :func:`rewrite_lines`)."""
-        self.file.close()
-        self.file = self.path.open("a", buffering=1)
+        self.log.reopen()
 
     def close(self) -> None:
-        self.file.close()
+        self.log.close()
 
 
 def rewrite_lines(path: Path, keep: Callable[[dict], bool], sinks: list[FileSink] = ()) -> int:
-    """Keep the JSON lines of ``path`` for which ``keep`` is true (lines that are not JSON are kept), replacing the
-    file atomically, then reopen ``sinks`` writing to it; the caller holds the writers' lock. Returns the lines
-    removed."""
-    from vad.atomic import write_text
-
-    kept, removed = [], 0
-    for text in path.read_text().splitlines():
-        try:
-            line = json.loads(text)
-        except ValueError:
-            kept.append(text)
-            continue
-        if not isinstance(line, dict) or keep(line):
-            kept.append(text)
-        else:
-            removed += 1
+    """Keep the JSON lines of ``path`` for which ``keep`` is true (:meth:`~vad.live.eventlog.EventLog.rewrite`),
+    then reopen ``sinks`` writing to it; the caller holds the writers' lock. Returns the lines removed."""
+    removed = event_log(path).rewrite(keep)
     if removed:
-        write_text("".join(t + "\n" for t in kept), path)
         for sink in sinks:
             sink.reopen()
     return removed
@@ -71,23 +57,14 @@ def interrupted_events(path: Path) -> list[dict]:
     """The ``end`` lines that the events of ``path`` still open need: a watch killed mid-event (SIGKILL, power) left
     their ``start`` and ``update`` lines and never an ``end``. Each is the event's last line as an ``end`` at this
     time, ``reason: interrupted``, without a clip (its half-written file is not one)."""
-    from vad.live import iso
-
-    if not path.is_file():
-        return []
     open_: dict[str, dict] = {}
-    with path.open(errors="replace") as fh:
-        for text in fh:
-            try:
-                line = json.loads(text)
-            except ValueError:
-                continue
-            if not isinstance(line, dict) or not isinstance(line.get("event"), str):
-                continue
-            if line.get("type") in ("start", "update"):
-                open_[line["event"]] = line
-            elif line.get("type") == "end":
-                open_.pop(line["event"], None)
+    for line in event_log(path).lines():
+        if not isinstance(line.get("event"), str):
+            continue
+        if line["type"] in ("start", "update"):
+            open_[line["event"]] = line
+        elif line["type"] == "end":
+            open_.pop(line["event"], None)
     now = iso(time.time())
     return [{**last, "type": "end", "wall_time": now, "score": None, "clip": None, "reason": "interrupted",
              "end_frame": last.get("frame")} for last in open_.values()]

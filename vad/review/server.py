@@ -19,31 +19,26 @@ its Origin, else 403. Another site open in the browser can neither read the run 
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
-import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vad.errors import UnknownEventError, UsageError, VadError
 from vad.review.verdicts import read_verdicts, record_verdict
 from vad.runs import RunFolder, RunFolderError, read_manifest
+from vad.web import MAX_BODY, NO_STORE, AppServer, BodyTooLarge, http_error, inside, listen, parse_json, read_body
+from vad.web import json_response as _json
 
 log = logging.getLogger(__name__)
-
-MAX_BODY = 1 << 14  # bytes of a verdict's POST body
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class ReviewServer:
@@ -53,37 +48,24 @@ class ReviewServer:
 
     def __init__(self, run: Path | str, port: int = 0) -> None:
         self.folder = RunFolder(run)
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.socket.bind(("127.0.0.1", port))
-            self.socket.listen(128)
-        except OSError:
-            self.socket.close()
-            raise
+        self.socket = listen("127.0.0.1", port)
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self.port = self.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self.app = review_app(self.folder, self.port)
-        config = uvicorn.Config(self.app, log_level="warning", log_config=None, access_log=False, lifespan="off",
-                                proxy_headers=False, server_header=False, timeout_graceful_shutdown=3)
-        self._server = uvicorn.Server(config)
-        self._running = threading.Lock()  # held while serve_forever runs
+        self._server = AppServer(self.app, self.socket, "vad-review", graceful=3, proxy_headers=False)
 
     def serve_forever(self) -> None:
         """Answer requests until :meth:`shutdown` (or, in the main thread, Ctrl-C: then ``KeyboardInterrupt``)."""
-        with self._running:
-            self._server.run(sockets=[self.socket])
+        self._server.run()
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait for it to return (answers under way get a few seconds)."""
-        self._server.should_exit = True
-        with self._running:
-            pass
+        self._server.stop()
 
     def server_close(self) -> None:
         """Close the listening socket."""
-        self.socket.close()
+        self._server.close()
 
 
 class SameOrigin:
@@ -113,32 +95,15 @@ def review_app(run: RunFolder | Path | str, port: int) -> Starlette:
     app = Starlette(routes=[Route("/", _page), Route("/api/feedback", _feedback, methods=["GET", "POST"]),
                             Route("/source/{clip:path}", _source), Route("/{path:path}", _run_file)],
                     middleware=[Middleware(SameOrigin, port=port)],
-                    exception_handlers={HTTPException: _http_error})
+                    exception_handlers={HTTPException: http_error})
     app.state.folder = run if isinstance(run, RunFolder) else RunFolder(run)
     return app
-
-
-def parse_json(body: bytes | str) -> object:
-    """A request's JSON body; a ``ValueError`` for anything that is not JSON, nesting too deep included (Python's
-    parser recurses: ``[[[[...]]]]`` in 16 KiB would otherwise be a ``RecursionError``, an answer 500)."""
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise ValueError("JSON nested too deep") from None
-
-
-def _json(status: int, body: dict) -> JSONResponse:
-    return JSONResponse(body, status, headers=NO_STORE)
 
 
 def _file(path: Path | None, request: Request) -> Response:
     if path is None or not path.is_file():
         return _json(404, {"error": f"not found: {request.url.path}"})
     return FileResponse(path, headers=NO_STORE)
-
-
-async def _http_error(request: Request, exc: HTTPException) -> Response:
-    return _json(exc.status_code, {"error": f"{exc.detail}: {request.method} {request.url.path}"})
 
 
 def _page(request: Request) -> Response:
@@ -158,18 +123,6 @@ def _run_file(request: Request) -> Response:
     return _file(inside(request.app.state.folder.root, request.path_params["path"]), request)
 
 
-def inside(root: Path, path: str) -> Path | None:
-    """The file under ``root`` that the (decoded) URL path ``path`` names; ``None`` for a hidden name (``.lock``,
-    ``..``), a NUL byte, or one outside ``root``."""
-    if "\0" in path:  # no file has one; the OS refuses the name
-        return None
-    parts = PurePosixPath("/", path).parts[1:]
-    if not parts or any(p.startswith(".") for p in parts):
-        return None
-    target = root.joinpath(*parts).resolve()
-    return target if target.is_relative_to(root.resolve()) else None
-
-
 async def _feedback(request: Request) -> Response:
     folder: RunFolder = request.app.state.folder
     if request.method == "GET":
@@ -178,11 +131,10 @@ async def _feedback(request: Request) -> Response:
     if not request.headers.get("content-type", "").startswith("application/json"):
         return _json(415, {"error": f"expected a JSON body (Content-Type: application/json); got Content-Type "
                                     f"{request.headers.get('content-type')!r}"})
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return _json(413, {"error": f"a verdict's body is over {MAX_BODY} bytes; expected a small JSON object"})
+    try:
+        body = await read_body(request)
+    except BodyTooLarge:
+        return _json(413, {"error": f"a verdict's body is over {MAX_BODY} bytes; expected a small JSON object"})
     try:
         asked = parse_json(body)
         event, verdict = asked["event"], asked["verdict"]

@@ -38,6 +38,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vad.atomic import write_text
 from vad.errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,6 @@ class UsersFile:
         return token
 
     def _update(self, kind: str, name: str, entry: dict) -> None:
-        from vad.atomic import write_text
-
         data = dict(self._read())
         data[kind] = {**data[kind], name: entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import time
 from collections import deque
 
 from vad.site.config import MqttConfig
+from vad.site.core import CameraAdded, EventLine, Score, SiteEvent, StatusLine
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,18 @@ class MqttPublisher:
         self.client.loop_start()
         self.thread.start()
 
+    def __call__(self, event: SiteEvent) -> None:
+        """A subscriber of the site's bus (:mod:`vad.site.core`): lines, scores and cameras added."""
+        if isinstance(event, EventLine | StatusLine):
+            self.line(event.camera, event.line)
+        elif isinstance(event, Score):
+            self.score(event.camera, event.value)
+        elif isinstance(event, CameraAdded):
+            self.camera_added(event.camera)
+
     def line(self, camera: str, line: dict) -> None:
         """A camera's line (:mod:`vad.live.watch`): events and gaps to ``events``, status to ``stats``, the event state
-        to
-        ``<camera>/anomaly``."""
+        to ``<camera>/anomaly``."""
         kind = line.get("type")
         body = json.dumps({**line, "camera": camera})
         if kind in EVENT_TYPES:

@@ -11,18 +11,25 @@ Every ``EVERY`` seconds (and when ``vad serve`` starts) each camera's folder is 
 An event still open, or whose clip is still being written, is never touched; temporary files (``.vad-tmp.*``: clips
 being written) count in the bound, and one untouched for ``STALE`` s (an hour) is a leftover of a killed watch,
 deleted.
-:class:`Kept` is what the control room shows: the bytes and events kept, per camera and in all.
+:class:`Kept` is what the control room shows: the bytes and events kept, per camera and in all; :class:`Retention`
+sweeps a running site's cameras.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from vad.atomic import TEMP_PREFIX
+from vad.live.sinks import rewrite_lines
 from vad.runs import WatchFolder
+from vad.site.cameras import CameraTable
+from vad.site.core import Storage
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +146,6 @@ def _delete(files) -> None:
 
 def _drop_lines(folder: WatchFolder, cutoff: float, camera) -> int:
     """The lines of ``events.jsonl`` written before ``cutoff`` (unix time), removed."""
-    from datetime import datetime, timezone
-
-    from vad.live.sinks import rewrite_lines
-
     if not folder.events.is_file():
         return 0
     cutoff_iso = datetime.fromtimestamp(cutoff, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
@@ -154,3 +157,37 @@ def _drop_lines(folder: WatchFolder, cutoff: float, camera) -> int:
     if camera is not None:
         return camera.rewrite_events(keep)
     return rewrite_lines(folder.events, keep)
+
+
+class Retention:
+    """A running site's sweeps: one every ``EVERY`` seconds in a thread of its own (:meth:`start`), of the cameras in
+    ``table``; each sweep's :class:`Kept` is :attr:`kept` and is published (:class:`~vad.site.core.Storage`)."""
+
+    def __init__(self, table: CameraTable, out: Path, max_bytes: float, judged: Callable[[], set[str]],
+                 publish: Callable[[Storage], None]) -> None:
+        self.table, self.out, self.max_bytes, self.judged, self.publish = table, out, max_bytes, judged, publish
+        self.kept: Kept | None = None  # what the last sweep left
+
+    def sweep(self) -> None:
+        """One sweep: the open events and the clips being written are busy, the events with a verdict judged."""
+        judged = self.judged()
+        cameras = {}
+        for name, (cfg, cam, _) in self.table.items():
+            busy = cam.evidence.busy() | ({cam.tracker.open.id} if cam.tracker.open else set())
+            cameras[name] = {"retain_days": cfg.retain_days, "busy": busy, "camera": cam,
+                             "judged": {k.partition("/")[2] for k in judged if k.partition("/")[0] == name}}
+        self.kept = sweep(self.out, cameras, self.max_bytes)
+        self.publish(Storage(self.kept.as_dict()))
+
+    def start(self, stop: threading.Event) -> None:
+        """Sweep now and every ``EVERY`` seconds until ``stop`` is set."""
+        threading.Thread(target=self._run, args=(stop,), name="vad-retention", daemon=True).start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.sweep()
+            except Exception as err:  # retention failing must not stop the site; say it, try again later
+                log.exception(f"error: retention sweep failed ({type(err).__name__}: {err})")
+            if stop.wait(EVERY):
+                return

@@ -32,164 +32,54 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from vad.errors import VadError
 from vad.live.camera import Camera
+from vad.live.detector import Detector
 from vad.live.options import OPTION_NAMES
-from vad.live.sources import End, Frame, Gap
 from vad.live.watch import WatchOptions
+from vad.site.cameras import CameraTable, Running
 from vad.site.config import CameraConfig, SiteConfig, load_site
+from vad.site.core import Bus, CameraAdded, Score, Stopping, Written, line_event
+from vad.site.http import SiteServer
+from vad.site.metrics import SiteMetrics
+from vad.site.mqtt import MqttPublisher
+from vad.site.reader import SiteReader
+from vad.site.retention import Retention
+from vad.site.terminal import StatusBoard
+from vad.site.verdicts import SiteVerdicts
+from vad.site.worker import ModelWorker
+
+__all__ = ["ModelWorker", "Site"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Member:
-    """A camera in a model's worker, and what the worker still has to hand it after the batch."""
-
-    camera: Camera
-    pending: list  # gaps and ends taken after its frames in this round
-
-
-class ModelWorker:
-    """One shared model (a run, or one scene of it) and the thread that scores its cameras' frames together."""
-
-    def __init__(self, key: tuple[str, str | None], detector, batch: int, timeout_ms: float, metrics=None) -> None:
-        self.key, self.det, self.batch, self.timeout = key, detector, batch, timeout_ms / 1000
-        self.metrics = metrics
-        self.name = Path(key[0]).name + (f"/{key[1]}" if key[1] else "")
-        self.members: dict[str, _Member] = {}
-        self.wake = threading.Event()  # set by every member's source when it queues something
-        self._lock = threading.Lock()  # members added and removed between batches
-        self._stop = threading.Event()
-        self._turn = 0  # round-robin: the member that goes first in the next round
-        self.batches = self.frames = 0
-        self.thread = threading.Thread(target=self._run, name=f"vad-model {self.name}", daemon=True)
-
-    def add(self, camera: Camera) -> None:
-        with self._lock:
-            self.members[camera.name] = _Member(camera, [])
-        self.wake.set()
-
-    def remove(self, name: str) -> Camera | None:
-        """Take camera ``name`` out (between batches); its stream's past is forgotten."""
-        with self._lock:
-            member = self.members.pop(name, None)
-        self.det.reset(name)
-        return member.camera if member else None
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-        self.thread.join(timeout=30)
-        self.det.close()
-
-    # --- the loop ---------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.wake.wait(0.2)
-            self.wake.clear()
-            with self._lock:
-                members = list(self.members.values())
-            if not members:
-                continue
-            taken = self._collect(members)
-            try:
-                self._score(taken, members)
-            except Exception as err:  # a bug scoring one batch must not silence the site: say it, go on
-                log.exception(f"error: scoring a batch of {self.name} failed ({type(err).__name__}: {err})")
-            for m in members:  # gaps and ends, after the frames that came before them
-                for item in m.pending:
-                    self._stop_item(m.camera, item)
-                m.pending.clear()
-
-    def _collect(self, members: list[_Member]) -> list[tuple[Camera, Frame]]:
-        """Up to ``batch`` frames, one per camera and round (round-robin), waiting at most ``batch_timeout`` after
-        the first; a camera whose gap or end was taken gives no more frames to this batch."""
-        taken: list[tuple[Camera, Frame]] = []
-        deadline = None
-        order = members[self._turn % len(members):] + members[: self._turn % len(members)]
-        self._turn += 1
-        while len(taken) < self.batch and not self._stop.is_set():
-            got = False
-            for m in order:
-                if len(taken) >= self.batch:
-                    break
-                if m.pending:
-                    continue
-                frames, stops = m.camera.take(1)
-                if frames:
-                    taken.append((m.camera, frames[0]))
-                    got = True
-                if stops:
-                    m.pending.extend(stops)
-            if got:
-                deadline = deadline or time.monotonic() + self.timeout
-                continue
-            now = time.monotonic()
-            if deadline is None or now >= deadline:
-                break
-            self.wake.wait(deadline - now)
-            self.wake.clear()
-        return taken
-
-    def _score(self, taken: list[tuple[Camera, Frame]], members: list[_Member]) -> None:
-        if not taken:
-            return
-        t0 = time.perf_counter()
-        out = self.det.score([f.rgb for _, f in taken], stream=[c.name for c, _ in taken],
-                             first=[f.seq for _, f in taken])
-        seconds = time.perf_counter() - t0
-        self.batches += 1
-        self.frames += len(taken)
-        if self.metrics is not None:
-            self.metrics.scoring(self.name, seconds, len(taken))
-        rows: dict[str, list[int]] = {}
-        for i, (c, _) in enumerate(taken):
-            rows.setdefault(c.name, []).append(i)
-        cameras = {m.camera.name: m.camera for m in members}
-        for name, idx in rows.items():
-            cam = cameras[name]
-            try:
-                cam.scored([taken[i][1] for i in idx], out.calibrated[idx], out.maps[idx],
-                           None if out.branches is None else out.branches[idx])
-            except Exception as err:  # one camera's sink or evidence failing leaves the others scoring
-                log.exception(f"error: camera {name}: handling its scored frames failed ({type(err).__name__}: {err})")
-
-    def _stop_item(self, cam: Camera, item: Gap | End) -> None:
-        if isinstance(item, Gap):
-            self.det.reset(cam.name)
-            cam.gap(item)
-        else:
-            cam.ended(item)
-
-
 class Site:
-    """The cameras of a site file (:mod:`vad.site.config`) watched in this process (see the module docstring)."""
+    """The cameras of a site file (:mod:`vad.site.config`) watched in this process (see the module docstring): its
+    lifecycle, reload, cameras and model workers. What happens goes on :attr:`bus` (:mod:`vad.site.core`); what
+    the API asks, :attr:`reader` answers."""
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
         self.workers: dict[tuple[str, str | None], ModelWorker] = {}
-        self.cameras: dict[str, tuple[CameraConfig, Camera, ModelWorker]] = {}
-        self.publisher = None
-        self.http = None
-        self.metrics = None
-        self.kept = None  # what the last retention sweep left (vad.site.retention.Kept)
-        from vad.site.http import LiveFeed
-
-        self.feed = LiveFeed(self)
-        self.started = time.monotonic()
+        self.cameras = CameraTable()
+        self.bus = Bus()
+        self.publisher: MqttPublisher | None = None
+        self.http: SiteServer | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._lock = threading.RLock()  # cameras added and removed (reload) vs. the API reading them
+        self.verdicts = SiteVerdicts(self.cameras, cfg.out, self.bus.publish)
+        self.retention = Retention(self.cameras, cfg.out, cfg.max_gb * 1e9, lambda: set(self.verdicts.read()[0]),
+                                   self.bus.publish)
+        self.metrics = SiteMetrics(lambda: self.reader.camera_states(),
+                                   lambda: None if self.publisher is None else self.publisher.state())
+        self.bus.subscribe(self.metrics)
+        self.reader = SiteReader(cfg.path.stem if cfg.path else "site", cfg.out, self.cameras, self.bus,
+                                 self.verdicts, self.retention, self.metrics, self._stop)
 
     @classmethod
     def load(cls, path: Path | str) -> Site:
@@ -207,48 +97,27 @@ class Site:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
             if hasattr(signal, "SIGHUP"):
                 signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        from vad.site.http import SiteMetrics, SiteServer
-
-        self.metrics = SiteMetrics(self)
         if self.cfg.http is not None:  # first: a door that cannot be opened safely stops the start
-            self.http = SiteServer(self, self.cfg.http)
+            self.http = SiteServer(self.reader, self.cfg.http)
         if self.cfg.mqtt is not None:
-            from vad.site.mqtt import MqttPublisher
-
             self.publisher = MqttPublisher(self.cfg.mqtt)
+            self.bus.subscribe(self.publisher)
             self.publisher.start()
         self._apply(self.cfg.cameras)
         if self.http is not None:
             self.http.start()
-            users, tokens = self.http.users.names()
-            who = (f"{len(users)} user(s), {len(tokens)} token(s) in {self.http.users.path}" if users or tokens
-                   else "open: no login (loopback only)")
-            log.info(f"http: {self.http.url} (the control room; /healthz, /api/..., /metrics); {who}")
-        retention = threading.Thread(target=self._retention, name="vad-retention", daemon=True)
-        retention.start()
+        self.retention.start(self._stop)
         log.info(f"serving {len(self.cameras)} camera(s) with {len(self.workers)} model(s); "
                  f"{'SIGHUP re-reads ' + str(self.cfg.path) + '; ' if self.cfg.path else ''}Ctrl-C or SIGTERM stop")
-        next_status = time.monotonic() + self.cfg.status_every
-        terminal = sys.stderr.isatty()
+        board = StatusBoard(self.cfg.status_every)
         try:
             while not self._stop.wait(0.5):
                 if self._reload.is_set():
                     self._reload.clear()
                     self._reload_safely()
-                with self._lock:
-                    cams = [c for _, c, _ in self.cameras.values()]
-                for c in cams:
-                    c.refresh_state()
-                if time.monotonic() >= next_status:
-                    next_status = time.monotonic() + self.cfg.status_every
-                    for c in cams:
-                        c.status()
-                if terminal and cams:
-                    sys.stderr.write("".join(f"\r\x1b[K{c.status_text()}\n" for c in cams) + f"\x1b[{len(cams)}A")
-                    sys.stderr.flush()
+                board.turn(self.cameras.cameras())
         finally:
-            if terminal:
-                sys.stderr.write("\n" * len(self.cameras))
+            board.close(len(self.cameras))
             self._shutdown()
 
     def stop(self) -> None:
@@ -283,11 +152,15 @@ class Site:
         log.info(f"reloaded {self.cfg.path}: {len(self.cameras)} camera(s)")
         return True
 
+    def camera(self, name: str) -> Camera | None:
+        entry = self.cameras.get(name)
+        return entry.camera if entry else None
+
     # --- cameras ------------------------------------------------------------------------------------------------
     def _apply(self, wanted: dict[str, CameraConfig]) -> None:
         """Make the running cameras those of ``wanted``: remove the ones gone or changed, add the new or changed."""
-        with self._lock:
-            for name in [n for n, (cfg, _, _) in self.cameras.items() if wanted.get(n) != cfg]:
+        with self.cameras.lock:
+            for name in [n for n, r in self.cameras.items() if wanted.get(n) != r.cfg]:
                 self._remove(name)
             for name, cfg in wanted.items():
                 if name not in self.cameras:
@@ -300,177 +173,59 @@ class Site:
 
     def _add(self, name: str, cfg: CameraConfig) -> None:
         worker = self._worker(cfg)
-        feed = self.feed
-        sinks = [lambda line, name=name: feed.line(name, line)]
-        if self.publisher is not None:
-            publisher = self.publisher
-            sinks.append(lambda line, name=name: publisher.line(name, line))
-            publisher.camera_added(name)
+        publish = self.bus.publish
+        publish(CameraAdded(name))
+
+        def sink(line: dict) -> None:
+            event = line_event(name, line)
+            if event is not None:
+                publish(event)
+
         options = _options(cfg, self.cfg, name)
-        on_score = None if self.publisher is None else (lambda value, name=name: publisher.score(name, value))
-        camera = Camera(name, cfg.source, worker.det.info, options, sinks=sinks, wake=worker.wake, on_score=on_score,
-                        on_written=lambda kind, event, path, name=name: feed.written(name, kind, event, path))
+        camera = Camera(name, cfg.source, worker.det.info, options, sinks=[sink], wake=worker.wake,
+                        on_score=lambda value: publish(Score(name, value)),
+                        on_written=lambda kind, event, path: publish(Written(name, kind, event, path)))
         camera.start()
         worker.add(camera)
-        self.cameras[name] = (cfg, camera, worker)
+        self.cameras.put(name, Running(cfg, camera, worker))
         log.info(f"camera {name}: {cfg.source} -> {options.out} (model {worker.name}, {worker.det.backend}; "
                  f"ring buffer {camera.tracker.recent.maxlen} frames, at most {camera.memory_bound():.0f} MiB of "
                  "frames at 1080p)")
 
     def _remove(self, name: str) -> None:
-        cfg, camera, worker = self.cameras.pop(name)
+        _, camera, worker = self.cameras.pop(name)
         worker.remove(name)
         camera.close()
         log.info(f"camera {name}: stopped")
 
     def _worker(self, cfg: CameraConfig) -> ModelWorker:
-        from vad.live.detector import Detector
-
         key = (cfg.run, cfg.scene)
         if key not in self.workers:
             log.info(f"loading the model of {cfg.run}" + (f" (scene {cfg.scene})" if cfg.scene else ""))
             det = Detector.load(cfg.run, device=self.cfg.device, backend=self.cfg.backend, scene=cfg.scene,
                                 background=True)
             det.warm_up(self.cfg.batch)
-            worker = ModelWorker(key, det, self.cfg.batch, self.cfg.batch_timeout_ms, self.metrics)
+            worker = ModelWorker(key, det, self.cfg.batch, self.cfg.batch_timeout_ms, self.bus.publish)
             worker.start()
             self.workers[key] = worker
         return self.workers[key]
 
     def _shutdown(self) -> None:
         log.info("stopping: closing open events, finishing clips")
-        with self._lock:
-            for c in [c for _, c, _ in self.cameras.values()]:
+        with self.cameras.lock:
+            for c in self.cameras.cameras():
                 c.stop_source()
             for w in self.workers.values():
                 w.stop()
-            for name in list(self.cameras):
+            for name in self.cameras.names():
                 self._remove(name)
             self.workers.clear()
+        self.bus.publish(Stopping())
         if self.http is not None:
-            self.feed.publish(None)
             self.http.stop()
         if self.publisher is not None:
             self.publisher.close()
         log.info("stopped")
-
-    # --- what the API reads -----------------------------------------------------------------------------------
-    def camera_states(self) -> dict[str, dict]:
-        """Per camera: state, rates, drops, latency, the open event, the last gap."""
-        with self._lock:
-            items = list(self.cameras.items())
-        out = {}
-        for name, (cfg, cam, worker) in items:
-            s = cam.status_line()
-            out[name] = {"state": cam.state, "source": cfg.source, "run": cfg.run, "model": worker.name,
-                         "backend": worker.det.backend, "fps_in": s["fps_in"], "fps_scored": s["fps_scored"],
-                         "frames_decoded": s["frames_decoded"], "frames_scored": s["frames_scored"],
-                         "dropped": s["dropped"], "latency_ms_p50": s["latency_ms_p50"],
-                         "latency_ms_p95": s["latency_ms_p95"], "open_event": s["open_event"],
-                         "events": cam.events, "last_gap": cam.last_gap, "score": cam.last_score,
-                         "frame_seq": None if cam.latest is None else cam.latest.frame.seq}
-        return out
-
-    def camera(self, name: str) -> Camera | None:
-        with self._lock:
-            entry = self.cameras.get(name)
-        return entry[1] if entry else None
-
-    def camera_history(self, name: str, seconds: int) -> list[tuple[int, float]]:
-        cam = self.camera(name)
-        return [] if cam is None else cam.recent_scores(seconds)
-
-    # --- verdicts and retention ---------------------------------------------------------------------------------
-    def _runs(self) -> dict[str, list[str]]:
-        """``{run folder: the cameras it scores}``."""
-        with self._lock:
-            items = [(name, cfg.run) for name, (cfg, _, _) in self.cameras.items()]
-        runs: dict[str, list[str]] = {}
-        for name, run in items:
-            runs.setdefault(run, []).append(name)
-        return runs
-
-    def verdicts(self) -> tuple[dict[str, dict], list[str]]:
-        """The verdicts on this site's live events (``{CAMERA/EVENT: line}``), from each camera's run, and the lines
-        that are not verdicts (``FILE:LINE``)."""
-        from vad.review.verdicts import read_verdicts
-
-        verdicts, bad = {}, []
-        for run, names in self._runs().items():
-            given, skipped = read_verdicts(run)
-            verdicts.update({k: v for k, v in given.items() if k.partition("/")[0] in names and "/" in k})
-            bad += [f"{Path(run) / 'feedback.jsonl'}:{n}" for n in skipped]
-        return verdicts, bad
-
-    def record_verdict(self, key: str, verdict: str, via: str = "site") -> dict:
-        """Record an operator's verdict on live event ``key`` (``CAMERA/EVENT``) into the camera's run
-        (:func:`vad.review.verdicts.record_live_verdict`), and tell the pages."""
-        from vad.errors import UnknownEventError
-        from vad.review.verdicts import record_live_verdict
-        from vad.runs import RunFolder, WatchFolder
-
-        camera, _, event = key.partition("/")
-        with self._lock:
-            entry = self.cameras.get(camera)
-        if entry is None:
-            raise UnknownEventError(f"unknown camera {camera!r} in {key!r}; cameras: {', '.join(sorted(self.cameras))}")
-        folder = WatchFolder(self.cfg.out / camera)
-        if not _has_event(folder.events, event):
-            raise UnknownEventError(f"unknown event {event!r} of camera {camera} (not in {folder.events})")
-        line = record_live_verdict(RunFolder(entry[0].run), camera, event, verdict, folder.footage(event), via)
-        log.info(f"verdict: {key} {verdict} ({via}) -> {entry[0].run}/feedback.jsonl")
-        self.feed.verdict(key, line)
-        return line
-
-    def sweep(self) -> None:
-        """One retention sweep (:mod:`vad.site.retention`): what is kept goes to :attr:`kept`."""
-        from vad.site.retention import sweep
-
-        judged = set(self.verdicts()[0])
-        with self._lock:
-            items = list(self.cameras.items())
-        cameras = {}
-        for name, (cfg, cam, _) in items:
-            busy = cam.evidence.busy() | ({cam.tracker.open.id} if cam.tracker.open else set())
-            cameras[name] = {"retain_days": cfg.retain_days, "busy": busy, "camera": cam,
-                             "judged": {k.partition("/")[2] for k in judged if k.partition("/")[0] == name}}
-        self.kept = sweep(self.cfg.out, cameras, self.cfg.max_gb * 1e9)
-
-    def _retention(self) -> None:
-        from vad.site.retention import EVERY
-
-        while True:
-            try:
-                self.sweep()
-            except Exception as err:  # retention failing must not stop the site; say it, try again later
-                log.exception(f"error: retention sweep failed ({type(err).__name__}: {err})")
-            if self._stop.wait(EVERY):
-                return
-
-    def healthy(self) -> bool:
-        """While the loop runs and some camera is not down (a site with no camera is healthy)."""
-        if self._stop.is_set():
-            return False
-        with self._lock:
-            cams = [c for _, c, _ in self.cameras.values()]
-        return not cams or any(c.state != "down" for c in cams)
-
-
-def _has_event(path: Path, event: str) -> bool:
-    """Whether a line of ``events.jsonl`` at ``path`` names ``event``."""
-    import json
-
-    if not path.is_file():
-        return False
-    needle = json.dumps(event)
-    for text in path.read_text().splitlines():
-        if needle in text:
-            try:
-                if json.loads(text).get("event") == event:
-                    return True
-            except ValueError:
-                continue
-    return False
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str) -> WatchOptions:
