@@ -26,6 +26,8 @@ import torch
 
 from vad.config import RunConfig
 from vad.errors import UsageError
+from vad.live.camera import ModelInfo
+from vad.live.watch import Watch, WatchOptions
 from vad.models import scored_branches
 from vad.policy import run_config
 from vad.runs import RunFolder, locked
@@ -125,8 +127,6 @@ class Detector:
     @property
     def info(self):
         """What a camera needs to know of this model (:class:`vad.live.camera.ModelInfo`)."""
-        from vad.live.camera import ModelInfo
-
         return ModelInfo(self.cfg, self.reference, self.fps, tuple(self.branches or ()))
 
     # --- what the model is --------------------------------------------------------------------------------------
@@ -212,6 +212,4 @@ class Detector:
         """Watch ``source`` (:mod:`vad.live.sources`) and yield every event, gap and status line as it is written to
         ``out/events.jsonl`` (:class:`vad.live.watch.Watch`; ``options``: :class:`vad.live.watch.WatchOptions`
         fields)."""
-        from vad.live.watch import Watch, WatchOptions
-
         yield from Watch(self, source, WatchOptions(out=Path(out) if out else None, **options)).run()

@@ -14,12 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from vad.atomic import write_text
-from vad.config import RunConfig, to_dict
+from vad.config import RunConfig, load_config, to_dict
 from vad.distributed import barrier, shard_clips, world
 from vad.errors import ConfigError, UsageError
 from vad.io import DATASETS, Clip, iter_frames, read_dataset
+from vad.io.decode import first_frame, looks_grey
 from vad.io.published import split_summary
 from vad.io.research import describe_layout
+from vad.offline.evaluate import evaluate_run
+from vad.offline.render import render_run
+from vad.offline.synthetic import SceneConfig, generate_scene
 from vad.offline.train import train, train_per_scene
 from vad.progress import progress_bar
 from vad.runs import RunFolder, RunFolderError, ScoreBook, merge_manifest_parts
@@ -149,8 +153,6 @@ def _clips_by_model(run: RunFolder, clips: Sequence[Clip]) -> dict[str, list[Cli
 
 def _colour_notes(clips: Sequence[Clip], colour: bool | None) -> list[str]:
     """A note for each clip whose footage is greyscale where the model was trained on colour, or the reverse."""
-    from vad.io.decode import first_frame, looks_grey
-
     if colour is None:  # a model written before vad recorded it
         return []
     notes = []
@@ -253,9 +255,6 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     """Every stage on ``cfg.data``: train, score the test split, evaluate, render; returns the metrics. Re-running
     on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
     scoring from the clips not yet scored by the current model."""
-    from vad.offline.evaluate import evaluate_run
-    from vad.offline.render import render_run
-
     out = Path(out)
     # Everything that can be checked before hours of training (settings were checked as the config loaded): the
     # test split, the clips to render.
@@ -284,9 +283,6 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
 def run_demo(out: Path, seed: int = 0, device: str = "auto", overrides: Sequence[str] = ()) -> dict:
     """Generate the synthetic scene under ``out/data`` (reused if already there) and run ``pipelines/demo.yaml``
     on it with ``out`` as the run folder."""
-    from vad.config import load_config
-    from vad.offline.synthetic import SceneConfig, generate_scene
-
     out = Path(out)
     data = out / "data"
     cfg = load_config(find_pipeline("demo"), list(overrides))

@@ -57,6 +57,8 @@ from vad.atomic import write_text
 from vad.config import VARIANTS as BACKEND_VARIANTS
 from vad.device import cpu_flags
 from vad.errors import UsageError
+from vad.io.dataset import make_loader
+from vad.models.pseudo import pseudo_anomalies
 from vad.runtime.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
 from vad.runtime.reference import NormalReference, event_threshold, position_statistics, spread_runs
 
@@ -165,9 +167,6 @@ def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: b
     ``scores`` and ``maps`` (fused, not standardised per position) and ``branches`` when the model has them.
     ``pseudo``: every frame with a pseudo-anomaly pasted in (:func:`vad.models.pseudo.pseudo_anomalies`, the same
     ones on every call)."""
-    from vad.io.dataset import make_loader
-    from vad.models.pseudo import pseudo_anomalies
-
     generator = torch.Generator().manual_seed(PSEUDO_SEED)
     by_name = {c.name: c for c in clips}
     out: dict[str, list] = {}

@@ -20,6 +20,7 @@ import numpy as np
 
 from vad.atomic import atomic_path
 from vad.errors import InputError
+from vad.models import frame_scores, speed_cue
 
 # model buffers fitted on the hold-out
 STATE_KEYS = ("branch_loc", "branch_scale", "pos_loc", "pos_scale", "speed.loc", "speed.scale")
@@ -125,8 +126,6 @@ def fit_reference(outputs: Callable[[bool], dict], model, position_stats: bool
     model's branches are standardised by their own hold-out frame scores first, and so are the model's map and its
     speed cue's (:mod:`vad.models.speed`) before they are fused; with ``position_stats`` the
     per-position statistics of the (fused) hold-out maps are set too."""
-    from vad.models import frame_scores, speed_cue
-
     if model.branches:
         branch = outputs(True)
         speed = branch.pop("speed", None)

@@ -30,6 +30,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -262,6 +263,19 @@ def check_binding(host: str, users: UsersFile) -> None:
         raise ConfigError(f"http.host {host}: serving beyond this machine needs a login, and {users.path} has no user "
                           "or token; add one (vad serve --config SITE --add-user NAME), or bind http.host: "
                           "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The door's parts: its users file, sessions and login throttle, whether it is an open
+    loopback server, whether it serves TLS (secure cookies) and the other origins it believes (a proxy's)."""
+
+    users: UsersFile
+    sessions: Sessions
+    throttle: Throttle
+    open: bool
+    secure: bool = False
+    origins: tuple[str, ...] = ()
 
 
 class Door:

@@ -40,7 +40,6 @@ once users exist (and they must for any address beyond loopback); over TLS with 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -48,7 +47,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from vad.errors import UsageError
-from vad.site.auth import Door, Sessions, Throttle, UsersFile, check_binding, is_loopback
+from vad.site.auth import Door, Gate, Sessions, Throttle, UsersFile, check_binding, is_loopback
 from vad.site.config import HttpConfig
 from vad.site.core import SiteView
 from vad.site.http.cameras import CameraRoutes
@@ -60,19 +59,6 @@ from vad.web import AppServer, http_error, listen
 __all__ = ["Gate", "LiveFeed", "SiteServer", "site_app"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The door's parts (:mod:`vad.site.auth`): its users file, sessions and login throttle, whether it is an open
-    loopback server, whether it serves TLS (secure cookies) and the other origins it believes (a proxy's)."""
-
-    users: UsersFile
-    sessions: Sessions
-    throttle: Throttle
-    open: bool
-    secure: bool = False
-    origins: tuple[str, ...] = ()
 
 
 def site_app(view: SiteView, gate: Gate) -> Starlette:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -13,12 +12,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from vad.review.page import render_login, render_page
-from vad.site.auth import COOKIE, FAIL_DELAY
+from vad.site.auth import COOKIE, FAIL_DELAY, Gate
 from vad.site.core import SiteView
 from vad.web import NO_STORE, BodyTooLarge, as_model, json_response, read_body
-
-if TYPE_CHECKING:  # the package imports this module
-    from vad.site.http import Gate
 
 log = logging.getLogger(__name__)
 
