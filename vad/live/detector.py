@@ -187,7 +187,7 @@ class Detector:
 
     def reset(self, stream: str = "default") -> None:
         """Forget ``stream``'s past (after a gap its next frame starts afresh, as a clip's first frame)."""
-        self.scorer.forget(stream)
+        self.scorer.pasts.forget(stream)
         self._next.pop(stream, None)
 
     def _prepare(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:

@@ -36,6 +36,7 @@ from vad.offline.session import Session, hold_samples, open_session, plain_batch
 from vad.offline.trainset import kept_teacher, teacher_for
 from vad.progress import progress_bar
 from vad.runs import RunFolder
+from vad.runtime.batches import cell_speeds, outputs
 from vad.runtime.checkpoint import atomic_save, model_state, read_checkpoint, restore_model
 from vad.runtime.reference import fit_reference
 from vad.runtime.scorer import Scorer
@@ -302,8 +303,8 @@ def _finalise(s: Session) -> Path:
     cue = speed_cue(model)
     if cue is not None:  # the speed cue's rows: normal training frames, never the hold-out it is standardised on
         clips = {c.name: c for c in s.val_clips}
-        cue.fit_rows(scorer.cell_speeds([(clips[n], r) for n, r in s.speed_runs]))
-    raw, per_position = fit_reference(partial(scorer.outputs, s.val_clips, s.val_ranges), model,
+        cue.fit_rows(cell_speeds(scorer, [(clips[n], r) for n, r in s.speed_runs]))
+    raw, per_position = fit_reference(partial(outputs, scorer, s.val_clips, s.val_ranges), model,
                                       s.cfg.train.position_stats)
     val_scores = {"raw": torch.from_numpy(raw)}
     if per_position is not None:

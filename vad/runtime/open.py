@@ -191,7 +191,7 @@ def copy_check(folder: Path, variant: str) -> None:
 
 def speed_setting(scorer: Scorer) -> str:
     """What besides the machine changes a measured speed: the batch size and torch's precision."""
-    precision = str(scorer.dtype or torch.float32).removeprefix("torch.")
+    precision = str(scorer.runner.dtype or torch.float32).removeprefix("torch.")
     return f"batch {scorer.cfg.batch_size}, torch {precision}"
 
 

@@ -37,6 +37,7 @@ from vad.io.decode import as_clip
 from vad.io.records import renamed
 from vad.models import scored_branches
 from vad.runs import RunFolder, file_digest
+from vad.runtime.batches import outputs
 from vad.runtime.checkpoint import trained_model_config
 from vad.runtime.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend
 from vad.runtime.open import (
@@ -235,7 +236,7 @@ def _fit_reference(scope: str, ckpt: dict, scorer: Scorer, cfg: RunConfig, setti
                          "trained settings, or make that footage available") from None
     log.info(f"fitting the normal reference for {changed} ({scope}) on the hold-out of {len(clips)} training clips")
     val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)[1]
-    raw, per_position = fit_reference(partial(scorer.outputs, clips, val), scorer.model,
+    raw, per_position = fit_reference(partial(outputs, scorer, clips, val), scorer.model,
                                       scorer.model.has_position_stats)
     scores = per_position if scorer.per_position else raw
     return NormalReference(np.asarray(scores, np.float64), settings, scorer.per_position,

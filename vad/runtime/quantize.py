@@ -59,6 +59,7 @@ from vad.device import cpu_flags
 from vad.errors import UsageError
 from vad.io.dataset import make_loader
 from vad.models.pseudo import pseudo_anomalies
+from vad.runtime.batches import stream, to_frames
 from vad.runtime.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
 from vad.runtime.reference import NormalReference, event_threshold, position_statistics, spread_runs
 
@@ -173,12 +174,12 @@ def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: b
     per_position, scorer.per_position = scorer.per_position, False
     try:
         for name, rng in segments:
-            scorer.forget()
-            for batch in make_loader(scorer.stream([by_name[name]], {name: rng})):
-                x = scorer.prepare(batch)
+            scorer.pasts.forget()
+            for batch in make_loader(stream(scorer, [by_name[name]], {name: rng})):
+                x = to_frames(scorer, batch)
                 clip, first = batch["clip"][0], int(batch["index"][0])
                 if batch.get("context"):
-                    scorer.prime(x, clip, first)
+                    scorer.pasts.prime(x, clip, first)
                     continue
                 if pseudo:
                     x = pseudo_anomalies(x, generator, p=1.0)[0]
@@ -188,7 +189,7 @@ def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: b
                         out.setdefault(k, []).append(v.float().cpu())
     finally:
         scorer.per_position = per_position
-        scorer.forget()
+        scorer.pasts.forget()
     return {k: torch.cat(v) for k, v in out.items()}
 
 
