@@ -6,11 +6,7 @@ Output (``OUT`` is the run folder)::
     OUT/maps/<clip>.npy     (T, h, w) float16 anomaly maps at 1/map_stride of the input (with save_maps)
 
 Each file is written atomically when its clip is complete; clips whose files already exist are skipped, so
-an interrupted run picks up where it stopped.
-
-The clips reach the scorer (``scorer``: a :class:`vad.runtime.scorer.Scorer`) through a :class:`FrameStream`
-decoded in ``DataLoader`` workers while the model runs (:func:`stream`, :func:`to_frames`); results come back to the
-host one batch late, so the host's bookkeeping overlaps the device's next batch (:func:`batches`).
+an interrupted run picks up where it stopped. ``scorer`` is a :class:`vad.runtime.scorer.Scorer`.
 """
 
 from __future__ import annotations
@@ -97,7 +93,8 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
                 plan = pasts.plan(clip, first, x)
                 maps, feats = model.step_branch_maps(x, plan.pool, plan.index)
                 pasts.remember(plan, feats)
-                got = maps if branches else _scores_and_maps(model.fuse(maps))
+                fused = None if branches else model.fuse(maps)
+                got = maps if branches else {"scores": frame_scores(fused), "maps": fused}
             elif branches:
                 got = model.branch_maps(x)
             else:
@@ -109,10 +106,6 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
             out.setdefault(k, []).append(v.float().cpu())
     pasts.forget()
     return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _scores_and_maps(amap: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"scores": frame_scores(amap), "maps": amap}
 
 
 def cell_speeds(scorer, runs: Sequence[tuple[Clip, tuple[int, int]]]) -> np.ndarray:

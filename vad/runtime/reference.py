@@ -1,11 +1,9 @@
 """The normal reference: what a model's scores are judged against, drawn from normal hold-out frames only.
 
-A model's reference depends on how it scores (:data:`vad.config.SCORING`): a fused model's branch statistics and
-its hold-out frame scores change with ``model.fusion`` or ``model.motion_pool``. One function makes it from the
-scorer's outputs on the hold-out frames (:func:`fit_reference`): training calls it for the trained settings (the
-result is saved in ``model.pt``), scoring for other settings (saved in the run folder). From the hold-out frame
-scores come the event threshold, calibrated scores and the heatmaps' colour scale (:class:`NormalReference`),
-for evaluate, render, review and watch alike. Test data never enters.
+It depends on how the model scores (:data:`vad.config.SCORING`: a fused model's branch statistics and hold-out scores
+change with ``model.fusion`` or ``model.motion_pool``). :func:`fit_reference` makes it: training for the trained
+settings (saved in ``model.pt``), scoring for others (saved in the run folder). From the hold-out scores come the
+event threshold, calibrated scores and the heatmaps' colour scale. Test data never enters.
 """
 
 from __future__ import annotations
