@@ -141,13 +141,6 @@ def runtime(folder: Path, threads: int | None = None) -> Runtime:
 
 
 # --- frames ---------------------------------------------------------------------------------------------------
-def calibration_segments(train: dict[str, tuple[int, int]], frames: int = CALIBRATION_FRAMES,
-                         run: int = RUN_FRAMES) -> list[tuple[str, tuple[int, int]]]:
-    """Runs of ``run`` consecutive frames, about ``frames`` in all, spread evenly over the training ranges
-    ``train`` (``{clip: (a, b)}``: the frames a model trained on, hold-out excluded): ``[(clip, (start, stop))]``."""
-    return spread_runs(train, frames, run)
-
-
 def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: bool = False
            ) -> dict[str, torch.Tensor]:
     """Raw outputs of ``scorer`` (with whatever runs its model) over ``segments`` of ``clips``, concatenated:
@@ -346,7 +339,7 @@ def make_variant(variant: str, scorer, ref: NormalReference, export: Path, clips
     finally:
         scorer.use(None)
     f32_check = (f32_out, *(_frame_scores(o, ref.state, ref.per_position) for o in (f32_out, f32_pseudo)))
-    feeds = record_feeds(scorer, f32, clips, calibration_segments(train, frames)) if precision == "int8" else []
+    feeds = record_feeds(scorer, f32, clips, spread_runs(train, frames, RUN_FRAMES)) if precision == "int8" else []
     ladder = [[]] + ([compared_layers(export / "model.onnx")] if precision == "int8" else [])
     for ignored in ladder:
         t0 = time.perf_counter()
