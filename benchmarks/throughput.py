@@ -50,7 +50,7 @@ from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loa
 from vad.io.records import Clip, frames_clip
 from vad.models import backbone_spec, build_model, speed_cue
 from vad.offline.trainset import TrainSet, kept_teacher
-from vad.runtime.batches import score_clips
+from vad.runtime.batches import num_workers, score_clips
 from vad.runtime.scorer import Scorer
 
 CPU_DEFAULTS = {"model_frames": 48, "frames": 48, "train_frames": 32, "batch_size": 8, "train_batch": 8}
@@ -360,10 +360,10 @@ def model_rows(args, model, size, normalization, device, n, res, tmp) -> None:
 
     res["baseline_model_fps"], _ = timed(model_base, device, args.repeat)
     res["speedup_model"] = res["model_fps"] / res["baseline_model_fps"]
-    layout = "channels-last" if paths["torch"].layout == torch.channels_last else "contiguous"
+    layout = "channels-last" if paths["torch"].runner.layout == torch.channels_last else "contiguous"
     others = "".join(f" | {b} {res[f'model_fps_{b}']:.1f}" for b in paths if b != "torch")
     print(f"model only      baseline {res['baseline_model_fps']:7.1f} frames/s (batch 1, float32) | torch "
-          f"{res['model_fps']:.1f} (batch {n['batch_size']}, {paths['torch'].dtype or 'float32'}, {layout}"
+          f"{res['model_fps']:.1f} (batch {n['batch_size']}, {paths['torch'].runner.dtype or 'float32'}, {layout}"
           f"{', compiled' if args.compile else ''}){others}")
 
 
@@ -404,7 +404,7 @@ def e2e_rows(args, model, e2e_size, normalization, device, n, res, tmp) -> None:
         res[f"rank_corr_{kind}"] = float(spearmanr(fast_scores, np.load(out / f"baseline_{kind}.npy")).statistic)
         others = "".join(f" | {b} {res[f'e2e{key}_fps_{b}']:.1f}" for b in paths if b != "torch")
         print(f"e2e {kind:<5}       baseline {res[f'baseline_e2e{key}_fps']:7.1f} frames/s | torch "
-              f"{res[f'e2e{key}_fps']:.1f} ({res[f'speedup_e2e{key}']:.2f}x; {paths['torch'].num_workers} decode "
+              f"{res[f'e2e{key}_fps']:.1f} ({res[f'speedup_e2e{key}']:.2f}x; {num_workers(paths['torch'])} decode "
               f"workers){others}; fast vs baseline score rank correlation {res[f'rank_corr_{kind}']:.4f}")
 
 

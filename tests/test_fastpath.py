@@ -23,7 +23,7 @@ from vad.io.dataset import FrameStream, FrameTransform
 from vad.models import build_model, depthwise_in_float32
 from vad.models.backbones import Pyramid
 from vad.offline.train import train
-from vad.runtime.batches import score_clips
+from vad.runtime.batches import score_clips, stream
 from vad.runtime.checkpoint import load_model
 from vad.runtime.scorer import Scorer
 
@@ -55,11 +55,11 @@ def test_device_side_path_gives_the_cpu_path_scores(scene: Path, trained: Path, 
     cpu = _scores(Scorer(model, ckpt, FP32, "cpu"), clips, tmp_path / "cpu")
     dev = Scorer(model, ckpt, FP32, "cpu")
     dev.on_device = True
-    batch = next(iter(dev.stream(clips)))
+    batch = next(iter(stream(dev, clips)))
     assert "jpeg" in batch and "frames" not in batch and batch["jpeg"][0].dtype == torch.uint8
     np.testing.assert_array_equal(_scores(dev, clips, tmp_path / "dev"), cpu)
     videos = read_dataset("shanghaitech", scene, "train")[:1]  # uint8 frames from PyAV
-    assert next(iter(dev.stream(videos)))["frames"].dtype == torch.uint8
+    assert next(iter(stream(dev, videos)))["frames"].dtype == torch.uint8
     np.testing.assert_array_equal(_scores(dev, videos, tmp_path / "dev_v"),
                                   _scores(Scorer(model, ckpt, FP32, "cpu"), videos, tmp_path / "cpu_v"))
 
@@ -96,8 +96,8 @@ def test_amp_auto_per_device(monkeypatch, native_bf16: bool) -> None:
         amp_dtype("half", cpu)
     model = build_model(ModelConfig(teacher_weights="random", motion=False))
     ckpt = {"input_size": [64, 64], "normalization": "lite0"}
-    assert Scorer(model, ckpt, ScoreConfig(amp="auto"), "cpu").dtype == bf16_if_native  # the scoring default
-    assert Scorer(model, ckpt, ScoreConfig(amp="off"), "cpu").dtype is None
+    assert Scorer(model, ckpt, ScoreConfig(amp="auto"), "cpu").runner.dtype == bf16_if_native  # the scoring default
+    assert Scorer(model, ckpt, ScoreConfig(amp="off"), "cpu").runner.dtype is None
 
 
 @pytest.mark.parametrize(("cpuinfo", "native"), [("flags : fpu avx512f avx512_bf16", False),
@@ -212,7 +212,7 @@ def test_compiled_scoring_matches_eager(scene: Path, trained: Path, tmp_path: Pa
     eager = _scores(Scorer(model, ckpt, FP32, "cpu"), clips, tmp_path / "eager")
     torch._dynamo.reset()
     compiled = Scorer(model, ckpt, replace(FP32, compile=True, batch_size=6), "cpu")  # 16 = 6 + 6 + 4 (padded)
-    assert compiled.compiled
+    assert compiled.runner.compiled
     np.testing.assert_allclose(_scores(compiled, clips, tmp_path / "compiled"), eager, rtol=1e-4,
                                atol=1e-5 * float(np.abs(eager).max()))
     from torch._dynamo.utils import counters
@@ -225,9 +225,9 @@ def test_compile_by_default_only_for_long_jobs(trained: Path) -> None:
 
     model, ckpt = load_model(trained / "model.pt")
     scorer = Scorer(model, ckpt, FP32, "cpu")  # compile=None: decided per job
-    assert not scorer.compiled and not scorer.compiles(COMPILE_MIN_FRAMES - 1)
+    assert not scorer.runner.compiled and not scorer.runner.compiles(COMPILE_MIN_FRAMES - 1)
     has_cc = any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
-    assert scorer.compiles(COMPILE_MIN_FRAMES) == has_cc  # a long job compiles where inductor can
-    assert not Scorer(model, ckpt, replace(FP32, compile=False), "cpu").compiles(10**6)
+    assert scorer.runner.compiles(COMPILE_MIN_FRAMES) == has_cc  # a long job compiles where inductor can
+    assert not Scorer(model, ckpt, replace(FP32, compile=False), "cpu").runner.compiles(10**6)
     asked = Scorer(model, ckpt, replace(FP32, compile=True), "cpu")
-    assert asked.compiled and asked.compiles(1)  # asked for: any job
+    assert asked.runner.compiled and asked.runner.compiles(1)  # asked for: any job

@@ -21,7 +21,7 @@ from vad.models.loss import level_discrepancy, stpm_loss
 from vad.models.motion import motion_weighted_loss
 from vad.models.stpm import STPM
 from vad.offline.train import train
-from vad.runtime.batches import score_clips
+from vad.runtime.batches import outputs, score_clips
 from vad.runtime.checkpoint import load_model
 from vad.runtime.reference import holdout
 from vad.runtime.scorer import Scorer
@@ -170,10 +170,10 @@ def test_a_range_inside_a_clip_reads_its_real_past_in_a_stream(tmp_path: Path) -
     ckpt = {"input_size": [32, 48], "normalization": "imagenet"}
     scorer = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False), "cpu")
     for ranges in ({"c": (7, 12)}, {"c": (1, 12)}):
-        got = scorer.outputs([clip], ranges)["scores"].numpy()
+        got = outputs(scorer, [clip], ranges)["scores"].numpy()
         np.testing.assert_allclose(got, _window_scores(model, [clip], ckpt, ranges)["c"], rtol=1e-5, atol=1e-5)
     frames = FrameTransform((32, 48), "imagenet")(next(iter(FrameStream([clip], None, batch_size=12)))["frames"])
-    scorer.forget()
+    scorer.pasts.forget()
     whole = scorer(frames[:6], "c", 0)[0]
     after_gap = scorer(frames[8:10], "c", 8)[0]  # frames 6, 7 never came: frame 8 starts afresh
     fresh = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False), "cpu")(frames[8:10], "x", 0)[0]

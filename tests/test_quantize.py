@@ -20,8 +20,8 @@ from vad.io import read_dataset
 from vad.offline.pipeline import save_config, with_data
 from vad.runs import RunFolder, read_manifest
 from vad.runtime.export import SPEED_FILE, machine
-from vad.runtime.quantize import CHECK_FILE, calibration_segments, candidates, read_check
-from vad.runtime.reference import holdout
+from vad.runtime.quantize import CHECK_FILE, candidates, read_check
+from vad.runtime.reference import holdout, spread_runs
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None
@@ -39,7 +39,7 @@ def _run_without_test_split(exported_run: Path, scene: Path, tmp_path: Path) -> 
 
 def test_calibration_runs_lie_in_the_training_frames_and_spread_over_them() -> None:
     train, val = holdout([type("C", (), {"name": n, "num_frames": k})() for n, k in (("a", 100), ("b", 300))], 0.2)
-    runs = calibration_segments(train, frames=96, run=8)
+    runs = spread_runs(train, 96, 8)  # how a copy's calibration frames are drawn (make_variant)
     assert sum(b - a for _, (a, b) in runs) == pytest.approx(96, abs=16)
     for clip, (a, b) in runs:
         lo, hi = train[clip]

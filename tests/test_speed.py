@@ -13,7 +13,7 @@ from vad.config import ModelConfig, ScoreConfig, to_dict
 from vad.io.records import frames_clip
 from vad.models import build_model, speed_cue
 from vad.models.speed import FLOOR, SpeedCue, cell_speed, make_flow
-from vad.runtime.batches import score_clips
+from vad.runtime.batches import cell_speeds, outputs, score_clips
 from vad.runtime.checkpoint import restore_model
 from vad.runtime.scorer import Scorer
 
@@ -108,8 +108,8 @@ def _fitted(tmp_path: Path):
                          name="normal")
     scorer = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False, save_maps=False), "cpu")
     cue = speed_cue(model)
-    cue.fit_rows(scorer.cell_speeds([(normal, (0, 16))]))
-    out = scorer.outputs([normal], {"normal": (16, 24)})
+    cue.fit_rows(cell_speeds(scorer, [(normal, (0, 16))]))
+    out = outputs(scorer, [normal], {"normal": (16, 24)})
     cue.set_stats(out["scores"], out["speed"].flatten(1).amax(1))
     # A random network's map barely varies on this hold-out (spread 0 to 0.01): standardised by that spread, its
     # rounding would be tens of standard deviations. These tests are about the speed cue: the map gets unit scale.

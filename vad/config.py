@@ -183,7 +183,7 @@ class ScoreConfig:
     save_maps: bool = True  # also write anomaly maps (float16): the renderer's heatmaps and pixel AUROC need them
     map_stride: Positive = 8  # saved maps keep one value per map_stride input pixels
     num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
-    compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Scorer.compiles)
+    compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Runner.compiles)
     # What runs the model: torch, or an exported copy (vad.runtime.export), or its int8 / bf16 copy
     # (vad.runtime.quantize); auto:
     # on a CPU whichever of torch, the installed runtimes and the copies that passed their check ran fastest there

@@ -68,16 +68,11 @@ class Detector:
     def load(cls, run: Path | str, *, device: str = "auto", backend: str | None = None,
              overrides: Sequence[str] = (), scene: str | None = None, cfg: RunConfig | None = None,
              background: bool = False) -> Detector:
-        """The model of run folder ``run`` (``scene``: one scene's, for a run trained per scene), under the run's
-        config with ``overrides`` (scoring settings and later stages' only; ``cfg``: that config already loaded, as
-        the CLI does), run by ``backend`` (default ``score.backend``; ``auto``: the runtime measured fastest here,
-        when one is installed; a stream is long). Preparing, then opening the model:
-        :func:`vad.runtime.prepare.prepare_model` (with ``background``: the normal reference alone),
-        :func:`vad.runtime.open.open_model`.
-
-        ``background``: what takes long before a runtime can score (exporting the model, measuring the backends:
-        tens of seconds on 2 cores) is done in a thread while torch scores; the detector switches to the runtime
-        when it is ready, the streams' pasts kept. A live source then opens within seconds of the start."""
+        """The model of run folder ``run`` (``scene``: one scene's) under the run's config with ``overrides``
+        (scoring settings and later stages' only; ``cfg``: that config already loaded), run by ``backend`` (default
+        ``score.backend``; ``auto``: the one measured fastest here): prepared, then opened. ``background``: what
+        takes long before a runtime can score (exporting, measuring: tens of seconds on 2 cores) is done in a child
+        process while torch scores; the detector switches when it is ready, the streams' pasts kept."""
         folder = RunFolder(run)
         if cfg is None:
             cfg = run_config(folder.root, overrides, "watch")
@@ -187,7 +182,7 @@ class Detector:
 
     def reset(self, stream: str = "default") -> None:
         """Forget ``stream``'s past (after a gap its next frame starts afresh, as a clip's first frame)."""
-        self.scorer.forget(stream)
+        self.scorer.pasts.forget(stream)
         self._next.pop(stream, None)
 
     def _prepare(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:

@@ -2,19 +2,16 @@
 
 ``vad adapt --run RUN``:
 
-1. reads the verdicts (``RUN/feedback.jsonl``: the last verdict per event wins) and the events they name
-   (``RUN/events.json``: clip and frames) and the clips' sources (the manifest); a live event's verdict (given in
-   ``vad serve``'s control room) names its own footage, copied into ``RUN/footage/``. Events marked *normal* become
-   normal training footage: each event's frames, from its source. Events marked *anomaly* never train (they stay
-   labels for the review page); test labels are never read. Footage an earlier adaptation learned whose event is now
-   marked anomaly (a verdict withdrawn) leaves the training footage, and adapt says so; each piece of footage a model
-   learned from names its event in the checkpoint's ``extra_clips``.
-2. fine-tunes the run's students from its model (``train.epochs`` := ``epochs``, one cycle peaking at ``lr``) on the
-   model's training clips plus those frames, in ``RUN/adapt/<time>/`` (a training folder: checkpoints, log). The
-   hold-out, the last ``train.val_fraction`` of every clip and of every fed-back event, selects the checkpoint and
-   gives the normal reference (branch and position statistics, hold-out scores, threshold): normal data only.
+1. reads the verdicts (``RUN/feedback.jsonl``: the last per event wins), the events they name and the clips' sources
+   (a live event's verdict names its own footage, in ``RUN/footage/``). Events marked *normal* become normal training
+   footage; events marked *anomaly* never train; test labels are never read. Footage an earlier adaptation learned
+   whose event is now marked anomaly leaves the training footage, and adapt says so (``extra_clips`` in the
+   checkpoint names each piece's event).
+2. fine-tunes the run's students from its model (``epochs``, one cycle peaking at ``lr``) on its training clips plus
+   those frames, in ``RUN/adapt/<time>/``; the hold-out (the last ``train.val_fraction`` of every clip and event)
+   selects the checkpoint and gives the normal reference: normal data only.
 3. keeps the current ``model.pt`` as ``RUN/models/<time>.pt`` and puts the new model in its place; clips scored by
-   the old model are scored again by the next ``vad score`` (their records name the old model's digest).
+   the old model are scored again by the next ``vad score``.
 """
 
 from __future__ import annotations

@@ -33,12 +33,6 @@ from vad.runtime.reference import holdout, spread_runs
 log = logging.getLogger(__name__)
 
 
-def frame_size(clip: Clip) -> tuple[int, int]:
-    """``(height, width)`` of a clip's frames (decodes one frame)."""
-    frame = first_frame(clip)
-    return int(frame.shape[-2]), int(frame.shape[-1])
-
-
 def training_fps(clips: Sequence[Clip], cfg: RunConfig) -> float | None:
     """The frame rate of the training footage (the videos' median; frame folders: ``eval.fps``): the rate at which the
     motion branch learned how things move (a live stream is sampled to it: :mod:`vad.live`)."""
@@ -51,15 +45,13 @@ def input_size(cfg: RunConfig, clips: Sequence[Clip]) -> tuple[int, int]:
     h = cfg.model.input_height
     if cfg.model.input_width:
         return h, cfg.model.input_width
-    fh, fw = frame_size(clips[0])
+    fh, fw = first_frame(clips[0]).shape[-2:]  # decoded: upright
     return h, max(16, int(round(h * fw / fh / 16)) * 16)
 
 
 def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
 
 
 def stage_epochs(model: AnomalyModel, cfg: RunConfig, steps_per_epoch: int) -> dict[str, int]:

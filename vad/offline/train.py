@@ -1,13 +1,9 @@
 """Training: optimiser and schedule, checkpoints, resume, the normal reference (set-up: :mod:`vad.offline.session`).
 
-A training folder (:class:`~vad.runs.RunFolder`) gets ``model.pt`` (the selected model, best validation loss,
-with its normal reference), ``checkpoints/last.pt`` (everything needed to resume: model, optimiser, schedule, epoch,
-RNG), ``checkpoints/best.pt`` and ``train_log.jsonl`` (one line per epoch).
-
-The hold-out is the last ``val_fraction`` of every training clip's frames: normal footage the student never
-trains on, used to select the checkpoint, to standardise a fused model's branches and to calibrate the anomaly
-map. The test set is never read here. A model whose samples are windows of frames (``model.window``) gets them from
-the same streams (:class:`~vad.io.dataset.FrameStream` ``window``); a hold-out window's past is real footage.
+A training folder (:class:`~vad.runs.RunFolder`) gets ``model.pt`` (the best validation loss's model, with its normal
+reference), ``checkpoints/last.pt`` (all that resuming needs), ``checkpoints/best.pt`` and ``train_log.jsonl`` (one
+line per epoch). The hold-out, the last ``val_fraction`` of every training clip's frames (normal footage the student
+never trains on), selects the checkpoint and gives the normal reference; the test set is never read here.
 """
 
 from __future__ import annotations
@@ -36,6 +32,7 @@ from vad.offline.session import Session, hold_samples, open_session, plain_batch
 from vad.offline.trainset import kept_teacher, teacher_for
 from vad.progress import progress_bar
 from vad.runs import RunFolder
+from vad.runtime.batches import cell_speeds, outputs
 from vad.runtime.checkpoint import atomic_save, model_state, read_checkpoint, restore_model
 from vad.runtime.reference import fit_reference
 from vad.runtime.scorer import Scorer
@@ -128,8 +125,7 @@ def train(
     """Train a model on normal ``clips`` (``ranges``: only frames ``[a, b)`` of some); return the path of
     ``out/model.pt``. Resumes from ``out/checkpoints/last.pt`` when it exists (same config required); stops at the
     first non-finite loss. ``init``: a checkpoint to start from (fine-tuning: :mod:`vad.offline.adapt`) instead of a
-    random
-    student."""
+    random student."""
     s = open_session(clips, cfg, RunFolder(out), device, progress, ranges)
     start, best, ck = _resume(s)
     if start >= len(s.plan) and _is_final(s):
@@ -302,8 +298,8 @@ def _finalise(s: Session) -> Path:
     cue = speed_cue(model)
     if cue is not None:  # the speed cue's rows: normal training frames, never the hold-out it is standardised on
         clips = {c.name: c for c in s.val_clips}
-        cue.fit_rows(scorer.cell_speeds([(clips[n], r) for n, r in s.speed_runs]))
-    raw, per_position = fit_reference(partial(scorer.outputs, s.val_clips, s.val_ranges), model,
+        cue.fit_rows(cell_speeds(scorer, [(clips[n], r) for n, r in s.speed_runs]))
+    raw, per_position = fit_reference(partial(outputs, scorer, s.val_clips, s.val_ranges), model,
                                       s.cfg.train.position_stats)
     val_scores = {"raw": torch.from_numpy(raw)}
     if per_position is not None:

@@ -6,11 +6,7 @@ Output (``OUT`` is the run folder)::
     OUT/maps/<clip>.npy     (T, h, w) float16 anomaly maps at 1/map_stride of the input (with save_maps)
 
 Each file is written atomically when its clip is complete; clips whose files already exist are skipped, so
-an interrupted run picks up where it stopped.
-
-The clips reach the scorer (``scorer``: a :class:`vad.runtime.scorer.Scorer`) through a :class:`FrameStream`
-decoded in ``DataLoader`` workers while the model runs (:func:`stream`, :func:`to_frames`); results come back to the
-host one batch late, so the host's bookkeeping overlaps the device's next batch (:func:`batches`).
+an interrupted run picks up where it stopped. ``scorer`` is a :class:`vad.runtime.scorer.Scorer`.
 """
 
 from __future__ import annotations
@@ -85,19 +81,20 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
     loader = make_loader(stream(scorer, clips, ranges), num_workers(scorer),
                          pin_memory=scorer.device.type == "cuda")
     model, pasts, out = scorer.model, scorer.pasts, {}
-    scorer.forget()
+    pasts.forget()
     for batch in loader:
         x = to_device(to_frames(scorer, batch), scorer.device)
         clip, first = batch["clip"][0], int(batch["index"][0])
         if batch.get("context"):
-            scorer.prime(x, clip, first)
+            pasts.prime(x, clip, first)
             continue
-        with autocast(scorer.device, scorer.dtype):
+        with autocast(scorer.device, scorer.runner.dtype):
             if model.context:
                 plan = pasts.plan(clip, first, x)
                 maps, feats = model.step_branch_maps(x, plan.pool, plan.index)
                 pasts.remember(plan, feats)
-                got = maps if branches else _scores_and_maps(model.fuse(maps))
+                fused = None if branches else model.fuse(maps)
+                got = maps if branches else {"scores": frame_scores(fused), "maps": fused}
             elif branches:
                 got = model.branch_maps(x)
             else:
@@ -107,12 +104,8 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
             got["speed"] = scorer.speed_maps(scorer.speeds.grey(x), clip, first, size)
         for k, v in got.items():
             out.setdefault(k, []).append(v.float().cpu())
-    scorer.forget()
+    pasts.forget()
     return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _scores_and_maps(amap: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"scores": frame_scores(amap), "maps": amap}
 
 
 def cell_speeds(scorer, runs: Sequence[tuple[Clip, tuple[int, int]]]) -> np.ndarray:
@@ -122,7 +115,7 @@ def cell_speeds(scorer, runs: Sequence[tuple[Clip, tuple[int, int]]]) -> np.ndar
     h, w = (s // scorer.model.stride for s in scorer.transform.size)
     speeds, out = scorer.speeds, []
     for clip, (a, b) in runs:
-        scorer.forget()
+        scorer.pasts.forget()
         for batch in make_loader(stream(scorer, [clip], {clip.name: (a, b)}), 0):
             grey = speeds.grey(to_frames(scorer, batch))
             first = int(batch["index"][0])
@@ -131,7 +124,7 @@ def cell_speeds(scorer, runs: Sequence[tuple[Clip, tuple[int, int]]]) -> np.ndar
                 continue
             n = len(grey)
             out.append(speeds.cell_speeds(grey, [clip.name] * n, list(range(first, first + n)), (h, w)))
-    scorer.forget()
+    scorer.pasts.forget()
     return np.concatenate(out)
 
 
@@ -144,7 +137,7 @@ def batches(scorer, loader, maps: bool = False
     for batch in loader:
         clip, first = batch["clip"][0], int(batch["index"][0])
         if batch.get("context"):
-            scorer.prime(to_frames(scorer, batch), clip, first)
+            scorer.pasts.prime(to_frames(scorer, batch), clip, first)
             continue
         scores, amap, branches = scorer(to_frames(scorer, batch), clip, first)
         small = downsample(scorer, amap).half() if maps else None
@@ -194,8 +187,8 @@ def score_clips(
     results = {c.name: np.load(run.scores(c.name)) for c in clips if c not in todo}
     if not todo:
         return results
-    if scorer.compiles(sum(c.num_frames for c in todo)):
-        scorer.compile()
+    if scorer.runner.compiles(sum(c.num_frames for c in todo)):
+        scorer.runner.compile()
     loader = make_loader(stream(scorer, todo, partial=True), num_workers(scorer),
                          pin_memory=scorer.device.type == "cuda")
     by_name = {c.name: c for c in todo}
@@ -204,7 +197,7 @@ def score_clips(
     progress = progress and world().main  # under torchrun rank 0 reports
 
     def finish(clip: Clip, entry: dict) -> None:
-        scorer.forget(clip.name)
+        scorer.pasts.forget(clip.name)
         stale.extend(run.invalidate([clip.name]))
         results[clip.name] = _flush(clip, entry, run)
         if on_done is not None:

@@ -1,25 +1,14 @@
 """Exported models: a trained model as an ONNX graph (and OpenVINO IR), and the runtimes that score with it.
 
-What is exported is what one scoring call computes, with everything it needs inside or beside it:
+The graph is one scoring call: ``frames (B, 3, H, W) -> scores (B,), map (B, h, w)`` for a frame model; for a model
+with a past (the motion branch) the streaming step of :meth:`vad.models.motion.MotionSTPM.step`, ``frames, index
+(B, context) int64, past_<i> (P, C_i, h_i, w_i) -> scores, map, branches (B, 2), feats_<i>``. Its folder
+(:meth:`vad.runs.RunFolder.export`) holds ``metadata.json`` (input size, normalisation) and ``reference.npz`` (the
+normal reference for the exported scoring settings); the branch statistics are constants of the graph.
 
-- a frame model (STPM without motion, RSTPM): ``frames (B, 3, H, W) -> scores (B,), map (B, h, w)``;
-- a model with a past (the motion branch): ``frames (B, 3, H, W), index (B, context) int64, past_<i> (P, C_i, h_i,
-  w_i) -> scores, map, branches (B, 2), feats_<i> (B, C_i, h_i, w_i)``: the streaming step of
-  :meth:`vad.models.motion.MotionSTPM.step` (``branches``: each branch's standardised frame score) (the teacher
-  once per frame; ``past_<i>``: kept teacher levels of past frames, of one stream or of several cameras; ``index``:
-  each frame's past frames as rows of ``past_<i>`` followed by the batch's own features).
-
-Frames are normalised as ``metadata.json`` says (``input_size``, ``normalization``); the branch statistics are
-constants of the graph; ``reference.npz`` is the model's normal reference for the exported scoring settings (its
-hold-out scores, from which the event threshold and calibration come, and the per-position statistics); all three
-files sit in one folder (:meth:`vad.runs.RunFolder.export`).
-
-Runtimes (:class:`Runtime`): ONNX Runtime (CPU), and OpenVINO with f32 kept throughout: the IR's weights are not
-halved (``save_model`` writes f16 weights by default) and the inference precision is pinned to f32 (the CPU plugin
-may pick bf16 on CPUs that have it). Either drift moved scores by percents (anomalib #2448 is the same mismatch).
-Both are optional (``pip install -e ".[deploy]"``); ``auto`` runs the one measured fastest on the machine
-(:func:`fastest_backend`). Their scores equal torch's to float tolerance
-(tests/test_export.py); the torch model stays the reference.
+Runtimes (:class:`Runtime`, ``pip install -e ".[deploy]"``): ONNX Runtime (CPU), and OpenVINO with f32 kept
+throughout: the IR's weights are not halved and the inference precision is pinned to f32 (either drift moved scores
+by percents; anomalib #2448). Their scores equal torch's to float tolerance (tests/test_export.py).
 """
 
 from __future__ import annotations
@@ -142,37 +131,37 @@ def machine() -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
-    """The speeds of ``wanted`` measured on this machine for ``setting`` in ``folder``'s :data:`SPEED_FILE` (None:
-    not all yet)."""
+def _speed_book(folder: Path, setting: str) -> tuple[dict, str]:
+    """``folder``'s :data:`SPEED_FILE` (empty when missing or unreadable) and this machine's key in it."""
     try:
         book = json.loads((folder / SPEED_FILE).read_text())
     except (OSError, ValueError):
-        return None
-    speeds = book.get(f"{machine()}; {setting}".rstrip("; "))
+        book = {}
+    return book, f"{machine()}; {setting}".rstrip("; ")
+
+
+def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
+    """The speeds of ``wanted`` measured on this machine for ``setting`` in ``folder`` (None: not all yet)."""
+    book, key = _speed_book(folder, setting)
+    speeds = book.get(key)
     return speeds if isinstance(speeds, dict) and all(isinstance(speeds.get(b), (int, float)) for b in wanted) else None
 
 
 def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str, wanted: list[str]
                     ) -> tuple[str, dict, bool]:
     """``(backend, speeds, measured)``: of ``wanted`` (:func:`vad.runtime.quantize.candidates`), the one that runs the
-    export
-    in ``folder`` fastest on this machine; each one's frames/s; whether this call measured any.
+    export in ``folder`` fastest on this machine; each one's frames/s; whether this call measured any.
     ``measure(backend)`` returns a backend's frames/s; each is measured once per machine and ``setting`` (what else
     changes the speed: the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to
     the earlier in ``wanted``."""
-    path, key = folder / SPEED_FILE, f"{machine()}; {setting}".rstrip("; ")
-    try:
-        book = json.loads(path.read_text())
-    except (OSError, ValueError):
-        book = {}
+    book, key = _speed_book(folder, setting)
     speeds = book.get(key) if isinstance(book.get(key), dict) else {}
     missing = [b for b in wanted if not isinstance(speeds.get(b), (int, float))]
     for backend in missing:
         speeds[backend] = round(measure(backend), 2)
     if missing:
         book[key] = speeds
-        write_text(json.dumps(book, indent=2), path)
+        write_text(json.dumps(book, indent=2), folder / SPEED_FILE)
     best = max(wanted, key=lambda b: (speeds[b], -wanted.index(b)))
     return best, {b: speeds[b] for b in wanted}, bool(missing)
 

@@ -1,20 +1,10 @@
 """Opening a prepared model for scoring: the one place that goes from a run folder to a ready scorer, reading only.
 
-:func:`open_model` does, in this order, what every caller needs before the first frame is scored:
-
-1. the model file of the run (one scope: the run's model, or one scene's) restored under the scoring settings of
-   ``cfg.model`` (:data:`vad.config.SCORING`) into a :class:`vad.runtime.scorer.Scorer` (:func:`load_scorer`);
-2. its normal reference for those settings (:func:`saved_reference`: the one saved in the run folder, the
-   checkpoint's own values for the trained settings), with the reference's statistics applied to the model;
-3. the backend (``score.backend``, or ``backend``) checked and, where it is a runtime, its export switched to
-   (``auto``: the fastest measured on this machine).
-
-It never writes, exports or measures: what it needs and does not find (a reference, an export, a copy, this
-machine's speeds) raises :class:`NotPrepared`, which says to prepare first. :mod:`vad.runtime.prepare` writes it
-all (``vad score``, ``vad export``, the live path's background child).
-
-Its callers: :func:`vad.offline.pipeline.score_stage` (the CLI's ``score`` and ``run``, after preparing) and
-:meth:`vad.live.detector.Detector.load` (the Python API and ``vad watch``).
+:func:`open_model` restores the model of the run (one scope) under the scoring settings of ``cfg.model``
+(:data:`vad.config.SCORING`) into a scorer, applies its normal reference for those settings and switches to the
+backend (``score.backend``; ``auto``: the fastest measured on this machine). It never writes, exports or measures:
+what it needs and does not find raises :class:`NotPrepared`, which says to prepare first
+(:mod:`vad.runtime.prepare` writes it all).
 """
 
 from __future__ import annotations
@@ -68,48 +58,45 @@ class OpenModel:
     def model(self):
         return self.scorer.model
 
+    def precise(self, name: str, reference: NormalReference) -> None:
+        """Score against a lower-precision copy's own reference (:mod:`vad.runtime.quantize`), under its name."""
+        self.reference_name, self.reference, self.key = name, reference, {**self.key, "precision": self.backend}
+
 
 def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto", *, scope: str | None = None,
                backend: str | None = None, frames: int | Callable[[dict], int] | None = None,
                defer: bool = False) -> OpenModel:
     """The prepared model of ``run`` (``scope``: one scene's, for a run trained per scene; default the run's only
-    model) opened for scoring under ``cfg``: scorer, normal reference, backend (see the module docstring).
-    ``backend`` overrides ``cfg.score.backend``. ``frames``: how many frames the caller will score (or a function of
-    the scoring key giving it: the clips not scored yet), which decides whether ``auto`` takes a runtime when no
-    export exists; ``None`` is a live stream (unbounded). ``defer``: when the backend's export or, for ``auto``,
-    this machine's speeds are missing, the model opens with torch and ``pending`` names the backend to prepare;
-    without it that is :class:`NotPrepared`."""
-    folder, scope, path, ckpt, scorer = load_scorer(run, cfg, device, scope)
-    name, ref = saved_reference(folder, scope, path, scorer, ckpt, cfg)
-    key = scoring_key(ref, scorer, cfg)
-    todo = frames(key) if callable(frames) else frames
-    setting = backend or cfg.score.backend
-    export_name, export = name, folder.export(name)
-    chosen = choose_backend(setting, scorer.model, scorer.device, todo, exported(export, ref.model))
-    if chosen in VARIANTS and made_for(export / chosen, ref.model):  # preparing again would not help
+    model) opened for scoring under ``cfg``. ``backend`` overrides ``cfg.score.backend``. ``frames``: how many frames
+    the caller will score (or a function of the scoring key giving it: the clips not scored yet), which decides
+    whether ``auto`` takes a runtime when no export exists; ``None`` is a live stream (unbounded). ``defer``: when
+    the backend's export or, for ``auto``, this machine's speeds are missing, the model opens with torch and
+    ``pending`` names the backend to prepare; without it that is :class:`NotPrepared`."""
+    m = start(run, cfg, device, scope, backend, frames, saved_reference)
+    export, chosen = m.run.export(m.export_name), m.backend
+    if chosen in VARIANTS and made_for(export / chosen, m.reference.model):  # preparing again would not help
         copy_check(export, chosen)
-    if chosen != "torch" and not backend_ready(export, ref, scorer, chosen, setting):
+    if chosen != "torch" and not backend_ready(export, m.reference, m.scorer, chosen, m.setting):
+        speeds = " and the backends are measured" if m.setting == "auto" else ""
         if not defer:
             raise NotPrepared(f"{export}: no export of this model for {chosen}"
-                              + (" with this machine's speeds measured" if setting == "auto" else "") + f"; {PREPARE}")
-        log.info(f"scoring with torch while the model is exported for {chosen}"
-                 + (" and the backends are measured" if setting == "auto" else "") + " (in the background)")
-        return OpenModel(folder, scope, path, ckpt, scorer, name, ref, "torch", key, pending=chosen, setting=setting,
-                         export_name=name)
-    if chosen != "torch":
-        chosen = _measured_fastest(export, scorer, ref) if setting == "auto" else chosen
-        scorer.use(runtime_for(export, chosen))
-        if chosen in VARIANTS:  # a lower-precision copy scores against its own reference (vad.runtime.quantize)
-            name, ref = variant_reference(folder, name, chosen, scorer)
-            key = {**key, "precision": chosen}
-    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting,
-                     export_name=export_name)
+                              + (" with this machine's speeds measured" if speeds else "") + f"; {PREPARE}")
+        log.info(f"scoring with torch while the model is exported for {chosen}{speeds} (in the background)")
+        m.backend, m.pending = "torch", chosen
+    elif chosen != "torch":
+        m.backend = measured_fastest(export, m.scorer, m.reference.model)[0] if m.setting == "auto" else chosen
+        m.scorer.use(runtime_for(export, m.backend))
+        if m.backend in VARIANTS:
+            m.precise(*variant_reference(m.run, m.export_name, m.backend, m.scorer))
+    return m
 
 
-def load_scorer(run: RunFolder | Path | str, cfg: RunConfig, device: str, scope: str | None
-                ) -> tuple[RunFolder, str, Path, dict, Scorer]:
-    """``(folder, scope, model file, checkpoint, scorer)``: the model of ``run``'s ``scope`` restored under the
-    scoring settings of ``cfg.model``, in a scorer running torch (``scope`` None: the run's only model)."""
+def start(run: RunFolder | Path | str, cfg: RunConfig, device: str, scope: str | None, backend: str | None,
+          frames: int | Callable[[dict], int] | None, reference: Callable) -> OpenModel:
+    """The model of ``run``'s ``scope`` (None: the run's only model) restored under the scoring settings of
+    ``cfg.model`` in a scorer running torch, with its normal reference (``reference``: :func:`saved_reference`, or
+    :func:`vad.runtime.prepare.normal_reference`), and the backend :func:`vad.runtime.export.choose_backend` picks
+    for ``backend`` (not yet used)."""
     folder = run if isinstance(run, RunFolder) else RunFolder(Path(run))
     models = folder.model_files()
     if not models:
@@ -122,7 +109,14 @@ def load_scorer(run: RunFolder | Path | str, cfg: RunConfig, device: str, scope:
     if scope not in models:
         raise UsageError(f"--scene {scope}: {folder.root} has models for {', '.join(models)}")
     model, ckpt = load_model(models[scope], cfg.model.scoring())
-    return folder, scope, models[scope], ckpt, Scorer(model, ckpt, cfg.score, device)
+    scorer = Scorer(model, ckpt, cfg.score, device)
+    name, ref = reference(folder, scope, models[scope], scorer, ckpt, cfg)
+    key = scoring_key(ref, scorer, cfg)
+    todo = frames(key) if callable(frames) else frames
+    setting = backend or cfg.score.backend
+    chosen = choose_backend(setting, scorer.model, scorer.device, todo, exported(folder.export(name), ref.model))
+    return OpenModel(folder, scope, models[scope], ckpt, scorer, name, ref, chosen, key, setting=setting,
+                     export_name=name)
 
 
 def saved_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckpt: dict, cfg: RunConfig
@@ -169,16 +163,16 @@ def backend_ready(folder: Path, ref: NormalReference, scorer: Scorer, backend: s
         return False
     if backend in VARIANTS and not passed(folder / backend, ref.model):
         return False
-    wanted = candidates(folder, ref.model)
-    return setting != "auto" or measured(folder, speed_setting(scorer), wanted) is not None
+    return setting != "auto" or measured(folder, speed_setting(scorer), candidates(folder, ref.model)) is not None
 
 
-def _measured_fastest(folder: Path, scorer: Scorer, ref: NormalReference) -> str:
-    """Of the backends that can run the export in ``folder``, the one measured fastest on this machine."""
+def measured_fastest(folder: Path, scorer: Scorer, digest: str) -> tuple[str, dict]:
+    """``(backend, speeds)``: of the backends that can run the export in ``folder`` (of the model with SHA-1
+    ``digest``), the one measured fastest on this machine, and each one's frames/s."""
     def measure(b: str) -> float:
         raise NotPrepared(f"{folder}: no speed measured for {b} on this machine; {PREPARE}")
 
-    return fastest_backend(folder, measure, speed_setting(scorer), candidates(folder, ref.model))[0]
+    return fastest_backend(folder, measure, speed_setting(scorer), candidates(folder, digest))[:2]
 
 
 def copy_check(folder: Path, variant: str) -> None:
@@ -191,7 +185,7 @@ def copy_check(folder: Path, variant: str) -> None:
 
 def speed_setting(scorer: Scorer) -> str:
     """What besides the machine changes a measured speed: the batch size and torch's precision."""
-    precision = str(scorer.dtype or torch.float32).removeprefix("torch.")
+    precision = str(scorer.runner.dtype or torch.float32).removeprefix("torch.")
     return f"batch {scorer.cfg.batch_size}, torch {precision}"
 
 

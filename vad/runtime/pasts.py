@@ -1,11 +1,8 @@
 """Each stream's kept past, for a model that reads one (``model.context``: the motion branch) and for the speed cue.
 
-A stream (a clip, a camera) is scored in consecutive frames. :class:`Pasts` keeps, per stream, the teacher's features
-of its last ``context`` frames and the index of the frame that follows them; :meth:`Pasts.plan` tells each frame of a
-batch where its past is (:class:`PastPlan`, read by :meth:`vad.models.motion.MotionSTPM.step`), and
-:meth:`Pasts.remember` keeps the batch's last frames for the next one. A stream's first frame, or a frame that does
-not follow the last one kept (a gap), starts afresh: its past is itself, as a window's. The speed cue keeps each
-stream's previous grey frame by the same rules (:class:`vad.models.speed.SpeedStreams`).
+A stream (a clip, a camera) is scored in consecutive frames. A stream's first frame, or a frame that does not follow
+the last one kept (a gap), starts afresh: its past is itself, as a window's. The speed cue keeps each stream's
+previous grey frame by the same rules (:class:`vad.models.speed.SpeedStreams`).
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
-"""From raw per-frame scores to comparable scores and events.
-
-- :func:`smooth`: temporal Gaussian, sigma in frames (0 = off); ``mode="nearest"`` keeps the clip length and
-  does not pull the first/last frames towards zero.
-- :func:`minmax`: per-clip min-max to [0, 1] (the benchmark convention; it uses the clip's own range).
-- :func:`normalise`: min-max, or calibrated: 0 at the median normal frame score, 1.0 at the event threshold (both
-  from the model's normal reference, :mod:`vad.runtime.reference`), so clips of unlabelled footage are comparable
-  without seeing their own range, and 1.0 means "at the threshold" everywhere.
-- :func:`events`: runs of above-threshold frames as :class:`Event` records (first and last frame, both inclusive)
-  with their peak score and times.
-- :class:`CausalRule`: the live rule (from the past alone); :func:`causal_events` applies it to a clip, and
-  :func:`causal_alarms` adds the frame at which each event was raised (the alarm delay's end).
-"""
+"""From raw per-frame scores to comparable scores (:func:`normalise`) and events: offline (:func:`events`) and as the
+live rule raises them, from the past alone (:class:`CausalRule`, :func:`causal_alarms`)."""
 
 from __future__ import annotations
 
@@ -25,7 +14,8 @@ from vad.runtime.reference import calibrate
 
 
 def smooth(scores: np.ndarray, sigma: float) -> np.ndarray:
-    """``(T,)`` -> ``(T,)`` Gaussian-smoothed over frames (``sigma`` in frames; 0 returns a copy)."""
+    """``(T,)`` -> ``(T,)`` Gaussian-smoothed over frames (``sigma`` in frames; 0 returns a copy); ``nearest`` at the
+    ends keeps the clip's length and does not pull its first and last frames towards zero."""
     scores = np.asarray(scores, dtype=np.float64)
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0 frames; got {sigma}")

@@ -1,18 +1,9 @@
 """Preparing a trained model for scoring: everything that writes into the run folder before it can be opened.
 
-:func:`prepare_model` makes, for a model under the scoring settings of ``cfg.model`` and a backend, what
-:func:`vad.runtime.open.open_model` then only reads, each made once and reused:
-
-1. the normal reference for those settings (:func:`normal_reference`: the checkpoint's own for the trained settings,
-   else fitted on the hold-out of the model's training footage), saved in the run folder;
-2. for a runtime, the model's export (:func:`exported_model`), a lower-precision copy made and checked
-   (:func:`ready_variant`), and for ``auto`` each backend's speed measured on this machine.
-
-Under ``torchrun`` rank 0 writes and every rank waits for it (``barrier``): opening needs no synchronisation.
-
-Its callers: :func:`vad.offline.pipeline.score_stage` and :func:`vad.offline.pipeline.export_stage` (the CLI's
-``score``, ``export`` and ``run``), :meth:`vad.live.detector.Detector.load` (the reference, or all of it without a
-background preparation) and the live path's background child (:func:`prepare_backend`).
+:func:`prepare_model` makes, each once, what :func:`vad.runtime.open.open_model` then only reads: the normal reference
+for the scoring settings of ``cfg.model`` (:func:`normal_reference`) and, for a runtime, the model's export
+(:func:`exported_model`), a lower-precision copy made and checked (:func:`ready_variant`) and for ``auto`` each
+backend's speed measured on this machine. Under ``torchrun`` rank 0 writes and every rank waits for it (``barrier``).
 """
 
 from __future__ import annotations
@@ -37,20 +28,10 @@ from vad.io.decode import as_clip
 from vad.io.records import renamed
 from vad.models import scored_branches
 from vad.runs import RunFolder, file_digest
+from vad.runtime import open as opening
+from vad.runtime.batches import outputs
 from vad.runtime.checkpoint import trained_model_config
-from vad.runtime.export import VARIANTS, Runtime, choose_backend, export_model, exported, fastest_backend
-from vad.runtime.open import (
-    NotPrepared,
-    OpenModel,
-    copy_check,
-    load_scorer,
-    runtime_for,
-    saved_reference,
-    scoring_key,
-    speed_setting,
-    trained_reference,
-    variant_reference,
-)
+from vad.runtime.export import VARIANTS, Runtime, export_model, exported, fastest_backend
 from vad.runtime.quantize import Check, candidates, made_for, make_variant, read_check
 from vad.runtime.reference import NormalReference, fit_reference, holdout, reference_id, reference_state
 from vad.runtime.scorer import Scorer
@@ -59,24 +40,16 @@ log = logging.getLogger(__name__)
 
 
 def prepare_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto", *, scope: str | None = None,
-                  backend: str | None = None, frames: int | Callable[[dict], int] | None = None) -> OpenModel:
+                  backend: str | None = None, frames: int | Callable[[dict], int] | None = None) -> opening.OpenModel:
     """Make what opening the model of ``run`` (``scope``) for ``backend`` (default ``cfg.score.backend``; ``torch``:
     the normal reference alone) needs (see the module docstring); ``frames`` as for
     :func:`vad.runtime.open.open_model`. Returns the model as prepared, its scorer running the backend chosen."""
-    folder, scope, path, ckpt, scorer = load_scorer(run, cfg, device, scope)
-    name, ref = normal_reference(folder, scope, path, scorer, ckpt, cfg)
-    key = scoring_key(ref, scorer, cfg)
-    todo = frames(key) if callable(frames) else frames
-    setting = backend or cfg.score.backend
-    chosen = choose_backend(setting, scorer.model, scorer.device, todo, exported(folder.export(name), ref.model))
-    export_name = name
-    if chosen != "torch":
-        chosen = use_backend(scorer, folder, name, ckpt, ref, chosen, setting == "auto", cfg)
-        if chosen in VARIANTS:  # a lower-precision copy scores against its own reference (vad.runtime.quantize)
-            name, ref = _saved_variant_reference(folder, name, chosen, scorer)
-            key = {**key, "precision": chosen}
-    return OpenModel(folder, scope, path, ckpt, scorer, name, ref, chosen, key, setting=setting,
-                     export_name=export_name)
+    m = opening.start(run, cfg, device, scope, backend, frames, normal_reference)
+    if m.backend != "torch":
+        m.backend = use_backend(m, m.backend, cfg)
+        if m.backend in VARIANTS:
+            m.precise(*_saved_variant_reference(m.run, m.reference_name, m.backend, m.scorer))
+    return m
 
 
 def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckpt: dict, cfg: RunConfig
@@ -86,13 +59,13 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckp
     trained settings, else fitted on the hold-out of the model's training clips (read again from ``cfg.data``).
     Rank 0 saves a new one in the run folder."""
     try:
-        name, ref = saved_reference(run, scope, path, scorer, ckpt, cfg)
-    except NotPrepared:
+        name, ref = opening.saved_reference(run, scope, path, scorer, ckpt, cfg)
+    except opening.NotPrepared:
         settings = cfg.model.scoring()
         digest = file_digest(path)
         name = reference_id(scope, digest, settings, scorer.per_position)
         if settings == trained_model_config(ckpt).scoring():
-            ref = trained_reference(scorer, ckpt, digest)
+            ref = opening.trained_reference(scorer, ckpt, digest)
         else:
             ref = _fit_reference(scope, ckpt, scorer, cfg, settings, digest)
         if world().main:  # an earlier version's .npy, without the model's statistics, gets its .npz beside it
@@ -108,7 +81,7 @@ def _saved_variant_reference(run: RunFolder, name: str, variant: str, scorer: Sc
     if world().main and not saved.is_file():
         NormalReference.load(run.export(name) / variant / "reference.npz").save(saved)
     barrier()
-    return variant_reference(run, name, variant, scorer)
+    return opening.variant_reference(run, name, variant, scorer)
 
 
 def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalReference,
@@ -123,34 +96,36 @@ def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalRefe
     return folder
 
 
-def use_backend(scorer: Scorer, run: RunFolder, name: str, ckpt: dict, ref: NormalReference, backend: str,
-                choose: bool, cfg: RunConfig) -> str:
-    """Score with ``scorer``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision
-    copy is made first when it is not yet: :func:`ready_variant`), or with ``choose`` by the backend measured
-    fastest on this machine (:func:`vad.runtime.export.fastest_backend` over
-    :func:`vad.runtime.quantize.candidates`: torch, the runtimes, the copies that passed their check; one batch of
+def use_backend(m: opening.OpenModel, backend: str, cfg: RunConfig) -> str:
+    """Score with ``m``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision copy is
+    made first when it is not yet: :func:`ready_variant`), or for ``auto`` by the backend measured fastest on this
+    machine (:func:`vad.runtime.export.fastest_backend` over :func:`vad.runtime.quantize.candidates`: one batch of
     the scorer's size through the scorer); returns the backend used."""
-    folder = exported_model(run, name, scorer.model, ckpt, ref)
+    scorer, ref = m.scorer, m.reference
+    folder = exported_model(m.run, m.reference_name, scorer.model, m.ckpt, ref)
     if backend in VARIANTS:
-        ready_variant(scorer, ckpt, ref, folder, backend, cfg)
+        ready_variant(scorer, m.ckpt, ref, folder, backend, cfg)
     made: dict[str, Runtime | None] = {"torch": None}
-    if choose:
-        x = torch.zeros(scorer.cfg.batch_size, 3, *ckpt["input_size"])
+    if m.setting == "auto":
+        x = torch.zeros(scorer.cfg.batch_size, 3, *m.ckpt["input_size"])
 
         def measure(b: str) -> float:
-            scorer.use(made.setdefault(b, runtime_for(folder, b)))
+            scorer.use(made.setdefault(b, opening.runtime_for(folder, b)))
             return scorer.frames_per_second(x)
 
         wanted = candidates(folder, ref.model)
-        backend, speeds, fresh = fastest_backend(folder, measure, speed_setting(scorer), wanted)
+        backend, speeds, fresh = fastest_backend(folder, measure, opening.speed_setting(scorer), wanted)
         if world().main and fresh:
-            log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s; "
-                     f"scoring with {backend}")
+            log.info(f"measured on this machine: {_speeds(speeds)}; scoring with {backend}")
         skipped = [v for v in VARIANTS if (folder / v).is_dir() and v not in wanted]
         if world().main and skipped:
             log.info(f"not measured: {', '.join(skipped)} (failed its check on the normal hold-out: {folder})")
-    scorer.use(made[backend] if backend in made else runtime_for(folder, backend))
+    scorer.use(made[backend] if backend in made else opening.runtime_for(folder, backend))
     return backend
+
+
+def _speeds(speeds: dict[str, float]) -> str:
+    return ", ".join(f"{b} {v:.1f}" for b, v in speeds.items()) + " frames/s"
 
 
 def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path, variant: str,
@@ -165,11 +140,11 @@ def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path
         log.info(f"making {variant}: calibrated on {len(clips)} training clips, checked on their hold-out")
         make_variant(variant, scorer, ref, folder, clips, train, val, cfg.eval.threshold_percentile)
     barrier()
-    copy_check(folder, variant)
+    opening.copy_check(folder, variant)
     return read_check(folder / variant)
 
 
-def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
+def prepare_backend(opened: opening.OpenModel, cfg: RunConfig, device: str = "auto",
                     started: Callable[[object], None] | None = None) -> tuple[str, object]:
     """Prepare ``opened.pending`` as the live scorer goes on with torch: in a child process (at a lower priority;
     ``started`` gets it, so that the caller can end it when it stops), which prepares the model as ``vad score``
@@ -188,13 +163,9 @@ def prepare_backend(opened: OpenModel, cfg: RunConfig, device: str = "auto",
     folder = opened.run.export(opened.export_name)
     backend = opened.pending
     if opened.setting == "auto":
-        def measure(b: str) -> float:
-            raise RuntimeError(f"no speed measured for {b} on this machine")
-
-        backend, speeds, _ = fastest_backend(folder, measure, speed_setting(opened.scorer),
-                                             candidates(folder, opened.reference.model))
-        log.info(f"measured on this machine: {', '.join(f'{b} {v:.1f}' for b, v in speeds.items())} frames/s")
-    return backend, runtime_for(folder, backend)
+        backend, speeds = opening.measured_fastest(folder, opened.scorer, opened.reference.model)
+        log.info(f"measured on this machine: {_speeds(speeds)}")
+    return backend, opening.runtime_for(folder, backend)
 
 
 def _prepare_child(run: str, cfg: RunConfig, device: str, scope: str, backend: str) -> None:
@@ -235,7 +206,7 @@ def _fit_reference(scope: str, ckpt: dict, scorer: Scorer, cfg: RunConfig, setti
                          "trained settings, or make that footage available") from None
     log.info(f"fitting the normal reference for {changed} ({scope}) on the hold-out of {len(clips)} training clips")
     val = holdout(clips, ckpt["config"]["train"]["val_fraction"], ranges)[1]
-    raw, per_position = fit_reference(partial(scorer.outputs, clips, val), scorer.model,
+    raw, per_position = fit_reference(partial(outputs, scorer, clips, val), scorer.model,
                                       scorer.model.has_position_stats)
     scores = per_position if scorer.per_position else raw
     return NormalReference(np.asarray(scores, np.float64), settings, scorer.per_position,

@@ -1,38 +1,24 @@
 """Lower-precision copies of an exported model, checked on normal footage before anything scores with them.
 
-Variants (:data:`VARIANTS`), each a backend of its own (``score.backend``, ``--backend``):
+Variants (:data:`VARIANTS`), each a backend of its own: ``onnxruntime-int8`` (ONNX Runtime's post-training static
+quantization, QDQ S8S8: the format it advises for CPUs; U8S8 can saturate without VNNI), ``openvino-int8`` (NNCF's
+post-training quantization of the IR) and ``openvino-bf16`` (the IR run in bf16, on CPUs with native bf16; no
+calibration). A copy is made from the f32 export with normal footage only (:func:`make_variant`):
 
-- ``onnxruntime-int8``: ONNX Runtime's post-training static quantization (QDQ, int8 activations and per-channel
-  int8 weights: S8S8, the format ONNX Runtime advises for CPUs; U8S8 can saturate on AVX2/AVX-512 without VNNI);
-- ``openvino-int8``: NNCF's post-training quantization of the OpenVINO IR (activation ranges: the calibration's
-  extremes, as ONNX Runtime's MinMax; NNCF's default mean of each batch's clipped the pseudo-anomalies' headroom);
-- ``openvino-bf16``: the IR run with OpenVINO's bf16 inference precision, on CPUs with native bf16 (AVX512-BF16,
-  AMX): no calibration, the same check.
+1. **Calibration** (int8): the streaming step's inputs for :data:`CALIBRATION_FRAMES` training frames, in runs of
+   consecutive frames spread over the training clips (the motion branch's pasts are real), as they are and with
+   pseudo-anomalies pasted in (:func:`record_feeds`). Never a hold-out frame, never a test clip.
+2. **Its own normal reference**: the branch statistics refitted to the copy's hold-out scores, the copy made again
+   with them; its hold-out scores give the threshold (and per-position statistics): ``reference.npz`` beside it.
+3. **The check** on the hold-out, each frame as it is and with a pseudo-anomaly (normal frames alone can be too
+   alike to rank, and a copy that clips what calibration never saw agrees on them and loses anomalies): Spearman
+   rank correlation with the f32 export's frame scores >= :data:`MIN_SPEARMAN`, frames above the threshold under one
+   only <= :data:`MAX_FLIPS` (:class:`Check`). An int8 copy that fails is made again with the convolutions the
+   detector compares kept in f32 (:func:`compared_layers`); one that still fails is kept with its check and never
+   used (a backend named for it is refused; ``auto`` skips it).
 
-A copy is made from the f32 export (:mod:`vad.runtime.export`) with normal footage only, in three steps
-(:func:`make_variant`):
-
-1. **Calibration** (int8): the streaming step's inputs for :data:`CALIBRATION_FRAMES` frames of the footage the
-   model trained on, as runs of consecutive frames spread evenly over its training clips (each frame reads its
-   past, so the motion branch's inputs are real), recorded as the f32 export scores them, as they are and with
-   pseudo-anomalies pasted in (:func:`record_feeds`). Never a frame of the hold-out, never a test clip
-   (:func:`calibration_segments`).
-2. **Its own normal reference**: the copy scores the hold-out; the branch statistics are fitted to its scores,
-   the model is exported and quantized again with them (the same calibration), and its hold-out scores then give
-   the event threshold (and per-position statistics). ``reference.npz`` beside the copy holds them.
-3. **The check**, on the hold-out, each frame as it is and again with a pseudo-anomaly pasted in
-   (:func:`vad.models.pseudo.pseudo_anomalies`: normal frames only, never a label): the Spearman rank correlation
-   of the copy's frame scores with the f32 export's, and the share of those frames above the threshold under one
-   and not the other (each with its own threshold): at least :data:`MIN_SPEARMAN` and at most :data:`MAX_FLIPS`
-   (one frame swapped at least). Normal frames alone are not enough: their scores can be too alike to rank (a
-   quiet scene), and a copy that clips what it never saw in calibration agrees on them and loses anomalies. An
-   int8 copy that fails is made again with the layers whose outputs the detector compares (the convolutions
-   nearest each compared feature) kept in f32 (:func:`compared_layers`); one that still fails is kept with its
-   check and never used: a backend named for it is refused, and ``auto`` measures only the variants that passed.
-   The rank correlation of the normal hold-out's maps is reported beside them.
-
-Each variant sits in ``RUN/export/<reference>/<variant>/``: the model (``model.onnx`` or ``model.xml``/``.bin``),
-``metadata.json`` (``precision``, the ignored layers), ``reference.npz``, ``check.json``.
+Each variant sits in ``RUN/export/<reference>/<variant>/``: the model, ``metadata.json`` (``precision``, the layers
+kept in f32), ``reference.npz``, ``check.json``.
 """
 
 from __future__ import annotations
@@ -59,6 +45,7 @@ from vad.device import cpu_flags
 from vad.errors import UsageError
 from vad.io.dataset import make_loader
 from vad.models.pseudo import pseudo_anomalies
+from vad.runtime.batches import stream, to_frames
 from vad.runtime.export import INSTALL, PREFERENCE, Runtime, installed, save_openvino
 from vad.runtime.reference import NormalReference, event_threshold, position_statistics, spread_runs
 
@@ -154,13 +141,6 @@ def runtime(folder: Path, threads: int | None = None) -> Runtime:
 
 
 # --- frames ---------------------------------------------------------------------------------------------------
-def calibration_segments(train: dict[str, tuple[int, int]], frames: int = CALIBRATION_FRAMES,
-                         run: int = RUN_FRAMES) -> list[tuple[str, tuple[int, int]]]:
-    """Runs of ``run`` consecutive frames, about ``frames`` in all, spread evenly over the training ranges
-    ``train`` (``{clip: (a, b)}``: the frames a model trained on, hold-out excluded): ``[(clip, (start, stop))]``."""
-    return spread_runs(train, frames, run)
-
-
 def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: bool = False
            ) -> dict[str, torch.Tensor]:
     """Raw outputs of ``scorer`` (with whatever runs its model) over ``segments`` of ``clips``, concatenated:
@@ -173,12 +153,12 @@ def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: b
     per_position, scorer.per_position = scorer.per_position, False
     try:
         for name, rng in segments:
-            scorer.forget()
-            for batch in make_loader(scorer.stream([by_name[name]], {name: rng})):
-                x = scorer.prepare(batch)
+            scorer.pasts.forget()
+            for batch in make_loader(stream(scorer, [by_name[name]], {name: rng})):
+                x = to_frames(scorer, batch)
                 clip, first = batch["clip"][0], int(batch["index"][0])
                 if batch.get("context"):
-                    scorer.prime(x, clip, first)
+                    scorer.pasts.prime(x, clip, first)
                     continue
                 if pseudo:
                     x = pseudo_anomalies(x, generator, p=1.0)[0]
@@ -188,7 +168,7 @@ def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: b
                         out.setdefault(k, []).append(v.float().cpu())
     finally:
         scorer.per_position = per_position
-        scorer.forget()
+        scorer.pasts.forget()
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -359,7 +339,7 @@ def make_variant(variant: str, scorer, ref: NormalReference, export: Path, clips
     finally:
         scorer.use(None)
     f32_check = (f32_out, *(_frame_scores(o, ref.state, ref.per_position) for o in (f32_out, f32_pseudo)))
-    feeds = record_feeds(scorer, f32, clips, calibration_segments(train, frames)) if precision == "int8" else []
+    feeds = record_feeds(scorer, f32, clips, spread_runs(train, frames, RUN_FRAMES)) if precision == "int8" else []
     ladder = [[]] + ([compared_layers(export / "model.onnx")] if precision == "int8" else [])
     for ignored in ladder:
         t0 = time.perf_counter()

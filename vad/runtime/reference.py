@@ -1,11 +1,9 @@
 """The normal reference: what a model's scores are judged against, drawn from normal hold-out frames only.
 
-A model's reference depends on how it scores (:data:`vad.config.SCORING`): a fused model's branch statistics and
-its hold-out frame scores change with ``model.fusion`` or ``model.motion_pool``. One function makes it from the
-scorer's outputs on the hold-out frames (:func:`fit_reference`): training calls it for the trained settings (the
-result is saved in ``model.pt``), scoring for other settings (saved in the run folder). From the hold-out frame
-scores come the event threshold, calibrated scores and the heatmaps' colour scale (:class:`NormalReference`),
-for evaluate, render, review and watch alike. Test data never enters.
+It depends on how the model scores (:data:`vad.config.SCORING`: a fused model's branch statistics and hold-out scores
+change with ``model.fusion`` or ``model.motion_pool``). :func:`fit_reference` makes it: training for the trained
+settings (saved in ``model.pt``), scoring for others (saved in the run folder). From the hold-out scores come the
+event threshold, calibrated scores and the heatmaps' colour scale. Test data never enters.
 """
 
 from __future__ import annotations
@@ -122,7 +120,7 @@ def fit_reference(outputs: Callable[[bool], dict], model, position_stats: bool
     """Fit ``model``'s hold-out statistics and return its hold-out frame scores ``(raw, per-position or None)``.
 
     ``outputs(branches)`` scores the normal hold-out frames and returns ``{"scores": (N,), "maps": (N, h, w)}``, or
-    with ``branches`` a fused model's branch maps before fusion (:meth:`vad.runtime.scorer.Scorer.outputs`). A fused
+    with ``branches`` a fused model's branch maps before fusion (:func:`vad.runtime.batches.outputs`). A fused
     model's branches are standardised by their own hold-out frame scores first, and so are the model's map and its
     speed cue's (:mod:`vad.models.speed`) before they are fused; with ``position_stats`` the
     per-position statistics of the (fused) hold-out maps are set too."""

@@ -1,7 +1,7 @@
 """The scorer: a trained model run on frames of one or more streams -> per-frame scores, anomaly maps, branch scores.
 
-It composes what runs the model (:mod:`vad.runtime.runner`), each stream's kept past (:mod:`vad.runtime.pasts`) and,
-for whole clips, batching and writing (:mod:`vad.runtime.batches`, :func:`vad.runtime.batches.score_clips`).
+It composes what runs the model (:attr:`Scorer.runner`, :mod:`vad.runtime.runner`) and each stream's kept past
+(:attr:`Scorer.pasts`, :mod:`vad.runtime.pasts`); whole clips are batched and written by :mod:`vad.runtime.batches`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from vad.device import resolve_device, to_device
 from vad.io.dataset import NORMALIZATIONS, FrameTransform
 from vad.models import AnomalyModel, frame_scores, speed_cue
 from vad.models.speed import SpeedStreams
-from vad.runtime import batches
-from vad.runtime.pasts import PastPlan, Pasts, frame_streams
+from vad.runtime.pasts import Pasts, frame_streams
 from vad.runtime.runner import Runner
 
 _TIMING_CLIP = "\0speed"  # the clip name frames_per_second scores under (no real clip has a NUL in its name)
@@ -27,28 +26,15 @@ _TIMING_CLIP = "\0speed"  # the clip name frames_per_second scores under (no rea
 
 class Scorer:
     """Wraps a trained model for inference: ``scorer(x, clip, first) -> (scores (B,), maps (B, h, w), branches)`` for
-    normalised frames ``x`` ``(B, 3, H, W)`` (:meth:`prepare` makes them from a :meth:`stream` batch); ``branches``:
-    a fused model's standardised frame score per branch ``(B, len(model.branches))``, else ``None``.
+    normalised frames ``x`` ``(B, 3, H, W)``; ``branches``: a fused model's standardised frame score per branch
+    ``(B, len(model.branches))``, else ``None``.
 
     A model with a past (``model.context``: the motion branch) scores a stream of single frames with the teacher
-    run once per frame: the scorer keeps, per clip, the teacher's features of its last ``context`` frames and
-    passes them to the model's :meth:`~vad.models.motion.MotionSTPM.step` with the next consecutive frames
-    (``first``: the index of ``x[0]`` in clip ``clip``; :mod:`vad.runtime.pasts`). A clip's first frame, or a frame
-    that does not follow the last one scored (a gap), starts afresh: its past is itself, as a window's. A range that
-    starts inside a clip is preceded by a ``"context"`` batch of its real past frames (:meth:`stream`). The scores
-    equal those of the model's windows (``(B, 3 * window, H, W)``, :meth:`~vad.models.base.AnomalyModel.score_and_map`).
-
-    A model with a speed cue (:mod:`vad.models.speed`) has its map fused with the cue's here, after the network,
-    whatever runs it: the optical flow of each frame against its stream's previous frame, kept per stream by the
-    same rules as the past above (a first frame, or a gap, has no speed).
-
-    The fast path (:mod:`vad.runtime.batches`): a :class:`FrameStream` decodes in ``DataLoader`` workers while the
-    model runs; on CUDA the workers send undecoded JPEG bytes or uint8 frames through pinned memory and the GPU
-    decodes (nvJPEG), resizes and normalises them; the model runs channels-last under autocast (bf16 on CUDA and
-    on CPUs with native bf16), optionally ``torch.compile``-d (:mod:`vad.runtime.runner`); results come back to the
-    host one batch late, so the host's bookkeeping overlaps the device's next batch (a JPEG batch decoded on the GPU
-    waits for the previous batch to finish: see :meth:`prepare`). ``runtime`` (:mod:`vad.runtime.export`) runs an
-    exported copy of the model (ONNX Runtime, OpenVINO) in place of torch; the scorer's bookkeeping is the same.
+    run once per frame, its past kept per clip by :attr:`pasts` (``first``: the index of ``x[0]`` in clip ``clip``).
+    The scores equal those of the model's windows (``(B, 3 * window, H, W)``,
+    :meth:`~vad.models.base.AnomalyModel.score_and_map`). A model with a speed cue (:mod:`vad.models.speed`) has its
+    map fused with the cue's here, after the network, whatever runs it; the cue's previous frame is kept per stream
+    by the same rules. :attr:`runner` runs the network: torch, or an exported copy (:mod:`vad.runtime.export`).
     """
 
     def __init__(self, model: AnomalyModel, ckpt: dict, cfg: ScoreConfig, device: str | torch.device = "auto",
@@ -65,19 +51,6 @@ class Scorer:
         self.pasts = Pasts(self.model, self.device, self.speeds)
         self.use(runtime)
 
-    @property
-    def dtype(self) -> torch.dtype | None:
-        """torch's autocast precision (None: float32, or a runtime)."""
-        return self.runner.dtype
-
-    @property
-    def compiled(self) -> bool:
-        return self.runner.compiled
-
-    @property
-    def layout(self) -> torch.memory_format | None:
-        return self.runner.layout
-
     def use(self, runtime) -> None:
         """Run the model with ``runtime`` (an exported copy: :class:`vad.runtime.export.Runtime`) from now on;
         ``None``: with torch again. Every stream's past starts afresh."""
@@ -91,14 +64,6 @@ class Scorer:
         self.use(runtime)
         self.pasts.restore(carried)
 
-    def compile(self) -> None:
-        """:meth:`vad.runtime.runner.Runner.compile`."""
-        self.runner.compile()
-
-    def compiles(self, frames: int) -> bool:
-        """:meth:`vad.runtime.runner.Runner.compiles`."""
-        return self.runner.compiles(frames)
-
     def frames_per_second(self, x: torch.Tensor, repeat: int = 3) -> float:
         """Frames/s of this scorer on the batch ``x`` of normalised frames, as a clip's first batch: a warm-up call
         (which also tunes the memory layout), then the median of ``repeat`` timed calls."""
@@ -107,7 +72,7 @@ class Scorer:
             t0 = time.perf_counter()
             self(x, _TIMING_CLIP, 0)
             times.append(time.perf_counter() - t0)
-        self.forget(_TIMING_CLIP)
+        self.pasts.forget(_TIMING_CLIP)
         return len(x) / statistics.median(times[1:])
 
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
@@ -116,7 +81,7 @@ class Scorer:
         """Normalised frames ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``, branch scores or
         ``None``), float32 (a model with a past: frames ``first ..`` of clip ``clip``, see the class docstring; or
         frames of several streams in one batch, ``clip`` and ``first`` then one stream name and frame index per
-        frame (:meth:`plan`); windows ``(B, 3 * window, H, W)`` are scored as they are). With
+        frame (:meth:`vad.runtime.pasts.Pasts.plan`); windows ``(B, 3 * window, H, W)`` are scored as they are). With
         ``score.per_position`` the map is standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
         n = len(x)
@@ -126,7 +91,7 @@ class Scorer:
             for j, before in enumerate(self.speeds.grey(x[:, -6:-3])):
                 if not np.array_equal(before, grey[j]):  # a clip's first window repeats its frame: no past
                     self.speeds.remember(before[None], clip[j], 0)
-        plan = self.plan(clip, first, x) if self.model.context and x.shape[1] == 3 else None
+        plan = self.pasts.plan(clip, first, x) if self.model.context and x.shape[1] == 3 else None
         speed = None
         if grey is not None:  # the speed cue's flow runs on its own thread while the network runs
             size = (x.shape[-2] // self.model.stride, x.shape[-1] // self.model.stride)
@@ -169,27 +134,3 @@ class Scorer:
         if branches is None:
             branches = ((frame_scores(amap) - cue.loc[0].to(amap.device)) / cue.scale[0].to(amap.device))[:, None]
         return fused, torch.cat([branches, speed[:, None].to(branches.device)], 1)
-
-    def plan(self, clip: str | Sequence[str], first: int | Sequence[int], x: torch.Tensor) -> PastPlan:
-        """:meth:`vad.runtime.pasts.Pasts.plan`."""
-        return self.pasts.plan(clip, first, x)
-
-    def prime(self, x: torch.Tensor, clip: str, first: int) -> None:
-        """:meth:`vad.runtime.pasts.Pasts.prime`."""
-        self.pasts.prime(x, clip, first)
-
-    def forget(self, clip: str | None = None) -> None:
-        """Drop the kept past of ``clip`` (every clip's with ``None``)."""
-        self.pasts.forget(clip)
-
-    # What batching whole clips needs (vad.runtime.batches), as methods: the callers' names for them.
-    stream = batches.stream
-    outputs = batches.outputs
-    cell_speeds = batches.cell_speeds
-    prepare = batches.to_frames
-    downsample = batches.downsample
-    batches = batches.batches  # last: the name is the module's above
-
-    @property
-    def num_workers(self) -> int:
-        return batches.num_workers(self)
