@@ -28,8 +28,8 @@ from pathlib import Path
 from vad.atomic import TEMP_PREFIX
 from vad.live.sinks import rewrite_lines
 from vad.runs import WatchFolder
-from vad.site.cameras import CameraTable
 from vad.site.core import Storage
+from vad.site.worker import CameraTable
 
 log = logging.getLogger(__name__)
 

@@ -1,40 +1,19 @@
-"""The control room: a site's live page, its events, verdicts, health and metrics over HTTP (Starlette on uvicorn, in
-a thread of ``vad serve``), behind the door of :mod:`vad.site.auth` (logins beyond loopback).
+"""The control room over HTTP (Starlette on uvicorn, in a thread of ``vad serve``), one router per resource:
 
-- ``GET /``: the live page (``vad/review/templates/review.html`` with ``live``: the cameras' grid, each camera's
-  latest frame, its state, its score over the last minute, frames/s and drops; the event feed as cards with their
-  snapshot, a click plays the event's clip; verdicts by ``n`` / ``a``); ``GET /login``, ``POST /api/login``,
-  ``POST /api/logout``.
-- ``GET /api/cameras/<camera>/frame.jpg``: the camera's latest scored frame (its anomaly map drawn while an event is
-  open), at most 640 wide; ``/api/cameras?history=S`` adds each camera's highest score per second over ``S`` s.
-- ``GET /api/feed``: the events of every camera as items (one per event: camera, times, peak, branch, snapshot
-  and clip links, whether the clip is written, open or not), oldest first; ``GET /api/stream``: server-sent events,
-  each item's changes as they happen (``{"kind": "event", "item": ...}``), clips and snapshots written
-  (``"written"``) and verdicts given (``"verdict"``).
-- ``GET /api/feedback``: the verdicts on the site's live events (``CAMERA/EVENT``), from each camera's run;
-  ``POST /api/feedback`` ``{"event": "CAMERA/EVENT", "verdict": "normal"|"anomaly"}`` records one into the camera's
-  run (:func:`vad.review.verdicts.record_live_verdict`; 409 while its footage is not written yet).
-- ``GET /api/storage``: what retention keeps (:mod:`vad.site.retention`).
-- ``GET /media/<camera>/snapshots/<event>.jpg`` and ``/media/<camera>/clips/<event>.mp4``: evidence, only from
-  those folders of the site's ``out`` (no other name, no path outside them).
-- ``GET /healthz``: 200 ``{"status": "ok"}`` while the loop runs and some camera is not down; 503 when every camera is
-  down (or the service is stopping).
-- ``GET /api/cameras``: per camera its state (``starting``, ``scoring``, ``reconnecting``, ``down``), source, model
-  and backend, frames/s in and scored, frames decoded, scored and dropped, latency p50/p95 (ms, decoded -> scored),
-  the open event, events started, the last gap, the latest calibrated score.
-- ``GET /api/events?camera=NAME&since=ISO_TIME&limit=N``: the event and gap lines written (``out/<camera>/
-  events.jsonl``), oldest first, the newest ``limit`` (default 1000) of those at or after ``since``.
-- ``GET /metrics``: Prometheus' text format (prometheus_client): ``vad_camera_fps{camera}`` (scored),
-  ``vad_camera_input_fps{camera}``, ``vad_frames_scored_total{camera}``, ``vad_frames_dropped_total{camera}``,
-  ``vad_events_total{camera}``, ``vad_camera_up{camera}`` (1 unless down), ``vad_scoring_seconds{model}`` (a
-  histogram of batch times), ``vad_batch_frames{model}``, ``vad_mqtt_dropped_total``, ``vad_mqtt_connected``,
-  ``vad_login_failures_total``.
+- :mod:`.session`: ``GET /``, the live page (``vad/review/templates/review.html`` with ``live``: the cameras' grid,
+  the event feed as cards, verdicts by ``n`` / ``a``), ``GET /login``, ``POST /api/login``, ``POST /api/logout``;
+- :mod:`.cameras`: ``GET /healthz`` (200 while the loop runs and some camera is not down, else 503),
+  ``/api/cameras`` (each camera's state, rates, drops, latency, open event, last gap, score; ``?history=S``: its
+  highest score per second over ``S`` s), ``/api/cameras/<camera>/frame.jpg`` (the latest scored frame, its
+  anomaly map drawn while an event is open), ``/api/storage`` (:mod:`vad.site.retention`), ``/metrics`` (Prometheus);
+- :mod:`.events`: ``GET /api/events?camera=&since=&limit=`` (event and gap lines, oldest first, the newest ``limit``,
+  default 1000), ``GET /api/feed`` (one item per event), ``GET``/``POST /api/feedback`` (verdicts on
+  ``CAMERA/EVENT``, recorded into the camera's run; 409 while its footage is not written yet), ``GET /media/<camera>/
+  snapshots/<event>.jpg`` and ``clips/<event>.mp4`` (nothing else under ``out``);
+- :mod:`.stream`: ``GET /api/stream``, server-sent events: items' changes, evidence written, verdicts given.
 
-The app is built by :func:`site_app` from a :class:`~vad.site.core.SiteView` (what the site answers) and a
-:class:`Gate` (the door's parts), one router per resource: :mod:`.session` (the page, login, logout),
-:mod:`.cameras` (health, cameras, frames, storage, metrics), :mod:`.events` (events, the feed, verdicts, media),
-:mod:`.stream` (the live feed). Every route but ``/healthz`` and the login answers 401 without a session or token
-once users exist (and they must for any address beyond loopback); over TLS with ``http.tls``.
+Behind the door of :mod:`vad.site.auth`: every route but ``/healthz`` and the login answers 401 without a session or
+token once users exist (and they must for any address beyond loopback); over TLS with ``http.tls``.
 """
 
 from __future__ import annotations
@@ -62,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 def site_app(view: SiteView, gate: Gate) -> Starlette:
-    """The site's ASGI app (see the module docstring) answering from ``view`` behind the door of ``gate``."""
+    """The site's ASGI app answering from ``view`` behind the door of ``gate``."""
     routes = [*SessionRoutes(view, gate).routes(), *CameraRoutes(view, gate.throttle).routes(),
               *EventRoutes(view).routes(), *StreamRoutes(view).routes()]
     middleware = [Middleware(Door, users=gate.users, sessions=gate.sessions, loopback_open=gate.open,

@@ -11,8 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from vad.site.core import EventLine, SiteEvent, SiteView, Stopping, Verdict, Written
-from vad.site.feed import feed_item
+from vad.site.core import EventLine, SiteEvent, SiteView, Stopping, Verdict, Written, feed_item
 from vad.web import NO_STORE
 
 
