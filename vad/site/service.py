@@ -68,7 +68,6 @@ class Site:
         """The site of file ``path``, checked (nothing opens until :meth:`run`)."""
         return cls(load_site(path))
 
-    # --- running ------------------------------------------------------------------------------------------------
     def run(self, handle_signals: bool | None = None) -> None:
         """Open every camera and serve until :meth:`stop`. ``handle_signals`` (default: in the main thread): SIGTERM
         and SIGINT stop, SIGHUP reloads the site file."""
@@ -96,7 +95,10 @@ class Site:
             while not self._stop.wait(0.5):
                 if self._reload.is_set():
                     self._reload.clear()
-                    self._reload_safely()
+                    try:
+                        self.reload()
+                    except Exception:  # whatever the file holds or a bug applying it: never the service down
+                        log.exception(f"error: reloading {self.cfg.path} failed; the cameras running go on")
                 board.turn(self.cameras.cameras())
         finally:
             board.close(len(self.cameras))
@@ -109,12 +111,6 @@ class Site:
     def request_reload(self) -> None:
         """Re-read the site file at the next turn of the loop (what SIGHUP does)."""
         self._reload.set()
-
-    def _reload_safely(self) -> None:
-        try:
-            self.reload()
-        except Exception:  # whatever the file holds or a bug applying it: never the service down
-            log.exception(f"error: reloading {self.cfg.path} failed; the cameras running go on")
 
     def reload(self) -> bool:
         """Re-read the site file: cameras added, removed or changed (those only: the others go on untouched). A
@@ -138,7 +134,6 @@ class Site:
         entry = self.cameras.get(name)
         return entry.camera if entry else None
 
-    # --- cameras ------------------------------------------------------------------------------------------------
     def _apply(self, wanted: dict[str, CameraConfig]) -> None:
         """Make the running cameras those of ``wanted``: remove the ones gone or changed, add the new or changed."""
         with self.cameras.lock:

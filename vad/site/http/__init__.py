@@ -32,10 +32,10 @@ from vad.site.core import SiteView
 from vad.site.http.cameras import CameraRoutes
 from vad.site.http.events import EventRoutes
 from vad.site.http.session import SessionRoutes
-from vad.site.http.stream import LiveFeed, StreamRoutes
+from vad.site.http.stream import StreamRoutes
 from vad.web import AppServer, http_error, listen
 
-__all__ = ["Gate", "LiveFeed", "SiteServer", "site_app"]
+__all__ = ["Gate", "SiteServer", "site_app"]
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""``GET /api/stream``: server-sent events, the site's events as they happen (:class:`LiveFeed`, a subscriber of the
-site's bus)."""
+"""``GET /api/stream``: server-sent events, the site's events as they happen (:class:`StreamRoutes` is a subscriber
+of the site's bus)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from vad.site.core import EventLine, SiteEvent, SiteView, Stopping, Verdict, Wri
 from vad.web import NO_STORE
 
 
-class LiveFeed:
+class StreamRoutes:
     """Every event line of every camera as a change of its item, each clip and snapshot once written, each verdict,
     pushed to the pages listening (one asyncio queue each, filled from the site's threads); :class:`Stopping` ends
     their streams."""
@@ -26,16 +26,10 @@ class LiveFeed:
         self.view = view
         self._subs: dict[asyncio.Queue, asyncio.AbstractEventLoop] = {}
         self._lock = threading.Lock()
+        view.subscribe(self)
 
-    def subscribe(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=self.BOUND)
-        with self._lock:
-            self._subs[q] = loop
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue) -> None:
-        with self._lock:
-            self._subs.pop(q, None)
+    def routes(self) -> list[Route]:
+        return [Route("/api/stream", self.stream)]
 
     def __call__(self, event: SiteEvent) -> None:
         msg: dict | None
@@ -49,38 +43,25 @@ class LiveFeed:
         elif isinstance(event, Verdict):
             msg = {"kind": "verdict", "id": event.key, "line": event.line}
         elif isinstance(event, Stopping):
-            msg = None
+            msg = None  # ends the streams
         else:
             return
-        self.publish(msg)
-
-    def publish(self, msg: dict | None) -> None:
-        """Send ``msg`` to every page listening (from any thread); None ends their streams."""
         with self._lock:
             subs = list(self._subs.items())
         for q, loop in subs:
             try:
                 loop.call_soon_threadsafe(_put, q, msg)
             except RuntimeError:  # its loop is closed
-                self.unsubscribe(q)
+                self._unsubscribe(q)
 
-
-def _put(q: asyncio.Queue, msg: dict | None) -> None:
-    if q.full():
-        q.get_nowait()
-    q.put_nowait(msg)
-
-
-class StreamRoutes:
-    def __init__(self, view: SiteView) -> None:
-        self.feed = LiveFeed(view)
-        view.subscribe(self.feed)
-
-    def routes(self) -> list[Route]:
-        return [Route("/api/stream", self.stream)]
+    def _unsubscribe(self, q: asyncio.Queue) -> None:
+        with self._lock:
+            self._subs.pop(q, None)
 
     async def stream(self, request: Request) -> Response:
-        queue = self.feed.subscribe(asyncio.get_running_loop())
+        queue: asyncio.Queue = asyncio.Queue(maxsize=self.BOUND)
+        with self._lock:
+            self._subs[queue] = asyncio.get_running_loop()
 
         async def messages():
             try:
@@ -95,7 +76,13 @@ class StreamRoutes:
                         return
                     yield f"data: {json.dumps(msg)}\n\n"
             finally:
-                self.feed.unsubscribe(queue)
+                self._unsubscribe(queue)
 
         return StreamingResponse(messages(), media_type="text/event-stream",
                                  headers={**NO_STORE, "X-Accel-Buffering": "no"})
+
+
+def _put(q: asyncio.Queue, msg: dict | None) -> None:
+    if q.full():
+        q.get_nowait()
+    q.put_nowait(msg)
