@@ -102,7 +102,7 @@ def users(tmp_path_factory) -> tuple[UsersFile, str]:
 
 @pytest.fixture
 def room(tmp_path: Path, users, monkeypatch) -> tuple[TestClient, FakeView, dict]:
-    monkeypatch.setattr("vad.site.http.session.FAIL_DELAY", 0.0)
+    monkeypatch.setattr("vad.site.http.FAIL_DELAY", 0.0)
     view = FakeView(tmp_path)
     gate = Gate(users[0], Sessions(1.0), Throttle(), open=False)
     client = TestClient(site_app(view, gate), raise_server_exceptions=True)

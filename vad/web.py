@@ -1,7 +1,4 @@
-"""What vad's two web servers share (``vad review``: :mod:`vad.review.server`; ``vad serve``: :mod:`vad.site.http`):
-a listening socket, uvicorn answering on it from a thread, JSON answers that are never cached, bounded request
-bodies read as typed models, and the one rule for a URL path naming a file under a folder.
-"""
+"""What vad's two web servers share (``vad review``: :mod:`vad.review.server`; ``vad serve``: :mod:`vad.site.http`)."""
 
 from __future__ import annotations
 
@@ -95,7 +92,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 class AppServer:
     """An ASGI app answered by uvicorn on a listening socket: :meth:`run` blocks (in the caller's thread), or
-    :meth:`start` runs it in :attr:`thread`; :meth:`stop` ends it; :meth:`close` frees the port."""
+    :meth:`start` runs it in :attr:`thread`."""
 
     def __init__(self, app, sock: socket.socket, name: str, graceful: float, **config) -> None:
         self.socket = sock
@@ -122,4 +119,5 @@ class AppServer:
                 pass
 
     def close(self) -> None:
+        """Free the port."""
         self.socket.close()

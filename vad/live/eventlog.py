@@ -1,13 +1,6 @@
-"""``events.jsonl``'s one owner: a camera appends its lines through it, the site reads, tails, asks and rewrites
-(retention) through it.
-
-.. code-block:: python
-
-    log = event_log(folder.events)   # one EventLog per file in this process
-    log.append(line)                 # JSON line, flushed
-    log.lines(since="2024-05-01T00") # the event and gap lines at or after a UTC time, oldest written first
-    log.has("20240501T101500-3")     # whether a line names the event
-    log.rewrite(keep)                # retention: the lines ``keep`` refuses go, atomically
+"""``events.jsonl``'s one owner (:func:`event_log`: one :class:`EventLog` per file in this process): a camera
+appends its lines through it (it is the camera's file sink), the site reads, tails, asks and rewrites (retention)
+through it.
 
 The lines are indexed in memory: a read parses only the bytes appended since the last one (by this process or
 another: the file's size, inode and mtime say), so a page asking every second does not re-parse the file. A torn
@@ -28,7 +21,7 @@ EVENT_LINES = ("start", "update", "end", "gap")  # the lines indexed (status lin
 
 
 class EventLog:
-    """One ``events.jsonl`` (see the module docstring); safe to share between threads."""
+    """One ``events.jsonl``; safe to share between threads."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -43,9 +36,9 @@ class EventLog:
         self._offset = 0  # bytes of the file indexed
         self._stamp: tuple[int, int, int] | None = None  # (device, inode, mtime_ns) when indexed
 
-    # --- writing ----------------------------------------------------------------------------------------------
     def append(self, line: dict) -> None:
-        """Write ``line`` (one JSON line, flushed); the index takes it at once when it was current."""
+        """Write ``line`` (one JSON line, flushed; the folder made at the first); the index takes it at once when it
+        was current."""
         data = json.dumps(line) + "\n"
         with self._lock:
             if self._file is None:
@@ -59,15 +52,14 @@ class EventLog:
                 self._take(line)
                 self._offset, self._stamp = st.st_size, (st.st_dev, st.st_ino, st.st_mtime_ns)
 
-    def reopen(self) -> None:
-        """Go on appending to the file now at ``path`` (it was replaced)."""
+    __call__ = append  # a sink (vad.live.sinks)
+
+    def close(self) -> None:
+        """Close the append handle (a later append opens it again, in the file then at ``path``); the index stays."""
         with self._lock:
             self._close()
 
-    def close(self) -> None:
-        """Close the append handle (a later append opens it again); the index stays."""
-        with self._lock:
-            self._close()
+    reopen = close  # the file was replaced: go on in the new one
 
     def _close(self) -> None:
         if self._file is not None:
@@ -98,7 +90,6 @@ class EventLog:
                 self._reset()
             return removed
 
-    # --- reading ----------------------------------------------------------------------------------------------
     def lines(self, since: str | None = None) -> list[dict]:
         """The event and gap lines (``start``, ``update``, ``end``, ``gap``) in the order written, those whose
         ``wall_time`` is at or after ``since`` (ISO time compared as text: the lines' times are UTC with a ``Z``)."""

@@ -1,10 +1,7 @@
-"""Where a live watch's lines go: sinks, each a callable taking the line dict.
-
-A sink is any ``Callable[[dict], None]``; when it has a ``close()`` the watch calls it once at the end, and when it
-counts lines it could not deliver in ``failed`` the status line adds them up (``webhook_failed``). A sink must not
-block the loop: one that talks to the network queues the line and sends it from a thread of its own
-(:class:`WebhookSink`). Here: :class:`FileSink` (``events.jsonl``, through its owner :mod:`vad.live.eventlog`),
-:class:`StdoutSink`, :class:`WebhookSink`; :func:`standard_sinks` builds those a watch's options ask for.
+"""Where a live watch's lines go: sinks, each a ``Callable[[dict], None]``; when it has a ``close()`` the watch calls
+it once at the end, and when it counts lines it could not deliver in ``failed`` the status line adds them up
+(``webhook_failed``). A sink must not block the loop: one that talks to the network queues the line and sends it
+from a thread of its own. The file sink is ``events.jsonl``'s owner, :class:`vad.live.eventlog.EventLog`.
 """
 
 from __future__ import annotations
@@ -24,26 +21,7 @@ from vad.live.eventlog import event_log
 Sink = Callable[[dict], None]
 
 
-class FileSink:
-    """Lines appended to ``path`` (JSON lines, flushed per line) through its :class:`~vad.live.eventlog.EventLog`;
-    its folder is made at the first line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.log = event_log(path)
-
-    def __call__(self, line: dict) -> None:
-        self.log.append(line)
-
-    def reopen(self) -> None:
-        """Go on in the file now at ``path`` (it was replaced: :func:`rewrite_lines`)."""
-        self.log.reopen()
-
-    def close(self) -> None:
-        self.log.close()
-
-
-def rewrite_lines(path: Path, keep: Callable[[dict], bool], sinks: list[FileSink] = ()) -> int:
+def rewrite_lines(path: Path, keep: Callable[[dict], bool], sinks: list = ()) -> int:
     """Keep the JSON lines of ``path`` for which ``keep`` is true (:meth:`~vad.live.eventlog.EventLog.rewrite`),
     then reopen ``sinks`` writing to it; the caller holds the writers' lock. Returns the lines removed."""
     removed = event_log(path).rewrite(keep)
@@ -132,7 +110,7 @@ def standard_sinks(events: Path | None, stdout: bool, webhook: str | None) -> li
     stdout, a webhook URL."""
     sinks: list[Sink] = []
     if events is not None:
-        sinks.append(FileSink(events))
+        sinks.append(event_log(events))
     if stdout:
         sinks.append(StdoutSink())
     if webhook:

@@ -1,20 +1,12 @@
 """``vad review``: a run's review page served on 127.0.0.1 (Starlette on uvicorn), where it can record verdicts.
 
-Routes (:func:`review_app`):
-
-- ``/``: ``RUN/review.html``; ``/<path>``: the run's own files (rendered videos, thumbnails), never a hidden name
-  (``.lock``, ``.tmp``) nor one outside the run folder; byte ranges (video seeking) as Starlette's ``FileResponse``
-  serves them.
-- ``/source/<clip>``: the source video of a scored clip (from the manifest; a frame folder has none).
-- ``/api/feedback``: GET the verdicts so far (``{"verdicts": {event: line}, "unreadable_lines": [numbers]}``);
-  POST ``{"event": ID, "verdict": "normal"|"anomaly"}`` records one (:func:`vad.review.verdicts.record_verdict`) and
-  answers
-  the line written. 400: a bad body or verdict; 404: an unknown event; 413: a body over 16 KiB; 415: not JSON; 500:
-  the run's files cannot be read or written (the verdict is not on disk).
-
-Only this server's own pages may ask it (:class:`SameOrigin`): a request must name it as its Host
-(``127.0.0.1:PORT`` or ``localhost:PORT``: no DNS rebinding), and a request that changes something must come with
-its Origin, else 403. Another site open in the browser can neither read the run nor give verdicts.
+Routes (:func:`review_app`): ``/``, ``RUN/review.html``; ``/<path>``, the run's own files (never a hidden name nor one
+outside the run folder; byte ranges for video seeking); ``/source/<clip>``, a scored clip's source video;
+``/api/feedback``: GET the verdicts so far, POST ``{"event": ID, "verdict": "normal"|"anomaly"}`` records one
+(:func:`vad.review.verdicts.record_verdict`) and answers the line written (400: a bad body or verdict; 404: an
+unknown event; 413: a body over 16 KiB; 415: not JSON; 500: the verdict is not on disk). Only this server's own
+pages may ask it (:class:`SameOrigin`), so another site open in the browser can neither read the run nor give
+verdicts.
 """
 
 from __future__ import annotations
@@ -41,31 +33,21 @@ from vad.web import json_response as _json
 log = logging.getLogger(__name__)
 
 
-class ReviewServer:
+class ReviewServer(AppServer):
     """``RUN/review.html`` served on 127.0.0.1 (never another address) at ``port`` (0: any free port), listening
-    once constructed. ``serve_forever`` blocks (runnable in a thread) until ``shutdown``; ``server_close`` frees
-    the port."""
+    once constructed. ``serve_forever`` blocks (runnable in a thread; in the main thread Ctrl-C raises
+    ``KeyboardInterrupt``) until ``shutdown``; ``server_close`` frees the port."""
 
     def __init__(self, run: Path | str, port: int = 0) -> None:
         self.folder = RunFolder(run)
-        self.socket = listen("127.0.0.1", port)
-        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        sock = listen("127.0.0.1", port)
+        self.server_address: tuple[str, int] = sock.getsockname()[:2]
         self.port = self.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self.app = review_app(self.folder, self.port)
-        self._server = AppServer(self.app, self.socket, "vad-review", graceful=3, proxy_headers=False)
+        super().__init__(self.app, sock, "vad-review", graceful=3, proxy_headers=False)
 
-    def serve_forever(self) -> None:
-        """Answer requests until :meth:`shutdown` (or, in the main thread, Ctrl-C: then ``KeyboardInterrupt``)."""
-        self._server.run()
-
-    def shutdown(self) -> None:
-        """Stop :meth:`serve_forever` and wait for it to return (answers under way get a few seconds)."""
-        self._server.stop()
-
-    def server_close(self) -> None:
-        """Close the listening socket."""
-        self._server.close()
+    serve_forever, shutdown, server_close = AppServer.run, AppServer.stop, AppServer.close
 
 
 class SameOrigin:

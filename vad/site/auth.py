@@ -1,22 +1,9 @@
-"""Who may reach a site's HTTP server: users with passwords, tokens for scripts, sessions, and the rules of the door.
-
-- **The users file** (``http.auth_file``, default ``<site file>.auth.json`` beside the site file, mode 0600):
-  ``{"users": {NAME: {"hash": ARGON2ID, "added": UTC}}, "tokens": {NAME: {"sha256": HEX, "added": UTC}}}``. Passwords
-  are stored as argon2id hashes (argon2-cffi: salted, memory-hard); a token is 32 random bytes shown once when it is
-  made (``vad serve --add-token NAME``) and stored as its SHA-256 (it has the entropy a password lacks). The file is
-  read when the server starts and each time it changes on disk (a user added while it runs can log in).
-- **Sessions**: ``POST /api/login`` with ``{"user": ..., "password": ...}`` sets the cookie ``vad_session`` (HttpOnly,
-  SameSite=Strict, Path=/, Secure when served over TLS) holding a random token the server keeps in memory for
-  ``http.session_hours``; a restart logs everyone out. ``Authorization: Bearer TOKEN`` serves scripts and Prometheus.
-- **The door** (:class:`Door`, ASGI middleware): without authentication configured the server may only bind a
-  loopback address (:func:`check_binding` refuses another with one error line). With it, every route but
-  ``/healthz``, ``/login`` and ``POST /api/login`` answers 401 without a session or a token. Whatever the binding, a
-  request that changes something (POST, PUT, DELETE) with a session cookie must carry an ``Origin`` that is this
-  server (the ``Host`` it was asked as, or one of ``http.origins``: a reverse proxy's public address), else 403; an
-  open loopback server answers only requests addressed to a loopback name (no DNS rebinding).
-- **Failed logins** are slowed down (each answered after ``FAIL_DELAY`` s), counted (``vad_login_failures_total``),
-  logged with the address, and after ``MAX_FAILURES`` within ``FAIL_WINDOW`` s from one address that address gets
-  429 until the window passes.
+"""Who may reach a site's HTTP server (docs/site.md, "The door"): users with passwords (argon2id hashes) and tokens
+for scripts (SHA-256, shown once) in the users file, re-read when it changes; sessions in memory (the cookie
+``vad_session``); the door (:class:`Door`): an open server only on loopback, answering only requests addressed to a
+loopback name (no DNS rebinding); with users, 401 without a session or a token on every route but ``OPEN_PATHS``; a
+browser's request that changes something must carry this server's ``Origin``, else 403. Failed logins are slowed
+(``FAIL_DELAY``), counted, logged, and ``MAX_FAILURES`` within ``FAIL_WINDOW`` s from one address get 429.
 """
 
 from __future__ import annotations
@@ -36,11 +23,12 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vad.atomic import write_text
 from vad.errors import ConfigError, UsageError
+from vad.web import NO_STORE, json_response
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +55,7 @@ def is_loopback(host: str) -> bool:
 
 
 class UsersFile:
-    """The users and tokens of a site (see the module docstring), re-read when the file changes."""
+    """The users and tokens of a site, re-read when the file changes."""
 
     def __init__(self, path: Path) -> None:
         from argon2 import PasswordHasher
@@ -267,8 +255,8 @@ def check_binding(host: str, users: UsersFile) -> None:
 
 @dataclass(frozen=True)
 class Gate:
-    """The door's parts: its users file, sessions and login throttle, whether it is an open
-    loopback server, whether it serves TLS (secure cookies) and the other origins it believes (a proxy's)."""
+    """The door's parts; ``open``: an open loopback server, ``secure``: served over TLS (secure cookies), ``origins``:
+    the other origins it believes (a proxy's)."""
 
     users: UsersFile
     sessions: Sessions
@@ -279,7 +267,7 @@ class Gate:
 
 
 class Door:
-    """ASGI middleware: the rules of the module docstring. ``scope["user"]`` is set to who asked (None: open)."""
+    """ASGI middleware: the rules of the module docstring; ``scope["user"]`` is who asked (None: open)."""
 
     def __init__(self, app: ASGIApp, users: UsersFile, sessions: Sessions, loopback_open: bool,
                  origins: tuple[str, ...] = ()) -> None:
@@ -335,14 +323,12 @@ class Door:
 
 
 async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
-    headers = {"Cache-Control": "no-store"}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="vad"'
-    await JSONResponse({"error": message}, status, headers=headers)(scope, receive, send)
+    headers = {"WWW-Authenticate": 'Bearer realm="vad"'} if status == 401 else None
+    await json_response(status, {"error": message}, headers)(scope, receive, send)
 
 
 async def _login_redirect(scope: Scope, receive: Receive, send: Send) -> None:
     """401 for a page: a body that sends the browser to the login page (a script's status still says 401)."""
     body = ('<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=/login">'
             '<title>log in</title><p><a href="/login">log in</a></p>')
-    await Response(body, 401, media_type="text/html", headers={"Cache-Control": "no-store"})(scope, receive, send)
+    await Response(body, 401, media_type="text/html", headers=NO_STORE)(scope, receive, send)

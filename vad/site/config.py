@@ -1,22 +1,7 @@
-"""A site's cameras in one YAML file (``vad serve --config site.yaml``), checked before anything opens.
-
-.. code-block:: yaml
-
-    cameras:
-      gate:  {source: rtsp://10.0.0.5/stream1, run: runs/gate}
-      lawn:  {source: udp://127.0.0.1:5002, run: runs/campus, fps: 10}
-      hall:  {source: /dev/video0, run: runs/campus, pre_roll: 5}
-    defaults: {post_roll: 5}          # any camera key: the value of every camera that does not set it
-    out: site/                        # site/<camera>/events.jsonl, snapshots/, clips/
-    mqtt: {host: 127.0.0.1, port: 1883, topic_prefix: vad}   # optional
-    http: {host: 127.0.0.1, port: 8971}                      # optional: the control room's page, API, metrics
-    max_gb: 20                        # the evidence kept (clips, snapshots, footage), all cameras: the oldest go first
-    batch: 8                          # frames scored together at most, across the cameras of one model
-    batch_timeout_ms: 20              # a batch goes when full or this long after its first frame
-
-Relative paths (``run``, ``out``, a file ``source``) are read from the folder of the site file. Each mistake is one
-:class:`~vad.errors.ConfigError` naming the file and the key: a wrong type or an unknown key, a camera's run that
-does not exist or holds no model, a camera named twice, a source string that can be no source.
+"""A site's cameras in one YAML file (``vad serve --config site.yaml``; the README has an example), checked before
+anything opens. Relative paths (``run``, ``out``, a file ``source``) are read from the folder of the site file. Each
+mistake is one :class:`~vad.errors.ConfigError` naming the file and the key: a wrong type or an unknown key, a
+camera's run that does not exist or holds no model, a camera named twice, a source string that can be no source.
 """
 
 from __future__ import annotations
@@ -118,7 +103,7 @@ _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map
 
 
 def load_site(path: Path | str) -> SiteConfig:
-    """The site file ``path``, checked (see the module docstring); a :class:`ConfigError` names what is wrong."""
+    """The site file ``path``, checked; a :class:`ConfigError` names what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such site file; expected a YAML file with a 'cameras:' section (vad serve "

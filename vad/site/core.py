@@ -1,11 +1,5 @@
-"""The site's core without transport: what happens, as one typed event per kind published on a :class:`Bus`, and
-what the HTTP app may ask, as the :class:`SiteView` protocol.
-
-Publishers: the cameras (:class:`EventLine`, :class:`StatusLine`, :class:`Written`, :class:`Score`), the site
-(:class:`CameraAdded`, :class:`Stopping`), the model workers (:class:`Batch`), verdicts (:class:`Verdict`) and
-retention (:class:`Storage`). Subscribers: MQTT (:mod:`vad.site.mqtt`), the live feed of the control room
-(:mod:`vad.site.http.stream`) and the metrics (:mod:`vad.site.metrics`); none knows another.
-"""
+"""The site's core without transport: what happens, one typed event per kind published on a :class:`Bus` (to MQTT,
+the live feed, the metrics; none knows another), and what the HTTP app may ask, the :class:`SiteView` protocol."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from vad.live.eventlog import EVENT_LINES
 
@@ -28,8 +23,6 @@ class EventLine:
 
 @dataclass(frozen=True)
 class StatusLine:
-    """A camera's ``status`` line."""
-
     camera: str
     line: dict
 
@@ -76,9 +69,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Storage:
-    """What a retention sweep kept (:meth:`vad.site.retention.Kept.as_dict`)."""
-
-    kept: dict
+    kept: dict  # what a retention sweep kept (vad.site.retention.Kept.as_dict)
 
 
 @dataclass(frozen=True)
@@ -139,10 +130,9 @@ class SiteView(Protocol):
         """Event and gap lines of ``cameras`` (each with its ``camera``) at or after ``since``, oldest first."""
 
     def feed(self, camera: str | None) -> list[dict]:
-        """The events as the control room's items (:func:`vad.site.feed.feed_item`), oldest first."""
+        """The events as the control room's items (:func:`feed_item`), oldest first."""
 
-    def clips(self, camera: str) -> bool:
-        """Whether the camera writes clips."""
+    def clips(self, camera: str) -> bool: ...
 
     def media_root(self, camera: str) -> Path | None:
         """The camera's output folder (None: no such camera)."""
@@ -159,3 +149,37 @@ class SiteView(Protocol):
     def metrics_text(self) -> bytes: ...
 
     def subscribe(self, fn: Subscriber) -> None: ...
+
+
+def feed_item(camera: str, line: dict, clips: bool) -> dict | None:
+    """An event line as a change of the event's control-room item (``/api/stream``; :func:`fold` merges them for
+    ``/api/feed``); None for a line that is not about an event. ``clips``: whether the camera writes clips."""
+    kind, event = line.get("type"), line.get("event")
+    if kind not in ("start", "update", "end") or not isinstance(event, str):
+        return None
+    patch = {"id": f"{camera}/{event}", "camera": camera, "event": event, "peak": line.get("peak"),
+             "branch": line.get("branch")}
+    if line.get("snapshot"):
+        patch["snapshot"] = f"/media/{quote(camera)}/snapshots/{quote(event)}.jpg"
+    clip = f"/media/{quote(camera)}/clips/{quote(event)}.mp4"
+    if kind == "start":
+        patch.update(start_time=line.get("wall_time"), open=True, clip_ready=False)
+        if clips:
+            patch["clip"] = clip
+    elif kind == "end":
+        patch.update(end_time=line.get("wall_time"), open=False, clip=clip if line.get("clip") else None)
+        if line.get("reason"):
+            patch["reason"] = line["reason"]
+    return patch
+
+
+def fold(lines: list[dict], clips: Callable[[str], bool], clip_ready: Callable[[str, str], bool]) -> list[dict]:
+    """The items of ``lines`` (each with its ``camera``), oldest first, the last 2000."""
+    items: dict[str, dict] = {}
+    for line in lines:
+        patch = feed_item(line["camera"], line, clips(line["camera"]))
+        if patch is not None:
+            items.setdefault(patch["id"], {}).update(patch)
+    for item in items.values():
+        item["clip_ready"] = bool(item.get("clip")) and clip_ready(item["camera"], item["event"])
+    return sorted(items.values(), key=lambda x: x.get("start_time") or x.get("end_time") or "")[-2000:]

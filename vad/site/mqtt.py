@@ -1,11 +1,6 @@
-"""A site's lines on MQTT, the way operators' tools read them (paho-mqtt; topics under ``topic_prefix``):
-
-- ``<prefix>/events``: every ``start``/``update``/``end``/``gap`` line, JSON with its ``camera``; QoS 1.
-- ``<prefix>/<camera>/anomaly``: ``ON`` while the camera has an open event, else ``OFF``; retained, QoS 1.
-- ``<prefix>/<camera>/score``: the calibrated score (1.0: the event threshold), at most once a second; QoS 0.
-- ``<prefix>/stats``: every ``status`` line, JSON with its ``camera``; QoS 0.
-- ``<prefix>/available``: ``online`` once connected, ``offline`` when the service stops or, as the client's last
-  will, when its connection dies; retained, QoS 1.
+"""A site's lines on MQTT (paho-mqtt; topics under ``topic_prefix``, docs/site.md): ``events`` (every event and gap
+line, QoS 1), ``<camera>/anomaly`` (``ON`` while an event is open, retained), ``<camera>/score`` (at most once a
+second, QoS 0), ``stats`` (status lines), ``available`` (``online``; ``offline`` on stop and as the last will).
 
 Publishing never blocks scoring: messages go into a bounded buffer (the oldest dropped beyond ``buffer``, counted in
 :attr:`MqttPublisher.dropped`), and one thread sends them in order, a QoS 1 message leaving the buffer only once the
@@ -32,7 +27,7 @@ EVENT_TYPES = ("start", "update", "end", "gap")
 
 
 class MqttPublisher:
-    """One connection for the whole site (see the module docstring)."""
+    """One connection for the whole site."""
 
     def __init__(self, cfg: MqttConfig, score_every: float = 1.0) -> None:
         import paho.mqtt.client as mqtt
@@ -71,7 +66,7 @@ class MqttPublisher:
         elif isinstance(event, Score):
             self.score(event.camera, event.value)
         elif isinstance(event, CameraAdded):
-            self.camera_added(event.camera)
+            self._put(self.topic(event.camera, "anomaly"), "OFF", 1, True)
 
     def line(self, camera: str, line: dict) -> None:
         """A camera's line (:mod:`vad.live.watch`): events and gaps to ``events``, status to ``stats``, the event state
@@ -91,9 +86,6 @@ class MqttPublisher:
         if now - self._last_score.get(camera, -1e9) >= self.score_every:
             self._last_score[camera] = now
             self._put(self.topic(camera, "score"), f"{calibrated:.4f}", 0, False)
-
-    def camera_added(self, camera: str) -> None:
-        self._put(self.topic(camera, "anomaly"), "OFF", 1, True)
 
     def close(self, timeout: float = 5.0) -> None:
         """Publish ``offline``, send what is buffered (for up to ``timeout`` seconds), disconnect."""

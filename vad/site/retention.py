@@ -2,8 +2,8 @@
 
 Every ``EVERY`` seconds (and when ``vad serve`` starts) each camera's folder is swept:
 
-1. **Age.** An event whose newest file (snapshot, clip, footage) is older than the camera's ``retain_days`` (default
-   7) loses its files, and the lines of ``events.jsonl`` written before that time go too (events, gaps, status).
+1. **Age.** An event whose newest file (snapshot, clip, footage) is older than the camera's ``retain_days`` loses
+   its files, and the lines of ``events.jsonl`` written before that time go too (events, gaps, status).
 2. **Size.** While the files of all cameras take more than ``max_gb`` (default 20), events lose their files, the
    oldest first, those with an operator's verdict last (their footage is in the run already: a verdict copies it
    there, and the site never deletes a run's files). Their lines stay (a few hundred bytes each) until their age.
@@ -11,8 +11,6 @@ Every ``EVERY`` seconds (and when ``vad serve`` starts) each camera's folder is 
 An event still open, or whose clip is still being written, is never touched; temporary files (``.vad-tmp.*``: clips
 being written) count in the bound, and one untouched for ``STALE`` s (an hour) is a leftover of a killed watch,
 deleted.
-:class:`Kept` is what the control room shows: the bytes and events kept, per camera and in all; :class:`Retention`
-sweeps a running site's cameras.
 """
 
 from __future__ import annotations
@@ -28,8 +26,8 @@ from pathlib import Path
 from vad.atomic import TEMP_PREFIX
 from vad.live.sinks import rewrite_lines
 from vad.runs import WatchFolder
-from vad.site.cameras import CameraTable
 from vad.site.core import Storage
+from vad.site.worker import CameraTable
 
 log = logging.getLogger(__name__)
 

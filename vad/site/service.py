@@ -2,37 +2,24 @@
 
 .. code-block:: python
 
-    from vad.site import Site
-
     site = Site.load("site.yaml")        # checked first: one error naming the file and the key
     site.run()                           # until stop() (SIGTERM, SIGINT); reload() re-reads the file (SIGHUP)
 
-- **One model per run.** Cameras that name the same run (and scene) share one :class:`~vad.live.detector.Detector`:
-  one loaded model, one runtime. Each camera keeps its own motion context (its stream's past in the scorer), its
-  event rule state, its pre-roll ring buffer and its outputs (``out/<camera>/``: events.jsonl, snapshots/, clips/, as
-  ``vad watch`` writes them): :class:`~vad.live.camera.Camera`.
-- **Batches across cameras** (:class:`ModelWorker`, one thread per model): the frames waiting from all its cameras
-  are scored in one batch, up to ``batch`` frames, or what is there ``batch_timeout_ms`` after the first one came.
-  Frames are taken round-robin, one per camera and round, so a camera that floods cannot take another's place; a
-  camera that sends faster than its ``fps`` is sampled by its source, and one that falls behind loses its own
-  stalest frames (its queue). Each frame is scored with its own camera's past (:meth:`vad.runtime.scorer.Scorer.plan`):
-  the
-  scores are those ``vad watch`` gives the camera's frames alone. A camera's outage, refusal, garbage or size
-  change is its own source's business (reopened with backoff, reported as a gap) and never stalls the others.
-- **Lines** go to each camera's files and, with ``mqtt:``, to the broker (:mod:`vad.site.mqtt`); with ``http:``,
-  the control room's page, the cameras, the events, verdicts, health and Prometheus metrics are served
-  (:mod:`vad.site.http`), behind logins beyond loopback (:mod:`vad.site.auth`).
-- **Retention**: events older than their camera's ``retain_days`` are deleted, and the evidence of all cameras is
-  kept under ``max_gb`` (:mod:`vad.site.retention`).
-- **Start-up in seconds**: models open with torch; exporting and measuring the runtimes happens in the background
-  (:meth:`vad.live.detector.Detector.load`), and the sources open at once.
+Cameras that name the same run (and scene) share one :class:`~vad.live.detector.Detector` and one
+:class:`~vad.site.worker.ModelWorker` (batches across cameras); each keeps its own motion context, event state,
+pre-roll and outputs (``out/<camera>/``, as ``vad watch`` writes them: :class:`~vad.live.camera.Camera`), and its
+outages are its own (a gap; the others go on). Lines go to the camera's files, to MQTT (:mod:`vad.site.mqtt`) and to
+the control room (:mod:`vad.site.http`); :mod:`vad.site.retention` bounds what is kept. Models open with torch and
+are exported and measured in the background, so the sources open at once.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,17 +28,13 @@ from vad.live.camera import Camera
 from vad.live.detector import Detector
 from vad.live.options import OPTION_NAMES
 from vad.live.watch import WatchOptions
-from vad.site.cameras import CameraTable, Running
 from vad.site.config import CameraConfig, SiteConfig, load_site
 from vad.site.core import Bus, CameraAdded, Score, Stopping, Written, line_event
 from vad.site.http import SiteServer
-from vad.site.metrics import SiteMetrics
 from vad.site.mqtt import MqttPublisher
-from vad.site.reader import SiteReader
+from vad.site.reader import SiteMetrics, SiteReader
 from vad.site.retention import Retention
-from vad.site.terminal import StatusBoard
-from vad.site.verdicts import SiteVerdicts
-from vad.site.worker import ModelWorker
+from vad.site.worker import CameraTable, ModelWorker, Running
 
 __all__ = ["ModelWorker", "Site"]
 
@@ -59,9 +42,9 @@ log = logging.getLogger(__name__)
 
 
 class Site:
-    """The cameras of a site file (:mod:`vad.site.config`) watched in this process (see the module docstring): its
-    lifecycle, reload, cameras and model workers. What happens goes on :attr:`bus` (:mod:`vad.site.core`); what
-    the API asks, :attr:`reader` answers."""
+    """The cameras of a site file (:mod:`vad.site.config`) watched in this process: its lifecycle, reload, cameras
+    and model workers. What happens goes on :attr:`bus` (:mod:`vad.site.core`); what the API asks, :attr:`reader`
+    answers."""
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
@@ -72,21 +55,19 @@ class Site:
         self.http: SiteServer | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self.verdicts = SiteVerdicts(self.cameras, cfg.out, self.bus.publish)
-        self.retention = Retention(self.cameras, cfg.out, cfg.max_gb * 1e9, lambda: set(self.verdicts.read()[0]),
+        self.retention = Retention(self.cameras, cfg.out, cfg.max_gb * 1e9, lambda: set(self.reader.verdicts()[0]),
                                    self.bus.publish)
         self.metrics = SiteMetrics(lambda: self.reader.camera_states(),
                                    lambda: None if self.publisher is None else self.publisher.state())
         self.bus.subscribe(self.metrics)
         self.reader = SiteReader(cfg.path.stem if cfg.path else "site", cfg.out, self.cameras, self.bus,
-                                 self.verdicts, self.retention, self.metrics, self._stop)
+                                 self.retention, self.metrics, self._stop)
 
     @classmethod
     def load(cls, path: Path | str) -> Site:
         """The site of file ``path``, checked (nothing opens until :meth:`run`)."""
         return cls(load_site(path))
 
-    # --- running ------------------------------------------------------------------------------------------------
     def run(self, handle_signals: bool | None = None) -> None:
         """Open every camera and serve until :meth:`stop`. ``handle_signals`` (default: in the main thread): SIGTERM
         and SIGINT stop, SIGHUP reloads the site file."""
@@ -114,7 +95,10 @@ class Site:
             while not self._stop.wait(0.5):
                 if self._reload.is_set():
                     self._reload.clear()
-                    self._reload_safely()
+                    try:
+                        self.reload()
+                    except Exception:  # whatever the file holds or a bug applying it: never the service down
+                        log.exception(f"error: reloading {self.cfg.path} failed; the cameras running go on")
                 board.turn(self.cameras.cameras())
         finally:
             board.close(len(self.cameras))
@@ -127,12 +111,6 @@ class Site:
     def request_reload(self) -> None:
         """Re-read the site file at the next turn of the loop (what SIGHUP does)."""
         self._reload.set()
-
-    def _reload_safely(self) -> None:
-        try:
-            self.reload()
-        except Exception:  # whatever the file holds or a bug applying it: never the service down
-            log.exception(f"error: reloading {self.cfg.path} failed; the cameras running go on")
 
     def reload(self) -> bool:
         """Re-read the site file: cameras added, removed or changed (those only: the others go on untouched). A
@@ -156,7 +134,6 @@ class Site:
         entry = self.cameras.get(name)
         return entry.camera if entry else None
 
-    # --- cameras ------------------------------------------------------------------------------------------------
     def _apply(self, wanted: dict[str, CameraConfig]) -> None:
         """Make the running cameras those of ``wanted``: remove the ones gone or changed, add the new or changed."""
         with self.cameras.lock:
@@ -226,6 +203,32 @@ class Site:
         if self.publisher is not None:
             self.publisher.close()
         log.info("stopped")
+
+
+class StatusBoard:
+    """The site loop's turn for its cameras: states refreshed, ``status`` lines every ``every`` seconds, and on a
+    terminal one line per camera redrawn in place."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.terminal = sys.stderr.isatty()
+        self.next = time.monotonic() + every
+
+    def turn(self, cams: list[Camera]) -> None:
+        for c in cams:
+            c.refresh_state()
+        if time.monotonic() >= self.next:
+            self.next = time.monotonic() + self.every
+            for c in cams:
+                c.status()
+        if self.terminal and cams:
+            sys.stderr.write("".join(f"\r\x1b[K{c.status_text()}\n" for c in cams) + f"\x1b[{len(cams)}A")
+            sys.stderr.flush()
+
+    def close(self, cameras: int) -> None:
+        """Leave the cursor below the ``cameras`` lines drawn."""
+        if self.terminal:
+            sys.stderr.write("\n" * cameras)
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str) -> WatchOptions:

@@ -1,5 +1,7 @@
-"""The model workers of ``vad serve`` (:mod:`vad.site.service`): one thread per shared model scoring the frames
-waiting from all its cameras in one batch, round-robin, each frame with its own camera's past."""
+"""The cameras a site runs (:class:`CameraTable`) and their model workers (:class:`ModelWorker`): one thread per
+shared model scoring the frames waiting from all its cameras in one batch, taken round-robin (a camera that floods
+cannot take another's place), each frame with its own camera's past (:meth:`vad.runtime.scorer.Scorer.plan`: the
+scores ``vad watch`` gives the camera alone)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from vad.live.camera import Camera
 from vad.live.sources import End, Frame, Gap
+from vad.site.config import CameraConfig
 from vad.site.core import Batch
 
 log = logging.getLogger(__name__)
@@ -140,3 +144,56 @@ class ModelWorker:
             cam.gap(item)
         else:
             cam.ended(item)
+
+
+class Running(NamedTuple):
+    cfg: CameraConfig
+    camera: Camera
+    worker: ModelWorker
+
+
+class CameraTable:
+    """``{name: Running}`` behind a lock, read by the API and retention while the site reloads; every read is a
+    snapshot."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Running] = {}
+        self.lock = threading.RLock()  # held by the site across a reload's removals and additions
+
+    def __contains__(self, name: str) -> bool:
+        with self.lock:
+            return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, name: str) -> Running | None:
+        with self.lock:
+            return self._items.get(name)
+
+    def items(self) -> list[tuple[str, Running]]:
+        with self.lock:
+            return list(self._items.items())
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return list(self._items)
+
+    def cameras(self) -> list[Camera]:
+        with self.lock:
+            return [r.camera for r in self._items.values()]
+
+    def runs(self) -> dict[str, list[str]]:
+        """``{run folder: the cameras it scores}``."""
+        runs: dict[str, list[str]] = {}
+        for name, r in self.items():
+            runs.setdefault(r.cfg.run, []).append(name)
+        return runs
+
+    def put(self, name: str, running: Running) -> None:
+        with self.lock:
+            self._items[name] = running
+
+    def pop(self, name: str) -> Running:
+        with self.lock:
+            return self._items.pop(name)
