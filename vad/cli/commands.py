@@ -53,7 +53,9 @@ def score(args: argparse.Namespace) -> None:
     from vad.io import read_dataset
     from vad.offline.pipeline import read_split, score_stage, with_data
 
-    cfg = _with_backend(run_config(args.run, args.set, "score"), args.backend)
+    cfg = run_config(args.run, args.set, "score")
+    if args.backend is not None:
+        cfg = replace(cfg, score=replace(cfg.score, backend=args.backend))
     if args.input is not None:
         if args.data is not None or args.dataset is not None or args.scenes:
             raise UsageError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
@@ -66,13 +68,6 @@ def score(args: argparse.Namespace) -> None:
         print(f"scoring the test split of {data.dataset} at {data.root}")
         clips = read_split(replace(cfg, data=data), "test")
     score_stage(args.run, clips, cfg, device=args.device, overwrite=args.overwrite)
-
-
-def _with_backend(cfg, backend: str | None):
-    """``cfg`` with ``--backend`` (when given) as its ``score.backend``."""
-    from dataclasses import replace
-
-    return cfg if backend is None else replace(cfg, score=replace(cfg.score, backend=backend))
 
 
 def export(args: argparse.Namespace) -> None:

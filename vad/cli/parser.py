@@ -39,13 +39,6 @@ def _data_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to use, e.g. 1 3")
 
 
-def _common(p: argparse.ArgumentParser, device: bool) -> None:
-    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.epochs=5 (may be repeated)")
-    if device:
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-
-
 def _command(sub, name: str, func, help: str, text: str, examples: list[str], writes: str | None = None,
              common: bool = True, device: bool = True) -> argparse.ArgumentParser:
     """A subcommand with its description, examples, ``--set`` (``common``) and ``--device`` (``device``: commands
@@ -62,7 +55,10 @@ def _command(sub, name: str, func, help: str, text: str, examples: list[str], wr
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                    help="say more (debug records, by module)")
     if common:
-        _common(p, device)
+        p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                       help="config overrides, e.g. train.epochs=5 (may be repeated)")
+    if common and device:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     return p
 
 

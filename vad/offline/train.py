@@ -28,7 +28,7 @@ from vad.io.dataset import NORMALIZATIONS
 from vad.io.records import Clip
 from vad.models import AnomalyModel, speed_cue
 from vad.offline.augment import ObjectShift, clip_backgrounds
-from vad.offline.session import Session, hold_samples, open_session, plain_batches, plain_stream
+from vad.offline.session import Session, hold_samples, open_session, plain_stream
 from vad.offline.trainset import kept_teacher, teacher_for
 from vad.progress import progress_bar
 from vad.runs import RunFolder
@@ -136,7 +136,7 @@ def train(
     if s.runs is not None:  # only now, with the teacher's weights final: a finished or refused run decodes nothing
         hold_samples(s)
     if ck is None and init is None:  # statistics a model needs before training (a resumed one has them saved)
-        s.model.fit_normal(plain_batches(s))
+        s.model.fit_normal(to_device(b["frames"], s.device) for b in plain_stream(s))
     if s.cfg.object_shift_rate > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
         s.shift = ObjectShift(clip_backgrounds(plain_stream(s)), s.cfg.object_shift_rate, std, s.device)
