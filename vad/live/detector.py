@@ -69,10 +69,9 @@ class Detector:
              overrides: Sequence[str] = (), scene: str | None = None, cfg: RunConfig | None = None,
              background: bool = False) -> Detector:
         """The model of run folder ``run`` (``scene``: one scene's) under the run's config with ``overrides``
-        (scoring settings and later stages' only; ``cfg``: that config already loaded), run by ``backend`` (default
-        ``score.backend``; ``auto``: the one measured fastest here): prepared, then opened. ``background``: what
-        takes long before a runtime can score (exporting, measuring: tens of seconds on 2 cores) is done in a child
-        process while torch scores; the detector switches when it is ready, the streams' pasts kept."""
+        (``cfg``: that config already loaded), run by ``backend`` (default ``score.backend``): prepared, then opened.
+        ``background``: exporting and measuring (tens of seconds on 2 cores) run in a child process while torch
+        scores; the detector switches when it is ready, the streams' pasts kept."""
         folder = RunFolder(run)
         if cfg is None:
             cfg = run_config(folder.root, overrides, "watch")
@@ -151,10 +150,9 @@ class Detector:
     def score(self, frames: Sequence[np.ndarray] | np.ndarray, stream: str | Sequence[str] = "default",
               first: int | Sequence[int] | None = None) -> Scored:
         """Score consecutive frames of ``stream``: uint8 RGB ``(H, W, 3)`` each (sizes may change between frames).
-        ``first``: the stream index of ``frames[0]`` (default: right after the last frame scored); a frame that does
-        not follow the last one scored starts the stream's past afresh (a gap, dropped frames). Frames of several
-        streams (cameras) in one batch: ``stream`` and ``first`` name each frame's stream and index; each frame is
-        scored with its own stream's past, as if its stream were scored alone."""
+        ``first``: the stream index of ``frames[0]`` (default: right after the last frame scored; one that does not
+        follow it starts the stream's past afresh). Frames of several streams (cameras) in one batch: ``stream`` and
+        ``first`` name each frame's, scored as if its stream were scored alone."""
         if len(frames) == 0:
             raise UsageError("no frames to score")
         if isinstance(stream, str):

@@ -1,11 +1,7 @@
 """Opening a prepared model for scoring: the one place that goes from a run folder to a ready scorer, reading only.
 
-:func:`open_model` restores the model of the run (one scope) under the scoring settings of ``cfg.model``
-(:data:`vad.config.SCORING`) into a scorer, applies its normal reference for those settings and switches to the
-backend (``score.backend``; ``auto``: the fastest measured on this machine). It never writes, exports or measures:
-what it needs and does not find raises :class:`NotPrepared`, which says to prepare first
-(:mod:`vad.runtime.prepare` writes it all).
-"""
+It never writes, exports or measures: what it needs and does not find raises :class:`NotPrepared`, which says to
+prepare first (:mod:`vad.runtime.prepare` writes it all)."""
 
 from __future__ import annotations
 
@@ -67,7 +63,7 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
                backend: str | None = None, frames: int | Callable[[dict], int] | None = None,
                defer: bool = False) -> OpenModel:
     """The prepared model of ``run`` (``scope``: one scene's, for a run trained per scene; default the run's only
-    model) opened for scoring under ``cfg``. ``backend`` overrides ``cfg.score.backend``. ``frames``: how many frames
+    model) opened for scoring under ``cfg`` with its normal reference. ``backend`` overrides ``cfg.score.backend``. ``frames``: how many frames
     the caller will score (or a function of the scoring key giving it: the clips not scored yet), which decides
     whether ``auto`` takes a runtime when no export exists; ``None`` is a live stream (unbounded). ``defer``: when
     the backend's export or, for ``auto``, this machine's speeds are missing, the model opens with torch and

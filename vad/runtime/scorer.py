@@ -286,8 +286,7 @@ class Scorer:
         self.use(runtime)
 
     def use(self, runtime) -> None:
-        """Run the model with ``runtime`` (an exported copy: :class:`vad.runtime.export.Runtime`) from now on;
-        ``None``: with torch again. Every stream's past starts afresh."""
+        """:meth:`Runner.use` ``runtime``; every stream's past starts afresh."""
         self.runner.use(runtime)
         self.pasts.reset(self.runner.dtype)
 
@@ -312,11 +311,9 @@ class Scorer:
     @torch.no_grad()  # not inference_mode: MKD's maps need input gradients, which it enables itself
     def __call__(self, x: torch.Tensor, clip: str | Sequence[str] = "", first: int | Sequence[int] = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Normalised frames ``(B, 3, H, W)`` -> (scores ``(B,)``, anomaly maps ``(B, h, w)``, branch scores or
-        ``None``), float32 (a model with a past: frames ``first ..`` of clip ``clip``, see the class docstring; or
-        frames of several streams in one batch, ``clip`` and ``first`` then one stream name and frame index per
-        frame (:meth:`Pasts.plan`); windows ``(B, 3 * window, H, W)`` are scored as they are). With
-        ``score.per_position`` the map is standardised per position and the score is its maximum."""
+        """See the class docstring; float32. Frames of several streams in one batch: ``clip`` and ``first`` one stream
+        name and frame index per frame (:meth:`Pasts.plan`); windows ``(B, 3 * window, H, W)`` are scored as they
+        are. With ``score.per_position`` the map is standardised per position and the score is its maximum."""
         x = to_device(x, self.device)
         n = len(x)
         grey = None if self.speeds is None else self.speeds.grey(x[:, -3:])
