@@ -35,8 +35,7 @@ from vad.runtime.reference import NormalReference
 
 FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
 FORMATS = ("onnx", "openvino")
-# The backend names are vad.config's (RUNTIMES, VARIANTS: the runtimes' lower-precision copies, made with normal
-# footage and checked by vad.runtime.quantize; BACKENDS). The package each runtime and copy needs to run:
+# the package each runtime and its lower-precision copies (vad.config's RUNTIMES, VARIANTS) need to run
 MODULES = {b: b.split("-")[0] for b in (*RUNTIMES, *VARIANTS)}
 # The runtimes "auto" chooses from on a CPU, with torch: the one that ran the model fastest on this machine, measured
 # once per machine (ONNX Runtime led for the default model on an AVX2 CPU, OpenVINO on an AMX one, torch in bf16 for
@@ -59,8 +58,7 @@ def choose_backend(setting: str, model: AnomalyModel, device: torch.device, fram
     """The backend ``score.backend`` names, checked. ``auto``: torch on a GPU and for MKD (its maps take input
     gradients); on a CPU an installed runtime when an export exists already, or the job has at least
     :data:`EXPORT_MIN_FRAMES` ``frames`` (``None``: a live stream, unbounded); else torch. Which runtime: the first
-    of :data:`PREFERENCE` installed here; :func:`fastest_backend` then picks by measurement once the export exists
-    (torch too, where it is the fastest).
+    of :data:`PREFERENCE` installed here; :func:`fastest_backend` then picks by measurement once the export exists.
     A runtime asked for by name that is not installed is an error that says what to install."""
     if setting not in BACKENDS:
         raise ConfigError(f"score.backend: got {setting!r}; expected one of {', '.join(BACKENDS)}")
