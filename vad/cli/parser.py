@@ -100,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_start_commands(sub) -> None:
-    """``demo`` and ``inspect``."""
     from vad.io import DATASETS
 
     p = _command(sub, "demo", demo, "generate the synthetic demo scene and run every stage on it",
@@ -127,7 +126,6 @@ def _add_start_commands(sub) -> None:
 
 
 def _add_model_commands(sub) -> None:
-    """``train`` and ``score``."""
     p = _command(sub, "train", train, "train a model on a dataset's normal training videos",
                  "Train a student-teacher model on the normal training split. Resumes from RUN/checkpoints when "
                  "interrupted. Writes RUN/model.pt (or RUN/scenes/<scene>/model.pt with train.per_scene=true) and "
@@ -160,7 +158,6 @@ def _add_model_commands(sub) -> None:
 
 
 def _add_stage_commands(sub) -> None:
-    """``evaluate``, ``render`` and ``run``."""
     p = _command(sub, "evaluate", evaluate, "post-process scores; write metrics.json, events and plots",
                  "Smooth and normalise the scores of a scored run; with labels, compute frame-level AUC (micro and "
                  "macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were saved); "
@@ -224,10 +221,9 @@ def _scalar(text: str) -> object:
 
 
 def _option_args(p: argparse.ArgumentParser, options: type) -> None:
-    """A flag per field of options dataclass ``options`` (:func:`~vad.live.options.flag_fields`), named by
-    :func:`~vad.live.options.flag`, its default the field's, its help ``metadata["help"]``; a bool is a switch. A
-    camera option's value is checked when the options are made (:func:`~vad.live.options.from_flags`); the watch
-    loop's own options take their type here."""
+    """A flag per field of options dataclass ``options`` (:func:`~vad.live.options.flag_fields`), its help
+    ``metadata["help"]``; a bool is a switch. A camera option's value is checked when the options are made
+    (:func:`~vad.live.options.from_flags`); the watch loop's own options take their type here."""
     hints = typing.get_type_hints(CameraOptions, include_extras=True)
     for f in flag_fields(options):
         default = None if f.default is dataclasses.MISSING else f.default

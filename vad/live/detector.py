@@ -123,7 +123,6 @@ class Detector:
         """What a camera needs to know of this model (:class:`vad.live.camera.ModelInfo`)."""
         return ModelInfo(self.cfg, self.reference, self.fps, tuple(self.branches or ()))
 
-    # --- what the model is --------------------------------------------------------------------------------------
     @property
     def fps(self) -> float | None:
         """The frame rate of the training footage: the rate the motion branch learned how things move at."""
@@ -146,7 +145,6 @@ class Detector:
         """Raw scores -> 0 at the median normal hold-out score, 1.0 at the event threshold."""
         return (np.asarray(scores, dtype=np.float64) - self.median) / (self.threshold - self.median)
 
-    # --- scoring ----------------------------------------------------------------------------------------------
     def score(self, frames: Sequence[np.ndarray] | np.ndarray, stream: str | Sequence[str] = "default",
               first: int | Sequence[int] | None = None) -> Scored:
         """Score consecutive frames of ``stream``: uint8 RGB ``(H, W, 3)`` each (sizes may change between frames).
@@ -203,6 +201,5 @@ class Detector:
 
     def watch(self, source: str, out: Path | str | None = None, **options) -> Iterator[dict]:
         """Watch ``source`` (:mod:`vad.live.sources`) and yield every event, gap and status line as it is written to
-        ``out/events.jsonl`` (:class:`vad.live.watch.Watch`; ``options``: :class:`vad.live.watch.WatchOptions`
-        fields)."""
+        ``out/events.jsonl`` (:class:`vad.live.watch.Watch`; ``options``: :class:`~vad.live.watch.WatchOptions`)."""
         yield from Watch(self, source, WatchOptions(out=Path(out) if out else None, **options)).run()

@@ -170,9 +170,8 @@ def _colour_notes(clips: Sequence[Clip], colour: bool | None) -> list[str]:
 def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = "auto",
                 overwrite: bool = False) -> dict[str, np.ndarray]:
     """Score ``clips`` with the model(s) of ``run`` under ``cfg.score`` and the scoring settings of ``cfg.model``
-    (:data:`vad.config.SCORING`); per-frame scores (and maps) go to ``run/scores``. Clips are named so that no
-    source's results overwrite another's (:func:`vad.runs.assign_names`). Under ``torchrun`` every rank scores its
-    share of whole clips and rank 0 returns everyone's merged results."""
+    (:data:`vad.config.SCORING`) into ``run/scores``, named so that no source's results overwrite another's. Under
+    ``torchrun`` every rank scores its share of whole clips and rank 0 returns everyone's merged results."""
     folder = RunFolder(run)
     w = world()
     if w.main and folder.rank_parts() and not overwrite:  # parts left by an interrupted distributed scoring

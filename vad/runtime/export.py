@@ -148,10 +148,9 @@ def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
 def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str, wanted: list[str]
                     ) -> tuple[str, dict, bool]:
     """``(backend, speeds, measured)``: of ``wanted`` (:func:`vad.runtime.quantize.candidates`), the one that runs the
-    export in ``folder`` fastest on this machine; each one's frames/s; whether this call measured any.
-    ``measure(backend)`` returns a backend's frames/s; each is measured once per machine and ``setting`` (what else
-    changes the speed: the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to
-    the earlier in ``wanted``."""
+    export in ``folder`` fastest on this machine (ties: the earlier); each one's frames/s; whether this call measured
+    any. ``measure(backend)`` is called once per machine and ``setting`` (batch size, torch's precision) per backend,
+    kept in ``folder``'s :data:`SPEED_FILE`."""
     book, key = _speed_book(folder, setting)
     speeds = book.get(key) if isinstance(book.get(key), dict) else {}
     missing = [b for b in wanted if not isinstance(speeds.get(b), (int, float))]
@@ -302,8 +301,7 @@ class Runtime:
         return [torch.from_numpy(np.asarray(v)) for v in self._run(feed)]
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, amap = self._call({"frames": _array(frames)})
-        return scores, amap
+        return tuple(self._call({"frames": _array(frames)}))
 
     def step(self, frames: torch.Tensor, pool: dict[str, torch.Tensor], index: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -63,11 +63,11 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
                backend: str | None = None, frames: int | Callable[[dict], int] | None = None,
                defer: bool = False) -> OpenModel:
     """The prepared model of ``run`` (``scope``: one scene's, for a run trained per scene; default the run's only
-    model) opened for scoring under ``cfg`` with its normal reference. ``backend`` overrides ``cfg.score.backend``. ``frames``: how many frames
-    the caller will score (or a function of the scoring key giving it: the clips not scored yet), which decides
-    whether ``auto`` takes a runtime when no export exists; ``None`` is a live stream (unbounded). ``defer``: when
-    the backend's export or, for ``auto``, this machine's speeds are missing, the model opens with torch and
-    ``pending`` names the backend to prepare; without it that is :class:`NotPrepared`."""
+    model) opened for scoring under ``cfg`` with its normal reference. ``backend`` overrides ``cfg.score.backend``.
+    ``frames``: how many frames the caller will score (or a function of the scoring key giving it: the clips not
+    scored yet), which decides whether ``auto`` takes a runtime when no export exists; ``None`` is a live stream
+    (unbounded). ``defer``: when the backend's export or, for ``auto``, this machine's speeds are missing, the model
+    opens with torch and ``pending`` names the backend to prepare; without it that is :class:`NotPrepared`."""
     m = start(run, cfg, device, scope, backend, frames, saved_reference)
     export, chosen = m.run.export(m.export_name), m.backend
     if chosen in VARIANTS and made_for(export / chosen, m.reference.model):  # preparing again would not help
