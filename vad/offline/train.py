@@ -44,29 +44,6 @@ class ResumeError(VadError, ValueError):
     """A training folder holds a checkpoint from a different configuration."""
 
 
-def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.optim.Optimizer, object]:
-    """Optimiser and schedule over the parameters the model's current stage trains."""
-    t = cfg.train
-    params = [p for m in model.stage_modules(model.stage) for p in m.parameters() if p.requires_grad]
-    if t.optimizer == "adam":
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    else:  # sgd (the config admits no other)
-        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    warm = max(1, int(round(t.warmup * steps)))
-    if t.schedule == "onecycle":  # at least 4 steps (stage_epochs): OneCycleLR needs two in each phase
-        pct = min(max(t.warmup, 2 / steps), 1 - 2 / steps)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=steps, pct_start=pct)
-    elif t.schedule == "cosine":
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    else:  # constant
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    return opt, sched
-
-
 VAL_SEED = 1234  # pseudo-anomalies in validation are the same every epoch
 
 
@@ -109,7 +86,25 @@ class _Optim:
 
     @classmethod
     def for_stage(cls, s: Session) -> _Optim:
-        opt, sched = _optimizer(s.model, s.cfg, s.epochs[s.model.stage] * s.steps_per_epoch)
+        """Over the parameters the model's current stage trains."""
+        t, steps = s.cfg.train, s.epochs[s.model.stage] * s.steps_per_epoch
+        params = [p for m in s.model.stage_modules(s.model.stage) for p in m.parameters() if p.requires_grad]
+        if t.optimizer == "adam":
+            opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        else:  # sgd (the config admits no other)
+            opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        warm = max(1, int(round(t.warmup * steps)))
+        if t.schedule == "onecycle":  # at least 4 steps (stage_epochs): OneCycleLR needs two in each phase
+            pct = min(max(t.warmup, 2 / steps), 1 - 2 / steps)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=steps, pct_start=pct)
+        elif t.schedule == "cosine":
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        else:  # constant
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
         return cls(opt, sched, torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16),
                    _stepper(s.model, s.device))
 

@@ -5,8 +5,7 @@ Output (``OUT`` is the run folder)::
     OUT/scores/<clip>.npy   (T,) float32 per-frame scores (the method's; STPM and RSTPM: max of the map)
     OUT/maps/<clip>.npy     (T, h, w) float16 anomaly maps at 1/map_stride of the input (with save_maps)
 
-Each file is written atomically when its clip is complete; clips whose files already exist are skipped, so
-an interrupted run picks up where it stopped. ``scorer`` is a :class:`vad.runtime.scorer.Scorer`.
+Each file is written atomically when its clip is complete: an interrupted run picks up where it stopped.
 """
 
 from __future__ import annotations

@@ -47,8 +47,12 @@ def prepare_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "au
     m = opening.start(run, cfg, device, scope, backend, frames, normal_reference)
     if m.backend != "torch":
         m.backend = use_backend(m, m.backend, cfg)
-        if m.backend in VARIANTS:
-            m.precise(*_saved_variant_reference(m.run, m.reference_name, m.backend, m.scorer))
+        if m.backend in VARIANTS:  # the copy's own reference, saved in the run folder (rank 0) under its own name
+            saved = m.run.normal_scores(f"{m.reference_name}-{m.backend}")
+            if world().main and not saved.is_file():
+                NormalReference.load(m.run.export(m.reference_name) / m.backend / "reference.npz").save(saved)
+            barrier()
+            m.precise(*opening.variant_reference(m.run, m.reference_name, m.backend, m.scorer))
     return m
 
 
@@ -72,16 +76,6 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckp
             ref.save(run.normal_scores(name).with_suffix(".npz"))
     barrier()
     return name, ref
-
-
-def _saved_variant_reference(run: RunFolder, name: str, variant: str, scorer: Scorer
-                             ) -> tuple[str, NormalReference]:
-    """:func:`vad.runtime.open.variant_reference`, saved in the run folder (rank 0) under its own name first."""
-    saved = run.normal_scores(f"{name}-{variant}")
-    if world().main and not saved.is_file():
-        NormalReference.load(run.export(name) / variant / "reference.npz").save(saved)
-    barrier()
-    return opening.variant_reference(run, name, variant, scorer)
 
 
 def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalReference,

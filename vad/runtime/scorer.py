@@ -73,8 +73,7 @@ class Pasts:
         return past, {} if self.speeds is None else dict(self.speeds._last)
 
     def restore(self, carried: tuple[dict, dict]) -> None:
-        past, frames = carried
-        self.kept = past
+        self.kept, frames = carried
         if self.speeds is not None:
             self.speeds._last.update(frames)
 
@@ -174,7 +173,6 @@ class Runner:
         # The memory layout the model runs in: measured on the first full batch on a CPU (_tune_layout), as the
         # faster of channels-last and contiguous differs between CPUs and backbones; channels-last on a GPU.
         self.layout = torch.channels_last if device.type == "cuda" else None
-        # What runs the model (torch, or a runtime) and its precision: set by use().
         self.runtime, self.dtype, self.compiled = None, None, False
         self._forward: Callable = model.score_and_map  # frame models
         self._step: Callable | None = None  # models with a past
