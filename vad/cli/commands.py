@@ -1,7 +1,6 @@
 """What each ``vad`` command does once its arguments are parsed: one call down per command, named as the command
-(:mod:`vad.cli.parser` binds them). Which settings a command takes is :mod:`vad.policy`'s; preparing and opening
-a model :mod:`vad.runtime.prepare`'s and :mod:`vad.runtime.open`'s. The library below is imported by the command
-that needs it, so that ``vad --help`` and a command's own errors come before torch is loaded."""
+(:mod:`vad.cli.parser` binds them; the settings a command takes are :mod:`vad.policy`'s). The library below is
+imported by the command that needs it, so that ``vad --help`` and a command's own errors come before torch loads."""
 
 from __future__ import annotations
 

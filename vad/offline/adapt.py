@@ -47,8 +47,7 @@ def withdrawn(extra: dict[str, dict], given: dict[str, dict]) -> list[str]:
 
 
 def _verdicts(run: RunFolder) -> dict[str, dict]:
-    """The run's verdicts (:func:`vad.review.verdicts.read_verdicts`), lines that are not verdicts skipped with a
-    note."""
+    """The run's verdicts (:func:`vad.review.verdicts.read_verdicts`); lines that are not, skipped with a note."""
     given, skipped = read_verdicts(run)
     if skipped:
         log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "

@@ -219,7 +219,7 @@ def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: st
     out = []
     for scope in folder.model_files() or [None]:  # none: prepare_model says so
         opened = prepare_model(folder, cfg, device, scope=scope, backend="torch")  # the normal reference
-        export = exported_model(folder, opened.reference_name, opened.model, opened.ckpt, opened.reference,
+        export = exported_model(folder, opened.reference_name, opened.scorer.model, opened.ckpt, opened.reference,
                                 formats)
         checks = {}
         if copies:

@@ -90,7 +90,6 @@ class Session:
     speed_runs: list = field(default_factory=list)  # the training frames the speed cue's rows are fitted on
 
     def batches(self, epoch: int):
-        """One epoch's training batches."""
         if self.trainset is not None:
             return self.trainset.epoch(self.cfg.train.batch_size, self.cfg.train.seed + 1000 * world().rank, epoch)
         self.train_stream.set_epoch(epoch)
@@ -222,8 +221,7 @@ def _cache_plan(cfg: RunConfig, model: AnomalyModel, transform: FrameTransform, 
 
 
 def hold_samples(s: Session) -> None:
-    """train.cache: decode the planned samples into memory, with the teacher's features
-    (:mod:`vad.offline.trainset`)."""
+    """train.cache: decode the planned samples into memory, with the teacher's features."""
     teacher = s.model if s.model.teacher_cache else None
     t0 = time.perf_counter()
     s.trainset, s.valset = (TrainSet(s.val_clips, r, s.train_stream.transform, s.model.window, teacher, s.device,

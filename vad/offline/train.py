@@ -318,9 +318,8 @@ class _StageLoss(torch.nn.Module):
 
 
 def _stepper(model: AnomalyModel, device: torch.device):
-    """``model.loss``, or with several processes the same loss through DistributedDataParallel (gradients are
-    averaged across ranks in backward). Built per stage: DDP registers the parameters that train at construction,
-    and it makes every rank start from rank 0's weights."""
+    """``model.loss``, or with several processes the same loss through DistributedDataParallel. Built per stage: DDP
+    registers the parameters that train at construction, and it makes every rank start from rank 0's weights."""
     if world().world_size == 1:
         return model.loss
     from torch.nn.parallel import DistributedDataParallel

@@ -58,8 +58,8 @@ def choose_backend(setting: str, model: AnomalyModel, device: torch.device, fram
     """The backend ``score.backend`` names, checked. ``auto``: torch on a GPU and for MKD (its maps take input
     gradients); on a CPU an installed runtime when an export exists already, or the job has at least
     :data:`EXPORT_MIN_FRAMES` ``frames`` (``None``: a live stream, unbounded); else torch. Which runtime: the first
-    of :data:`PREFERENCE` installed here; :func:`fastest_backend` then picks by measurement once the export exists.
-    A runtime asked for by name that is not installed is an error that says what to install."""
+    of :data:`PREFERENCE` installed here (:func:`fastest_backend` measures once the export exists). A runtime asked
+    for by name that is not installed is an error that says what to install."""
     if setting not in BACKENDS:
         raise ConfigError(f"score.backend: got {setting!r}; expected one of {', '.join(BACKENDS)}")
     if setting == "auto":

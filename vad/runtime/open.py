@@ -50,10 +50,6 @@ class OpenModel:
     setting: str = "torch"  # the backend asked for (score.backend, or the caller's)
     export_name: str = ""  # the f32 export's reference id (RUN/export/<export_name>/); reference_name unless a copy
 
-    @property
-    def model(self):
-        return self.scorer.model
-
     def precise(self, name: str, reference: NormalReference) -> None:
         """Score against a lower-precision copy's own reference (:mod:`vad.runtime.quantize`), under its name."""
         self.reference_name, self.reference, self.key = name, reference, {**self.key, "precision": self.backend}
@@ -89,10 +85,9 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
 
 def start(run: RunFolder | Path | str, cfg: RunConfig, device: str, scope: str | None, backend: str | None,
           frames: int | Callable[[dict], int] | None, reference: Callable) -> OpenModel:
-    """The model of ``run``'s ``scope`` (None: the run's only model) restored under the scoring settings of
-    ``cfg.model`` in a scorer running torch, with its normal reference (``reference``: :func:`saved_reference`, or
-    :func:`vad.runtime.prepare.normal_reference`), and the backend :func:`vad.runtime.export.choose_backend` picks
-    for ``backend`` (not yet used)."""
+    """The model of ``run``'s ``scope`` (None: the run's only model) in a scorer running torch, with its normal
+    reference (``reference``: :func:`saved_reference`, or :func:`vad.runtime.prepare.normal_reference`), and the
+    backend :func:`vad.runtime.export.choose_backend` picks for ``backend`` (not yet used)."""
     folder = run if isinstance(run, RunFolder) else RunFolder(Path(run))
     models = folder.model_files()
     if not models:

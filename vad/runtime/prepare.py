@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 def prepare_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto", *, scope: str | None = None,
                   backend: str | None = None, frames: int | Callable[[dict], int] | None = None) -> opening.OpenModel:
     """Make what opening the model of ``run`` (``scope``) for ``backend`` (default ``cfg.score.backend``; ``torch``:
-    the normal reference alone) needs (see the module docstring); ``frames`` as for
-    :func:`vad.runtime.open.open_model`. Returns the model as prepared, its scorer running the backend chosen."""
+    the normal reference alone) needs; ``frames`` as for :func:`vad.runtime.open.open_model`. Returns the model as
+    prepared, its scorer running the backend chosen."""
     m = opening.start(run, cfg, device, scope, backend, frames, normal_reference)
     if m.backend != "torch":
         m.backend = use_backend(m, m.backend, cfg)
@@ -58,10 +58,9 @@ def prepare_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "au
 
 def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckpt: dict, cfg: RunConfig
                      ) -> tuple[str, NormalReference]:
-    """``(name, reference)``: the normal reference of model ``path`` under the scorer's settings, with its
-    statistics applied to the scorer's model: the one saved in the run folder, else the checkpoint's own for the
-    trained settings, else fitted on the hold-out of the model's training clips (read again from ``cfg.data``).
-    Rank 0 saves a new one in the run folder."""
+    """:func:`vad.runtime.open.saved_reference`, else the checkpoint's own for the trained settings, else fitted on
+    the hold-out of the model's training clips (read again from ``cfg.data``), its statistics applied to the
+    scorer's model; rank 0 saves a new one."""
     try:
         name, ref = opening.saved_reference(run, scope, path, scorer, ckpt, cfg)
     except opening.NotPrepared:

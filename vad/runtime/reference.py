@@ -1,9 +1,8 @@
 """The normal reference: what a model's scores are judged against, drawn from normal hold-out frames only.
 
-It depends on how the model scores (:data:`vad.config.SCORING`: a fused model's branch statistics and hold-out scores
-change with ``model.fusion`` or ``model.motion_pool``). :func:`fit_reference` makes it: training for the trained
-settings (saved in ``model.pt``), scoring for others (saved in the run folder). From the hold-out scores come the
-event threshold, calibrated scores and the heatmaps' colour scale. Test data never enters.
+It depends on how the model scores (:data:`vad.config.SCORING`). :func:`fit_reference` makes it: training for the
+trained settings (saved in ``model.pt``), scoring for others (saved in the run folder). From the hold-out scores come
+the event threshold, calibrated scores and the heatmaps' colour scale. Test data never enters.
 """
 
 from __future__ import annotations
