@@ -209,9 +209,8 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
 
 def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: str = "cpu",
                  copies: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
-    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.runtime.export`), with the
-    lower-precision ``copies`` (:mod:`vad.runtime.quantize`); returns the folders written (or already there for the same
-    model and settings), each with its copies' checks ``{variant: Check}``."""
+    """Export every model of ``run`` under the scoring settings of ``cfg.model``, with the lower-precision ``copies``;
+    returns the folders written (or already there), each with its copies' checks ``{variant: Check}``."""
     for variant in copies:  # before any long work
         if (reason := missing(variant)) is not None:
             raise UsageError(reason)
