@@ -1,11 +1,11 @@
 """Learning from an operator's verdicts: the run's model fine-tuned with the frames of events marked normal.
 
-``vad adapt --run RUN`` reads the verdicts (``RUN/feedback.jsonl``: the last per event wins; a live event's names its
-own footage, in ``RUN/footage/``). Events marked *normal* become normal training footage; events marked *anomaly*
-never train, and footage an earlier adaptation learned whose event is now so marked leaves it (``extra_clips`` in the
-checkpoint names each piece's event); test labels are never read. The run's students are fine-tuned from its model
-(one cycle peaking at ``lr``) in ``RUN/adapt/<time>/``; the hold-out (the last ``train.val_fraction`` of every clip
-and event) selects the checkpoint and gives the normal reference. The current ``model.pt`` is kept as
+``vad adapt --run RUN`` reads the verdicts (``RUN/feedback.jsonl``: the last per event wins; a live event's verdict
+names its own footage, in ``RUN/footage/``). Events marked *normal* become normal training footage; events marked
+*anomaly* never train, and footage an earlier adaptation learned whose event is now so marked leaves it (``extra_clips``
+in the checkpoint names each piece's event); test labels are never read. The run's students are fine-tuned from its
+model (one cycle peaking at ``lr``) in ``RUN/adapt/<time>/``; the hold-out (the last ``train.val_fraction`` of every
+clip and event) selects the checkpoint and gives the normal reference. The current ``model.pt`` is kept as
 ``RUN/models/<time>.pt`` and the new one takes its place; the next ``vad score`` scores the old model's clips again.
 """
 

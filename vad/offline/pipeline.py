@@ -254,7 +254,7 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
     scoring from the clips not yet scored by the current model."""
     out = Path(out)
-    # what can be checked before hours of training (the settings were as the config loaded): test split, clips
+    # before hours of training, what loading the config did not check: the test split, the clips to render
     test = read_split(cfg, "test")
     missing = sorted(set(render_clips or ()) - {c.name for c in test})
     if missing:

@@ -86,7 +86,7 @@ class _Optim:
 
     @classmethod
     def for_stage(cls, s: Session) -> _Optim:
-        """Over the parameters the model's current stage trains."""
+        """The optimiser and schedule over the parameters the model's current stage trains."""
         t, steps = s.cfg.train, s.epochs[s.model.stage] * s.steps_per_epoch
         params = [p for m in s.model.stage_modules(s.model.stage) for p in m.parameters() if p.requires_grad]
         if t.optimizer == "adam":
