@@ -221,7 +221,7 @@ def test_compiled_scoring_matches_eager(scene: Path, trained: Path, tmp_path: Pa
 
 
 def test_compile_by_default_only_for_long_jobs(trained: Path) -> None:
-    from vad.runtime.runner import COMPILE_MIN_FRAMES
+    from vad.runtime.scorer import COMPILE_MIN_FRAMES
 
     model, ckpt = load_model(trained / "model.pt")
     scorer = Scorer(model, ckpt, FP32, "cpu")  # compile=None: decided per job

@@ -19,8 +19,7 @@ __all__ = ["ConsoleHandler", "build_parser", "console_logging", "main"]
 
 @contextmanager
 def _writing(args: argparse.Namespace) -> Iterator[None]:
-    """Hold the lock of the run folder the command writes (``--out`` or ``--run``: :func:`vad.runs.writing`). Under
-    torchrun rank 0 holds it for all ranks."""
+    """Hold the lock of the run folder the command writes (``--out`` or ``--run``); under torchrun rank 0's."""
     from vad.distributed import world
     from vad.runs import writing
 

@@ -1,7 +1,6 @@
 """What each ``vad`` command does once its arguments are parsed: one call down per command, named as the command
-(:mod:`vad.cli.parser` binds them). Which settings a command takes is :mod:`vad.policy`'s; preparing and opening
-a model :mod:`vad.runtime.prepare`'s and :mod:`vad.runtime.open`'s. The library below is imported by the command
-that needs it, so that ``vad --help`` and a command's own errors come before torch is loaded."""
+(:mod:`vad.cli.parser` binds them; the settings a command takes are :mod:`vad.policy`'s). The library below is
+imported by the command that needs it, so that ``vad --help`` and a command's own errors come before torch loads."""
 
 from __future__ import annotations
 
@@ -53,7 +52,9 @@ def score(args: argparse.Namespace) -> None:
     from vad.io import read_dataset
     from vad.offline.pipeline import read_split, score_stage, with_data
 
-    cfg = _with_backend(run_config(args.run, args.set, "score"), args.backend)
+    cfg = run_config(args.run, args.set, "score")
+    if args.backend is not None:
+        cfg = replace(cfg, score=replace(cfg.score, backend=args.backend))
     if args.input is not None:
         if args.data is not None or args.dataset is not None or args.scenes:
             raise UsageError("--input scores raw footage; --data, --dataset and --scenes do not apply to it")
@@ -66,13 +67,6 @@ def score(args: argparse.Namespace) -> None:
         print(f"scoring the test split of {data.dataset} at {data.root}")
         clips = read_split(replace(cfg, data=data), "test")
     score_stage(args.run, clips, cfg, device=args.device, overwrite=args.overwrite)
-
-
-def _with_backend(cfg, backend: str | None):
-    """``cfg`` with ``--backend`` (when given) as its ``score.backend``."""
-    from dataclasses import replace
-
-    return cfg if backend is None else replace(cfg, score=replace(cfg.score, backend=backend))
 
 
 def export(args: argparse.Namespace) -> None:

@@ -39,13 +39,6 @@ def _data_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--scenes", nargs="+", default=None, help="ShanghaiTech scenes to use, e.g. 1 3")
 
 
-def _common(p: argparse.ArgumentParser, device: bool) -> None:
-    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.epochs=5 (may be repeated)")
-    if device:
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-
-
 def _command(sub, name: str, func, help: str, text: str, examples: list[str], writes: str | None = None,
              common: bool = True, device: bool = True) -> argparse.ArgumentParser:
     """A subcommand with its description, examples, ``--set`` (``common``) and ``--device`` (``device``: commands
@@ -62,7 +55,10 @@ def _command(sub, name: str, func, help: str, text: str, examples: list[str], wr
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                    help="say more (debug records, by module)")
     if common:
-        _common(p, device)
+        p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                       help="config overrides, e.g. train.epochs=5 (may be repeated)")
+    if common and device:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     return p
 
 
@@ -104,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_start_commands(sub) -> None:
-    """``demo`` and ``inspect``."""
     from vad.io import DATASETS
 
     p = _command(sub, "demo", demo, "generate the synthetic demo scene and run every stage on it",
@@ -131,7 +126,6 @@ def _add_start_commands(sub) -> None:
 
 
 def _add_model_commands(sub) -> None:
-    """``train`` and ``score``."""
     p = _command(sub, "train", train, "train a model on a dataset's normal training videos",
                  "Train a student-teacher model on the normal training split. Resumes from RUN/checkpoints when "
                  "interrupted. Writes RUN/model.pt (or RUN/scenes/<scene>/model.pt with train.per_scene=true) and "
@@ -164,7 +158,6 @@ def _add_model_commands(sub) -> None:
 
 
 def _add_stage_commands(sub) -> None:
-    """``evaluate``, ``render`` and ``run``."""
     p = _command(sub, "evaluate", evaluate, "post-process scores; write metrics.json, events and plots",
                  "Smooth and normalise the scores of a scored run; with labels, compute frame-level AUC (micro and "
                  "macro), AP, EER, per-clip/per-scene/per-event breakdowns and pixel AUROC (when maps were saved); "
@@ -228,10 +221,9 @@ def _scalar(text: str) -> object:
 
 
 def _option_args(p: argparse.ArgumentParser, options: type) -> None:
-    """A flag per field of options dataclass ``options`` (:func:`~vad.live.options.flag_fields`), named by
-    :func:`~vad.live.options.flag`, its default the field's, its help ``metadata["help"]``; a bool is a switch. A
-    camera option's value is checked when the options are made (:func:`~vad.live.options.from_flags`); the watch
-    loop's own options take their type here."""
+    """A flag per field of options dataclass ``options`` (:func:`~vad.live.options.flag_fields`), its help
+    ``metadata["help"]``; a bool is a switch. A camera option's value is checked when the options are made
+    (:func:`~vad.live.options.from_flags`); the watch loop's own options take their type here."""
     hints = typing.get_type_hints(CameraOptions, include_extras=True)
     for f in flag_fields(options):
         default = None if f.default is dataclasses.MISSING else f.default

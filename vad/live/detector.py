@@ -69,10 +69,9 @@ class Detector:
              overrides: Sequence[str] = (), scene: str | None = None, cfg: RunConfig | None = None,
              background: bool = False) -> Detector:
         """The model of run folder ``run`` (``scene``: one scene's) under the run's config with ``overrides``
-        (scoring settings and later stages' only; ``cfg``: that config already loaded), run by ``backend`` (default
-        ``score.backend``; ``auto``: the one measured fastest here): prepared, then opened. ``background``: what
-        takes long before a runtime can score (exporting, measuring: tens of seconds on 2 cores) is done in a child
-        process while torch scores; the detector switches when it is ready, the streams' pasts kept."""
+        (``cfg``: that config already loaded), run by ``backend`` (default ``score.backend``): prepared, then opened.
+        ``background``: exporting and measuring (tens of seconds on 2 cores) run in a child process while torch
+        scores; the detector switches when it is ready, the streams' pasts kept."""
         folder = RunFolder(run)
         if cfg is None:
             cfg = run_config(folder.root, overrides, "watch")
@@ -124,7 +123,6 @@ class Detector:
         """What a camera needs to know of this model (:class:`vad.live.camera.ModelInfo`)."""
         return ModelInfo(self.cfg, self.reference, self.fps, tuple(self.branches or ()))
 
-    # --- what the model is --------------------------------------------------------------------------------------
     @property
     def fps(self) -> float | None:
         """The frame rate of the training footage: the rate the motion branch learned how things move at."""
@@ -147,14 +145,12 @@ class Detector:
         """Raw scores -> 0 at the median normal hold-out score, 1.0 at the event threshold."""
         return (np.asarray(scores, dtype=np.float64) - self.median) / (self.threshold - self.median)
 
-    # --- scoring ----------------------------------------------------------------------------------------------
     def score(self, frames: Sequence[np.ndarray] | np.ndarray, stream: str | Sequence[str] = "default",
               first: int | Sequence[int] | None = None) -> Scored:
         """Score consecutive frames of ``stream``: uint8 RGB ``(H, W, 3)`` each (sizes may change between frames).
-        ``first``: the stream index of ``frames[0]`` (default: right after the last frame scored); a frame that does
-        not follow the last one scored starts the stream's past afresh (a gap, dropped frames). Frames of several
-        streams (cameras) in one batch: ``stream`` and ``first`` name each frame's stream and index; each frame is
-        scored with its own stream's past, as if its stream were scored alone."""
+        ``first``: the stream index of ``frames[0]`` (default: right after the last frame scored; one that does not
+        follow it starts the stream's past afresh). Frames of several streams (cameras) in one batch: ``stream`` and
+        ``first`` name each frame's, scored as if its stream were scored alone."""
         if len(frames) == 0:
             raise UsageError("no frames to score")
         if isinstance(stream, str):
@@ -205,6 +201,5 @@ class Detector:
 
     def watch(self, source: str, out: Path | str | None = None, **options) -> Iterator[dict]:
         """Watch ``source`` (:mod:`vad.live.sources`) and yield every event, gap and status line as it is written to
-        ``out/events.jsonl`` (:class:`vad.live.watch.Watch`; ``options``: :class:`vad.live.watch.WatchOptions`
-        fields)."""
+        ``out/events.jsonl`` (:class:`vad.live.watch.Watch`; ``options``: :class:`~vad.live.watch.WatchOptions`)."""
         yield from Watch(self, source, WatchOptions(out=Path(out) if out else None, **options)).run()

@@ -1,17 +1,12 @@
 """Learning from an operator's verdicts: the run's model fine-tuned with the frames of events marked normal.
 
-``vad adapt --run RUN``:
-
-1. reads the verdicts (``RUN/feedback.jsonl``: the last per event wins), the events they name and the clips' sources
-   (a live event's verdict names its own footage, in ``RUN/footage/``). Events marked *normal* become normal training
-   footage; events marked *anomaly* never train; test labels are never read. Footage an earlier adaptation learned
-   whose event is now marked anomaly leaves the training footage, and adapt says so (``extra_clips`` in the
-   checkpoint names each piece's event).
-2. fine-tunes the run's students from its model (``epochs``, one cycle peaking at ``lr``) on its training clips plus
-   those frames, in ``RUN/adapt/<time>/``; the hold-out (the last ``train.val_fraction`` of every clip and event)
-   selects the checkpoint and gives the normal reference: normal data only.
-3. keeps the current ``model.pt`` as ``RUN/models/<time>.pt`` and puts the new model in its place; clips scored by
-   the old model are scored again by the next ``vad score``.
+``vad adapt --run RUN`` reads the verdicts (``RUN/feedback.jsonl``: the last per event wins; a live event's verdict
+names its own footage, in ``RUN/footage/``). Events marked *normal* become normal training footage; events marked
+*anomaly* never train, and footage an earlier adaptation learned whose event is now so marked leaves it (``extra_clips``
+in the checkpoint names each piece's event); test labels are never read. The run's students are fine-tuned from its
+model (one cycle peaking at ``lr``) in ``RUN/adapt/<time>/``; the hold-out (the last ``train.val_fraction`` of every
+clip and event) selects the checkpoint and gives the normal reference. The current ``model.pt`` is kept as
+``RUN/models/<time>.pt`` and the new one takes its place; the next ``vad score`` scores the old model's clips again.
 """
 
 from __future__ import annotations
@@ -52,8 +47,7 @@ def withdrawn(extra: dict[str, dict], given: dict[str, dict]) -> list[str]:
 
 
 def _verdicts(run: RunFolder) -> dict[str, dict]:
-    """The run's verdicts (:func:`vad.review.verdicts.read_verdicts`), lines that are not verdicts skipped with a
-    note."""
+    """The run's verdicts (:func:`vad.review.verdicts.read_verdicts`); lines that are not, skipped with a note."""
     given, skipped = read_verdicts(run)
     if skipped:
         log.warning(f"note: {run.feedback} line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}: "

@@ -170,9 +170,8 @@ def _colour_notes(clips: Sequence[Clip], colour: bool | None) -> list[str]:
 def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = "auto",
                 overwrite: bool = False) -> dict[str, np.ndarray]:
     """Score ``clips`` with the model(s) of ``run`` under ``cfg.score`` and the scoring settings of ``cfg.model``
-    (:data:`vad.config.SCORING`); per-frame scores (and maps) go to ``run/scores``. Clips are named so that no
-    source's results overwrite another's (:func:`vad.runs.assign_names`). Under ``torchrun`` every rank scores its
-    share of whole clips and rank 0 returns everyone's merged results."""
+    (:data:`vad.config.SCORING`) into ``run/scores``, named so that no source's results overwrite another's. Under
+    ``torchrun`` every rank scores its share of whole clips and rank 0 returns everyone's merged results."""
     folder = RunFolder(run)
     w = world()
     if w.main and folder.rank_parts() and not overwrite:  # parts left by an interrupted distributed scoring
@@ -210,9 +209,8 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
 
 def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: str = "cpu",
                  copies: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
-    """Export every model of ``run`` under the scoring settings of ``cfg.model`` (:mod:`vad.runtime.export`), with the
-    lower-precision ``copies`` (:mod:`vad.runtime.quantize`); returns the folders written (or already there for the same
-    model and settings), each with its copies' checks ``{variant: Check}``."""
+    """Export every model of ``run`` under the scoring settings of ``cfg.model``, with the lower-precision ``copies``;
+    returns the folders written (or already there), each with its copies' checks ``{variant: Check}``."""
     for variant in copies:  # before any long work
         if (reason := missing(variant)) is not None:
             raise UsageError(reason)
@@ -220,7 +218,7 @@ def export_stage(run: Path, cfg: RunConfig, formats: tuple[str, ...], device: st
     out = []
     for scope in folder.model_files() or [None]:  # none: prepare_model says so
         opened = prepare_model(folder, cfg, device, scope=scope, backend="torch")  # the normal reference
-        export = exported_model(folder, opened.reference_name, opened.model, opened.ckpt, opened.reference,
+        export = exported_model(folder, opened.reference_name, opened.scorer.model, opened.ckpt, opened.reference,
                                 formats)
         checks = {}
         if copies:
@@ -256,8 +254,7 @@ def run_all(cfg: RunConfig, out: Path, device: str = "auto", render_clips: Seque
     on the same folder resumes: training from its last checkpoint (a finished one only redoes the hold-out pass),
     scoring from the clips not yet scored by the current model."""
     out = Path(out)
-    # Everything that can be checked before hours of training (settings were checked as the config loaded): the
-    # test split, the clips to render.
+    # before hours of training, what loading the config did not check: the test split, the clips to render
     test = read_split(cfg, "test")
     missing = sorted(set(render_clips or ()) - {c.name for c in test})
     if missing:

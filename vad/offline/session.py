@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vad.config import RunConfig, to_dict
-from vad.device import amp_dtype, autocast, cpu_has_bf16_instructions, resolve_device, to_device
+from vad.device import amp_dtype, autocast, cpu_has_bf16_instructions, resolve_device
 from vad.distributed import frame_shares, world
 from vad.errors import ConfigError, InputError, UsageError
 from vad.io.dataset import FrameStream, FrameTransform, make_loader
@@ -47,11 +47,6 @@ def input_size(cfg: RunConfig, clips: Sequence[Clip]) -> tuple[int, int]:
         return h, cfg.model.input_width
     fh, fw = first_frame(clips[0]).shape[-2:]  # decoded: upright
     return h, max(16, int(round(h * fw / fh / 16)) * 16)
-
-
-def _seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 def stage_epochs(model: AnomalyModel, cfg: RunConfig, steps_per_epoch: int) -> dict[str, int]:
@@ -95,7 +90,6 @@ class Session:
     speed_runs: list = field(default_factory=list)  # the training frames the speed cue's rows are fitted on
 
     def batches(self, epoch: int):
-        """One epoch's training batches."""
         if self.trainset is not None:
             return self.trainset.epoch(self.cfg.train.batch_size, self.cfg.train.seed + 1000 * world().rank, epoch)
         self.train_stream.set_epoch(epoch)
@@ -126,7 +120,8 @@ def open_session(clips: Sequence[Clip], cfg: RunConfig, run: RunFolder, device: 
     # Every epoch takes exactly this many steps (the schedule's length); the stream always has at least as many
     # batches (with several decode workers each worker's last batch may be partial, giving a few more).
     steps_per_epoch = math.ceil(n_train / t.batch_size)
-    _seed(t.seed)
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed % 2**32)
     model = build_model(cfg.model)
     model.to(device, memory_format=torch.channels_last)
     dtype = amp_dtype(t.amp, device)
@@ -226,8 +221,7 @@ def _cache_plan(cfg: RunConfig, model: AnomalyModel, transform: FrameTransform, 
 
 
 def hold_samples(s: Session) -> None:
-    """train.cache: decode the planned samples into memory, with the teacher's features
-    (:mod:`vad.offline.trainset`)."""
+    """train.cache: decode the planned samples into memory, with the teacher's features."""
     teacher = s.model if s.model.teacher_cache else None
     t0 = time.perf_counter()
     s.trainset, s.valset = (TrainSet(s.val_clips, r, s.train_stream.transform, s.model.window, teacher, s.device,
@@ -243,8 +237,3 @@ def plain_stream(s: Session):
     ts = s.train_stream
     stream = FrameStream(ts.clips, ts.transform, batch_size=ts.batch_size, ranges=ts.ranges, window=ts.window)
     return make_loader(stream, s.cfg.train.num_workers)
-
-
-def plain_batches(s: Session):
-    """This rank's training frames in order (not shuffled), as normalised batches on the device."""
-    return (to_device(b["frames"], s.device) for b in plain_stream(s))

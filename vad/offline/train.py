@@ -28,7 +28,7 @@ from vad.io.dataset import NORMALIZATIONS
 from vad.io.records import Clip
 from vad.models import AnomalyModel, speed_cue
 from vad.offline.augment import ObjectShift, clip_backgrounds
-from vad.offline.session import Session, hold_samples, open_session, plain_batches, plain_stream
+from vad.offline.session import Session, hold_samples, open_session, plain_stream
 from vad.offline.trainset import kept_teacher, teacher_for
 from vad.progress import progress_bar
 from vad.runs import RunFolder
@@ -42,29 +42,6 @@ log = logging.getLogger(__name__)
 
 class ResumeError(VadError, ValueError):
     """A training folder holds a checkpoint from a different configuration."""
-
-
-def _optimizer(model: AnomalyModel, cfg: RunConfig, steps: int) -> tuple[torch.optim.Optimizer, object]:
-    """Optimiser and schedule over the parameters the model's current stage trains."""
-    t = cfg.train
-    params = [p for m in model.stage_modules(model.stage) for p in m.parameters() if p.requires_grad]
-    if t.optimizer == "adam":
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    else:  # sgd (the config admits no other)
-        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    warm = max(1, int(round(t.warmup * steps)))
-    if t.schedule == "onecycle":  # at least 4 steps (stage_epochs): OneCycleLR needs two in each phase
-        pct = min(max(t.warmup, 2 / steps), 1 - 2 / steps)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=steps, pct_start=pct)
-    elif t.schedule == "cosine":
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    else:  # constant
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    return opt, sched
 
 
 VAL_SEED = 1234  # pseudo-anomalies in validation are the same every epoch
@@ -109,7 +86,25 @@ class _Optim:
 
     @classmethod
     def for_stage(cls, s: Session) -> _Optim:
-        opt, sched = _optimizer(s.model, s.cfg, s.epochs[s.model.stage] * s.steps_per_epoch)
+        """The optimiser and schedule over the parameters the model's current stage trains."""
+        t, steps = s.cfg.train, s.epochs[s.model.stage] * s.steps_per_epoch
+        params = [p for m in s.model.stage_modules(s.model.stage) for p in m.parameters() if p.requires_grad]
+        if t.optimizer == "adam":
+            opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        else:  # sgd (the config admits no other)
+            opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        warm = max(1, int(round(t.warmup * steps)))
+        if t.schedule == "onecycle":  # at least 4 steps (stage_epochs): OneCycleLR needs two in each phase
+            pct = min(max(t.warmup, 2 / steps), 1 - 2 / steps)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=steps, pct_start=pct)
+        elif t.schedule == "cosine":
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        else:  # constant
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
         return cls(opt, sched, torch.amp.GradScaler(s.device.type, enabled=s.dtype == torch.float16),
                    _stepper(s.model, s.device))
 
@@ -136,7 +131,7 @@ def train(
     if s.runs is not None:  # only now, with the teacher's weights final: a finished or refused run decodes nothing
         hold_samples(s)
     if ck is None and init is None:  # statistics a model needs before training (a resumed one has them saved)
-        s.model.fit_normal(plain_batches(s))
+        s.model.fit_normal(to_device(b["frames"], s.device) for b in plain_stream(s))
     if s.cfg.object_shift_rate > 0:  # backgrounds from the training frames (recomputed on resume: deterministic)
         std = NORMALIZATIONS[s.train_stream.transform.normalization][1]
         s.shift = ObjectShift(clip_backgrounds(plain_stream(s)), s.cfg.object_shift_rate, std, s.device)
@@ -323,9 +318,8 @@ class _StageLoss(torch.nn.Module):
 
 
 def _stepper(model: AnomalyModel, device: torch.device):
-    """``model.loss``, or with several processes the same loss through DistributedDataParallel (gradients are
-    averaged across ranks in backward). Built per stage: DDP registers the parameters that train at construction,
-    and it makes every rank start from rank 0's weights."""
+    """``model.loss``, or with several processes the same loss through DistributedDataParallel. Built per stage: DDP
+    registers the parameters that train at construction, and it makes every rank start from rank 0's weights."""
     if world().world_size == 1:
         return model.loss
     from torch.nn.parallel import DistributedDataParallel

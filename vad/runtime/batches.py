@@ -5,8 +5,7 @@ Output (``OUT`` is the run folder)::
     OUT/scores/<clip>.npy   (T,) float32 per-frame scores (the method's; STPM and RSTPM: max of the map)
     OUT/maps/<clip>.npy     (T, h, w) float16 anomaly maps at 1/map_stride of the input (with save_maps)
 
-Each file is written atomically when its clip is complete; clips whose files already exist are skipped, so
-an interrupted run picks up where it stopped. ``scorer`` is a :class:`vad.runtime.scorer.Scorer`.
+Each file is written atomically when its clip is complete: an interrupted run picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -38,9 +37,8 @@ log = logging.getLogger(__name__)
 def stream(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | None = None,
            partial: bool = False) -> FrameStream:
     """Batches of ``clips`` (``ranges``: frames ``[start, stop)`` of some) as ``scorer`` wants them: single
-    frames, normalised on the CPU or left for the GPU; a range inside a clip is preceded by its real past for a
-    model that reads one. ``partial``: a video that decodes fewer frames than its container declares ends early
-    instead of failing (:func:`~vad.io.decode.iter_frames`)."""
+    frames, normalised on the CPU or left for the GPU; a range inside a clip is preceded by its real past.
+    ``partial``: a video that decodes fewer frames than its container declares ends early instead of failing."""
     common = {"batch_size": scorer.cfg.batch_size, "ranges": ranges, "partial": partial,
               "past": max(scorer.model.context, scorer.speeds is not None)}
     if scorer.on_device:

@@ -35,8 +35,7 @@ from vad.runtime.reference import NormalReference
 
 FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
 FORMATS = ("onnx", "openvino")
-# The backend names are vad.config's (RUNTIMES, VARIANTS: the runtimes' lower-precision copies, made with normal
-# footage and checked by vad.runtime.quantize; BACKENDS). The package each runtime and copy needs to run:
+# the package each runtime and its lower-precision copies (vad.config's RUNTIMES, VARIANTS) need to run
 MODULES = {b: b.split("-")[0] for b in (*RUNTIMES, *VARIANTS)}
 # The runtimes "auto" chooses from on a CPU, with torch: the one that ran the model fastest on this machine, measured
 # once per machine (ONNX Runtime led for the default model on an AVX2 CPU, OpenVINO on an AMX one, torch in bf16 for
@@ -59,9 +58,8 @@ def choose_backend(setting: str, model: AnomalyModel, device: torch.device, fram
     """The backend ``score.backend`` names, checked. ``auto``: torch on a GPU and for MKD (its maps take input
     gradients); on a CPU an installed runtime when an export exists already, or the job has at least
     :data:`EXPORT_MIN_FRAMES` ``frames`` (``None``: a live stream, unbounded); else torch. Which runtime: the first
-    of :data:`PREFERENCE` installed here; :func:`fastest_backend` then picks by measurement once the export exists
-    (torch too, where it is the fastest).
-    A runtime asked for by name that is not installed is an error that says what to install."""
+    of :data:`PREFERENCE` installed here (:func:`fastest_backend` measures once the export exists). A runtime asked
+    for by name that is not installed is an error that says what to install."""
     if setting not in BACKENDS:
         raise ConfigError(f"score.backend: got {setting!r}; expected one of {', '.join(BACKENDS)}")
     if setting == "auto":
@@ -150,10 +148,9 @@ def measured(folder: Path, setting: str, wanted: list[str]) -> dict | None:
 def fastest_backend(folder: Path, measure: Callable[[str], float], setting: str, wanted: list[str]
                     ) -> tuple[str, dict, bool]:
     """``(backend, speeds, measured)``: of ``wanted`` (:func:`vad.runtime.quantize.candidates`), the one that runs the
-    export in ``folder`` fastest on this machine; each one's frames/s; whether this call measured any.
-    ``measure(backend)`` returns a backend's frames/s; each is measured once per machine and ``setting`` (what else
-    changes the speed: the batch size, torch's precision) and kept in ``folder``'s :data:`SPEED_FILE`. Ties go to
-    the earlier in ``wanted``."""
+    export in ``folder`` fastest on this machine (ties: the earlier); each one's frames/s; whether this call measured
+    any. ``measure(backend)`` is called once per machine and ``setting`` (batch size, torch's precision) per backend,
+    kept in ``folder``'s :data:`SPEED_FILE`."""
     book, key = _speed_book(folder, setting)
     speeds = book.get(key) if isinstance(book.get(key), dict) else {}
     missing = [b for b in wanted if not isinstance(speeds.get(b), (int, float))]
@@ -304,8 +301,7 @@ class Runtime:
         return [torch.from_numpy(np.asarray(v)) for v in self._run(feed)]
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, amap = self._call({"frames": _array(frames)})
-        return scores, amap
+        return tuple(self._call({"frames": _array(frames)}))
 
     def step(self, frames: torch.Tensor, pool: dict[str, torch.Tensor], index: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -1,11 +1,7 @@
 """Opening a prepared model for scoring: the one place that goes from a run folder to a ready scorer, reading only.
 
-:func:`open_model` restores the model of the run (one scope) under the scoring settings of ``cfg.model``
-(:data:`vad.config.SCORING`) into a scorer, applies its normal reference for those settings and switches to the
-backend (``score.backend``; ``auto``: the fastest measured on this machine). It never writes, exports or measures:
-what it needs and does not find raises :class:`NotPrepared`, which says to prepare first
-(:mod:`vad.runtime.prepare` writes it all).
-"""
+It never writes, exports or measures: what it needs and does not find raises :class:`NotPrepared`, which says to
+prepare first (:mod:`vad.runtime.prepare` writes it all)."""
 
 from __future__ import annotations
 
@@ -54,10 +50,6 @@ class OpenModel:
     setting: str = "torch"  # the backend asked for (score.backend, or the caller's)
     export_name: str = ""  # the f32 export's reference id (RUN/export/<export_name>/); reference_name unless a copy
 
-    @property
-    def model(self):
-        return self.scorer.model
-
     def precise(self, name: str, reference: NormalReference) -> None:
         """Score against a lower-precision copy's own reference (:mod:`vad.runtime.quantize`), under its name."""
         self.reference_name, self.reference, self.key = name, reference, {**self.key, "precision": self.backend}
@@ -67,11 +59,11 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
                backend: str | None = None, frames: int | Callable[[dict], int] | None = None,
                defer: bool = False) -> OpenModel:
     """The prepared model of ``run`` (``scope``: one scene's, for a run trained per scene; default the run's only
-    model) opened for scoring under ``cfg``. ``backend`` overrides ``cfg.score.backend``. ``frames``: how many frames
-    the caller will score (or a function of the scoring key giving it: the clips not scored yet), which decides
-    whether ``auto`` takes a runtime when no export exists; ``None`` is a live stream (unbounded). ``defer``: when
-    the backend's export or, for ``auto``, this machine's speeds are missing, the model opens with torch and
-    ``pending`` names the backend to prepare; without it that is :class:`NotPrepared`."""
+    model) opened for scoring under ``cfg`` with its normal reference. ``backend`` overrides ``cfg.score.backend``.
+    ``frames``: how many frames the caller will score (or a function of the scoring key giving it: the clips not
+    scored yet), which decides whether ``auto`` takes a runtime when no export exists; ``None`` is a live stream
+    (unbounded). ``defer``: when the backend's export or, for ``auto``, this machine's speeds are missing, the model
+    opens with torch and ``pending`` names the backend to prepare; without it that is :class:`NotPrepared`."""
     m = start(run, cfg, device, scope, backend, frames, saved_reference)
     export, chosen = m.run.export(m.export_name), m.backend
     if chosen in VARIANTS and made_for(export / chosen, m.reference.model):  # preparing again would not help
@@ -93,10 +85,9 @@ def open_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto"
 
 def start(run: RunFolder | Path | str, cfg: RunConfig, device: str, scope: str | None, backend: str | None,
           frames: int | Callable[[dict], int] | None, reference: Callable) -> OpenModel:
-    """The model of ``run``'s ``scope`` (None: the run's only model) restored under the scoring settings of
-    ``cfg.model`` in a scorer running torch, with its normal reference (``reference``: :func:`saved_reference`, or
-    :func:`vad.runtime.prepare.normal_reference`), and the backend :func:`vad.runtime.export.choose_backend` picks
-    for ``backend`` (not yet used)."""
+    """The model of ``run``'s ``scope`` (None: the run's only model) in a scorer running torch, with its normal
+    reference (``reference``: :func:`saved_reference`, or :func:`vad.runtime.prepare.normal_reference`), and the
+    backend :func:`vad.runtime.export.choose_backend` picks for ``backend`` (not yet used)."""
     folder = run if isinstance(run, RunFolder) else RunFolder(Path(run))
     models = folder.model_files()
     if not models:

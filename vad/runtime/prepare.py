@@ -42,22 +42,25 @@ log = logging.getLogger(__name__)
 def prepare_model(run: RunFolder | Path | str, cfg: RunConfig, device: str = "auto", *, scope: str | None = None,
                   backend: str | None = None, frames: int | Callable[[dict], int] | None = None) -> opening.OpenModel:
     """Make what opening the model of ``run`` (``scope``) for ``backend`` (default ``cfg.score.backend``; ``torch``:
-    the normal reference alone) needs (see the module docstring); ``frames`` as for
-    :func:`vad.runtime.open.open_model`. Returns the model as prepared, its scorer running the backend chosen."""
+    the normal reference alone) needs; ``frames`` as for :func:`vad.runtime.open.open_model`. Returns the model as
+    prepared, its scorer running the backend chosen."""
     m = opening.start(run, cfg, device, scope, backend, frames, normal_reference)
     if m.backend != "torch":
         m.backend = use_backend(m, m.backend, cfg)
-        if m.backend in VARIANTS:
-            m.precise(*_saved_variant_reference(m.run, m.reference_name, m.backend, m.scorer))
+        if m.backend in VARIANTS:  # the copy's own reference, saved in the run folder (rank 0) under its own name
+            saved = m.run.normal_scores(f"{m.reference_name}-{m.backend}")
+            if world().main and not saved.is_file():
+                NormalReference.load(m.run.export(m.reference_name) / m.backend / "reference.npz").save(saved)
+            barrier()
+            m.precise(*opening.variant_reference(m.run, m.reference_name, m.backend, m.scorer))
     return m
 
 
 def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckpt: dict, cfg: RunConfig
                      ) -> tuple[str, NormalReference]:
-    """``(name, reference)``: the normal reference of model ``path`` under the scorer's settings, with its
-    statistics applied to the scorer's model: the one saved in the run folder, else the checkpoint's own for the
-    trained settings, else fitted on the hold-out of the model's training clips (read again from ``cfg.data``).
-    Rank 0 saves a new one in the run folder."""
+    """:func:`vad.runtime.open.saved_reference`, else the checkpoint's own for the trained settings, else fitted on
+    the hold-out of the model's training clips (read again from ``cfg.data``), its statistics applied to the
+    scorer's model; rank 0 saves a new one."""
     try:
         name, ref = opening.saved_reference(run, scope, path, scorer, ckpt, cfg)
     except opening.NotPrepared:
@@ -74,16 +77,6 @@ def normal_reference(run: RunFolder, scope: str, path: Path, scorer: Scorer, ckp
     return name, ref
 
 
-def _saved_variant_reference(run: RunFolder, name: str, variant: str, scorer: Scorer
-                             ) -> tuple[str, NormalReference]:
-    """:func:`vad.runtime.open.variant_reference`, saved in the run folder (rank 0) under its own name first."""
-    saved = run.normal_scores(f"{name}-{variant}")
-    if world().main and not saved.is_file():
-        NormalReference.load(run.export(name) / variant / "reference.npz").save(saved)
-    barrier()
-    return opening.variant_reference(run, name, variant, scorer)
-
-
 def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalReference,
                    formats: tuple[str, ...] = ("onnx",)) -> Path:
     """The folder of the model exported under reference ``name``'s settings: made once (rank 0), then reused."""
@@ -97,10 +90,8 @@ def exported_model(run: RunFolder, name: str, model, ckpt: dict, ref: NormalRefe
 
 
 def use_backend(m: opening.OpenModel, backend: str, cfg: RunConfig) -> str:
-    """Score with ``m``'s model exported (:func:`exported_model`) and run by ``backend`` (a lower-precision copy is
-    made first when it is not yet: :func:`ready_variant`), or for ``auto`` by the backend measured fastest on this
-    machine (:func:`vad.runtime.export.fastest_backend` over :func:`vad.runtime.quantize.candidates`: one batch of
-    the scorer's size through the scorer); returns the backend used."""
+    """Score with ``m``'s model exported and run by ``backend`` (a lower-precision copy made first if need be), or
+    for ``auto`` by the backend measured fastest here (one batch of the scorer's size); returns the backend used."""
     scorer, ref = m.scorer, m.reference
     folder = exported_model(m.run, m.reference_name, scorer.model, m.ckpt, ref)
     if backend in VARIANTS:
@@ -130,9 +121,8 @@ def _speeds(speeds: dict[str, float]) -> str:
 
 def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path, variant: str,
                   cfg: RunConfig) -> Check:
-    """The copy ``variant`` of the export in ``folder``, made (rank 0) when it is not there for this model:
-    calibrated on the model's training footage, checked on its hold-out
-    (:func:`vad.runtime.quantize.make_variant`). A copy that failed its check is refused."""
+    """The copy ``variant`` of the export in ``folder``, made (rank 0: :func:`vad.runtime.quantize.make_variant`)
+    when it is not there for this model. A copy that failed its check is refused."""
     made = read_check(folder / variant)
     if world().main and not (made and made_for(folder / variant, ref.model)):
         clips, ranges = training_clips(cfg, ckpt)
@@ -146,11 +136,9 @@ def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path
 
 def prepare_backend(opened: opening.OpenModel, cfg: RunConfig, device: str = "auto",
                     started: Callable[[object], None] | None = None) -> tuple[str, object]:
-    """Prepare ``opened.pending`` as the live scorer goes on with torch: in a child process (at a lower priority;
-    ``started`` gets it, so that the caller can end it when it stops), which prepares the model as ``vad score``
-    would (:func:`prepare_model`: export, measurement, kept in the run folder). Then the backend chosen here from
-    what it wrote; returns ``(backend, runtime)`` for :meth:`vad.runtime.scorer.Scorer.switch` (runtime ``None``:
-    torch was measured the fastest)."""
+    """Prepare ``opened.pending`` (:func:`prepare_model`) in a child process at a lower priority while the live
+    scorer goes on with torch (``started`` gets the process, for the caller to end it); returns ``(backend,
+    runtime)`` chosen from what it wrote, for :meth:`vad.runtime.scorer.Scorer.switch` (``None``: torch)."""
     child = multiprocessing.get_context("spawn").Process(
         target=_prepare_child, args=(str(opened.run.root), cfg, device, opened.scope, opened.setting),
         name="vad-prepare", daemon=True)
@@ -169,8 +157,7 @@ def prepare_backend(opened: opening.OpenModel, cfg: RunConfig, device: str = "au
 
 
 def _prepare_child(run: str, cfg: RunConfig, device: str, scope: str, backend: str) -> None:
-    """In the preparing process: prepare the model as ``vad score --backend BACKEND`` would for a stream, at a lower
-    priority: the setting (``auto`` measures the backends), not the one backend it would pick before measuring."""
+    """The preparing process: ``backend`` is the setting (``auto`` measures), not the one picked before measuring."""
     with contextlib.suppress(OSError):
         os.nice(10)
     prepare_model(RunFolder(Path(run)), cfg, device, scope=scope, backend=backend)

@@ -140,13 +140,11 @@ def runtime(folder: Path, threads: int | None = None) -> Runtime:
     return Runtime(VARIANTS[meta["variant"]][0], folder, threads)
 
 
-# --- frames ---------------------------------------------------------------------------------------------------
 def _score(scorer, clips, segments: list[tuple[str, tuple[int, int]]], pseudo: bool = False
            ) -> dict[str, torch.Tensor]:
     """Raw outputs of ``scorer`` (with whatever runs its model) over ``segments`` of ``clips``, concatenated:
     ``scores`` and ``maps`` (fused, not standardised per position) and ``branches`` when the model has them.
-    ``pseudo``: every frame with a pseudo-anomaly pasted in (:func:`vad.models.pseudo.pseudo_anomalies`, the same
-    ones on every call)."""
+    ``pseudo``: every frame with a pseudo-anomaly pasted in (the same ones on every call)."""
     generator = torch.Generator().manual_seed(PSEUDO_SEED)
     by_name = {c.name: c for c in clips}
     out: dict[str, list] = {}
@@ -194,7 +192,6 @@ def record_feeds(scorer, f32: Runtime, clips, segments) -> list[dict[str, np.nda
     return feeds
 
 
-# --- the check ------------------------------------------------------------------------------------------------
 def compare(f32: tuple[dict, np.ndarray, np.ndarray], copy_: tuple[dict, np.ndarray, np.ndarray], percentile: float,
             ignored: list[str]) -> Check:
     """The check of a copy against the f32 export: each ``(hold-out outputs, their frame scores, the frame scores of
@@ -222,7 +219,6 @@ def _frame_scores(out: dict[str, torch.Tensor], state: dict, per_position: bool)
     return ((out["maps"] - loc) / scale).flatten(1).amax(1).numpy().astype(np.float64)
 
 
-# --- making a variant -----------------------------------------------------------------------------------------
 def compared_layers(onnx_path: Path, depth: int = 4) -> list[str]:
     """The convolutions whose outputs the detector compares: for each feature the graph normalises before comparing
     (the input of a ``ReduceL2``), the nearest ``Conv`` nodes upstream (through at most ``depth`` other nodes:

@@ -1,9 +1,8 @@
 """The normal reference: what a model's scores are judged against, drawn from normal hold-out frames only.
 
-It depends on how the model scores (:data:`vad.config.SCORING`: a fused model's branch statistics and hold-out scores
-change with ``model.fusion`` or ``model.motion_pool``). :func:`fit_reference` makes it: training for the trained
-settings (saved in ``model.pt``), scoring for others (saved in the run folder). From the hold-out scores come the
-event threshold, calibrated scores and the heatmaps' colour scale. Test data never enters.
+It depends on how the model scores (:data:`vad.config.SCORING`). :func:`fit_reference` makes it: training for the
+trained settings (saved in ``model.pt``), scoring for others (saved in the run folder). From the hold-out scores come
+the event threshold, calibrated scores and the heatmaps' colour scale. Test data never enters.
 """
 
 from __future__ import annotations
@@ -119,11 +118,9 @@ def fit_reference(outputs: Callable[[bool], dict], model, position_stats: bool
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fit ``model``'s hold-out statistics and return its hold-out frame scores ``(raw, per-position or None)``.
 
-    ``outputs(branches)`` scores the normal hold-out frames and returns ``{"scores": (N,), "maps": (N, h, w)}``, or
-    with ``branches`` a fused model's branch maps before fusion (:func:`vad.runtime.batches.outputs`). A fused
-    model's branches are standardised by their own hold-out frame scores first, and so are the model's map and its
-    speed cue's (:mod:`vad.models.speed`) before they are fused; with ``position_stats`` the
-    per-position statistics of the (fused) hold-out maps are set too."""
+    ``outputs(branches)``: :func:`vad.runtime.batches.outputs` over the normal hold-out. A fused model's branches are
+    standardised by their own hold-out frame scores first, and so are the model's map and its speed cue's before
+    they are fused; with ``position_stats`` the per-position statistics of the (fused) hold-out maps are set too."""
     if model.branches:
         branch = outputs(True)
         speed = branch.pop("speed", None)
