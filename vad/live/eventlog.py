@@ -59,8 +59,6 @@ class EventLog:
         with self._lock:
             self._close()
 
-    reopen = close  # the file was replaced: go on in the new one
-
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()

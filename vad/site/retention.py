@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vad.atomic import TEMP_PREFIX
-from vad.live.sinks import rewrite_lines
+from vad.live.eventlog import event_log
 from vad.runs import WatchFolder
 from vad.site.core import Storage
 from vad.site.worker import CameraTable
@@ -154,7 +154,7 @@ def _drop_lines(folder: WatchFolder, cutoff: float, camera) -> int:
 
     if camera is not None:
         return camera.rewrite_events(keep)
-    return rewrite_lines(folder.events, keep)
+    return event_log(folder.events).rewrite(keep)
 
 
 class Retention:
