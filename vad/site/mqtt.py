@@ -18,12 +18,11 @@ import threading
 import time
 from collections import deque
 
+from vad.live.eventlog import EVENT_LINES
 from vad.site.config import MqttConfig
 from vad.site.core import CameraAdded, EventLine, Score, SiteEvent, StatusLine
 
 log = logging.getLogger(__name__)
-
-EVENT_TYPES = ("start", "update", "end", "gap")
 
 
 class MqttPublisher:
@@ -73,7 +72,7 @@ class MqttPublisher:
         to ``<camera>/anomaly``."""
         kind = line.get("type")
         body = json.dumps({**line, "camera": camera})
-        if kind in EVENT_TYPES:
+        if kind in EVENT_LINES:
             self._put(self.topic("events"), body, 1, False)
             if kind in ("start", "end"):
                 self._put(self.topic(camera, "anomaly"), "ON" if kind == "start" else "OFF", 1, True)
