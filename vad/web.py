@@ -106,9 +106,6 @@ class AppServer:
         with self._running:
             self._server.run(sockets=[self.socket])
 
-    def start(self) -> None:
-        self.thread.start()
-
     def stop(self, timeout: float | None = None) -> None:
         """Stop answering and wait for :meth:`run` to return (answers under way get the graceful seconds)."""
         self._server.should_exit = True

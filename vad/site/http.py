@@ -78,7 +78,7 @@ class SiteServer:
         self.thread = self._server.thread
 
     def start(self) -> None:
-        self._server.start()
+        self.thread.start()
         users, tokens = self.users.names()
         who = (f"{len(users)} user(s), {len(tokens)} token(s) in {self.users.path}" if users or tokens
                else "open: no login (loopback only)")

@@ -178,7 +178,7 @@ class Site:
                                 background=True)
             det.warm_up(self.cfg.batch)
             worker = ModelWorker(key, det, self.cfg.batch, self.cfg.batch_timeout_ms, self.bus.publish)
-            worker.start()
+            worker.thread.start()
             self.workers[key] = worker
         return self.workers[key]
 
@@ -227,8 +227,7 @@ class StatusBoard:
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str) -> WatchOptions:
-    """A camera's :class:`vad.live.watch.WatchOptions`: its options (:class:`vad.live.options.CameraOptions`, the
-    fields a camera's keys and ``vad watch``'s flags share) and the site's."""
+    """A camera's :class:`vad.live.watch.WatchOptions`: its options (those of ``vad watch``'s flags) and the site's."""
     own = {k: getattr(cam, k) for k in OPTION_NAMES}
     return WatchOptions(**own, out=site.out / name, batch=site.batch, status_every=site.status_every,
                         progress=False, source_name=name)

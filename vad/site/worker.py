@@ -56,9 +56,6 @@ class ModelWorker:
         self.det.reset(name)
         return member.camera if member else None
 
-    def start(self) -> None:
-        self.thread.start()
-
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()
