@@ -91,8 +91,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class AppServer:
-    """An ASGI app answered by uvicorn on a listening socket: :meth:`run` blocks (in the caller's thread), or
-    :meth:`start` runs it in :attr:`thread`."""
+    """An ASGI app answered by uvicorn on a listening socket: :meth:`run` blocks (in the caller's thread, or in
+    :attr:`thread` once started)."""
 
     def __init__(self, app, sock: socket.socket, name: str, graceful: float, **config) -> None:
         self.socket = sock

@@ -41,7 +41,6 @@ from vad.runtime.reference import NormalReference
 
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "scoring", "reconnecting", "down", "stopped")
 HISTORY = 60  # seconds of scores a tile keeps (the highest of each second)
 
 
@@ -137,7 +136,6 @@ class Camera:
         self._lock = threading.Lock()  # lines are written by one thread at a time (scoring, gaps, status)
         self._hold: ExitStack | None = None  # the output folder's lock, from start to close
 
-    # --- life -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start reading. With an output folder: hold its lock (one writer), which sweeps the half-written files a
         killed watch left, and end the events it left open (``reason: interrupted``)."""
@@ -184,7 +182,6 @@ class Camera:
         frames = self.src.queue_size + (self.tracker.recent.maxlen or 0) + self.evidence.tasks.maxsize
         return frames * width * height * 3 / 2**20
 
-    # --- frames in ------------------------------------------------------------------------------------------------
     def take(self, limit: int, timeout: float = 0.0) -> tuple[list[Frame], list[Gap | End]]:
         """Up to ``limit`` frames waiting (``timeout``: seconds to wait for the first item), and the gap or end that
         stopped the taking (to be handed to :meth:`gap` / :meth:`ended` once the frames before it are scored)."""
@@ -249,7 +246,6 @@ class Camera:
                 self.state = "reconnecting"
                 self._apply(self.tracker.reset(), None)
 
-    # --- lines out ------------------------------------------------------------------------------------------------
     def status_line(self) -> dict:
         o = self.tracker.open
         failed = sum(getattr(sink, "failed", 0) for sink in self.sinks)

@@ -60,7 +60,6 @@ class WebhookSink:
 
     @property
     def failed(self) -> int:
-        """Lines not delivered: the queue was full, or every attempt failed."""
         with self._lock:
             return self._failed
 

@@ -22,18 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vad.live.camera import Camera
-from vad.live.events import LINE_FIELDS
 from vad.live.options import CameraOptions, option
 from vad.live.sources import Frame, Gap, describe_source
-
-__all__ = ["LINE_FIELDS", "Watch", "WatchOptions"]
 
 
 @dataclass(frozen=True)
 class WatchOptions(CameraOptions):
     """How to watch a source: a camera's options (:class:`~vad.live.options.CameraOptions`) and the watch loop's
-    own. Each field's ``metadata["help"]`` is its ``vad watch`` help; ``metadata["cli"]`` is False for the fields
-    that are not flags of the command."""
+    own (:func:`~vad.live.options.option`)."""
 
     # None: no files; vad watch requires it (its own --out argument, hence no flag from here)
     out: Path | None = option(None, "output folder: events.jsonl, snapshots/, clips/", cli=False)
@@ -62,7 +58,6 @@ class Watch:
         self.folder, self.fps = self.camera.folder, self.camera.fps
         self._stop = threading.Event()
 
-    # --- control ------------------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop after the frames being scored (an open event is closed and its clip finished): SIGINT, SIGTERM."""
         self._stop.set()
@@ -82,7 +77,6 @@ class Watch:
                 f"{ring} frames (at most {ring * 3 * 1920 * 1080 / 2**20:.0f} MB at 1080p); queue {self.o.queue_size} "
                 "frames" + (f" -> {self.folder.events}" if self.folder else ""))
 
-    # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
         """Watch until the source ends, ``stop()``, or ``max_frames`` / ``max_seconds``; yield every line written."""
         self.det.warm_up(self.o.batch)

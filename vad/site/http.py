@@ -59,10 +59,9 @@ class SiteServer:
     :class:`~vad.errors.ConfigError`) an address beyond loopback without users (:func:`vad.site.auth.check_binding`)."""
 
     def __init__(self, view: SiteView, cfg: HttpConfig) -> None:
-        users = UsersFile(Path(cfg.auth_file))
-        check_binding(cfg.host, users)
-        self.users = users
-        gate = Gate(users, Sessions(cfg.session_hours), Throttle(), is_loopback(cfg.host), bool(cfg.tls),
+        self.users = UsersFile(Path(cfg.auth_file))
+        check_binding(cfg.host, self.users)
+        gate = Gate(self.users, Sessions(cfg.session_hours), Throttle(), is_loopback(cfg.host), bool(cfg.tls),
                     tuple(cfg.origins))
         try:
             sock = listen(cfg.host, cfg.port)

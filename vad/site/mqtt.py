@@ -51,7 +51,6 @@ class MqttPublisher:
     def topic(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts])
 
-    # --- the service's side -------------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background (a broker that is not there yet is retried) and start sending."""
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
@@ -68,8 +67,7 @@ class MqttPublisher:
             self._put(self.topic(event.camera, "anomaly"), "OFF", 1, True)
 
     def line(self, camera: str, line: dict) -> None:
-        """A camera's line (:mod:`vad.live.watch`): events and gaps to ``events``, status to ``stats``, the event state
-        to ``<camera>/anomaly``."""
+        """A camera's line to its topics: events and gaps to ``events``, status to ``stats``, ``<camera>/anomaly``."""
         kind = line.get("type")
         body = json.dumps({**line, "camera": camera})
         if kind in EVENT_LINES:
@@ -103,7 +101,6 @@ class MqttPublisher:
         return {"connected": self.connected.is_set(), "buffered": len(self.buffer), "dropped": self.dropped,
                 "sent": self.sent}
 
-    # --- the sending thread -------------------------------------------------------------------------------------
     def _put(self, topic: str, payload: str, qos: int, retain: bool) -> None:
         with self._lock:
             if len(self.buffer) >= self.cfg.buffer:

@@ -34,7 +34,6 @@ class SiteReader:
         return self.table.names()
 
     def healthy(self) -> bool:
-        """While the loop runs and some camera is not down (a site with no camera is healthy)."""
         cams = self.table.cameras()
         return not self._stopped.is_set() and (not cams or any(c.state != "down" for c in cams))
 

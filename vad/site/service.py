@@ -35,8 +35,6 @@ from vad.site.reader import SiteMetrics, SiteReader
 from vad.site.retention import Retention
 from vad.site.worker import CameraTable, ModelWorker, Running
 
-__all__ = ["ModelWorker", "Site"]
-
 log = logging.getLogger(__name__)
 
 

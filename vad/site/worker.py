@@ -62,7 +62,6 @@ class ModelWorker:
         self.thread.join(timeout=30)
         self.det.close()
 
-    # --- the loop ---------------------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             self.wake.wait(0.2)
