@@ -259,7 +259,7 @@ class Camera:
             return [self._write(self.status_line())]
 
     def picture(self, width: int = 640) -> tuple[int, bytes] | None:
-        """:meth:`Tile.picture`, its anomaly map drawn while an event is open."""
+        """The latest scored frame as JPEG (:meth:`Tile.picture`), its anomaly map drawn while an event is open."""
         return self.tile.picture(self.tracker.open is not None, width)
 
     def rewrite_events(self, keep: Callable[[dict], bool]) -> int:
