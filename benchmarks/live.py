@@ -137,7 +137,7 @@ def main() -> None:
         lines = []
         for line in watch.run():
             lines.append(line)
-            if not sender.is_alive() and len(scored) + watch.src.dropped >= len(sent) - 1:
+            if not sender.is_alive() and len(scored) + watch.camera.src.dropped >= len(sent) - 1:
                 watch.stop()
             if time.monotonic() - t0 > len(frames) / fps + 60:
                 watch.stop()

@@ -111,7 +111,7 @@ def test_a_stream_that_dies_and_comes_back_is_a_gap_not_an_anomaly(run: Path, tm
     det.score = recording
     opts = WatchOptions(out=tmp_path / "w", listen=True, stall_timeout=1.0, open_timeout=20, progress=False)
     watch = Watch(det, url, opts)
-    watch.src.backoff = (0.2, 0.5)  # listen again quickly: the outage is 4 s
+    watch.camera.src.backoff = (0.2, 0.5)  # listen again quickly: the outage is 4 s
     sender.start()
     lines, t0, boundary = [], time.monotonic(), None
     for line in watch.run():
@@ -216,7 +216,7 @@ def test_a_failing_webhook_never_stops_scoring(run: Path, tmp_path: Path) -> Non
     watch = Watch(det, str(video), opts)
     lines = list(watch.run())
     assert lines[-1]["frames_scored"] == 16  # every frame scored while nobody listened
-    (hook,) = [s for s in watch.sinks if isinstance(s, WebhookSink)]
+    (hook,) = [s for s in watch.camera.sinks if isinstance(s, WebhookSink)]
     assert hook.failed == len(lines)  # each line tried (with retries), then counted
 
 

@@ -91,8 +91,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class AppServer:
-    """An ASGI app answered by uvicorn on a listening socket: :meth:`run` blocks (in the caller's thread), or
-    :meth:`start` runs it in :attr:`thread`."""
+    """An ASGI app answered by uvicorn on a listening socket: :meth:`run` blocks (in the caller's thread, or in
+    :attr:`thread` once started)."""
 
     def __init__(self, app, sock: socket.socket, name: str, graceful: float, **config) -> None:
         self.socket = sock
@@ -105,9 +105,6 @@ class AppServer:
     def run(self) -> None:
         with self._running:
             self._server.run(sockets=[self.socket])
-
-    def start(self) -> None:
-        self.thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop answering and wait for :meth:`run` to return (answers under way get the graceful seconds)."""

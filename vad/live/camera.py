@@ -2,47 +2,46 @@
 
 :class:`Camera` is what ``vad watch`` (:class:`vad.live.watch.Watch`, one camera scored alone) and ``vad serve``
 (:class:`vad.site.Site`, many cameras whose frames share batches of one model) have in common: frames are taken from
-its :class:`~vad.live.sources.Source` (:meth:`Camera.take`), scored elsewhere, and handed back with their scores
-(:meth:`Camera.scored`), which the camera turns into lines (the live rule's changes, through its
-:class:`~vad.live.events.EventTracker`), evidence (snapshots, clips) and counts. Every line goes to each of its
-sinks in order and is returned to the caller.
+its source (:meth:`Camera.take`), scored elsewhere, and handed back with their scores (:meth:`Camera.scored`), which
+the camera turns into lines (to each of its sinks in order, and returned to the caller), evidence and counts.
 
-Its state (:attr:`Camera.state`): ``starting`` until its first frame, ``scoring``, ``reconnecting`` after a gap
-began (no frame for ``stall_timeout`` seconds, or the source failed) until frames come again, ``down`` once the source
-ended or gave up, ``stopped`` after :meth:`Camera.close`.
-
-What one camera holds in memory: its queue (``queue_size`` decoded frames), the pre-roll ring of scored frames
-(``pre_roll`` seconds at its rate: the frames with their anomaly maps) and the evidence queue (at most 4 s of
-frames): about ``(queue_size + pre_roll * fps) * H * W * 3`` bytes (:meth:`Camera.memory_bound`).
+Its state: ``starting`` until its first frame, ``scoring``, ``reconnecting`` after a gap began (no frame for
+``stall_timeout`` seconds, or the source failed) until frames come again, ``down`` once the source ended or gave up,
+``stopped`` after :meth:`Camera.close`. In memory it holds its queue, the pre-roll ring of scored frames (with their
+anomaly maps) and the evidence queue (at most 4 s of frames): :meth:`Camera.memory_bound`.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
+from PIL import Image
 
-from vad.config import RunConfig
+from vad.config import RenderConfig, RunConfig
+from vad.heatmap import font, heat_picture, mark_anomaly
+from vad.live.eventlog import event_log
 from vad.live.events import Change, EventTracker, Scored, gap_line
 from vad.live.evidence import Evidence
 from vad.live.options import SOURCE_OPTIONS
-from vad.live.sinks import interrupted_events, rewrite_lines, standard_sinks
+from vad.live.sinks import interrupted_events, standard_sinks
 from vad.live.sources import End, Frame, Gap, Source
 from vad.live.stats import WatchStats
-from vad.live.tile import HISTORY, Tile
 from vad.runs import WatchFolder, locked
 from vad.runtime.postprocess import CausalRule
 from vad.runtime.reference import NormalReference
 
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "scoring", "reconnecting", "down", "stopped")
+HISTORY = 60  # seconds of scores a tile keeps (the highest of each second)
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,47 @@ class ModelInfo:
         """The live rule of its settings for ``stream`` at ``fps``: events at calibrated 1.0."""
         c = self.cfg
         return CausalRule(1.0, c.postprocess.causal_window, c.eval.min_event_frames, c.eval.close_frames, stream, fps)
+
+
+class Tile:
+    """What the control room shows of a camera: its latest scored frame (:attr:`latest`), drawn with its anomaly map
+    (on heat scale ``heat`` ``(low, high)``, ``render``'s colours) while an event is open, and its recent scores."""
+
+    def __init__(self, heat: tuple[float, float], render: RenderConfig) -> None:
+        self.heat, self.render = heat, render
+        self.latest: Scored | None = None  # the latest scored frame
+        self.history: deque[tuple[int, float]] = deque(maxlen=HISTORY)  # (second, its highest score), the last minute
+
+    def add(self, last: Frame, calibrated: np.ndarray, amap: np.ndarray) -> None:
+        """A batch scored: ``calibrated`` ``(B,)`` its scores, ``last`` its last frame with its map ``amap``."""
+        self.latest = Scored(last, float(calibrated[-1]), amap, None)
+        second = int(time.time())
+        top = float(np.max(calibrated))
+        if self.history and self.history[-1][0] == second:
+            top = max(top, self.history.pop()[1])
+        self.history.append((second, top))
+
+    def recent(self, seconds: int = HISTORY) -> list[tuple[int, float]]:
+        """``(unix second, highest calibrated score in it)`` over the last ``seconds``."""
+        since = int(time.time()) - seconds
+        return [x for x in list(self.history) if x[0] > since]
+
+    def picture(self, alert: bool, width: int = 640) -> tuple[int, bytes] | None:
+        """The latest scored frame as JPEG ``(its seq, bytes)``, at most ``width`` wide, with its anomaly map drawn
+        when ``alert`` (an event is open); None before the first."""
+        s = self.latest
+        if s is None:
+            return None
+        rgb = s.frame.rgb
+        if alert:
+            rgb = np.array(heat_picture(rgb, s.amap, self.heat, self.render))
+            mark_anomaly(rgb, rgb.shape[0], font(max(12, rgb.shape[0] // 24)))
+        img = Image.fromarray(rgb)
+        if img.width > width:
+            img = img.resize((width, max(2, round(img.height * width / img.width))), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+        return s.frame.seq, buf.getvalue()
 
 
 class Camera:
@@ -79,7 +119,7 @@ class Camera:
         self.evidence = Evidence(self.folder, heat, cfg.render, rate, int(round(options.post_roll * rate)),
                                  bound=4 * max(1, int(rate)), snapshots=options.snapshots, clips=options.clips,
                                  on_written=on_written)
-        self.tile = Tile(heat, cfg.render)  # what the control room shows
+        self.tile = Tile(heat, cfg.render)
         self.tracker = EventTracker(model.live_rule(name, fps), self.session, branches=model.branches,
                                     update_every=options.update_every, recent=int(round(options.pre_roll * rate)),
                                     paths=self.evidence.paths)
@@ -96,7 +136,6 @@ class Camera:
         self._lock = threading.Lock()  # lines are written by one thread at a time (scoring, gaps, status)
         self._hold: ExitStack | None = None  # the output folder's lock, from start to close
 
-    # --- life -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start reading. With an output folder: hold its lock (one writer), which sweeps the half-written files a
         killed watch left, and end the events it left open (``reason: interrupted``)."""
@@ -143,7 +182,6 @@ class Camera:
         frames = self.src.queue_size + (self.tracker.recent.maxlen or 0) + self.evidence.tasks.maxsize
         return frames * width * height * 3 / 2**20
 
-    # --- frames in ------------------------------------------------------------------------------------------------
     def take(self, limit: int, timeout: float = 0.0) -> tuple[list[Frame], list[Gap | End]]:
         """Up to ``limit`` frames waiting (``timeout``: seconds to wait for the first item), and the gap or end that
         stopped the taking (to be handed to :meth:`gap` / :meth:`ended` once the frames before it are scored)."""
@@ -208,7 +246,6 @@ class Camera:
                 self.state = "reconnecting"
                 self._apply(self.tracker.reset(), None)
 
-    # --- lines out ------------------------------------------------------------------------------------------------
     def status_line(self) -> dict:
         o = self.tracker.open
         failed = sum(getattr(sink, "failed", 0) for sink in self.sinks)
@@ -221,18 +258,8 @@ class Camera:
         with self._lock:
             return [self._write(self.status_line())]
 
-    @property
-    def latest(self) -> Scored | None:
-        """The latest scored frame (the control room's tile)."""
-        return self.tile.latest
-
-    def recent_scores(self, seconds: int = HISTORY) -> list[tuple[int, float]]:
-        """``(unix second, highest calibrated score in it)`` over the last ``seconds``."""
-        return self.tile.recent(seconds)
-
     def picture(self, width: int = 640) -> tuple[int, bytes] | None:
-        """The latest scored frame as JPEG ``(its seq, bytes)`` (:meth:`vad.live.tile.Tile.picture`), its anomaly map
-        drawn while an event is open."""
+        """The latest scored frame as JPEG (:meth:`Tile.picture`), its anomaly map drawn while an event is open."""
         return self.tile.picture(self.tracker.open is not None, width)
 
     def rewrite_events(self, keep: Callable[[dict], bool]) -> int:
@@ -241,7 +268,7 @@ class Camera:
         if self.folder is None or not self.folder.events.is_file():
             return 0
         with self._lock:
-            return rewrite_lines(self.folder.events, keep, [s for s in self.sinks if hasattr(s, "reopen")])
+            return event_log(self.folder.events).rewrite(keep)
 
     def status_text(self) -> str:
         o = self.tracker.open

@@ -1,6 +1,5 @@
 """``events.jsonl``'s one owner (:func:`event_log`: one :class:`EventLog` per file in this process): a camera
-appends its lines through it (it is the camera's file sink), the site reads, tails, asks and rewrites (retention)
-through it.
+appends its lines through it (its file sink), the site reads, asks and rewrites (retention) through it.
 
 The lines are indexed in memory: a read parses only the bytes appended since the last one (by this process or
 another: the file's size, inode and mtime say), so a page asking every second does not re-parse the file. A torn
@@ -58,8 +57,6 @@ class EventLog:
         """Close the append handle (a later append opens it again, in the file then at ``path``); the index stays."""
         with self._lock:
             self._close()
-
-    reopen = close  # the file was replaced: go on in the new one
 
     def _close(self) -> None:
         if self._file is not None:
@@ -145,8 +142,7 @@ _logs_lock = threading.Lock()
 
 
 def event_log(path: Path | str) -> EventLog:
-    """The :class:`EventLog` of the file at ``path``, one per file in this process (its writer and its readers
-    share the index)."""
+    """The :class:`EventLog` of the file at ``path`` (its writer and its readers share the index)."""
     key = Path(path).absolute()
     with _logs_lock:
         if key not in _logs:

@@ -1,12 +1,10 @@
 """One camera's options, in one place: how its source is read and what evidence it keeps.
 
-:class:`CameraOptions` is the one schema of them. ``vad watch`` builds a flag from each field (:func:`flag`, its
-help from ``metadata["help"]``, its default the field's), :class:`vad.live.watch.WatchOptions` adds what only the
-watch loop has (outputs, sinks, limits), and a site file's camera keys (:class:`vad.site.config.CameraConfig`) are
-these fields plus the camera's source, run and retention. Every value is checked when the options are made, with
-the checks of a config (:mod:`vad.config`): a bad one is one :class:`~vad.errors.ConfigError` that names it and
-says what was expected, the same words from a flag (``--fps: got -1.0; ...``) and from a site file
-(``cameras.gate.fps: got -1.0; ...``).
+:class:`CameraOptions` is their one schema: ``vad watch``'s flags (:func:`flag`), :class:`vad.live.watch.WatchOptions`
+(plus what only the watch loop has) and a site file's camera keys (:class:`vad.site.config.CameraConfig`, plus the
+camera's source, run and retention). Every value is checked as a config's (:mod:`vad.config`): a bad one is one
+:class:`~vad.errors.ConfigError` that names it and says what was expected, the same words from a flag
+(``--fps: got -1.0; ...``) and from a site file (``cameras.gate.fps: got -1.0; ...``).
 """
 
 from __future__ import annotations

@@ -21,16 +21,6 @@ from vad.live.eventlog import event_log
 Sink = Callable[[dict], None]
 
 
-def rewrite_lines(path: Path, keep: Callable[[dict], bool], sinks: list = ()) -> int:
-    """Keep the JSON lines of ``path`` for which ``keep`` is true (:meth:`~vad.live.eventlog.EventLog.rewrite`),
-    then reopen ``sinks`` writing to it; the caller holds the writers' lock. Returns the lines removed."""
-    removed = event_log(path).rewrite(keep)
-    if removed:
-        for sink in sinks:
-            sink.reopen()
-    return removed
-
-
 def interrupted_events(path: Path) -> list[dict]:
     """The ``end`` lines that the events of ``path`` still open need: a watch killed mid-event (SIGKILL, power) left
     their ``start`` and ``update`` lines and never an ``end``. Each is the event's last line as an ``end`` at this
@@ -70,7 +60,6 @@ class WebhookSink:
 
     @property
     def failed(self) -> int:
-        """Lines not delivered: the queue was full, or every attempt failed."""
         with self._lock:
             return self._failed
 

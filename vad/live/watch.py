@@ -1,23 +1,15 @@
-"""Watching a live source: frames scored as they arrive, events raised by the causal rule, evidence kept.
+"""Watching a live source (``vad watch``, :meth:`vad.live.detector.Detector.watch`): frames scored as they arrive,
+events raised by the causal rule, evidence kept.
 
-:class:`Watch` runs the loop of ``vad watch`` (and :meth:`vad.live.detector.Detector.watch`):
-
-- a :class:`~vad.live.sources.Source` thread decodes the source into a bounded queue (the stalest frames dropped when
-  scoring falls behind; outages reported as gaps, never scored);
-- the loop takes every frame waiting (up to ``batch``), scores them (:class:`~vad.live.detector.Detector`: the same
-  scores as ``vad score`` gives the same frames), and feeds the calibrated scores to the event tracker
-  (:class:`~vad.live.events.EventTracker` over :class:`~vad.runtime.postprocess.CausalRule`: the mean of the last
-  ``postprocess.causal_window`` scores, an event opens after ``eval.min_event_frames`` frames above the threshold,
-  1.0 calibrated, and closes after ``eval.close_frames`` below);
-- every change is one JSON line (:data:`~vad.live.events.LINE_FIELDS`) written to every sink
-  (:mod:`vad.live.sinks`): ``OUT/events.jsonl``, optionally stdout and a webhook, and any callables in
-  ``WatchOptions.sinks``: ``start`` when an event opens, ``update`` at most once a second while it lasts, ``end``
-  when it closes, ``gap`` for an outage, ``status`` every ``status_every`` seconds (:mod:`vad.live.stats`);
-- evidence (:mod:`vad.live.evidence`), written off the loop by one thread: a JPEG snapshot of each event's peak
-  frame with its heatmap (``OUT/snapshots/<event>.jpg``) and an annotated H.264 clip with pre- and post-roll
-  (``OUT/clips/<event>.mp4``), from a ring buffer of the last ``pre_roll`` seconds of frames.
-
-No sink blocks the loop: evidence and webhook work queue up to a bound and are dropped (and counted) beyond it.
+A :class:`~vad.live.sources.Source` thread decodes the source into a bounded queue (the stalest frames dropped when
+scoring falls behind; outages reported as gaps, never scored); the loop takes every frame waiting (up to ``batch``),
+scores them (the same scores as ``vad score`` gives the same frames) and hands them to its camera
+(:class:`~vad.live.camera.Camera`), whose event tracker applies the live rule
+(:class:`~vad.runtime.postprocess.CausalRule`) and writes every change as one JSON line
+(:data:`~vad.live.events.LINE_FIELDS`) to every sink (:mod:`vad.live.sinks`): ``start``, ``update`` at most once a
+second, ``end``, ``gap``, ``status`` every ``status_every`` seconds. Evidence (:mod:`vad.live.evidence`: each
+event's peak snapshot, an annotated clip with pre- and post-roll) is written off the loop. No sink blocks the loop:
+evidence and webhook work queue up to a bound and are dropped (and counted) beyond it.
 """
 
 from __future__ import annotations
@@ -30,18 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vad.live.camera import Camera
-from vad.live.events import LINE_FIELDS
 from vad.live.options import CameraOptions, option
 from vad.live.sources import Frame, Gap, describe_source
-
-__all__ = ["LINE_FIELDS", "Watch", "WatchOptions"]
 
 
 @dataclass(frozen=True)
 class WatchOptions(CameraOptions):
     """How to watch a source: a camera's options (:class:`~vad.live.options.CameraOptions`) and the watch loop's
-    own. Each field's ``metadata["help"]`` is its ``vad watch`` help; ``metadata["cli"]`` is False for the fields
-    that are not flags of the command."""
+    own (:func:`~vad.live.options.option`)."""
 
     # None: no files; vad watch requires it (its own --out argument, hence no flag from here)
     out: Path | None = option(None, "output folder: events.jsonl, snapshots/, clips/", cli=False)
@@ -70,17 +58,6 @@ class Watch:
         self.folder, self.fps = self.camera.folder, self.camera.fps
         self._stop = threading.Event()
 
-    @property
-    def src(self):
-        """The camera's :class:`~vad.live.sources.Source`."""
-        return self.camera.src
-
-    @property
-    def sinks(self) -> list:
-        """Where the lines go (:mod:`vad.live.sinks`)."""
-        return self.camera.sinks
-
-    # --- control ------------------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop after the frames being scored (an open event is closed and its clip finished): SIGINT, SIGTERM."""
         self._stop.set()
@@ -100,7 +77,6 @@ class Watch:
                 f"{ring} frames (at most {ring * 3 * 1920 * 1080 / 2**20:.0f} MB at 1080p); queue {self.o.queue_size} "
                 "frames" + (f" -> {self.folder.events}" if self.folder else ""))
 
-    # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
         """Watch until the source ends, ``stop()``, or ``max_frames`` / ``max_seconds``; yield every line written."""
         self.det.warm_up(self.o.batch)

@@ -44,8 +44,7 @@ class ReviewServer(AppServer):
         self.server_address: tuple[str, int] = sock.getsockname()[:2]
         self.port = self.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.app = review_app(self.folder, self.port)
-        super().__init__(self.app, sock, "vad-review", graceful=3, proxy_headers=False)
+        super().__init__(review_app(self.folder, self.port), sock, "vad-review", graceful=3, proxy_headers=False)
 
     serve_forever, shutdown, server_close = AppServer.run, AppServer.stop, AppServer.close
 

@@ -1,7 +1,6 @@
-"""A site: every camera of one place watched by one process (``vad serve``): :class:`Site` (the service),
-:mod:`vad.site.config` (the site file), :mod:`vad.site.core` (its typed events and the read interface),
-:mod:`vad.site.mqtt` (lines on MQTT), :mod:`vad.site.http` (the control room: health, the cameras, the events,
-Prometheus metrics)."""
+"""A site: every camera of one place watched by one process (``vad serve``, :class:`Site`), its file
+(:mod:`vad.site.config`), its events (:mod:`vad.site.core`), MQTT (:mod:`vad.site.mqtt`), the control room
+(:mod:`vad.site.http`)."""
 
 from vad.site.config import SiteConfig, load_site
 from vad.site.service import Site

@@ -275,10 +275,6 @@ class Door:
         self.loopback_open = loopback_open
         self.origins = set(origins)
 
-    def required(self) -> bool:
-        """Whether a login is needed: always when someone can log in; else only beyond loopback (refused at start)."""
-        return self.users.configured() or not self.loopback_open
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -291,7 +287,7 @@ class Door:
         session = cookie[COOKIE].value if COOKIE in cookie else None
         bearer = headers.get("authorization", "")
         token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else None
-        required = self.required()
+        required = self.users.configured() or not self.loopback_open  # beyond loopback with no one: refused at start
         if not required and host.rsplit(":", 1)[0].strip("[]") not in ("127.0.0.1", "localhost", "::1"):
             await _refuse(403, "refused: an open (no login) server answers only requests to 127.0.0.1 or localhost",
                           scope, receive, send)

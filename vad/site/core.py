@@ -113,7 +113,7 @@ class SiteView(Protocol):
     def camera_names(self) -> list[str]: ...
 
     def healthy(self) -> bool:
-        """While the loop runs and some camera is not down."""
+        """While the loop runs and some camera is not down (a site with no camera is healthy)."""
 
     def camera_states(self) -> dict[str, dict]:
         """Per camera: state, source, model, rates, drops, latency, the open event, the last gap, its score."""

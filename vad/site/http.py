@@ -1,16 +1,10 @@
 """The control room over HTTP (Starlette on uvicorn, in a thread of ``vad serve``), one router per resource:
-
-- :class:`SessionRoutes`: ``GET /``, the live page (``vad/review/templates/review.html`` with ``live``: the cameras'
-  grid, the event feed as cards, verdicts by ``n`` / ``a``), ``GET /login``, ``POST /api/login``, ``/api/logout``;
-- :class:`CameraRoutes`: ``GET /healthz`` (200 while the loop runs and some camera is not down, else 503),
-  ``/api/cameras`` (each camera's state, rates, drops, latency, open event, last gap, score; ``?history=S``: its
-  highest score per second over ``S`` s), ``/api/cameras/<camera>/frame.jpg`` (the latest scored frame, its
-  anomaly map drawn while an event is open), ``/api/storage`` (:mod:`vad.site.retention`), ``/metrics`` (Prometheus);
-- :class:`EventRoutes`: ``GET /api/events?camera=&since=&limit=`` (event and gap lines, oldest first, the newest
-  ``limit``, default 1000), ``GET /api/feed`` (one item per event), ``GET``/``POST /api/feedback`` (verdicts on
-  ``CAMERA/EVENT``, recorded into the camera's run; 409 while its footage is not written yet), ``GET /media/<camera>/
-  snapshots/<event>.jpg`` and ``clips/<event>.mp4`` (nothing else under ``out``);
-- :class:`StreamRoutes`: ``GET /api/stream``, server-sent events: items' changes, evidence written, verdicts given.
+:class:`SessionRoutes` (the live page, login, logout), :class:`CameraRoutes` (``/healthz``: 200 while the loop runs
+and some camera is not down, else 503; ``/api/cameras``, ``?history=S`` adding each camera's highest score per second
+over ``S`` s; each camera's latest frame; ``/api/storage``; ``/metrics``), :class:`EventRoutes` (``/api/events``:
+event and gap lines, oldest first, the newest ``limit``, default 1000; ``/api/feed``: one item per event;
+``/api/feedback``: verdicts on ``CAMERA/EVENT``, 409 while its footage is not written yet; ``/media/<camera>/``
+snapshots and clips, nothing else under ``out``), :class:`StreamRoutes` (``/api/stream``, server-sent events).
 
 Behind the door of :mod:`vad.site.auth`: every route but ``/healthz`` and the login answers 401 without a session or
 token once users exist (and they must for any address beyond loopback); over TLS with ``http.tls``.
@@ -65,10 +59,9 @@ class SiteServer:
     :class:`~vad.errors.ConfigError`) an address beyond loopback without users (:func:`vad.site.auth.check_binding`)."""
 
     def __init__(self, view: SiteView, cfg: HttpConfig) -> None:
-        users = UsersFile(Path(cfg.auth_file))
-        check_binding(cfg.host, users)
-        self.users = users
-        gate = Gate(users, Sessions(cfg.session_hours), Throttle(), is_loopback(cfg.host), bool(cfg.tls),
+        self.users = UsersFile(Path(cfg.auth_file))
+        check_binding(cfg.host, self.users)
+        gate = Gate(self.users, Sessions(cfg.session_hours), Throttle(), is_loopback(cfg.host), bool(cfg.tls),
                     tuple(cfg.origins))
         try:
             sock = listen(cfg.host, cfg.port)
@@ -84,7 +77,7 @@ class SiteServer:
         self.thread = self._server.thread
 
     def start(self) -> None:
-        self._server.start()
+        self.thread.start()
         users, tokens = self.users.names()
         who = (f"{len(users)} user(s), {len(tokens)} token(s) in {self.users.path}" if users or tokens
                else "open: no login (loopback only)")

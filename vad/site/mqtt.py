@@ -18,12 +18,11 @@ import threading
 import time
 from collections import deque
 
+from vad.live.eventlog import EVENT_LINES
 from vad.site.config import MqttConfig
 from vad.site.core import CameraAdded, EventLine, Score, SiteEvent, StatusLine
 
 log = logging.getLogger(__name__)
-
-EVENT_TYPES = ("start", "update", "end", "gap")
 
 
 class MqttPublisher:
@@ -52,7 +51,6 @@ class MqttPublisher:
     def topic(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts])
 
-    # --- the service's side -------------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background (a broker that is not there yet is retried) and start sending."""
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
@@ -69,11 +67,10 @@ class MqttPublisher:
             self._put(self.topic(event.camera, "anomaly"), "OFF", 1, True)
 
     def line(self, camera: str, line: dict) -> None:
-        """A camera's line (:mod:`vad.live.watch`): events and gaps to ``events``, status to ``stats``, the event state
-        to ``<camera>/anomaly``."""
+        """A camera's line to its topics: events and gaps to ``events``, status to ``stats``, ``<camera>/anomaly``."""
         kind = line.get("type")
         body = json.dumps({**line, "camera": camera})
-        if kind in EVENT_TYPES:
+        if kind in EVENT_LINES:
             self._put(self.topic("events"), body, 1, False)
             if kind in ("start", "end"):
                 self._put(self.topic(camera, "anomaly"), "ON" if kind == "start" else "OFF", 1, True)
@@ -104,7 +101,6 @@ class MqttPublisher:
         return {"connected": self.connected.is_set(), "buffered": len(self.buffer), "dropped": self.dropped,
                 "sent": self.sent}
 
-    # --- the sending thread -------------------------------------------------------------------------------------
     def _put(self, topic: str, payload: str, qos: int, retain: bool) -> None:
         with self._lock:
             if len(self.buffer) >= self.cfg.buffer:

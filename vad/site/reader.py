@@ -34,7 +34,6 @@ class SiteReader:
         return self.table.names()
 
     def healthy(self) -> bool:
-        """While the loop runs and some camera is not down (a site with no camera is healthy)."""
         cams = self.table.cameras()
         return not self._stopped.is_set() and (not cams or any(c.state != "down" for c in cams))
 
@@ -48,16 +47,16 @@ class SiteReader:
                          "dropped": s["dropped"], "latency_ms_p50": s["latency_ms_p50"],
                          "latency_ms_p95": s["latency_ms_p95"], "open_event": s["open_event"],
                          "events": cam.events, "last_gap": cam.last_gap, "score": cam.last_score,
-                         "frame_seq": None if cam.latest is None else cam.latest.frame.seq}
+                         "frame_seq": None if cam.tile.latest is None else cam.tile.latest.frame.seq}
         return out
 
     def camera_history(self, name: str, seconds: int) -> list[tuple[int, float]]:
         entry = self.table.get(name)
-        return [] if entry is None else entry.camera.recent_scores(seconds)
+        return [] if entry is None else entry.camera.tile.recent(seconds)
 
     def latest_seq(self, name: str) -> int | None:
         entry = self.table.get(name)
-        latest = None if entry is None else entry.camera.latest
+        latest = None if entry is None else entry.camera.tile.latest
         return None if latest is None else latest.frame.seq
 
     def picture(self, name: str) -> tuple[int, bytes] | None:

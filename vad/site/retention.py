@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vad.atomic import TEMP_PREFIX
-from vad.live.sinks import rewrite_lines
+from vad.live.eventlog import event_log
 from vad.runs import WatchFolder
 from vad.site.core import Storage
 from vad.site.worker import CameraTable
@@ -115,7 +115,8 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
                 continue
             newest = max((st.st_mtime for _, st in stats), default=now)
             if newest < cutoff:
-                _delete(p for p, _ in stats)
+                for p, _ in stats:
+                    p.unlink(missing_ok=True)
                 kept.deleted_events += 1
                 continue
             entries.append((event in c["judged"], newest, sum(st.st_size for _, st in stats), name, event,
@@ -125,7 +126,8 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
     for _, _, size, name, event, files in sorted(entries, key=lambda e: (e[0], e[1])):
         if total <= max_bytes:
             break
-        _delete(files)
+        for p in files:
+            p.unlink(missing_ok=True)
         total -= size
         kept.deleted_events += 1
         entries = [e for e in entries if not (e[3] == name and e[4] == event)]
@@ -135,11 +137,6 @@ def sweep(out: Path, cameras: dict[str, dict], max_bytes: float, now: float | No
         kept.cameras[name] = {"bytes": sum(e[2] for e in mine), "events": len(mine),
                               "oldest": min((e[1] for e in mine), default=None)}
     return kept
-
-
-def _delete(files) -> None:
-    for p in files:
-        p.unlink(missing_ok=True)
 
 
 def _drop_lines(folder: WatchFolder, cutoff: float, camera) -> int:
@@ -154,7 +151,7 @@ def _drop_lines(folder: WatchFolder, cutoff: float, camera) -> int:
 
     if camera is not None:
         return camera.rewrite_events(keep)
-    return rewrite_lines(folder.events, keep)
+    return event_log(folder.events).rewrite(keep)
 
 
 class Retention:

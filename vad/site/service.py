@@ -1,16 +1,15 @@
-"""``vad serve``: every camera of a site watched by one process, the cameras of one run scored through one model.
+"""``vad serve``: every camera of a site watched by one process (:class:`Site`), the cameras of one run scored
+through one model.
 
 .. code-block:: python
 
     site = Site.load("site.yaml")        # checked first: one error naming the file and the key
     site.run()                           # until stop() (SIGTERM, SIGINT); reload() re-reads the file (SIGHUP)
 
-Cameras that name the same run (and scene) share one :class:`~vad.live.detector.Detector` and one
-:class:`~vad.site.worker.ModelWorker` (batches across cameras); each keeps its own motion context, event state,
-pre-roll and outputs (``out/<camera>/``, as ``vad watch`` writes them: :class:`~vad.live.camera.Camera`), and its
-outages are its own (a gap; the others go on). Lines go to the camera's files, to MQTT (:mod:`vad.site.mqtt`) and to
-the control room (:mod:`vad.site.http`); :mod:`vad.site.retention` bounds what is kept. Models open with torch and
-are exported and measured in the background, so the sources open at once.
+Cameras that name the same run (and scene) share one detector and one :class:`~vad.site.worker.ModelWorker`
+(batches across cameras); each keeps its own motion context, event state, pre-roll, outputs (``out/<camera>/``, as
+``vad watch`` writes them) and outages (a gap; the others go on). Models open with torch and are exported and
+measured in the background, so the sources open at once.
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ from vad.site.mqtt import MqttPublisher
 from vad.site.reader import SiteMetrics, SiteReader
 from vad.site.retention import Retention
 from vad.site.worker import CameraTable, ModelWorker, Running
-
-__all__ = ["ModelWorker", "Site"]
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +104,6 @@ class Site:
     def stop(self) -> None:
         """Stop: every open event is closed, clips finished, ``offline`` published (from any thread)."""
         self._stop.set()
-
-    def request_reload(self) -> None:
-        """Re-read the site file at the next turn of the loop (what SIGHUP does)."""
-        self._reload.set()
 
     def reload(self) -> bool:
         """Re-read the site file: cameras added, removed or changed (those only: the others go on untouched). A
@@ -183,7 +176,7 @@ class Site:
                                 background=True)
             det.warm_up(self.cfg.batch)
             worker = ModelWorker(key, det, self.cfg.batch, self.cfg.batch_timeout_ms, self.bus.publish)
-            worker.start()
+            worker.thread.start()
             self.workers[key] = worker
         return self.workers[key]
 
@@ -232,8 +225,7 @@ class StatusBoard:
 
 
 def _options(cam: CameraConfig, site: SiteConfig, name: str) -> WatchOptions:
-    """A camera's :class:`vad.live.watch.WatchOptions`: its options (:class:`vad.live.options.CameraOptions`, the
-    fields a camera's keys and ``vad watch``'s flags share) and the site's."""
+    """A camera's :class:`vad.live.watch.WatchOptions`: its options (those of ``vad watch``'s flags) and the site's."""
     own = {k: getattr(cam, k) for k in OPTION_NAMES}
     return WatchOptions(**own, out=site.out / name, batch=site.batch, status_every=site.status_every,
                         progress=False, source_name=name)

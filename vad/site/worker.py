@@ -1,6 +1,6 @@
 """The cameras a site runs (:class:`CameraTable`) and their model workers (:class:`ModelWorker`): one thread per
 shared model scoring the frames waiting from all its cameras in one batch, taken round-robin (a camera that floods
-cannot take another's place), each frame with its own camera's past (:meth:`vad.runtime.scorer.Scorer.plan`: the
+cannot take another's place), each frame with its own camera's past (:meth:`vad.runtime.scorer.Pasts.plan`: the
 scores ``vad watch`` gives the camera alone)."""
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class ModelWorker:
         self._lock = threading.Lock()  # members added and removed between batches
         self._stop = threading.Event()
         self._turn = 0  # round-robin: the member that goes first in the next round
-        self.batches = self.frames = 0
         self.thread = threading.Thread(target=self._run, name=f"vad-model {self.name}", daemon=True)
 
     def add(self, camera: Camera) -> None:
@@ -57,16 +56,12 @@ class ModelWorker:
         self.det.reset(name)
         return member.camera if member else None
 
-    def start(self) -> None:
-        self.thread.start()
-
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()
         self.thread.join(timeout=30)
         self.det.close()
 
-    # --- the loop ---------------------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             self.wake.wait(0.2)
@@ -122,8 +117,6 @@ class ModelWorker:
         out = self.det.score([f.rgb for _, f in taken], stream=[c.name for c, _ in taken],
                              first=[f.seq for _, f in taken])
         seconds = time.perf_counter() - t0
-        self.batches += 1
-        self.frames += len(taken)
         if self.publish is not None:
             self.publish(Batch(self.name, seconds, len(taken)))
         rows: dict[str, list[int]] = {}
