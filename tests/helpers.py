@@ -188,8 +188,7 @@ def make_anomaly_scene(root: Path, n_train: int = 4, frames_per_clip: int = 24, 
 
 def interrupt_training_after(monkeypatch, epochs: int) -> None:
     """Make ``vad.offline.train`` raise KeyboardInterrupt right after saving ``checkpoints/last.pt`` for the
-    ``epochs``-th
-    time, as a crash would; ``monkeypatch.undo()`` restores it."""
+    ``epochs``-th time, as a crash would; ``monkeypatch.undo()`` restores it."""
     import vad.offline.train as vt
 
     real_save, calls = vt.atomic_save, []

@@ -1,8 +1,7 @@
 """Lower-precision copies (vad.runtime.quantize): int8 calibrated on training frames only, never a test frame nor the
-hold-out;
-each checked on the normal hold-out against the f32 export; a broken one fails its check and is never used (a backend
-named for it is refused, auto does not measure it); one that passed scores with its own normal reference and still
-separates the scene's anomaly."""
+hold-out; each checked on the normal hold-out against the f32 export; a broken one fails its check and is never used (a
+backend named for it is refused, auto does not measure it); one that passed scores with its own normal reference and
+still separates the scene's anomaly."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Training samples held in memory (vad.offline.trainset): the streamed samples exactly, the teacher's features kept,
-long
-footage sampled, the memory limit, and the teacher's folded BatchNorms."""
+long footage sampled, the memory limit, and the teacher's folded BatchNorms."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Verdicts (vad.review.verdicts): one writer and one reader of RUN/feedback.jsonl, one rule for lines that are not
-verdicts
-(skipped and reported, never fatal). A run here is only the files the module reads: events.json, feedback.jsonl.
-The same torn line through the page's server, `vad feedback` and `vad adapt`: tests/test_adapt.py."""
+verdicts (skipped and reported, never fatal). A run here is only the files the module reads: events.json,
+feedback.jsonl. The same torn line through the page's server, `vad feedback` and `vad adapt`: tests/test_adapt.py."""
 
 from __future__ import annotations
 

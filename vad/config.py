@@ -163,8 +163,8 @@ class TrainConfig:
     num_workers: Annotated[int, Range(ge=0)] = 0  # DataLoader decode workers (train.cache false)
     shuffle_buffer: Positive = 512  # train.cache false: frames mixed across clips while streaming
     # Hold the training frames in memory, decoded once, with the frozen teacher's features of each
-    # (vad.offline.trainset):
-    # the same samples, each epoch a full shuffle; false: decode (and run the teacher) every epoch
+    # (vad.offline.trainset): the same samples, each epoch a full shuffle; false: decode (and run the teacher) every
+    # epoch
     cache: bool = True
     cache_gb: Annotated[float, Range(gt=0)] = 8.0  # the most train.cache may hold; more is refused before training
     # Frames a model trains on (per process): longer footage is sampled in runs of 16 consecutive frames spread evenly
@@ -185,9 +185,8 @@ class ScoreConfig:
     num_workers: Annotated[int, Range(ge=0)] | None = None  # decode workers; None: up to 8 on CUDA, 0 on a CPU
     compile: bool | None = None  # torch.compile (stpm, rstpm); None: for jobs of >= 5000 frames (Runner.compiles)
     # What runs the model: torch, or an exported copy (vad.runtime.export), or its int8 / bf16 copy
-    # (vad.runtime.quantize); auto:
-    # on a CPU whichever of torch, the installed runtimes and the copies that passed their check ran fastest there
-    # (measured once: RUN/export/*/speed.json), torch on a GPU
+    # (vad.runtime.quantize); auto: on a CPU whichever of torch, the installed runtimes and the copies that passed their
+    # check ran fastest there (measured once: RUN/export/*/speed.json), torch on a GPU
     backend: Backend = "auto"
 
 
@@ -208,8 +207,7 @@ class EvalConfig:
     close_frames: Positive = 3  # the live rule closes an event after this many frames below the threshold
     rule: Literal["offline", "causal"] = "offline"  # the events evaluate writes: offline (the smoothed scores of the
     # whole clip, sigma centred) | causal (the live rule: from the past alone; vad.runtime.postprocess.CausalRule).
-    # metrics.json
-    # reports the alarm rates of both
+    # metrics.json reports the alarm rates of both
     pixel_max: Positive = 2_000_000  # pixel AUROC draws at most this many map cells
     plots: bool = True
     fps: Annotated[float, Range(gt=0)] | None = None  # frame rate for event times of frame-folder clips

@@ -78,8 +78,11 @@ class Detector:
         if backend is not None:
             cfg = replace(cfg, score=replace(cfg.score, backend=backend))
         with locked(folder.root, "watch (loading the model)", wait=120):  # other watchers load it too: a moment
-            prepare_model(folder, cfg, device, scope=scene, backend="torch" if background else backend)
-            opened = open_model(folder, cfg, device, scope=scene, backend=backend, defer=background)
+            if background:  # the normal reference now; the backend's exports and speeds in the child
+                prepare_model(folder, cfg, device, scope=scene, backend="torch")
+                opened = open_model(folder, cfg, device, scope=scene, backend=backend, defer=True)
+            else:
+                opened = prepare_model(folder, cfg, device, scope=scene, backend=backend)
         det = cls(folder, cfg, opened.scorer, opened.ckpt, opened.reference, opened.reference_name, opened.backend)
         if opened.pending:
             det.preparing = threading.Thread(target=det._prepare_backend, args=(opened, device), name="vad-backend",

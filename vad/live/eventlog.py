@@ -9,7 +9,6 @@ last line (a writer killed mid-line) waits until its newline comes; a line that 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,20 +35,14 @@ class EventLog:
         self._stamp: tuple[int, int, int] | None = None  # (device, inode, mtime_ns) when indexed
 
     def append(self, line: dict) -> None:
-        """Write ``line`` (one JSON line, flushed; the folder made at the first); the index takes it at once when it
-        was current."""
+        """Write ``line`` (one JSON line, flushed; the folder made at the first). Readers index it at their next look
+        (from the file, so a caller's later change to ``line`` never reaches the index)."""
         data = json.dumps(line) + "\n"
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", buffering=1)  # line-buffered: each line reaches the file whole
             self._file.write(data)
-            st = os.fstat(self._file.fileno())
-            size = len(data.encode())
-            if self._stamp is not None and self._stamp[:2] == (st.st_dev, st.st_ino) and \
-                    st.st_size == self._offset + size:  # nobody else wrote since the last read: no re-read
-                self._take(line)
-                self._offset, self._stamp = st.st_size, (st.st_dev, st.st_ino, st.st_mtime_ns)
 
     __call__ = append  # a sink (vad.live.sinks)
 
@@ -65,12 +58,12 @@ class EventLog:
 
     def rewrite(self, keep: Callable[[dict], bool]) -> int:
         """Keep the JSON lines for which ``keep`` is true (lines that are not JSON objects are kept), replacing the
-        file atomically; appends go on in the new file. The caller holds the writers' lock. Returns the lines
-        removed."""
+        file atomically and indexing what stays in the same pass; appends go on in the new file. The caller holds the
+        writers' lock. Returns the lines removed."""
         with self._lock:
             if not self.path.is_file():
                 return 0
-            kept, removed = [], 0
+            kept, taken, removed = [], [], 0
             for text in self.path.read_text().splitlines():
                 try:
                     line = json.loads(text)
@@ -79,12 +72,18 @@ class EventLog:
                     continue
                 if not isinstance(line, dict) or keep(line):
                     kept.append(text)
+                    taken += [line] if isinstance(line, dict) else []
                 else:
                     removed += 1
             if removed:
-                write_text("".join(t + "\n" for t in kept), self.path)
+                data = "".join(t + "\n" for t in kept)
+                write_text(data, self.path)
                 self._close()
                 self._reset()
+                for line in taken:
+                    self._take(line)
+                st = self.path.stat()
+                self._offset, self._stamp = len(data.encode()), (st.st_dev, st.st_ino, st.st_mtime_ns)
             return removed
 
     def lines(self, since: str | None = None) -> list[dict]:

@@ -1,13 +1,12 @@
 """Events of a live watch: each scored frame through the live rule, the rule's changes as JSON lines.
 
-:class:`EventTracker` takes every scored frame (:class:`Scored`: its calibrated score, anomaly map and branch
-scores), pushes it to :class:`~vad.runtime.postprocess.CausalRule` (the mean of the last ``window`` scores; an event
-opens
-after ``open_frames`` frames above 1.0 calibrated and closes after ``close_frames`` below), and returns what changed
-as :class:`Change` records, in order: ``peak`` (the open event has a new peak frame: its snapshot is due), ``start``,
+:class:`EventTracker` takes every scored frame (:class:`Scored`: its calibrated score, anomaly map and branch scores),
+pushes it to :class:`~vad.runtime.postprocess.CausalRule` (the mean of the last ``window`` scores; an event opens after
+``open_frames`` frames above 1.0 calibrated and closes after ``close_frames`` below), and returns what changed as
+:class:`Change` records, in order: ``peak`` (the open event has a new peak frame: its snapshot is due), ``start``,
 ``update`` (at most once every ``update_every`` seconds while an event lasts) and ``end``, the last three with their
-line (:data:`LINE_FIELDS`). It keeps the last ``recent`` scored frames (the clip's pre-roll; the pts of an event's
-first frame come from them).
+line (:data:`LINE_FIELDS`). It keeps the last ``recent`` scored frames (the clip's pre-roll; the pts of an event's first
+frame come from them).
 """
 
 from __future__ import annotations

@@ -151,8 +151,7 @@ class MotionSTPM(STPM):
         features of past frames (the predictor's levels, ``(P, C, h, w)`` each), ``index`` ``(B, context)`` (int64)
         the rows of ``seq`` that are frame ``j``'s ``context`` past frames, oldest first. A stream's first frame
         (or the first after a gap) is its own past, as in a window: its rows point at itself. Built by
-        :meth:`vad.runtime.scorer.Pasts.plan`. Returns the maps and the predictor's levels of ``x`` (what a stream
-        keeps
+        :meth:`vad.runtime.scorer.Pasts.plan`. Returns the maps and the predictor's levels of ``x`` (what a stream keeps
         for the frames after). Equal to :meth:`branch_maps` of the frames' windows."""
         with torch.no_grad():
             t = self.teacher(x)

@@ -28,7 +28,6 @@ from vad.offline.train import train, train_per_scene
 from vad.progress import progress_bar
 from vad.runs import RunFolder, RunFolderError, ScoreBook, merge_manifest_parts
 from vad.runtime.batches import score_clips
-from vad.runtime.open import open_model
 from vad.runtime.prepare import exported_model, prepare_model, training_clips
 from vad.runtime.quantize import make_variant, missing
 from vad.runtime.reference import holdout
@@ -189,8 +188,7 @@ def score_stage(run: Path, clips: Sequence[Clip], cfg: RunConfig, device: str = 
         def frames(key: dict, pending=pending) -> int:
             return sum(c.num_frames for c in pending(key))
 
-        prepare_model(folder, cfg, device, scope=scope, frames=frames)
-        opened = open_model(folder, cfg, device, scope=scope, frames=frames)
+        opened = prepare_model(folder, cfg, device, scope=scope, frames=frames)  # prepared, and open
         for line in _colour_notes(pending(opened.key), opened.ckpt.get("colour")) if w.main else []:
             log.info(line)
         share = shard_clips(group, w.rank, w.world_size)

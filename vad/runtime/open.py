@@ -39,7 +39,6 @@ class OpenModel:
 
     run: RunFolder
     scope: str  # "all" (the run's model) or the scene whose model it is
-    path: Path  # the model file
     ckpt: dict
     scorer: Scorer  # running the model with ``backend``
     reference_name: str  # the reference's id: names its files in the run folder (normal scores, export)
@@ -106,7 +105,7 @@ def start(run: RunFolder | Path | str, cfg: RunConfig, device: str, scope: str |
     todo = frames(key) if callable(frames) else frames
     setting = backend or cfg.score.backend
     chosen = choose_backend(setting, scorer.model, scorer.device, todo, exported(folder.export(name), ref.model))
-    return OpenModel(folder, scope, models[scope], ckpt, scorer, name, ref, chosen, key, setting=setting,
+    return OpenModel(folder, scope, ckpt, scorer, name, ref, chosen, key, setting=setting,
                      export_name=name)
 
 

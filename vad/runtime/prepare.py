@@ -32,7 +32,7 @@ from vad.runtime import open as opening
 from vad.runtime.batches import outputs
 from vad.runtime.checkpoint import trained_model_config
 from vad.runtime.export import VARIANTS, Runtime, export_model, exported, fastest_backend
-from vad.runtime.quantize import Check, candidates, made_for, make_variant, read_check
+from vad.runtime.quantize import candidates, made_for, make_variant, read_check
 from vad.runtime.reference import NormalReference, fit_reference, holdout, reference_id, reference_state
 from vad.runtime.scorer import Scorer
 
@@ -120,7 +120,7 @@ def _speeds(speeds: dict[str, float]) -> str:
 
 
 def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path, variant: str,
-                  cfg: RunConfig) -> Check:
+                  cfg: RunConfig) -> None:
     """The copy ``variant`` of the export in ``folder``, made (rank 0: :func:`vad.runtime.quantize.make_variant`)
     when it is not there for this model. A copy that failed its check is refused."""
     made = read_check(folder / variant)
@@ -131,7 +131,6 @@ def ready_variant(scorer: Scorer, ckpt: dict, ref: NormalReference, folder: Path
         make_variant(variant, scorer, ref, folder, clips, train, val, cfg.eval.threshold_percentile)
     barrier()
     opening.copy_check(folder, variant)
-    return read_check(folder / variant)
 
 
 def prepare_backend(opened: opening.OpenModel, cfg: RunConfig, device: str = "auto",

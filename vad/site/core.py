@@ -19,6 +19,7 @@ class EventLine:
 
     camera: str
     line: dict
+    clips: bool = True  # the camera keeps clips (its feed items name one): carried, so no subscriber asks the site
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,11 @@ SiteEvent = EventLine | StatusLine | Written | Score | CameraAdded | Batch | Ver
 Subscriber = Callable[[SiteEvent], None]
 
 
-def line_event(camera: str, line: dict) -> EventLine | StatusLine | None:
-    """A camera's line as its event (None: a kind nobody subscribes to)."""
+def line_event(camera: str, line: dict, clips: bool) -> EventLine | StatusLine | None:
+    """A camera's line as its event (None: a kind nobody subscribes to); ``clips``: whether the camera keeps clips."""
     kind = line.get("type")
     if kind in EVENT_LINES:
-        return EventLine(camera, line)
+        return EventLine(camera, line, clips)
     return StatusLine(camera, line) if kind == "status" else None
 
 

@@ -261,16 +261,25 @@ class EventRoutes:
                 raise ValueError
         except ValueError:
             return json_response(400, {"error": "limit: expected a positive integer"})
-        names = self.view.camera_names()
-        if camera is not None and camera not in names:
-            return json_response(404, {"error": f"unknown camera {camera!r}; cameras: {sorted(names)}"})
-        lines = await run_in_threadpool(self.view.event_lines, names if camera is None else [camera],
-                                        request.query_params.get("since"))
+        names = self._cameras(camera)
+        if isinstance(names, Response):
+            return names
+        lines = await run_in_threadpool(self.view.event_lines, names, request.query_params.get("since"))
         return JSONResponse({"events": lines[-limit:]}, headers=NO_STORE)
 
     async def feed(self, request: Request) -> Response:
-        items = await run_in_threadpool(self.view.feed, request.query_params.get("camera"))
+        camera = request.query_params.get("camera")
+        if isinstance(unknown := self._cameras(camera), Response):
+            return unknown
+        items = await run_in_threadpool(self.view.feed, camera)
         return JSONResponse({"events": items}, headers=NO_STORE)
+
+    def _cameras(self, camera: str | None) -> list[str] | Response:
+        """The cameras a ``?camera=`` asks for (all when absent), or 404 for one the site does not have."""
+        names = self.view.camera_names()
+        if camera is not None and camera not in names:
+            return json_response(404, {"error": f"unknown camera {camera!r}; cameras: {sorted(names)}"})
+        return names if camera is None else [camera]
 
     async def feedback(self, request: Request) -> Response:
         if request.method == "GET":
@@ -330,7 +339,7 @@ class StreamRoutes:
     def __call__(self, event: SiteEvent) -> None:
         msg: dict | None
         if isinstance(event, EventLine):
-            msg = feed_item(event.camera, event.line, self.view.clips(event.camera))
+            msg = feed_item(event.camera, event.line, event.clips)  # a sink's call: the site's tables are not asked
             if msg is None:
                 return
             msg = {"kind": "event", "item": msg}

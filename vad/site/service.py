@@ -147,7 +147,7 @@ class Site:
         publish(CameraAdded(name))
 
         def sink(line: dict) -> None:
-            event = line_event(name, line)
+            event = line_event(name, line, cfg.clips)
             if event is not None:
                 publish(event)
 
