@@ -12,6 +12,7 @@ verdicts.
 from __future__ import annotations
 
 import logging
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vad.errors import UnknownEventError, UsageError, VadError
 from vad.review.verdicts import read_verdicts, record_verdict
 from vad.runs import RunFolder, RunFolderError, read_manifest
-from vad.web import MAX_BODY, NO_STORE, AppServer, BodyTooLarge, http_error, inside, listen, parse_json, read_body
+from vad.web import MAX_BODY, NO_STORE, AppServer, BodyTooLarge, as_model, http_error, inside, listen, read_body
 from vad.web import json_response as _json
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,14 @@ def _run_file(request: Request) -> Response:
     return _file(inside(request.app.state.folder.root, request.path_params["path"]), request)
 
 
+@dataclass(frozen=True)
+class VerdictRequest:
+    """``POST /api/feedback``'s body."""
+
+    event: str
+    verdict: str  # normal | anomaly
+
+
 async def _feedback(request: Request) -> Response:
     folder: RunFolder = request.app.state.folder
     if request.method == "GET":
@@ -117,10 +126,7 @@ async def _feedback(request: Request) -> Response:
     except BodyTooLarge:
         return _json(413, {"error": f"a verdict's body is over {MAX_BODY} bytes; expected a small JSON object"})
     try:
-        asked = parse_json(body)
-        event, verdict = asked["event"], asked["verdict"]
-        if not (isinstance(event, str) and isinstance(verdict, str)):
-            raise TypeError("event and verdict must be strings")
+        event, verdict = astuple(as_model(VerdictRequest, body))
     except (ValueError, TypeError, KeyError) as err:
         return _json(400, {"error": f'expected {{"event": ID, "verdict": "normal"|"anomaly"}}; got '
                                     f"{body[:200].decode(errors='replace')!r} ({err!r})"})

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from vad.errors import InputError, UnknownEventError, UsageError
 from vad.review.page import render_login, render_page
+from vad.review.server import VerdictRequest
 from vad.site.auth import COOKIE, FAIL_DELAY, Door, Gate, Sessions, Throttle, UsersFile, check_binding, is_loopback
 from vad.site.config import HttpConfig
 from vad.site.core import EventLine, SiteEvent, SiteView, Stopping, Verdict, Written, feed_item
@@ -233,11 +234,8 @@ class _LoginFailures:
 
 
 @dataclass(frozen=True)
-class VerdictBody:
-    """``POST /api/feedback``'s body."""
-
-    event: str  # CAMERA/EVENT
-    verdict: str  # normal | anomaly
+class VerdictBody(VerdictRequest):
+    """``POST /api/feedback``'s body: the review page's, its event named ``CAMERA/EVENT``."""
 
     def __post_init__(self) -> None:
         if "/" not in self.event:
