@@ -58,6 +58,8 @@ def test_frame_folder_pil_and_torchvision_agree(tmp_path):
     _, b = collect(folder, backend="torchvision", batch_size=6)
     assert a.shape == (T, 3, 48, 64)
     assert (a.float() - b.float()).abs().max() <= 2  # both libjpeg; rounding may differ
+    # both keep the decoder's (H, W, 3) rows: channels-last, so that resizing needs no transposing copy
+    assert a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_natural_frame_order(tmp_path):

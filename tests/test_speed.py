@@ -10,9 +10,10 @@ import torch
 
 from tests.helpers import write_frames
 from vad.config import ModelConfig, ScoreConfig, to_dict
+from vad.io.dataset import NORMALIZATIONS, FrameTransform
 from vad.io.records import frames_clip
 from vad.models import build_model, speed_cue
-from vad.models.speed import FLOOR, SpeedCue, cell_speed, make_flow
+from vad.models.speed import FLOOR, SpeedCue, SpeedStreams, cell_speed, make_flow
 from vad.runtime.batches import cell_speeds, outputs, score_clips
 from vad.runtime.checkpoint import restore_model
 from vad.runtime.scorer import Scorer
@@ -49,6 +50,16 @@ def test_cell_speed_measures_a_movers_speed_and_nothing_on_still_background() ->
     assert np.all(moving[0] == 0)  # the first frame has no past
     # the block's cells move about 3 px a frame (averaged with the still cells around it: less, never more)
     assert 1.0 < moving[1:].max() <= 3.5
+
+
+@pytest.mark.parametrize("normalization", sorted(NORMALIZATIONS))
+def test_the_flows_grey_frames_are_the_mean_of_the_channels_the_model_saw(normalization: str) -> None:
+    """The cue reads normalised frames back as grey: exactly the rounded mean of the uint8 channels."""
+    frames = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (4, 3, 20, 30), dtype=np.uint8))
+    x = FrameTransform(None, normalization)(frames)
+    streams = SpeedStreams(SpeedCue(8, 8), *NORMALIZATIONS[normalization])
+    want = (frames.sum(1, dtype=torch.int32).float() / 3).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(streams.grey(x), want)
 
 
 def test_the_cue_separates_a_fast_mover_from_walkers_at_the_same_rows() -> None:
