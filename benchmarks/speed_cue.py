@@ -31,6 +31,10 @@ PRESETS = {  # finest scale, patch size, patch stride, gradient descent iteratio
     "DIS fast preset (finest scale 2)": (2, 8, 4, 16, 5),
     "DIS ultrafast preset": (2, 8, 5, 16, 0),
     "shipped without variational refinement": (1, 8, 4, 16, 0),
+    "shipped, 1 variational refinement iteration": (1, 8, 4, 16, 1),
+    "shipped, 2 variational refinement iterations": (1, 8, 4, 16, 2),
+    "shipped, 8 gradient descent iterations": (1, 8, 4, 8, 5),
+    "shipped, patch stride 6": (1, 8, 6, 16, 5),
 }
 STRIDE = 8
 
