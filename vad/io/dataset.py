@@ -284,15 +284,9 @@ class FrameStream(IterableDataset):
 
 
 def make_loader(stream: FrameStream, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A ``DataLoader`` over a :class:`FrameStream` (batches are formed by the stream itself).
-
-    Workers start from a fork server, not by forking the caller: a process that forks while another of its threads
-    holds a lock (a camera or web thread decoding with FFmpeg, a CUDA context) gives the child a lock nobody will
-    release, and a worker hung in ``frame.to_ndarray`` that way. A fork server's workers start clean (about a
-    second each to import torch, once per pass over the data).
-    """
-    methods = multiprocessing.get_all_start_methods()
-    context = ("forkserver" if "forkserver" in methods else "spawn") if num_workers > 0 else None
+    """A ``DataLoader`` over a :class:`FrameStream` (batches are formed by the stream itself). Workers start from a
+    fork server: a forked one can inherit a lock another thread held (one hung in ``frame.to_ndarray`` that way)."""
+    start = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return DataLoader(
         stream,
         batch_size=None,
@@ -300,5 +294,5 @@ def make_loader(stream: FrameStream, num_workers: int = 0, pin_memory: bool = Fa
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
-        multiprocessing_context=context,
+        multiprocessing_context=start if num_workers else None,
     )

@@ -159,8 +159,6 @@ class SpeedStreams:
 
     def __init__(self, cue: SpeedCue, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.cue = cue
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"the speed cue reads RGB frames: 3 means and 3 deviations; got {mean}, {std}")
         self._weights = [s * 255 / 3 for s in std]  # grey (0-255) from a normalised frame: sum_c x_c * w_c + offset
         self._offset = sum(mean) * 255 / 3
         self._last: dict[str, tuple[np.ndarray, int]] = {}
