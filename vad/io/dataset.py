@@ -10,7 +10,6 @@ frame it belongs to last); see :func:`windows`.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -284,9 +283,7 @@ class FrameStream(IterableDataset):
 
 
 def make_loader(stream: FrameStream, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A ``DataLoader`` over a :class:`FrameStream` (batches are formed by the stream itself). Workers start from a
-    fork server: a forked one can inherit a lock another thread held (one hung in ``frame.to_ndarray`` that way)."""
-    start = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    """A ``DataLoader`` over a :class:`FrameStream` (batches are formed by the stream itself)."""
     return DataLoader(
         stream,
         batch_size=None,
@@ -294,5 +291,4 @@ def make_loader(stream: FrameStream, num_workers: int = 0, pin_memory: bool = Fa
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
-        multiprocessing_context=start if num_workers else None,
     )
