@@ -83,6 +83,7 @@ def main() -> None:
             per[c.name], t = speeds(grey[c.name], preset, cue.cells)
             ms.append(t)
         cue.fit_rows(np.concatenate([per[c.name] for c in train]))
+        per = {n: np.nan_to_num(v) for n, v in per.items()}  # alone, a first frame (no past) scores no speed, 0
         for rows in (False, True):
             if rows:
                 scores = {n: cue.relative(torch.from_numpy(per[n])).flatten(1).amax(1).numpy() for n in labels}

@@ -46,10 +46,33 @@ def test_cell_speed_measures_a_movers_speed_and_nothing_on_still_background() ->
     cue = SpeedCue(cell=8, stride=8)
     still = _speeds(_scene(6, []), cue)
     moving = _speeds(_scene(6, [(20, 3.0)]), cue)
-    assert still.max() < 0.05  # no motion, no speed
-    assert np.all(moving[0] == 0)  # the first frame has no past
+    assert still[1:].max() < 0.05  # no motion, no speed
+    assert np.isnan(moving[0]).all() and not np.isnan(moving[1:]).any()  # the first frame has no past: unknown
     # the block's cells move about 3 px a frame (averaged with the still cells around it: less, never more)
     assert 1.0 < moving[1:].max() <= 3.5
+
+
+def test_a_frame_without_a_past_is_neither_normal_nor_anomalous_to_the_cue() -> None:
+    """A stream's first frame has no speed: the statistics leave it out, and the fused map is the model's own map
+    (the cue's standardised value 0, its normal mean), where zero speed would sit far below every normal frame."""
+    cue = SpeedCue(cell=8, stride=8, fusion="sum")
+    normal = _speeds(_scene(30, [(10, 1.0), (40, 1.5)], seed=1), cue)
+    cue.fit_rows(normal)
+    without_first = SpeedCue(cell=8, stride=8)
+    without_first.fit_rows(normal[1:])
+    torch.testing.assert_close(cue.row_ref, without_first.row_ref)
+    rel = cue.relative(torch.from_numpy(normal))
+    base = torch.rand(len(rel)) + 1.0
+    cue.set_stats(base, rel.flatten(1).amax(1))
+    held = rel[1:].flatten(1).amax(1)
+    torch.testing.assert_close(cue.loc[1], held.mean())
+    torch.testing.assert_close(cue.scale[1], held.std())
+    amap = torch.rand(2, *rel.shape[-2:]) * 3
+    fused, speed = cue.fuse(amap, rel[:2])
+    torch.testing.assert_close(fused[0], (amap[0] - cue.loc[0]) / cue.scale[0])
+    assert speed[0] == 0 and torch.isfinite(fused).all()
+    zero = cue.fuse(amap[:1], torch.zeros_like(rel[:1]))[0]
+    assert (zero < fused[0]).all()  # what scoring no past as zero speed did: lower everywhere
 
 
 @pytest.mark.parametrize("normalization", sorted(NORMALIZATIONS))
@@ -94,12 +117,12 @@ def test_rows_nearer_than_any_normal_movement_borrow_a_reference_and_references_
     normal = _speeds(_scene(40, [(24, 3.0), (44, 1.5)], seed=2), cue)
     cue.fit_rows(normal)
     ref = cue.row_ref.numpy()
-    own = np.percentile(normal.max(2), 99.9, axis=0) + FLOOR
+    own = np.percentile(normal[1:].max(2), 99.9, axis=0) + FLOOR  # the first frame has no past
     np.testing.assert_allclose(ref[:2], own[:2], rtol=1e-6)  # above the first busy row (map row 3 of 8 px)
     assert ref[0] < FLOOR + 0.2 and np.all(np.diff(ref[3:]) >= 0)
     assert ref[6] >= ref[3] > own[6] + 0.5  # the slow walker's row took the reference above it
     walker_low = cue.relative(torch.from_numpy(_speeds(_scene(8, [(52, 2.5)], seed=2), cue)))
-    assert float(walker_low.max()) < 1.0  # nearer the camera, a bit faster: within the normal fast end
+    assert float(walker_low[1:].max()) < 1.0  # nearer the camera, a bit faster: within the normal fast end
     fast_at_top = cue.relative(torch.from_numpy(_speeds(_scene(8, [(0, 4.0)], seed=2), cue)))
     fast_on_row = cue.relative(torch.from_numpy(_speeds(_scene(8, [(44, 8.0)], seed=2), cue)))
     assert float(fast_at_top[1:].max()) > 2.0 and float(fast_on_row[1:].max()) > 1.3

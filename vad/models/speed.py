@@ -7,7 +7,10 @@ no training, only statistics of normal footage:
 
 - Flow: OpenCV's DIS optical flow between the previous frame and this one, grey, at the model's input size
   (:data:`DIS`). Only the past is read: frame ``t`` uses frames ``t - 1`` and ``t``; a stream's first frame (or
-  the first after a gap) has no past and no speed, as a window's first frame is its own past.
+  the first after a gap) has no past, so its speed is unknown (NaN), not zero: the fusion gives such a frame the
+  cue's normal mean (0 once standardised), no evidence either way, and the statistics leave it out. (Scored as
+  zero, a first frame was 7 standard deviations more normal than any normal frame; most Ped2 test clips open with
+  their anomaly already in view.)
 - Cells: the flow's magnitude (pixels per frame) averaged over the anomaly map's cells (``stride`` pixels), then
   over ``cell`` x ``cell`` pixels (``model.speed_cell``): about the size of a person at the input sizes the
   pipelines choose, so one mover fills a cell and a lone noisy pixel does not.
@@ -66,10 +69,10 @@ def cell_speed(flow: cv2.DISOpticalFlow, prev: np.ndarray | None, cur: np.ndarra
                cell_cells: int) -> np.ndarray:
     """Grey uint8 frames ``(H, W)`` -> the mean speed (input pixels per frame) over cells: ``(h, w)`` = ``size``
     (the anomaly map's grid), each the mean over ``cell_cells`` x ``cell_cells`` grid cells around it (at the
-    edges, of those inside). ``prev`` ``None``: no past, no speed (zeros)."""
+    edges, of those inside). ``prev`` ``None``: no past, the speed unknown (NaN)."""
     h, w = size
     if prev is None:
-        return np.zeros(size, np.float32)
+        return np.full(size, np.nan, np.float32)
     uv = flow.calc(prev, cur, None)  # (H, W, 2) float32
     speed = cv2.magnitude(uv[..., 0], uv[..., 1])
     grid = cv2.resize(speed, (w, h), interpolation=cv2.INTER_AREA)
@@ -114,7 +117,10 @@ class SpeedCue(nn.Module):
         return bool(self.row_ref.numel()) and bool(torch.isfinite(self.loc).all() and torch.isfinite(self.scale).all())
 
     def fit_rows(self, speeds: np.ndarray) -> None:
-        """The rows' references from cell speeds ``(N, h, w)`` of normal training frames."""
+        """The rows' references from cell speeds ``(N, h, w)`` of normal training frames (those without a past,
+        NaN, left out)."""
+        if speeds.ndim == 3:
+            speeds = speeds[~np.isnan(speeds).any((1, 2))]
         if speeds.ndim != 3 or len(speeds) < 2:
             raise ValueError(f"the speed cue's rows need cell speeds of at least 2 frames (N, h, w); got "
                              f"{speeds.shape}")
@@ -133,7 +139,9 @@ class SpeedCue(nn.Module):
         return speeds / self.row_ref.to(speeds.device)[:, None]
 
     def set_stats(self, base: torch.Tensor, speed: torch.Tensor) -> None:
-        """Standardise by normal hold-out frame scores: ``base`` the model's ``(N,)``, ``speed`` the cue's ``(N,)``."""
+        """Standardise by normal hold-out frame scores: ``base`` the model's ``(N,)``, ``speed`` the cue's ``(N,)``
+        (NaN for a frame without a past: left out)."""
+        speed = speed[~torch.isnan(speed)]
         if len(base) < 2 or len(speed) < 2:
             raise ValueError("the speed cue's statistics need at least 2 hold-out frames")
         loc = torch.stack([base.float().mean(), speed.float().mean()])
@@ -142,12 +150,13 @@ class SpeedCue(nn.Module):
 
     def fuse(self, amap: torch.Tensor, relative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's map ``(B, h, w)`` and the cue's raw map -> (fused map, the cue's standardised frame score
-        ``(B,)``): each standardised, then the maximum (``model.fusion: sum``: the sum)."""
+        ``(B,)``): each standardised, then the maximum (``model.fusion: sum``: the sum). A frame without a past (NaN)
+        has the cue's normal mean, 0: the model's map alone decides."""
         if not self.ready:
             raise RuntimeError("this model's speed cue has no statistics (fitted at the end of training)")
         loc, scale = self.loc.to(amap.device), self.scale.to(amap.device)
         base = (amap - loc[0]) / scale[0]
-        speed = (relative.to(amap.device) - loc[1]) / scale[1]
+        speed = ((relative.to(amap.device) - loc[1]) / scale[1]).nan_to_num_(0.0)
         fused = base + speed if self.fusion == "sum" else torch.maximum(base, speed)
         return fused, speed.flatten(1).amax(1)
 
@@ -155,7 +164,7 @@ class SpeedCue(nn.Module):
 class SpeedStreams:
     """The speed cue's side of scoring streams: per stream the last grey frame and the index of the frame after it;
     frames of one stream or of several (cameras) in a batch, each reading its own stream's previous frame (a
-    stream's first frame, or one after a gap, has none: zero speed)."""
+    stream's first frame, or one after a gap, has none: its speed unknown, NaN)."""
 
     def __init__(self, cue: SpeedCue, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.cue = cue
