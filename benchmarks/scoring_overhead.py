@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""The CPU work around the model when scoring, before and after 22c97c4, interleaved in one process.
+"""The CPU work around the model when scoring, before and after 22c97c4 and the read-ahead, interleaved in one process.
 
 22c97c4 keeps JPEG frames decoded on the CPU channels-last (libjpeg-turbo's ``(H, W, 3)`` rows; before, they were
 stacked into NCHW and copied back to channels-last for the uint8 resize) and reads the speed cue's grey frames back
-from the normalised input with one weighted sum (before: undo the normalisation, then the channels' mean). This
-script scores the same JPEG folder end to end (:func:`vad.runtime.batches.score_clips`, the product's path) with
+from the normalised input with one weighted sum (before: undo the normalisation, then the channels' mean). Then
+the loader is read a batch ahead on a thread (vad.io.dataset.read_ahead; before, the main thread decoded each batch
+while the network waited). This script scores the same JPEG folder end to end (:func:`vad.runtime.batches.score_clips`, the product's path) with
 the default model (STPM, motion, speed cue; Lite0 teacher; 768x576 frames -> 336x256, as
-``benchmarks/throughput.py``) on the fastest installed runtime copy, alternating "before" (the two old steps put
-back) and "now" round by round, so that this machine's drift affects both alike. Prints frames/s per round and
-the medians; the last line is JSON.
+``benchmarks/throughput.py``) on the fastest installed runtime copy, in three versions round by round (the order
+rotating), so that this machine's drift affects all alike: "before" (the two old steps put back, no read-ahead),
+"22c97c4" (no read-ahead) and "now". Prints frames/s per round and the medians; the last line is JSON.
 
     python benchmarks/scoring_overhead.py [--rounds 8] [--frames 96]
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput as bench  # noqa: E402  (the same model, frames and runtimes)
 
 import vad.io.decode as decode  # noqa: E402
+import vad.runtime.batches as batches  # noqa: E402
 from vad.io.dataset import NORMALIZATIONS  # noqa: E402
 from vad.models import speed  # noqa: E402
 from vad.runtime.batches import score_clips  # noqa: E402
@@ -49,9 +51,13 @@ def grey_before(self, x: torch.Tensor):
     return v.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
+VERSIONS = ("before", "22c97c4", "now")
+
+
 def use(version: str) -> None:
-    decode.decode_jpeg_files = NOW["decode"] if version == "now" else decode_before
-    speed.SpeedStreams.grey = NOW["grey"] if version == "now" else grey_before
+    decode.decode_jpeg_files = decode_before if version == "before" else NOW["decode"]
+    speed.SpeedStreams.grey = grey_before if version == "before" else NOW["grey"]
+    batches.READ_AHEAD = version == "now"
 
 
 def main() -> None:
@@ -74,9 +80,9 @@ def main() -> None:
     scorer = bench._scorer(model, size, "imagenet", {"batch_size": 8}, Model, torch.device("cpu"),
                            runtimes.get(backend))
     clip = bench.write_jpegs(bench.make_frames(args.frames, 576, 768), tmp / "jpeg")
-    fps: dict[str, list[float]] = {"before": [], "now": []}
+    fps: dict[str, list[float]] = {v: [] for v in VERSIONS}
     for r in range(args.rounds):
-        for version in ("before", "now") if r % 2 else ("now", "before"):
+        for version in VERSIONS[r % 3:] + VERSIONS[:r % 3]:
             use(version)
             score_clips(scorer, [clip], tmp / "run", overwrite=True, progress=False)  # warm
             t0 = time.perf_counter()
@@ -87,6 +93,7 @@ def main() -> None:
               **{f"{v}_fps": statistics.median(x) for v, x in fps.items()},
               **{f"{v}_rounds": [round(f, 1) for f in x] for v, x in fps.items()}}
     result["speedup"] = result["now_fps"] / result["before_fps"]
+    result["read_ahead_speedup"] = result["now_fps"] / result["22c97c4_fps"]
     for v in fps:
         print(f"{v:<7} {result[f'{v}_fps']:6.1f} frames/s (median; rounds: {' '.join(f'{f:.0f}' for f in fps[v])})")
     print(json.dumps(result))

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
 from tests.helpers import T
 from vad.io import read_dataset
-from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader
+from vad.io.dataset import NORMALIZATIONS, FrameStream, FrameTransform, make_loader, read_ahead
 
 
 def seen(loader) -> list[tuple[str, int]]:
@@ -79,3 +82,36 @@ def test_frames_match_between_video_and_jpeg_paths(tmp_path):
 def test_stream_validation():
     with pytest.raises(ValueError, match="at least one clip"):
         FrameStream([], FrameTransform())
+
+
+def test_read_ahead_keeps_order_overlaps_work_raises_where_the_loop_is_and_stops_when_closed():
+    """Batches come out in order while the next one is produced beside the consumer's work; a source's error comes
+    out of the consumer's loop after the batches before it; closing early stops the thread."""
+    def slow(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"bad batch {i}")
+            time.sleep(0.1)
+            yield i
+
+    t0, got = time.perf_counter(), []
+    for b in read_ahead(slow(6)):
+        time.sleep(0.1)  # the consumer's work on b
+        got.append(b)
+    assert got == list(range(6)) and time.perf_counter() - t0 < 1.0  # one after the other: 1.2 s
+    got = []
+    with pytest.raises(ValueError, match="bad batch 2"):
+        for b in read_ahead(slow(5, fail_at=2)):
+            got.append(b)
+    assert got == [0, 1]
+    produced = []
+
+    def counting():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    ahead = read_ahead(counting())
+    assert next(ahead) == 0
+    ahead.close()
+    assert len(produced) <= 4 and not any(t.name == "vad-read-ahead" for t in threading.enumerate())

@@ -10,7 +10,9 @@ frame it belongs to last); see :func:`windows`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -292,3 +294,44 @@ def make_loader(stream: FrameStream, num_workers: int = 0, pin_memory: bool = Fa
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
     )
+
+
+def read_ahead(batches: Iterable, depth: int = 1) -> Iterator:
+    """``batches`` produced by a thread of their own, at most ``depth`` ready ahead of the consumer: the next batch
+    decodes and resizes while this one is scored (libjpeg-turbo, PyAV and torch's resize release the interpreter's
+    lock), where a loader without workers leaves a core waiting for each decode. No processes, so no copies between
+    them. An error comes out of the consumer's loop where it would have; closing the generator stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer, raised there)
+            put((None, e))
+
+    thread = threading.Thread(target=produce, name="vad-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = ready.get()
+            if error is not None:
+                raise error
+            if batch is end:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()

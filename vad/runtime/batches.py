@@ -24,7 +24,7 @@ from vad.atomic import save_npy
 from vad.device import autocast, to_device
 from vad.distributed import world
 from vad.errors import DecodeError
-from vad.io.dataset import FrameStream, make_loader
+from vad.io.dataset import FrameStream, make_loader, read_ahead
 from vad.io.decode import decode_jpeg_files
 from vad.io.records import Clip, with_frames
 from vad.models import frame_scores
@@ -32,6 +32,7 @@ from vad.progress import progress_bar
 from vad.runs import RunFolder
 
 log = logging.getLogger(__name__)
+READ_AHEAD = True  # benchmarks/scoring_overhead.py measures without it
 
 
 def stream(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | None = None,
@@ -130,9 +131,10 @@ def batches(scorer, loader, maps: bool = False
             ) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """``(batch, scores (B,), maps (B, h, w) float16 at map_stride or None, branch scores (B, k) or None)`` for
     every batch of ``loader``, on the host. Each batch's results are copied back asynchronously and handed out
-    after the next batch has been queued on the device."""
+    after the next batch has been queued on the device. A loader without workers is read a batch ahead on a thread
+    (:func:`vad.io.dataset.read_ahead`)."""
     pending = None
-    for batch in loader:
+    for batch in read_ahead(loader) if READ_AHEAD and getattr(loader, "num_workers", 0) == 0 else loader:
         clip, first = batch["clip"][0], int(batch["index"][0])
         if batch.get("context"):
             scorer.pasts.prime(to_frames(scorer, batch), clip, first)
