@@ -99,11 +99,10 @@ def test_read_ahead_keeps_order_overlaps_work_raises_where_the_loop_is_and_stops
         time.sleep(0.1)  # the consumer's work on b
         got.append(b)
     assert got == list(range(6)) and time.perf_counter() - t0 < 1.0  # one after the other: 1.2 s
-    got = []
+    failing = read_ahead(slow(5, fail_at=2))
+    assert [next(failing), next(failing)] == [0, 1]
     with pytest.raises(ValueError, match="bad batch 2"):
-        for b in read_ahead(slow(5, fail_at=2)):
-            got.append(b)
-    assert got == [0, 1]
+        next(failing)
     produced = []
 
     def counting():
