@@ -2,11 +2,11 @@
 """The CPU work around the model when scoring, before and after 22c97c4 and the read-ahead, interleaved in one process.
 
 22c97c4 keeps JPEG frames decoded on the CPU channels-last (libjpeg-turbo's ``(H, W, 3)`` rows; before, they were
-stacked into NCHW and copied back to channels-last for the uint8 resize) and reads the speed cue's grey frames back
-from the normalised input with one weighted sum (before: undo the normalisation, then the channels' mean). Then
-the loader is read a batch ahead on a thread (vad.io.dataset.read_ahead; before, the main thread decoded each batch
-while the network waited). This script scores the same JPEG folder end to end
-(:func:`vad.runtime.batches.score_clips`, the product's path) with the default model (STPM, motion, speed cue; Lite0 teacher; 768x576 frames -> 336x256, as
+stacked into NCHW and copied back to channels-last for the uint8 resize) and reads the speed cue's grey frames back from
+the normalised input with one weighted sum (before: undo the normalisation, then the channels' mean). Then the loader is
+read a batch ahead on a thread (vad.io.dataset.read_ahead; before, the main thread decoded each batch while the network
+waited). This script scores the same JPEG folder end to end (:func:`vad.runtime.batches.score_clips`, the product's
+path) with the default model (STPM, motion, speed cue; Lite0 teacher; 768x576 frames -> 336x256, as
 ``benchmarks/throughput.py``) on the fastest installed runtime copy, in three versions round by round (the order
 rotating), so that this machine's drift affects all alike: "before" (the two old steps put back, no read-ahead),
 "22c97c4" (no read-ahead) and "now". Prints frames/s per round and the medians; the last line is JSON.
