@@ -161,6 +161,33 @@ def test_a_stream_with_the_teacher_once_per_frame_scores_as_windows(tmp_path: Pa
         np.testing.assert_allclose(streamed[c.name], reference[c.name], rtol=1e-5, atol=1e-5)
 
 
+def test_a_frame_without_a_past_has_no_motion_evidence(tmp_path: Path) -> None:
+    """A stream's first frame (its past is itself) gets the motion branch's normal mean, 0: its branch score is 0 and
+    the fused map is the appearance branch's alone, in a stream and from its window; the frames after it are scored
+    as before; hold-out statistics leave such frames out (NaN)."""
+    rng = np.random.default_rng(2)
+    clip = _clip(write_frames(tmp_path / "c", rng.integers(0, 255, (5, 32, 48, 3), dtype=np.uint8), ext=".png"))
+    model = _random_motion_model()
+    model.fusion = "sum"
+    ckpt = {"input_size": [32, 48], "normalization": "imagenet"}
+    scorer = Scorer(model, ckpt, ScoreConfig(batch_size=4, amp="off", compile=False, save_maps=False), "cpu")
+    x = scorer.transform(torch.from_numpy(rng.integers(0, 255, (3, 3, 32, 48), dtype=np.uint8)))
+    _, amap, branches = scorer(x, "s", 0)
+    assert branches[0, 1] == 0 and branches[1:, 1].abs().min() > 0
+    with torch.no_grad():
+        window = torch.cat([x[:1]] * 3, 1)
+        maps = model.branch_maps(window)
+        appearance = (maps["appearance"] - model.branch_loc[0]) / model.branch_scale[0]
+        np.testing.assert_allclose(amap[0].numpy(), appearance[0].numpy(), rtol=1e-5, atol=1e-5)  # sum: + 0
+        np.testing.assert_allclose(model.anomaly_map(window)[0].numpy(), amap[0].numpy(), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(model.fuse(maps)[0], amap[0])  # the self-predicted motion map, as before
+    held = outputs(scorer, [clip], None, branches=True)
+    motion = frame_scores(held["motion"])
+    assert torch.isnan(motion[0]) and not torch.isnan(motion[1:]).any()
+    model.set_branch_stats({b: frame_scores(m) for b, m in held.items()})
+    torch.testing.assert_close(model.branch_loc[1], motion[1:].mean())
+
+
 def test_a_range_inside_a_clip_reads_its_real_past_in_a_stream(tmp_path: Path) -> None:
     """A range that starts inside a clip (a hold-out, a shard) is scored after a context batch of its real past, and
     equals its windows; frames that do not follow the last ones scored start afresh (a gap)."""

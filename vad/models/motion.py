@@ -13,6 +13,11 @@ frozen teacher:
 - Fusion: each branch's map is standardised by the mean and standard deviation of its frame scores on normal
   hold-out frames (:meth:`MotionSTPM.set_branch_stats`, fitted by :mod:`vad.runtime.reference`), then the maximum
   (``fusion="max"``) or the sum (``"sum"``) is taken. ``fusion`` and ``pool`` change scoring only.
+- A stream's first frame (or the first after a gap) has no past: its past is itself, so the predictor "predicts"
+  the frame it is given, about 2 standard deviations below normal frames. That is no evidence, and the motion branch
+  says so: its standardised map is 0 there (its normal mean; :meth:`MotionSTPM.without_past`), and the hold-out
+  statistics leave such frames out (NaN in the raw maps of :func:`vad.runtime.batches.outputs`), as the speed cue
+  does for its own first frames.
 
 Why each piece is there, and what it measured: docs/motion.md.
 """
@@ -164,9 +169,21 @@ class MotionSTPM(STPM):
         """:meth:`step_branch_maps` fused: (scores ``(B,)``, map ``(B, h, w)``, each branch's standardised frame score
         ``(B, len(branches))``, the predictor's levels of ``x``)."""
         maps, feats = self.step_branch_maps(x, pool, index)
-        z = self.standardised(maps)
+        z = self.standardised(maps, self.no_past(pool, index))
         amap = self.combine_branches(z)
         return frame_scores(amap), amap, z.flatten(2).amax(2).T, feats
+
+    @staticmethod
+    def no_past(pool: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` whether each frame of a step is its own latest past (a stream's first frame: :meth:`Pasts.plan
+        <vad.runtime.scorer.Pasts.plan>` points its past at itself), from the step's ``pool`` and ``index``."""
+        own = torch.arange(index.shape[0], device=index.device) + next(iter(pool.values())).shape[0]
+        return index[:, -1] == own
+
+    @staticmethod
+    def windows_without_past(x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` whether each window's latest past frame is its present one (a clip's first window repeats it)."""
+        return (x[:, -6:-3] == x[:, -3:]).flatten(1).all(1)
 
     def maps_from(self, past_t: list[dict], t: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`branch_maps` from the teacher's pyramids already computed for windows ``x``."""
@@ -182,7 +199,9 @@ class MotionSTPM(STPM):
         return self.statistics_ready((self.branch_loc, self.branch_scale))
 
     def set_branch_stats(self, scores: dict[str, torch.Tensor]) -> None:
-        """Standardise each branch by its normal hold-out frame scores ``{branch: (N,)}``."""
+        """Standardise each branch by its normal hold-out frame scores ``{branch: (N,)}`` (NaN: a frame without a past,
+        left out)."""
+        scores = {b: v[~torch.isnan(v)] for b, v in scores.items()}
         if set(scores) != set(self.branches) or any(len(v) < 2 for v in scores.values()):
             raise ValueError(f"branch statistics need at least 2 hold-out scores for each of {self.branches}")
         loc = torch.stack([scores[b].float().mean() for b in self.branches])
@@ -190,24 +209,29 @@ class MotionSTPM(STPM):
         self.branch_loc = loc.to(self.branch_loc.device)
         self.branch_scale = scale.to(self.branch_scale.device)
 
-    def standardised(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Branch maps -> ``(len(branches), B, h, w)``: each standardised by its hold-out statistics."""
+    def standardised(self, maps: dict[str, torch.Tensor], no_past: torch.Tensor | None = None) -> torch.Tensor:
+        """Branch maps -> ``(len(branches), B, h, w)``: each standardised by its hold-out statistics; the motion
+        branch 0 (no evidence) on frames ``no_past`` ``(B,)`` or where its raw map is NaN."""
         if not torch.compiler.is_compiling() and not self.has_branch_stats:  # a host read: not inside a graph
             raise RuntimeError("this motion model has no branch statistics (set at the end of training)")
         loc, scale = (v.to(maps[self.branches[0]].device) for v in (self.branch_loc, self.branch_scale))
-        return torch.stack([(maps[b] - loc[i]) / scale[i] for i, b in enumerate(self.branches)])
+        z = [(maps[b] - loc[i]) / scale[i] for i, b in enumerate(self.branches)]
+        m = self.branches.index("motion")
+        unknown = torch.isnan(z[m]) if no_past is None else no_past[:, None, None].expand_as(z[m])
+        z[m] = torch.where(unknown, torch.zeros_like(z[m]), z[m])
+        return torch.stack(z)
 
     def combine_branches(self, z: torch.Tensor) -> torch.Tensor:
         """Standardised branch maps ``(len(branches), B, h, w)`` -> the fused map: their sum or their maximum."""
         return z.sum(0) if self.fusion == "sum" else z.amax(0)
 
-    def fuse(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+    def fuse(self, maps: dict[str, torch.Tensor], no_past: torch.Tensor | None = None) -> torch.Tensor:
         """Branch maps -> one map: each standardised by its hold-out statistics, then summed (or the maximum)."""
-        return self.combine_branches(self.standardised(maps))
+        return self.combine_branches(self.standardised(maps, no_past))
 
     def score_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amap = self.fuse(self.branch_maps(x))
+        amap = self.anomaly_map(x)
         return frame_scores(amap), amap
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(self.branch_maps(x))
+        return self.fuse(self.branch_maps(x), self.windows_without_past(x))

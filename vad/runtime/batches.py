@@ -92,10 +92,11 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
                 plan = pasts.plan(clip, first, x)
                 maps, feats = model.step_branch_maps(x, plan.pool, plan.index)
                 pasts.remember(plan, feats)
-                fused = None if branches else model.fuse(maps)
-                got = maps if branches else {"scores": frame_scores(fused), "maps": fused}
+                no_past = model.no_past(plan.pool, plan.index)
+                fused = None if branches else model.fuse(maps, no_past)
+                got = _unknown_motion(maps, no_past) if branches else {"scores": frame_scores(fused), "maps": fused}
             elif branches:
-                got = model.branch_maps(x)
+                got = _unknown_motion(model.branch_maps(x), model.windows_without_past(x))
             else:
                 got = dict(zip(("scores", "maps"), model.score_and_map(x), strict=True))
         if scorer.speeds is not None:
@@ -105,6 +106,11 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
             out.setdefault(k, []).append(v.float().cpu())
     pasts.forget()
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _unknown_motion(maps: dict[str, torch.Tensor], no_past: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Raw branch maps with the motion branch NaN (unknown) on frames without a past: the reference leaves them out."""
+    return {**maps, "motion": maps["motion"].masked_fill(no_past[:, None, None], float("nan"))}
 
 
 def cell_speeds(scorer, runs: Sequence[tuple[Clip, tuple[int, int]]]) -> np.ndarray:

@@ -33,7 +33,8 @@ from vad.errors import ConfigError, UsageError
 from vad.models import AnomalyModel
 from vad.runtime.reference import NormalReference
 
-FORMAT = "vad-export/3"  # 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool)
+# 2: the step also returns each branch's frame score; 3: per-frame pasts (index, pool); 4: motion 0 without a past
+FORMAT = "vad-export/4"
 FORMATS = ("onnx", "openvino")
 # the package each runtime and its lower-precision copies (vad.config's RUNTIMES, VARIANTS) need to run
 MODULES = {b: b.split("-")[0] for b in (*RUNTIMES, *VARIANTS)}
