@@ -15,7 +15,7 @@ frozen teacher:
   (``fusion="max"``) or the sum (``"sum"``) is taken. ``fusion`` and ``pool`` change scoring only.
 - A stream's first frame (or the first after a gap) has no past: its past is itself, so the predictor "predicts"
   the frame it is given, about 2 standard deviations below normal frames. That is no evidence, and the motion branch
-  says so: its standardised map is 0 there (its normal mean; :meth:`MotionSTPM.without_past`), and the hold-out
+  says so: its standardised map is 0 there (its normal mean; :meth:`MotionSTPM.no_past`), and the hold-out
   statistics leave such frames out (NaN in the raw maps of :func:`vad.runtime.batches.outputs`), as the speed cue
   does for its own first frames.
 
