@@ -103,6 +103,8 @@ def test_every_route_needs_a_login_beyond_loopback(live_run: Path, tmp_path: Pat
         url = room.url
         assert _wait(lambda: room.site.camera("cam").state == "down", 60)  # the file replayed: events written
         event = next(x["event"] for x in _lines(tmp_path / "out" / "cam" / "events.jsonl") if x["type"] == "start")
+        # its post-roll (3 s: 30 frames after its end, about frame 18) runs past the file's 40 frames: the clip is
+        # finished when the camera goes down, not left unfinished until the service stops
         assert _wait(lambda: (tmp_path / "out" / "cam" / "clips" / f"{event}.mp4").is_file(), 30)
         routes = ["", "api/cameras", "api/cameras/cam/frame.jpg", "api/events", "api/feed", "api/stream",
                   "api/feedback", "api/storage", f"media/cam/snapshots/{event}.jpg", f"media/cam/clips/{event}.mp4",

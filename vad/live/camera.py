@@ -230,9 +230,11 @@ class Camera:
         return lines
 
     def ended(self, end: End) -> list[dict]:
-        """The source ended or gave up: the open event ends; the camera is down."""
+        """The source ended or gave up: the open event ends, and the clips of events that ended before it are
+        finished with the post-roll they have (no frame will come); the camera is down."""
         with self._lock:
             lines = self._apply(self.tracker.reset(), None)
+            self.evidence.finish_post_roll()
             self.state = "down" if not self.stopping else self.state
         if not self.stopping:
             log.warning(f"note: camera {self.name}: {end.reason}; it is down")

@@ -119,11 +119,15 @@ class Evidence:
                 self.closing.remove((until, clip))
                 self._put(("finish", clip), must=True)
 
-    def close(self) -> None:
-        """Finish the clips still taking post-roll, write what is queued (waiting 60 s at most), stop the thread."""
+    def finish_post_roll(self) -> None:
+        """Finish now the clips still taking post-roll: no frame will come (the source ended, or the watch stops)."""
         for _, clip in self.closing:
             self._put(("finish", clip), must=True)
         self.closing = []
+
+    def close(self) -> None:
+        """Finish the clips still taking post-roll, write what is queued (waiting 60 s at most), stop the thread."""
+        self.finish_post_roll()
         self.tasks.put(("quit",))
         self.thread.join(timeout=60)
 
