@@ -96,7 +96,7 @@ def outputs(scorer, clips: Sequence[Clip], ranges: dict[str, tuple[int, int]] | 
                 fused = None if branches else model.fuse(maps, no_past)
                 got = _unknown_motion(maps, no_past) if branches else {"scores": frame_scores(fused), "maps": fused}
             elif branches:
-                got = _unknown_motion(model.branch_maps(x), model.windows_without_past(x))
+                got = model.branch_maps(x)
             else:
                 got = dict(zip(("scores", "maps"), model.score_and_map(x), strict=True))
         if scorer.speeds is not None:
